@@ -1,0 +1,1 @@
+//! Shared-memory data path (filled in by the frontend work).

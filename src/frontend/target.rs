@@ -1,0 +1,32 @@
+//! The block-device contract between the vhost-user-blk frontend and what it serves.
+//!
+//! The frontend knows only this trait; the volume engine implements it in
+//! `src/frontend/volume_target.rs` and knows nothing of virtio. Offsets and lengths are in
+//! bytes. Buffers are iovecs that point straight into guest memory (zero copy).
+
+use std::io::{self, IoSlice, IoSliceMut};
+
+/// A block device the frontend can serve. Implementations must be safe to call from
+/// several queue worker threads at once.
+pub trait BlockTarget: Send + Sync + 'static {
+    /// Capacity in bytes (a multiple of 512).
+    fn size(&self) -> u64;
+    /// Preferred IO unit (the volume's cluster size, 4096 by default).
+    fn block_size(&self) -> u32 {
+        4096
+    }
+    /// True when writes, discards and write-zeroes must be refused.
+    fn read_only(&self) -> bool;
+    /// Serial string for VIRTIO_BLK_T_GET_ID (at most 20 bytes are used).
+    fn serial(&self) -> String;
+    /// Read `sum(bufs)` bytes at `offset` into the buffers.
+    fn read_vectored(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    /// Write `sum(bufs)` bytes at `offset` from the buffers.
+    fn write_vectored(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Unmap a range: it then reads as zeroes.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Zero a range; `unmap` allows deallocating it.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
