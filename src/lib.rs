@@ -1,2 +1,14 @@
 //! logdisk: log-structured virtual disks with an object-store home.
+//!
+//! Data path: `frontend` (vhost-user-blk) → `logdisk_shm` (guest memory as iovecs) →
+//! `volume` (map, write buffer, read cache) → `backend` (object stores, uploader).
+
+pub mod backend;
+pub mod config;
+pub mod datadir;
+pub mod error;
 pub mod frontend;
+pub mod units;
+pub mod volume;
+
+pub use error::{Error, Result};

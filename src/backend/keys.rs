@@ -1,0 +1,71 @@
+//! Object key layout in the store: `<volume>/g<gen>/sco/<n>`, `<volume>/g<gen>/tlog/<n>`,
+//! `<volume>/meta/volume/<version>`, `<volume>/meta/checkpoint/<epoch>`.
+
+/// Key of SCO `n` written by owner generation `gen`.
+pub fn sco(volume: &str, gen: u32, n: u64) -> String {
+    format!("{volume}/g{gen:06}/sco/{n:016x}")
+}
+
+/// Key of TLog `n` written by owner generation `gen`.
+pub fn tlog(volume: &str, gen: u32, n: u64) -> String {
+    format!("{volume}/g{gen:06}/tlog/{n:016x}")
+}
+
+/// Prefix of all generations of a volume's data objects.
+pub fn volume_prefix(volume: &str) -> String {
+    format!("{volume}/")
+}
+
+/// Key of version `v` of a volume's configuration record.
+pub fn volume_meta(volume: &str, version: u64) -> String {
+    format!("{volume}/meta/volume/{version:016x}")
+}
+
+pub fn volume_meta_prefix(volume: &str) -> String {
+    format!("{volume}/meta/volume/")
+}
+
+/// Key of the checkpoint of a volume's metadata as of the end of epoch `epoch`.
+pub fn checkpoint(volume: &str, epoch: u64) -> String {
+    format!("{volume}/meta/checkpoint/{epoch:016x}")
+}
+
+pub fn checkpoint_prefix(volume: &str) -> String {
+    format!("{volume}/meta/checkpoint/")
+}
+
+/// Parse the trailing hex number of a key (`.../sco/00000000000000ab` → 0xab).
+pub fn trailing_number(key: &str) -> Option<u64> {
+    let last = key.rsplit('/').next()?;
+    if last.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(last, 16).ok()
+}
+
+/// Parse `(gen, kind, n)` from a data key of `volume`.
+pub fn parse_data_key<'a>(volume: &str, key: &'a str) -> Option<(u32, &'a str, u64)> {
+    let rest = key.strip_prefix(volume)?.strip_prefix("/g")?;
+    let mut parts = rest.split('/');
+    let gen: u32 = parts.next()?.parse().ok()?;
+    let kind = parts.next()?;
+    let n = trailing_number(key)?;
+    if parts.count() != 1 {
+        return None;
+    }
+    Some((gen, kind, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let k = sco("vm1", 3, 0xab);
+        assert_eq!(k, "vm1/g000003/sco/00000000000000ab");
+        assert_eq!(parse_data_key("vm1", &k), Some((3, "sco", 0xab)));
+        assert_eq!(parse_data_key("vm", &k), None);
+        assert_eq!(trailing_number(&checkpoint("v", 7)), Some(7));
+    }
+}

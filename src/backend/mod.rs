@@ -1,0 +1,40 @@
+//! Object stores: the trait every backend implements, the key layout, the SCO object
+//! format, the local-directory store (embedded default) and the uploader.
+
+pub mod keys;
+pub mod local;
+pub mod sco_object;
+pub mod sco_reader;
+pub mod uploader;
+pub mod url;
+
+use crate::error::Result;
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// An immutable-object store (local directory, S3). Keys use `/` as separator.
+/// Implementations are blocking and safe to share between threads.
+pub trait ObjectStore: Send + Sync {
+    /// The store's URL, without credentials.
+    fn url(&self) -> String;
+    /// Create `key` with `data`; fails with `ObjectExists` if the key is already there
+    /// (objects are never overwritten).
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// The whole object.
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// `len` bytes at `offset` (fewer only if the object ends first).
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// The last `len` bytes of the object and the object's total size.
+    fn get_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// The distinct next path components below `prefix` (which ends in `/` or is empty).
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Remove an object; removing a missing object is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+}

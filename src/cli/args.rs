@@ -1,0 +1,78 @@
+//! Command-line grammar (clap). Global options are accepted before or after the
+//! subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "logdisk", version, about = "Log-structured virtual disks for VMs over vhost-user-blk, with an object-store home")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// Local state: write buffer, read cache, metadata [default: ./logdisk-data]
+    #[arg(long, global = true, value_name = "DIR", env = "LOGDISK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store URL: file:///path [default: file://<data-dir>/objects; recorded at first use]
+    #[arg(long, global = true, value_name = "URL", env = "LOGDISK_BACKEND")]
+    pub backend: Option<String>,
+    /// TOML configuration file (every key has a default)
+    #[arg(long, global = true, value_name = "FILE", env = "LOGDISK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, inspect, import, export and delete volumes
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume
+    Create {
+        name: String,
+        /// Size with binary units (512M, 10G, 2T); a multiple of the cluster size
+        #[arg(long)]
+        size: String,
+        /// Cluster size (power of two, 4K..1M) [default: from config, 4K]
+        #[arg(long)]
+        cluster_size: Option<String>,
+        /// SCO size [default: from config, 32M]
+        #[arg(long)]
+        sco_size: Option<String>,
+    },
+    /// List volumes in the object store
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a volume's configuration and space use
+    Info {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume and all its objects
+    Delete { name: String },
+    /// Write a raw image at offset 0 of a volume
+    Import {
+        name: String,
+        file: PathBuf,
+        /// Create the volume with the file's size rounded up to the cluster size
+        #[arg(long)]
+        create: bool,
+    },
+    /// Write the whole volume to a raw file (sparse where unwritten)
+    Export { name: String, file: PathBuf },
+}

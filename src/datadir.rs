@@ -1,0 +1,262 @@
+//! The data dir: local state of one daemon (write buffers, read cache, recorded backend
+//! URL), locked by one process at a time, and the volume registry on top of the
+//! object store (create, list, open, delete).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::sco_object::Codec;
+use crate::backend::sco_reader::ScoReader;
+use crate::backend::uploader::Uploader;
+use crate::backend::url::BackendUrl;
+use crate::backend::{keys, ObjectStore};
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::units::validate_name;
+use crate::volume::read_cache::ReadCache;
+use crate::volume::{EngineOptions, Volume, VolumeEnv, VolumeMeta};
+
+pub struct DataDir {
+    root: PathBuf,
+    _lock: File,
+    backend: BackendUrl,
+    config: Config,
+    store: Arc<dyn ObjectStore>,
+    env: Option<Arc<VolumeEnv>>,
+}
+
+/// Lock `root/lock` for this process, or say which pid holds it.
+fn lock_data_dir(root: &Path) -> Result<File> {
+    let path = root.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ctx(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a valid fd.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let pid = pid.trim().to_string();
+        return Err(Error::DataDirInUse { path: root.to_path_buf(), pid: if pid.is_empty() { "?".into() } else { pid } });
+    }
+    f.set_len(0).ctx(|| format!("cannot write {}", path.display()))?;
+    f.seek(SeekFrom::Start(0)).ctx(|| format!("cannot write {}", path.display()))?;
+    write!(f, "{}", std::process::id()).ctx(|| format!("cannot write {}", path.display()))?;
+    Ok(f)
+}
+
+/// Summary of a volume for `volume list` / `volume info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub size: u64,
+    pub cluster_size: u32,
+    pub sco_size: u64,
+    pub created: u64,
+    pub generation: u32,
+    pub read_only: bool,
+    pub backend: String,
+    /// Bytes of clusters that hold data.
+    pub written_bytes: u64,
+    /// Bytes of this volume's objects in the object store.
+    pub stored_bytes: u64,
+    pub objects: u64,
+    /// Local bytes not yet uploaded.
+    pub pending_upload_bytes: u64,
+    /// Uploaded raw SCO bytes / stored bytes since open (1.0 when nothing was uploaded).
+    pub compression_ratio: f64,
+    pub map_memory_bytes: u64,
+}
+
+impl DataDir {
+    /// Open and lock the data dir. `backend` overrides (and on first use records) the
+    /// object store URL.
+    pub fn open(root: &Path, backend: Option<&str>, config: Config) -> Result<DataDir> {
+        fs::create_dir_all(root).ctx(|| format!("cannot create data dir {}", root.display()))?;
+        let root = root.canonicalize().ctx(|| format!("cannot resolve {}", root.display()))?;
+        let lock = lock_data_dir(&root)?;
+        let recorded_path = root.join("backend");
+        let recorded = match fs::read_to_string(&recorded_path) {
+            Ok(s) => Some(BackendUrl::parse(s.trim())?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("cannot read {}", recorded_path.display()), e)),
+        };
+        let wanted = match backend.or(config.backend.as_deref()) {
+            Some(b) => Some(BackendUrl::parse(b)?),
+            None => None,
+        };
+        let backend = match (recorded, wanted) {
+            (Some(r), Some(w)) if r != w => {
+                return Err(Error::InvalidArgument(format!(
+                    "data dir {} belongs to backend {}; refusing to use it with {} (use another --data-dir)",
+                    root.display(),
+                    r.to_url(),
+                    w.to_url()
+                )))
+            }
+            (Some(r), _) => r,
+            (None, w) => {
+                let b = w.unwrap_or_else(|| BackendUrl::File(root.join("objects")));
+                fs::write(&recorded_path, b.to_url() + "\n").ctx(|| format!("cannot write {}", recorded_path.display()))?;
+                b
+            }
+        };
+        let store = backend.open()?;
+        Ok(DataDir { root, _lock: lock, backend, config, store, env: None })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend_url(&self) -> String {
+        self.backend.to_url()
+    }
+
+    /// The shared engine environment (read cache, uploader), created on first use.
+    pub fn env(&mut self) -> Result<Arc<VolumeEnv>> {
+        if let Some(e) = &self.env {
+            return Ok(e.clone());
+        }
+        let c = &self.config;
+        let cache_dir = self.root.join("cache");
+        fs::create_dir_all(&cache_dir).ctx(|| format!("cannot create {}", cache_dir.display()))?;
+        let cache = Arc::new(ReadCache::create(&cache_dir.join("blocks"), c.read_cache.size.0, c.io.direct)?);
+        let opts = EngineOptions {
+            direct: c.io.direct,
+            wb_limit: c.write_buffer.limit.0,
+            frame_size: c.upload.frame_size.0 as usize,
+            codec: Codec::parse(&c.upload.compression)?,
+            checkpoint_every: c.upload.checkpoint_every.max(1),
+            seal_after: (c.write_buffer.seal_after_secs > 0).then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
+            drain_timeout: Duration::from_secs(c.upload.drain_timeout_secs),
+        };
+        let env = Arc::new(VolumeEnv {
+            store: self.store.clone(),
+            reader: Arc::new(ScoReader::new(self.store.clone())),
+            cache,
+            uploader: Uploader::start(c.upload.concurrency),
+            opts,
+        });
+        self.env = Some(env.clone());
+        Ok(env)
+    }
+
+    fn volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join("volumes").join(name)
+    }
+
+    /// Create a volume. `size` must be a positive multiple of the cluster size.
+    pub fn create_volume(&self, name: &str, size: u64, cluster_size: Option<u64>, sco_size: Option<u64>) -> Result<VolumeMeta> {
+        validate_name("volume", name)?;
+        let cs = cluster_size.unwrap_or(self.config.volume.cluster_size.0);
+        if !cs.is_power_of_two() || !(4096..=1 << 20).contains(&cs) {
+            return Err(Error::InvalidArgument(format!("cluster size {cs} must be a power of two from 4K to 1M")));
+        }
+        if size == 0 || size % cs != 0 {
+            return Err(Error::InvalidArgument(format!("size {size} must be a positive multiple of the cluster size {cs}")));
+        }
+        let sco = sco_size.unwrap_or(self.config.volume.sco_size.0).max(cs);
+        if sco % cs != 0 || sco / cs > crate::volume::location::MAX_CLUSTERS_PER_SCO {
+            return Err(Error::InvalidArgument(format!("SCO size {sco} must be a multiple of the cluster size")));
+        }
+        if size / cs >= 1 << 40 {
+            return Err(Error::InvalidArgument("volume too large".into()));
+        }
+        let mut meta = VolumeMeta::new(name, size, cs as u32, sco);
+        meta.store_new_version(self.store.as_ref(), true)?;
+        // A leftover local dir of an older volume with this name is stale.
+        let dir = self.volume_dir(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("cannot remove stale {}", dir.display()))?;
+        }
+        Ok(meta)
+    }
+
+    pub fn volume_meta(&self, name: &str) -> Result<VolumeMeta> {
+        validate_name("volume", name)?;
+        VolumeMeta::load(self.store.as_ref(), name)
+    }
+
+    /// Every volume in the object store.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeMeta>> {
+        let mut out = Vec::new();
+        for name in self.store.list_children("")? {
+            if validate_name("volume", &name).is_err() {
+                continue;
+            }
+            match VolumeMeta::load(self.store.as_ref(), &name) {
+                Ok(m) => out.push(m),
+                Err(Error::VolumeNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open a volume for IO.
+    pub fn open_volume(&mut self, name: &str, read_only: bool) -> Result<Arc<Volume>> {
+        let meta = self.volume_meta(name)?;
+        let env = self.env()?;
+        Volume::open(env, meta, self.volume_dir(name), read_only)
+    }
+
+    /// Delete a volume: its record first (so it disappears), then its objects and
+    /// local state.
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        self.volume_meta(name)?;
+        let store = &self.store;
+        for o in store.list(&keys::volume_meta_prefix(name))? {
+            store.delete(&o.key)?;
+        }
+        for o in store.list(&keys::volume_prefix(name))? {
+            store.delete(&o.key)?;
+        }
+        let dir = self.volume_dir(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("cannot remove {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Facts about an open volume.
+    pub fn volume_info(&self, vol: &Volume) -> Result<VolumeInfo> {
+        let m = vol.meta();
+        let objs = self.store.list(&keys::volume_prefix(&m.name))?;
+        let s = vol.stats();
+        Ok(VolumeInfo {
+            name: m.name.clone(),
+            size: m.size,
+            cluster_size: m.cluster_size,
+            sco_size: m.sco_clusters as u64 * m.cluster_size as u64,
+            created: m.created,
+            generation: m.generation,
+            read_only: m.read_only,
+            backend: self.backend_url(),
+            written_bytes: s.mapped_clusters * m.cluster_size as u64,
+            stored_bytes: objs.iter().map(|o| o.size).sum(),
+            objects: objs.len() as u64,
+            pending_upload_bytes: s.wb_bytes,
+            compression_ratio: if s.uploaded_stored_bytes == 0 { 1.0 } else { s.uploaded_bytes as f64 / s.uploaded_stored_bytes as f64 },
+            map_memory_bytes: s.map_memory_bytes,
+        })
+    }
+}

@@ -1,0 +1,657 @@
+//! The volume engine: one virtual disk. Writes append cluster data to the open SCO in
+//! the local write buffer and log `(cluster, location)` records for the open TLog;
+//! reads resolve clusters through the map to the write buffer, the read cache or the
+//! object store; a flush makes every completed write durable (SCO data, then TLog).
+//! Knows nothing of virtio: the frontend calls it with iovecs into guest memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::iov::{self, iovec, AlignedBuf};
+use super::location::{Location, UNMAPPED, ZERO};
+use super::map::ClusterMap;
+use super::meta::VolumeMeta;
+use super::read_cache::{BlockKey, ReadCache, BLOCK};
+use super::sco_file::ScoFile;
+use super::tlog::{Record, TlogWriter};
+use crate::backend::sco_object::Codec;
+use crate::backend::sco_reader::ScoReader;
+use crate::backend::uploader::Uploader;
+use crate::backend::{keys, ObjectStore};
+use crate::error::{Error, Result};
+
+/// Tuning that applies to every volume of a daemon.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub direct: bool,
+    pub wb_limit: u64,
+    pub frame_size: usize,
+    pub codec: Codec,
+    pub checkpoint_every: u64,
+    pub seal_after: Option<Duration>,
+    pub drain_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            direct: true,
+            wb_limit: 4 << 30,
+            frame_size: 64 << 10,
+            codec: Codec::Lz4,
+            checkpoint_every: 16,
+            seal_after: Some(Duration::from_secs(60)),
+            drain_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What every volume of a daemon shares.
+pub struct VolumeEnv {
+    pub store: Arc<dyn ObjectStore>,
+    pub reader: Arc<ScoReader>,
+    pub cache: Arc<ReadCache>,
+    pub uploader: Arc<Uploader>,
+    pub opts: EngineOptions,
+}
+
+/// State of one sealed epoch on its way to the object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobState {
+    Waiting,
+    Running,
+    Done,
+    RetryAt(Instant),
+}
+
+#[derive(Debug)]
+pub(crate) struct EpochUpload {
+    pub sco_clusters: u32,
+    /// The sealed TLog is written and synced locally.
+    pub durable: bool,
+    pub sco: JobState,
+    pub tlog: JobState,
+    pub attempts: u32,
+}
+
+pub(crate) struct OpenEpoch {
+    pub epoch: u64,
+    pub sco: Arc<ScoFile>,
+    pub next_index: u32,
+    pub pending: Vec<u8>,
+    pub pending_count: u32,
+    pub opened_at: Instant,
+}
+
+pub(crate) struct LocalSco {
+    pub file: Arc<ScoFile>,
+    pub clusters: u32,
+    pub inflight: u32,
+    pub uploaded: bool,
+}
+
+/// Encoded TLog records waiting to be written by the next flush.
+pub(crate) struct PendingBatch {
+    pub epoch: u64,
+    pub payload: Vec<u8>,
+    pub count: u32,
+    pub seal: bool,
+}
+
+pub(crate) struct State {
+    pub map: ClusterMap,
+    pub open: Option<OpenEpoch>,
+    pub next_epoch: u64,
+    pub local: BTreeMap<u64, LocalSco>,
+    pub dirty: BTreeSet<u64>,
+    pub sealing: Vec<PendingBatch>,
+    pub new_tlogs: Vec<TlogWriter>,
+    pub uploads: BTreeMap<u64, EpochUpload>,
+    /// Bytes of local SCO data not yet in the object store.
+    pub wb_bytes: u64,
+    /// Bytes of local SCO data already uploaded (evictable).
+    pub kept_bytes: u64,
+    pub last_checkpoint: u64,
+    pub checkpoint_due: Option<(u64, ClusterMap)>,
+    pub checkpoint_running: bool,
+    pub last_sealed: u64,
+    pub last_uploaded: u64,
+    pub failed: Option<String>,
+    pub closed: bool,
+    pub upload_error: Option<String>,
+}
+
+/// Counters exported by `info` and metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub throttled: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub uploaded_stored_bytes: AtomicU64,
+}
+
+pub struct Volume {
+    pub(crate) name: String,
+    pub(crate) meta: VolumeMeta,
+    pub(crate) cs: u64,
+    pub(crate) shift: u32,
+    pub(crate) dir: PathBuf,
+    pub(crate) env: Arc<VolumeEnv>,
+    pub(crate) owner: u32,
+    pub(crate) read_only: bool,
+    pub(crate) state: Mutex<State>,
+    pub(crate) progress: Condvar,
+    pub(crate) flush_side: Mutex<BTreeMap<u64, TlogWriter>>,
+    rmw: Mutex<()>,
+    pub counters: Counters,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<iovec>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where a run of clusters is read from.
+enum Source {
+    Zero,
+    Local(Arc<ScoFile>, Location),
+    Remote(Location),
+}
+
+impl Volume {
+    pub(crate) fn new_internal(
+        meta: VolumeMeta,
+        dir: PathBuf,
+        env: Arc<VolumeEnv>,
+        read_only: bool,
+        state: State,
+    ) -> Volume {
+        let cs = meta.cluster_size as u64;
+        Volume {
+            name: meta.name.clone(),
+            owner: env.cache.owner_id(&meta.name),
+            cs,
+            shift: cs.trailing_zeros(),
+            dir,
+            read_only: read_only || meta.read_only,
+            meta,
+            env,
+            state: Mutex::new(state),
+            progress: Condvar::new(),
+            flush_side: Mutex::new(BTreeMap::new()),
+            rmw: Mutex::new(()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.cs
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn meta(&self) -> &VolumeMeta {
+        &self.meta
+    }
+
+    fn check_range(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.meta.size) {
+            return Err(Error::OutOfRange { op, offset, len, size: self.meta.size });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self, st: &State) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
+        if let Some(f) = &st.failed {
+            return Err(Error::io(format!("volume {} stopped after a local IO error", self.name), std::io::Error::other(f.clone())));
+        }
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// The map entry that means "reads as zero" for this volume.
+    fn zero_entry(&self) -> u64 {
+        UNMAPPED
+    }
+
+    // ----- write path -----
+
+    /// Write `iovs` at byte `offset`. Unaligned edges are read-modify-written.
+    pub fn write_iovecs(&self, offset: u64, iovs: &[iovec]) -> Result<()> {
+        let len = iov::total(iovs);
+        self.check_range("write", offset, len)?;
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
+        if len == 0 {
+            return Ok(());
+        }
+        let mask = self.cs - 1;
+        if offset & mask == 0 && len & mask == 0 {
+            return self.write_clusters(offset >> self.shift, iovs);
+        }
+        let _g = self.rmw.lock();
+        let end = offset + len;
+        let mut pos = offset;
+        let mut sub = Vec::new();
+        while pos < end {
+            let cstart = pos & !mask;
+            let in_off = pos - cstart;
+            if in_off == 0 && end - pos >= self.cs {
+                // Aligned middle part, straight from the caller's buffers.
+                let n = (end - pos) & !mask;
+                iov::sub_range(iovs, pos - offset, n, &mut sub);
+                self.write_clusters(pos >> self.shift, &sub)?;
+                pos += n;
+                continue;
+            }
+            let take = (self.cs - in_off).min(end - pos);
+            let mut buf = AlignedBuf::zeroed(self.cs as usize);
+            self.read_iovecs(cstart, &[buf.as_iovec()])?;
+            iov::sub_range(iovs, pos - offset, take, &mut sub);
+            // SAFETY: `sub` points into the caller's buffers, valid for this call.
+            unsafe { iov::copy_out(&sub, &mut buf[in_off as usize..(in_off + take) as usize]) };
+            self.write_clusters(cstart >> self.shift, &[buf.as_iovec()])?;
+            pos += take;
+        }
+        Ok(())
+    }
+
+    /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
+    fn write_clusters(&self, cluster: u64, iovs: &[iovec]) -> Result<()> {
+        let n = iov::total(iovs) >> self.shift;
+        let mut done = 0u64;
+        let mut sub = Vec::new();
+        while done < n {
+            let (file, index, take, rolled) = self.reserve(n - done)?;
+            if rolled {
+                self.flush()?;
+            }
+            let bytes = (take as u64) << self.shift;
+            let io = if done == 0 && take as u64 == n {
+                file.writev_at(iovs, (index as u64) << self.shift)
+            } else {
+                iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
+                file.writev_at(&sub, (index as u64) << self.shift)
+            };
+            let mut st = self.state.lock();
+            if let Some(l) = st.local.get_mut(&file.number) {
+                l.inflight -= 1;
+            }
+            if let Err(e) = io {
+                self.env.uploader.notify();
+                return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
+            }
+            let loc = Location::new(file.number, index);
+            for i in 0..take as u64 {
+                st.map.set(cluster + done + i, loc.advance(i as u32).pack());
+            }
+            st.dirty.insert(file.number);
+            let rec = Record::Write { cluster: cluster + done, count: take, loc };
+            self.append_record(&mut st, &rec)?;
+            drop(st);
+            done += take as u64;
+        }
+        Ok(())
+    }
+
+    /// Reserve up to `want` clusters at the tail of the open SCO, throttling while the
+    /// write buffer is full and rolling to a new epoch when the SCO is full.
+    fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32, bool)> {
+        let mut st = self.state.lock();
+        self.check_writable(&st)?;
+        let mut throttled = false;
+        while st.wb_bytes >= self.env.opts.wb_limit {
+            if !throttled {
+                throttled = true;
+                self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(volume = %self.name, "write buffer full: throttling writes until uploads catch up");
+            }
+            self.env.uploader.notify();
+            self.progress.wait_for(&mut st, Duration::from_millis(100));
+            self.check_writable(&st)?;
+        }
+        let sco_clusters = self.meta.sco_clusters;
+        let mut rolled = false;
+        let full = match &st.open {
+            Some(o) => o.next_index >= sco_clusters,
+            None => true,
+        };
+        if full {
+            rolled = st.open.is_some();
+            self.roll(&mut st, true)?;
+        }
+        let o = st.open.as_mut().expect("open epoch");
+        let take = (sco_clusters - o.next_index).min(want.min(u32::MAX as u64) as u32);
+        let index = o.next_index;
+        o.next_index += take;
+        let file = o.sco.clone();
+        let epoch = o.epoch;
+        let l = st.local.get_mut(&epoch).expect("local SCO of open epoch");
+        l.inflight += 1;
+        l.clusters = index + take;
+        st.wb_bytes += (take as u64) << self.shift;
+        Ok((file, index, take, rolled))
+    }
+
+    /// Append a record to the open epoch's pending batch (opening one if needed).
+    fn append_record(&self, st: &mut State, rec: &Record) -> Result<()> {
+        if st.open.is_none() {
+            self.roll(st, true)?;
+        }
+        let o = st.open.as_mut().expect("open epoch");
+        rec.encode(&mut o.pending);
+        o.pending_count += 1;
+        Ok(())
+    }
+
+    // ----- discard / write zeroes -----
+
+    /// Make `[offset, offset+len)` read as zeroes. Whole clusters are unmapped (a TLog
+    /// record, no data written); partial clusters at the edges are zero-written.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range("write-zeroes", offset, len)?;
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
+        let mask = self.cs - 1;
+        let end = offset + len;
+        let first_full = (offset + mask) & !mask;
+        let last_full = end & !mask;
+        if first_full >= last_full {
+            return self.zero_bytes(offset, len);
+        }
+        if offset < first_full {
+            self.zero_bytes(offset, first_full - offset)?;
+        }
+        // Unmap whole clusters, in chunks so guest IO is never blocked for long.
+        let mut c = first_full >> self.shift;
+        let c_end = last_full >> self.shift;
+        const CHUNK: u64 = 1 << 16;
+        while c < c_end {
+            let n = (c_end - c).min(CHUNK);
+            let mut st = self.state.lock();
+            self.check_writable(&st)?;
+            let entry = self.zero_entry();
+            st.map.fill(c, n, entry);
+            self.append_record(&mut st, &Record::Fill { cluster: c, count: n, entry })?;
+            drop(st);
+            c += n;
+        }
+        if last_full < end {
+            self.zero_bytes(last_full, end - last_full)?;
+        }
+        Ok(())
+    }
+
+    fn zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
+        let mut z = vec![0u8; len as usize];
+        let v = [iovec { iov_base: z.as_mut_ptr() as *mut libc::c_void, iov_len: z.len() }];
+        self.write_iovecs(offset, &v)
+    }
+
+    // ----- flush -----
+
+    /// Make every write completed before this call durable: fdatasync the SCO data it
+    /// wrote, then write and fdatasync the TLog records (group commit).
+    pub fn flush(&self) -> Result<()> {
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        let mut tlogs = self.flush_side.lock();
+        let (dirty, batches, new_tlogs) = {
+            let mut st = self.state.lock();
+            if let Some(f) = &st.failed {
+                return Err(Error::io(format!("volume {} stopped after a local IO error", self.name), std::io::Error::other(f.clone())));
+            }
+            let dirty: Vec<Arc<ScoFile>> = std::mem::take(&mut st.dirty)
+                .into_iter()
+                .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
+                .collect();
+            let mut batches = std::mem::take(&mut st.sealing);
+            if let Some(o) = st.open.as_mut() {
+                if o.pending_count > 0 {
+                    batches.push(PendingBatch {
+                        epoch: o.epoch,
+                        payload: std::mem::replace(&mut o.pending, Vec::with_capacity(4096)),
+                        count: std::mem::take(&mut o.pending_count),
+                        seal: false,
+                    });
+                }
+            }
+            (dirty, batches, std::mem::take(&mut st.new_tlogs))
+        };
+        for t in new_tlogs {
+            tlogs.insert(t.epoch(), t);
+        }
+        let result = (|| -> Result<Vec<u64>> {
+            for f in &dirty {
+                f.sync_data()?;
+            }
+            let mut touched = BTreeSet::new();
+            let mut sealed = Vec::new();
+            for b in &batches {
+                let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
+                    Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
+                })?;
+                w.write_batch(&b.payload, b.count)?;
+                touched.insert(b.epoch);
+                if b.seal {
+                    sealed.push(b.epoch);
+                }
+            }
+            for e in &touched {
+                tlogs[e].sync()?;
+            }
+            for e in &sealed {
+                tlogs.remove(e);
+            }
+            Ok(sealed)
+        })();
+        match result {
+            Ok(sealed) => {
+                if !sealed.is_empty() {
+                    let mut st = self.state.lock();
+                    for e in sealed {
+                        if let Some(u) = st.uploads.get_mut(&e) {
+                            u.durable = true;
+                        }
+                    }
+                    drop(st);
+                    self.env.uploader.notify();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");
+                self.state.lock().failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    // ----- read path -----
+
+    /// Read into `iovs` from byte `offset`.
+    pub fn read_iovecs(&self, offset: u64, iovs: &[iovec]) -> Result<()> {
+        let len = iov::total(iovs);
+        self.check_range("read", offset, len)?;
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
+        SCRATCH.with(|s| {
+            let mut sub = s.borrow_mut();
+            let end = offset + len;
+            let mut pos = offset;
+            while pos < end {
+                let cluster = pos >> self.shift;
+                let in_off = pos & (self.cs - 1);
+                let last_cluster = (end - 1) >> self.shift;
+                let (src, run) = self.resolve_run(cluster, last_cluster);
+                let run_bytes = ((run << self.shift) - in_off).min(end - pos);
+                iov::sub_range(iovs, pos - offset, run_bytes, &mut sub);
+                match src {
+                    // SAFETY: the caller's iovecs are valid writable buffers.
+                    Source::Zero => unsafe { iov::zero(&sub) },
+                    Source::Local(file, loc) => {
+                        file.readv_at(&sub, ((loc.index as u64) << self.shift) + in_off).map_err(|e| {
+                            Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e)
+                        })?
+                    }
+                    Source::Remote(loc) => {
+                        let v = sub.clone();
+                        self.read_remote(loc, in_off, run_bytes, &v)?
+                    }
+                }
+                pos += run_bytes;
+            }
+            Ok(())
+        })
+    }
+
+    /// Resolve clusters from `first` (up to `last`) to one source run.
+    fn resolve_run(&self, first: u64, last: u64) -> (Source, u64) {
+        let st = self.state.lock();
+        let e0 = st.map.get(first);
+        let mut run = 1u64;
+        match Location::unpack(e0) {
+            None => {
+                while first + run <= last && Location::unpack(st.map.get(first + run)).is_none() {
+                    run += 1;
+                }
+                (Source::Zero, run)
+            }
+            Some(loc) => {
+                while first + run <= last
+                    && run < 1 << 20
+                    && st.map.get(first + run) == loc.advance(run as u32).pack()
+                {
+                    run += 1;
+                }
+                match st.local.get(&loc.sco) {
+                    Some(l) => (Source::Local(l.file.clone(), loc), run),
+                    None => (Source::Remote(loc), run),
+                }
+            }
+        }
+    }
+
+    /// Read bytes `[in_off, in_off+len)` counted from location `loc` of an SCO that is
+    /// only in the object store: read cache first, else fetch frames and fill the cache.
+    fn read_remote(&self, loc: Location, in_off: u64, len: u64, iovs: &[iovec]) -> Result<()> {
+        let start = ((loc.index as u64) << self.shift) + in_off;
+        let end = start + len;
+        let mut pos = start;
+        let mut sub = Vec::new();
+        while pos < end {
+            let block = pos / BLOCK as u64;
+            let boff = (pos % BLOCK as u64) as usize;
+            let take = (BLOCK as u64 - boff as u64).min(end - pos);
+            iov::sub_range(iovs, pos - start, take, &mut sub);
+            let key = BlockKey { owner: self.owner, sco: loc.sco, block: block as u32 };
+            if self.env.cache.read(key, boff, &sub) {
+                pos += take;
+                continue;
+            }
+            // Miss: fetch the frames covering the rest of the range.
+            let okey = keys::sco(&self.name, self.meta.gen_of_epoch(loc.sco), loc.sco);
+            let (raw_start, data) = self.env.reader.read_frames(&okey, pos, end - pos).map_err(|e| {
+                tracing::error!(volume = %self.name, object = %okey, error = %e, "read from the object store failed");
+                e
+            })?;
+            let first_block = raw_start.div_ceil(BLOCK as u64);
+            let mut b = first_block;
+            while (b + 1) * BLOCK as u64 <= raw_start + data.len() as u64 {
+                let at = (b * BLOCK as u64 - raw_start) as usize;
+                self.env.cache.insert(BlockKey { owner: self.owner, sco: loc.sco, block: b as u32 }, &data[at..at + BLOCK]);
+                b += 1;
+            }
+            iov::sub_range(iovs, pos - start, end - pos, &mut sub);
+            let at = (pos - raw_start) as usize;
+            // SAFETY: the caller's iovecs are valid writable buffers.
+            unsafe { iov::copy_in(&sub, &data[at..at + (end - pos) as usize]) };
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    // ----- convenience for slices -----
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let v = [iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() }];
+        self.write_iovecs(offset, &v)
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let v = [iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
+        self.read_iovecs(offset, &v)
+    }
+
+    /// True when no cluster of `[offset, offset+len)` holds data (reads as zeroes).
+    pub fn is_unmapped(&self, offset: u64, len: u64) -> bool {
+        let st = self.state.lock();
+        let first = offset >> self.shift;
+        let last = (offset + len - 1) >> self.shift;
+        (first..=last).all(|c| Location::unpack(st.map.get(c)).is_none())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Volume>();
+    let _ = ZERO;
+}
+
+/// A point-in-time view of a volume's counters and state.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeStats {
+    pub mapped_clusters: u64,
+    pub wb_bytes: u64,
+    pub kept_bytes: u64,
+    pub pending_epochs: u64,
+    pub last_uploaded_epoch: u64,
+    pub uploaded_bytes: u64,
+    pub uploaded_stored_bytes: u64,
+    pub map_memory_bytes: u64,
+    pub upload_error: Option<String>,
+}
+
+impl Volume {
+    pub fn stats(&self) -> VolumeStats {
+        let st = self.state.lock();
+        VolumeStats {
+            mapped_clusters: st.map.mapped(),
+            wb_bytes: st.wb_bytes,
+            kept_bytes: st.kept_bytes,
+            pending_epochs: st.uploads.len() as u64,
+            last_uploaded_epoch: st.last_uploaded,
+            uploaded_bytes: self.counters.uploaded_bytes.load(Ordering::Relaxed),
+            uploaded_stored_bytes: self.counters.uploaded_stored_bytes.load(Ordering::Relaxed),
+            map_memory_bytes: st.map.memory_bytes(),
+            upload_error: st.upload_error.clone(),
+        }
+    }
+}

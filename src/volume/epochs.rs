@@ -1,0 +1,352 @@
+//! Epochs of a volume: epoch `n` is SCO `n` plus TLog `n`. Rolling seals the open epoch
+//! and opens the next; sealed epochs go to the object store in order (SCO first, then
+//! the TLog that references it), after which local copies become evictable and
+//! metadata checkpoints are written. Also the volume's clean close (seal + drain).
+
+use std::fs::OpenOptions;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::checkpoint;
+use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume};
+use super::sco_file::ScoFile;
+use super::tlog::{self, Record, TlogWriter};
+use crate::backend::sco_object;
+use crate::backend::uploader::UploadSource;
+use crate::backend::keys;
+use crate::error::{Error, IoContext, Result};
+
+enum Job {
+    Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
+    Tlog { epoch: u64 },
+    Checkpoint { epoch: u64, map: super::map::ClusterMap },
+}
+
+/// Result of closing a volume.
+#[derive(Debug, Clone)]
+pub struct CloseReport {
+    /// Everything is in the object store.
+    pub drained: bool,
+    /// Bytes left only in the local write buffer.
+    pub pending_bytes: u64,
+}
+
+impl Volume {
+    pub(crate) fn sco_path(&self, epoch: u64) -> std::path::PathBuf {
+        self.dir.join("sco").join(format!("{epoch:016x}"))
+    }
+
+    pub(crate) fn tlog_path(&self, epoch: u64) -> std::path::PathBuf {
+        self.dir.join("tlog").join(format!("{epoch:016x}"))
+    }
+
+    /// Seal the open epoch (if any) and, when `open_next`, open a new one.
+    pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
+        if let Some(mut o) = st.open.take() {
+            Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
+            st.sealing.push(PendingBatch { epoch: o.epoch, payload: o.pending, count: o.pending_count + 1, seal: true });
+            st.uploads.insert(
+                o.epoch,
+                EpochUpload { sco_clusters: o.next_index, durable: false, sco: JobState::Waiting, tlog: JobState::Waiting, attempts: 0 },
+            );
+            st.last_sealed = o.epoch;
+            if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
+                st.checkpoint_due = Some((o.epoch, st.map.clone()));
+            }
+        }
+        if !open_next {
+            return Ok(());
+        }
+        let epoch = st.next_epoch;
+        let sco = Arc::new(ScoFile::open(&self.sco_path(epoch), epoch, true, self.env.opts.direct)?);
+        let tpath = self.tlog_path(epoch);
+        let tfile = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tpath)
+            .ctx(|| format!("cannot create TLog {}", tpath.display()))?;
+        st.next_epoch += 1;
+        st.new_tlogs.push(TlogWriter::new(tfile, epoch, 0, 0));
+        st.local.insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false });
+        st.open = Some(OpenEpoch {
+            epoch,
+            sco,
+            next_index: 0,
+            pending: Vec::with_capacity(4096),
+            pending_count: 0,
+            opened_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Seal the open epoch now (snapshot, shutdown, timer) and make the seal durable.
+    pub fn seal(&self) -> Result<()> {
+        {
+            let mut st = self.state.lock();
+            let has_data = st.open.as_ref().is_some_and(|o| o.next_index > 0 || o.pending_count > 0);
+            if !has_data {
+                // An empty open epoch stays open; nothing to seal.
+                return Ok(());
+            }
+            if st.local.get(&st.open.as_ref().unwrap().epoch).is_some_and(|l| l.inflight > 0) {
+                // Writes still landing in it: they will be sealed with the next roll.
+            }
+            self.roll(&mut st, false)?;
+        }
+        self.flush()
+    }
+
+    fn take_job(&self) -> Option<Job> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let ready = |s: JobState| match s {
+            JobState::Waiting => true,
+            JobState::RetryAt(t) => t <= now,
+            _ => false,
+        };
+        // SCOs of durable sealed epochs whose writes have all landed.
+        let mut pick = None;
+        for (&e, u) in st.uploads.iter() {
+            if !u.durable {
+                break;
+            }
+            if u.sco != JobState::Done && ready(u.sco) && st.local.get(&e).is_none_or(|l| l.inflight == 0) {
+                pick = Some(e);
+                break;
+            }
+        }
+        let first_tlog = st.uploads.iter().next().filter(|(_, u)| u.durable).map(|(e, _)| *e);
+        if let Some(e) = pick {
+            let file = st.local.get(&e).map(|l| l.file.clone());
+            let u = st.uploads.get_mut(&e).unwrap();
+            u.sco = JobState::Running;
+            let clusters = u.sco_clusters;
+            match file {
+                Some(file) if clusters > 0 => return Some(Job::Sco { epoch: e, file, clusters }),
+                _ => {
+                    u.sco = JobState::Done;
+                    drop(st);
+                    return self.take_job();
+                }
+            }
+        }
+        // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded.
+        if let Some(e) = first_tlog {
+            let u = st.uploads.get_mut(&e).unwrap();
+            if u.sco == JobState::Done && ready(u.tlog) {
+                u.tlog = JobState::Running;
+                return Some(Job::Tlog { epoch: e });
+            }
+        }
+        if !st.checkpoint_running {
+            if let Some((e, _)) = &st.checkpoint_due {
+                if *e <= st.last_uploaded {
+                    let (epoch, map) = st.checkpoint_due.take().unwrap();
+                    st.checkpoint_running = true;
+                    return Some(Job::Checkpoint { epoch, map });
+                }
+            }
+        }
+        None
+    }
+
+    fn run_job(&self, job: &Job) -> Result<()> {
+        let store = &self.env.store;
+        let gen = self.meta.generation;
+        match job {
+            Job::Sco { epoch, file, clusters } => {
+                let len = (*clusters as u64) << self.shift;
+                let mut raw = vec![0u8; len as usize];
+                file.read_exact_at(&mut raw, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+                let obj = sco_object::encode(&raw, self.env.opts.frame_size, self.env.opts.codec);
+                let key = keys::sco(&self.name, gen, *epoch);
+                match store.put(&key, &obj) {
+                    Ok(()) | Err(Error::ObjectExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+                self.counters.uploaded_stored_bytes.fetch_add(obj.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Job::Tlog { epoch } => {
+                let path = self.tlog_path(*epoch);
+                let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+                let key = keys::tlog(&self.name, gen, *epoch);
+                tlog::parse_sealed(&key, &bytes, *epoch)?;
+                match store.put(&key, &bytes) {
+                    Ok(()) | Err(Error::ObjectExists(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Job::Checkpoint { epoch, map } => self.write_checkpoint(*epoch, map),
+        }
+    }
+
+    pub(crate) fn write_checkpoint(&self, epoch: u64, map: &super::map::ClusterMap) -> Result<()> {
+        let store = &self.env.store;
+        let key = keys::checkpoint(&self.name, epoch);
+        match store.put(&key, &checkpoint::encode(map, epoch)) {
+            Ok(()) | Err(Error::ObjectExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Keep the two newest checkpoints.
+        let list = store.list(&keys::checkpoint_prefix(&self.name))?;
+        let mut nums: Vec<u64> = list.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
+        nums.sort_unstable();
+        if nums.len() > 2 {
+            for n in &nums[..nums.len() - 2] {
+                store.delete(&keys::checkpoint(&self.name, *n))?;
+            }
+        }
+        tracing::debug!(volume = %self.name, epoch, "metadata checkpoint written");
+        Ok(())
+    }
+
+    fn finish_job(&self, job: Job, res: Result<()>) {
+        let mut st = self.state.lock();
+        match (&job, res) {
+            (Job::Sco { epoch, .. }, Ok(())) => {
+                if let Some(u) = st.uploads.get_mut(epoch) {
+                    u.sco = JobState::Done;
+                    u.attempts = 0;
+                }
+                st.upload_error = None;
+            }
+            (Job::Tlog { epoch }, Ok(())) => {
+                let epoch = *epoch;
+                let u = st.uploads.remove(&epoch);
+                st.last_uploaded = epoch;
+                st.upload_error = None;
+                let bytes = u.map(|u| (u.sco_clusters as u64) << self.shift).unwrap_or(0);
+                if let Some(l) = st.local.get_mut(&epoch) {
+                    l.uploaded = true;
+                    st.wb_bytes = st.wb_bytes.saturating_sub(bytes);
+                    st.kept_bytes += bytes;
+                }
+                let _ = std::fs::remove_file(self.tlog_path(epoch));
+                self.evict_uploaded(&mut st);
+            }
+            (Job::Checkpoint { epoch, .. }, Ok(())) => {
+                st.checkpoint_running = false;
+                st.last_checkpoint = st.last_checkpoint.max(*epoch);
+            }
+            (_, Err(e)) => {
+                let (epoch, what) = match &job {
+                    Job::Sco { epoch, .. } => (*epoch, "SCO"),
+                    Job::Tlog { epoch } => (*epoch, "TLog"),
+                    Job::Checkpoint { epoch, .. } => (*epoch, "checkpoint"),
+                };
+                tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
+                st.upload_error = Some(e.to_string());
+                if let Job::Checkpoint { epoch, map } = job {
+                    st.checkpoint_running = false;
+                    if st.checkpoint_due.is_none() {
+                        st.checkpoint_due = Some((epoch, map));
+                    }
+                } else if let Some(u) = st.uploads.get_mut(&epoch) {
+                    u.attempts += 1;
+                    let backoff = Duration::from_millis((100u64 << u.attempts.min(8)).min(30_000));
+                    // Jitter: up to a quarter of the backoff.
+                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+                    let at = Instant::now() + backoff + jitter;
+                    match what {
+                        "SCO" => u.sco = JobState::RetryAt(at),
+                        _ => u.tlog = JobState::RetryAt(at),
+                    }
+                }
+            }
+        }
+        drop(st);
+        self.progress.notify_all();
+    }
+
+    /// Delete local copies of uploaded SCOs, oldest first, while local data exceeds
+    /// three quarters of the write-buffer limit.
+    fn evict_uploaded(&self, st: &mut State) {
+        let budget = self.env.opts.wb_limit / 4 * 3;
+        while st.wb_bytes + st.kept_bytes > budget {
+            let victim = st.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
+            let Some(e) = victim else { break };
+            let l = st.local.remove(&e).unwrap();
+            st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
+            if let Err(err) = std::fs::remove_file(l.file.path()) {
+                tracing::warn!(volume = %self.name, epoch = e, error = %err, "cannot remove evicted SCO file");
+            }
+        }
+    }
+
+    /// Close the volume: seal the open epoch, wait up to the drain timeout for every
+    /// upload, then write a final checkpoint. What is not uploaded stays in the local
+    /// write buffer and is uploaded on the next open.
+    pub fn close(&self) -> Result<CloseReport> {
+        self.flush()?;
+        self.seal()?;
+        let deadline = Instant::now() + self.env.opts.drain_timeout;
+        self.env.uploader.notify();
+        let mut st = self.state.lock();
+        while !st.uploads.is_empty() && Instant::now() < deadline && st.failed.is_none() {
+            self.progress.wait_for(&mut st, Duration::from_millis(200));
+        }
+        let drained = st.uploads.is_empty();
+        let pending_bytes = st.wb_bytes;
+        let final_cp = if drained && st.last_uploaded > st.last_checkpoint {
+            st.checkpoint_due = None;
+            Some((st.last_uploaded, st.map.clone()))
+        } else {
+            None
+        };
+        st.closed = true;
+        drop(st);
+        if let Some((epoch, map)) = final_cp {
+            self.write_checkpoint(epoch, &map)?;
+            self.state.lock().last_checkpoint = epoch;
+        }
+        if drained {
+            tracing::info!(volume = %self.name, "closed: every write is in the object store");
+        } else {
+            tracing::warn!(
+                volume = %self.name,
+                pending_bytes,
+                "closed before uploads drained: un-uploaded data stays in the local write buffer and is uploaded on the next start"
+            );
+        }
+        Ok(CloseReport { drained, pending_bytes })
+    }
+
+    /// Wait until every sealed epoch is uploaded (or `timeout`); true if drained.
+    pub fn wait_uploaded(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.env.uploader.notify();
+        let mut st = self.state.lock();
+        while !st.uploads.is_empty() && Instant::now() < deadline {
+            self.progress.wait_for(&mut st, Duration::from_millis(100));
+        }
+        st.uploads.is_empty()
+    }
+}
+
+impl UploadSource for Volume {
+    fn run_one_job(&self) -> bool {
+        let Some(job) = self.take_job() else { return false };
+        let res = self.run_job(&job);
+        self.finish_job(job, res);
+        true
+    }
+
+    fn tick(&self) {
+        let Some(after) = self.env.opts.seal_after else { return };
+        let due = {
+            let st = self.state.lock();
+            !st.closed
+                && st.failed.is_none()
+                && st.open.as_ref().is_some_and(|o| o.next_index > 0 && o.opened_at.elapsed() >= after)
+        };
+        if due {
+            if let Err(e) = self.seal() {
+                tracing::warn!(volume = %self.name, error = %e, "timed seal failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Where a cluster's data lives, packed in 8 bytes: SCO number (40 bits) and cluster
+//! index inside that SCO (24 bits). A map entry is a location or one of two markers.
+
+/// Map entry: never written here (a clone falls through to its parent).
+pub const UNMAPPED: u64 = 0;
+/// Map entry: explicitly zero (discarded or zero-written); does not fall through.
+pub const ZERO: u64 = 1;
+
+const INDEX_BITS: u32 = 24;
+/// Largest number of clusters one SCO may hold.
+pub const MAX_CLUSTERS_PER_SCO: u64 = 1 << INDEX_BITS;
+/// Largest SCO number.
+pub const MAX_SCO: u64 = (1 << 40) - 1;
+
+/// A cluster's location: `(sco, index)`; SCO numbers start at 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    pub sco: u64,
+    pub index: u32,
+}
+
+impl Location {
+    pub fn new(sco: u64, index: u32) -> Location {
+        debug_assert!(sco >= 1 && sco <= MAX_SCO && (index as u64) < MAX_CLUSTERS_PER_SCO);
+        Location { sco, index }
+    }
+
+    pub fn pack(self) -> u64 {
+        (self.sco << INDEX_BITS) | self.index as u64
+    }
+
+    /// Decode a map entry; `None` for UNMAPPED and ZERO.
+    pub fn unpack(entry: u64) -> Option<Location> {
+        if entry <= ZERO {
+            return None;
+        }
+        Some(Location { sco: entry >> INDEX_BITS, index: (entry & (MAX_CLUSTERS_PER_SCO - 1)) as u32 })
+    }
+
+    /// The location `n` clusters further in the same SCO.
+    pub fn advance(self, n: u32) -> Location {
+        Location { sco: self.sco, index: self.index + n }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_unpack() {
+        let l = Location::new(12345, 8191);
+        assert_eq!(Location::unpack(l.pack()), Some(l));
+        assert!(l.pack() > ZERO);
+        assert_eq!(Location::unpack(UNMAPPED), None);
+        assert_eq!(Location::unpack(ZERO), None);
+        let m = Location::new(MAX_SCO, (MAX_CLUSTERS_PER_SCO - 1) as u32);
+        assert_eq!(Location::unpack(m.pack()), Some(m));
+    }
+}

@@ -1,0 +1,206 @@
+//! The cluster map: cluster number → map entry (see `location`), in memory.
+//!
+//! Two levels of copy-on-write pages: a top vector of directories, each directory holds
+//! `DIR_PAGES` pages of `PAGE_ENTRIES` entries (8 bytes each). Pages exist only where
+//! the volume was written. Cloning a map is O(top size) and shares every page; the
+//! first write to a shared page copies just that page (`Arc::make_mut`). Snapshots and
+//! clones share pages this way.
+
+use std::sync::Arc;
+
+use super::location::UNMAPPED;
+
+pub const PAGE_ENTRIES: usize = 128;
+pub const DIR_PAGES: usize = 512;
+const DIR_CLUSTERS: u64 = (PAGE_ENTRIES * DIR_PAGES) as u64;
+
+#[derive(Clone)]
+struct Page {
+    entries: [u64; PAGE_ENTRIES],
+    used: u32,
+}
+
+#[derive(Clone)]
+struct Dir {
+    pages: [Option<Arc<Page>>; DIR_PAGES],
+}
+
+/// Map of one volume (or one snapshot of it).
+#[derive(Clone)]
+pub struct ClusterMap {
+    dirs: Vec<Option<Arc<Dir>>>,
+    clusters: u64,
+    mapped: u64,
+}
+
+impl ClusterMap {
+    pub fn new(clusters: u64) -> ClusterMap {
+        let n = clusters.div_ceil(DIR_CLUSTERS) as usize;
+        ClusterMap { dirs: vec![None; n], clusters, mapped: 0 }
+    }
+
+    pub fn clusters(&self) -> u64 {
+        self.clusters
+    }
+
+    /// Number of entries that are not UNMAPPED.
+    pub fn mapped(&self) -> u64 {
+        self.mapped
+    }
+
+    fn split(cluster: u64) -> (usize, usize, usize) {
+        let d = (cluster / DIR_CLUSTERS) as usize;
+        let r = (cluster % DIR_CLUSTERS) as usize;
+        (d, r / PAGE_ENTRIES, r % PAGE_ENTRIES)
+    }
+
+    pub fn get(&self, cluster: u64) -> u64 {
+        debug_assert!(cluster < self.clusters);
+        let (d, p, e) = Self::split(cluster);
+        match &self.dirs[d] {
+            Some(dir) => match &dir.pages[p] {
+                Some(page) => page.entries[e],
+                None => UNMAPPED,
+            },
+            None => UNMAPPED,
+        }
+    }
+
+    /// Set an entry; returns the old one.
+    pub fn set(&mut self, cluster: u64, entry: u64) -> u64 {
+        debug_assert!(cluster < self.clusters);
+        let (d, p, e) = Self::split(cluster);
+        if entry == UNMAPPED {
+            // Do not allocate pages to store "unmapped".
+            match &self.dirs[d] {
+                Some(dir) if dir.pages[p].is_some() => {}
+                _ => return UNMAPPED,
+            }
+        }
+        let dir = Arc::make_mut(self.dirs[d].get_or_insert_with(|| Arc::new(Dir { pages: std::array::from_fn(|_| None) })));
+        let slot = &mut dir.pages[p];
+        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page { entries: [UNMAPPED; PAGE_ENTRIES], used: 0 })));
+        let old = page.entries[e];
+        page.entries[e] = entry;
+        match (old == UNMAPPED, entry == UNMAPPED) {
+            (true, false) => {
+                page.used += 1;
+                self.mapped += 1;
+            }
+            (false, true) => {
+                page.used -= 1;
+                self.mapped -= 1;
+                if page.used == 0 {
+                    *slot = None;
+                }
+            }
+            _ => {}
+        }
+        old
+    }
+
+    /// Set `count` entries from `cluster` to `entry`; unmapping skips absent pages.
+    pub fn fill(&mut self, cluster: u64, count: u64, entry: u64) {
+        let end = cluster + count;
+        let mut c = cluster;
+        while c < end {
+            if entry == UNMAPPED {
+                let (d, p, _) = Self::split(c);
+                let skip_to = match &self.dirs[d] {
+                    None => Some((d as u64 + 1) * DIR_CLUSTERS),
+                    Some(dir) if dir.pages[p].is_none() => {
+                        Some(d as u64 * DIR_CLUSTERS + ((p + 1) * PAGE_ENTRIES) as u64)
+                    }
+                    _ => None,
+                };
+                if let Some(next) = skip_to {
+                    c = next.min(end);
+                    continue;
+                }
+            }
+            self.set(c, entry);
+            c += 1;
+        }
+    }
+
+    /// Visit every mapped entry in cluster order: `f(cluster, entry)`.
+    pub fn for_each_mapped(&self, mut f: impl FnMut(u64, u64)) {
+        for (d, dir) in self.dirs.iter().enumerate() {
+            let Some(dir) = dir else { continue };
+            for (p, page) in dir.pages.iter().enumerate() {
+                let Some(page) = page else { continue };
+                let base = d as u64 * DIR_CLUSTERS + (p * PAGE_ENTRIES) as u64;
+                for (e, &v) in page.entries.iter().enumerate() {
+                    if v != UNMAPPED {
+                        f(base + e as u64, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heap bytes held by this map's pages (shared pages counted fully).
+    pub fn memory_bytes(&self) -> u64 {
+        let mut n = (self.dirs.len() * std::mem::size_of::<Option<Arc<Dir>>>()) as u64;
+        for dir in self.dirs.iter().flatten() {
+            n += std::mem::size_of::<Dir>() as u64 + 16;
+            n += dir.pages.iter().flatten().count() as u64 * (std::mem::size_of::<Page>() as u64 + 16);
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::location::ZERO;
+
+    #[test]
+    fn set_get_and_cow() {
+        let mut m = ClusterMap::new(1_000_000);
+        assert_eq!(m.get(999_999), UNMAPPED);
+        assert_eq!(m.set(5, 77), UNMAPPED);
+        assert_eq!(m.set(999_999, ZERO), UNMAPPED);
+        assert_eq!(m.get(5), 77);
+        assert_eq!(m.mapped(), 2);
+        let snap = m.clone();
+        m.set(5, 88);
+        m.set(6, 99);
+        assert_eq!(snap.get(5), 77);
+        assert_eq!(snap.get(6), UNMAPPED);
+        assert_eq!(m.get(5), 88);
+        m.set(5, UNMAPPED);
+        m.set(6, UNMAPPED);
+        assert_eq!(m.mapped(), 1);
+        let mut seen = vec![];
+        snap.for_each_mapped(|c, e| seen.push((c, e)));
+        assert_eq!(seen, vec![(5, 77), (999_999, ZERO)]);
+        // Setting UNMAPPED where nothing exists allocates nothing.
+        let mut e = ClusterMap::new(1 << 30);
+        let before = e.memory_bytes();
+        e.set(123_456_789, UNMAPPED);
+        assert_eq!(e.memory_bytes(), before);
+        e.fill(0, 1 << 18, UNMAPPED);
+        assert_eq!(e.memory_bytes(), before);
+        e.fill(100, 300, ZERO);
+        assert_eq!(e.mapped(), 300);
+        e.fill(0, 1 << 18, UNMAPPED);
+        assert_eq!(e.mapped(), 0);
+        assert_eq!(e.memory_bytes(), before + 16 + std::mem::size_of::<Dir>() as u64);
+    }
+
+    #[test]
+    fn memory_per_written_cluster_fully_random() {
+        // Every cluster of a 1 GiB volume written once in random order.
+        let clusters = 262_144u64;
+        let mut m = ClusterMap::new(clusters);
+        let mut order: Vec<u64> = (0..clusters).collect();
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::thread_rng());
+        for (i, c) in order.into_iter().enumerate() {
+            m.set(c, 2 + i as u64);
+        }
+        let per = m.memory_bytes() as f64 / clusters as f64;
+        assert!(per <= 16.0, "{per} bytes per cluster");
+    }
+}

@@ -1,0 +1,115 @@
+//! A volume's configuration record, stored in the object store as versioned,
+//! immutable JSON objects (`<volume>/meta/volume/<version>`); the highest version wins.
+//! A host with only the object store can list and open every volume from these.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{keys, ObjectStore};
+use crate::error::{Error, Result};
+
+/// From which epoch on an owner generation wrote its objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenStart {
+    pub gen: u32,
+    pub first_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    pub name: String,
+    /// Logical size in bytes (a multiple of the cluster size).
+    pub size: u64,
+    pub cluster_size: u32,
+    /// Clusters per SCO.
+    pub sco_clusters: u32,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Current owner generation.
+    pub generation: u32,
+    pub generations: Vec<GenStart>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Version of this record (its key).
+    pub version: u64,
+}
+
+impl VolumeMeta {
+    pub fn new(name: &str, size: u64, cluster_size: u32, sco_size: u64) -> VolumeMeta {
+        VolumeMeta {
+            name: name.to_string(),
+            size,
+            cluster_size,
+            sco_clusters: (sco_size / cluster_size as u64) as u32,
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            generation: 1,
+            generations: vec![GenStart { gen: 1, first_epoch: 1 }],
+            read_only: false,
+            version: 1,
+        }
+    }
+
+    pub fn clusters(&self) -> u64 {
+        self.size / self.cluster_size as u64
+    }
+
+    /// The owner generation that wrote epoch `epoch`.
+    pub fn gen_of_epoch(&self, epoch: u64) -> u32 {
+        self.generations.iter().rev().find(|g| g.first_epoch <= epoch).map(|g| g.gen).unwrap_or(1)
+    }
+
+    /// Load the newest version; `VolumeNotFound` if there is none.
+    pub fn load(store: &dyn ObjectStore, name: &str) -> Result<VolumeMeta> {
+        let list = store.list(&keys::volume_meta_prefix(name))?;
+        let newest = list
+            .iter()
+            .filter_map(|o| keys::trailing_number(&o.key).map(|v| (v, &o.key)))
+            .max_by_key(|(v, _)| *v)
+            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?;
+        let bytes = store.get(newest.1)?;
+        let meta: VolumeMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt { key: newest.1.clone(), detail: format!("bad volume record: {e}") })?;
+        if meta.name != name || meta.cluster_size == 0 || meta.size % meta.cluster_size as u64 != 0 {
+            return Err(Error::Corrupt { key: newest.1.clone(), detail: "inconsistent volume record".into() });
+        }
+        Ok(meta)
+    }
+
+    /// Store this record as a new version (create-only: a concurrent writer loses).
+    pub fn store_new_version(&mut self, store: &dyn ObjectStore, first: bool) -> Result<()> {
+        if !first {
+            self.version += 1;
+        }
+        let bytes = serde_json::to_vec_pretty(self).expect("serializable");
+        match store.put(&keys::volume_meta(&self.name, self.version), &bytes) {
+            Err(Error::ObjectExists(_)) if first => Err(Error::VolumeExists(self.name.clone())),
+            r => r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalStore;
+
+    #[test]
+    fn versions() {
+        let t = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(t.path()).unwrap();
+        let mut m = VolumeMeta::new("v", 1 << 30, 4096, 32 << 20);
+        assert_eq!(m.sco_clusters, 8192);
+        m.store_new_version(&s, true).unwrap();
+        assert!(matches!(VolumeMeta::new("v", 1, 4096, 4096).store_new_version(&s, true), Err(Error::VolumeExists(_))));
+        m.read_only = true;
+        m.store_new_version(&s, false).unwrap();
+        let l = VolumeMeta::load(&s, "v").unwrap();
+        assert_eq!(l.version, 2);
+        assert!(l.read_only);
+        assert!(matches!(VolumeMeta::load(&s, "w"), Err(Error::VolumeNotFound(_))));
+        m.generations.push(GenStart { gen: 2, first_epoch: 10 });
+        assert_eq!(m.gen_of_epoch(9), 1);
+        assert_eq!(m.gen_of_epoch(10), 2);
+    }
+}

@@ -1,0 +1,18 @@
+//! The volume driver: map, write buffer (SCOs + TLogs), read cache, flush, upload
+//! pipeline and restart. Knows nothing of virtio.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod epochs;
+pub mod iov;
+pub mod location;
+pub mod map;
+pub mod meta;
+pub mod read_cache;
+pub mod recovery;
+pub mod sco_file;
+pub mod tlog;
+
+pub use engine::{EngineOptions, Volume, VolumeEnv};
+pub use epochs::CloseReport;
+pub use meta::VolumeMeta;

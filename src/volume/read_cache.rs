@@ -1,0 +1,227 @@
+//! The read cache: a bounded on-disk store of object-store data shared by every volume
+//! of the daemon, keyed by location (object, 4 KiB block), so clones of one template
+//! share entries. Fixed slots in one file; an in-memory index; CLOCK eviction (a hit
+//! sets a reference bit, the hand clears bits and evicts the first unreferenced slot),
+//! which keeps hot blocks. Readers read slots without holding the lock and re-check a
+//! per-slot version afterwards, so an eviction racing a read is detected and retried.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::iov::{self, iovec, AlignedBuf};
+use crate::error::{IoContext, Result};
+
+pub const BLOCK: usize = 4096;
+
+/// A cached block: (object owner id, SCO number, block index in the SCO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub owner: u32,
+    pub sco: u64,
+    pub block: u32,
+}
+
+struct Index {
+    map: HashMap<BlockKey, u32>,
+    slot_key: Vec<Option<BlockKey>>,
+    referenced: Vec<bool>,
+    hand: usize,
+    owners: HashMap<String, u32>,
+}
+
+pub struct ReadCache {
+    buffered: File,
+    direct: Option<File>,
+    slots: usize,
+    versions: Vec<AtomicU64>,
+    index: Mutex<Index>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl ReadCache {
+    /// Create (replacing any old one) a cache of `size` bytes in file `path`.
+    pub fn create(path: &Path, size: u64, direct: bool) -> Result<ReadCache> {
+        let slots = (size / BLOCK as u64).max(16) as usize;
+        let _ = std::fs::remove_file(path);
+        let buffered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx(|| format!("cannot create read cache {}", path.display()))?;
+        buffered.set_len((slots * BLOCK) as u64).ctx(|| format!("cannot size read cache {}", path.display()))?;
+        let direct = if direct { OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok() } else { None };
+        Ok(ReadCache {
+            buffered,
+            direct,
+            slots,
+            versions: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            index: Mutex::new(Index {
+                map: HashMap::with_capacity(slots.min(1 << 20)),
+                slot_key: vec![None; slots],
+                referenced: vec![false; slots],
+                hand: 0,
+                owners: HashMap::new(),
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// A stable small id for an object owner (volume name).
+    pub fn owner_id(&self, name: &str) -> u32 {
+        let mut ix = self.index.lock();
+        let next = ix.owners.len() as u32;
+        *ix.owners.entry(name.to_string()).or_insert(next)
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        (self.slots * BLOCK) as u64
+    }
+
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    /// Read `[off, off+len)` of a cached block into `iovs`; false on a miss.
+    pub fn read(&self, key: BlockKey, off: usize, iovs: &[iovec]) -> bool {
+        let len = iov::total(iovs) as usize;
+        debug_assert!(off + len <= BLOCK);
+        for _ in 0..3 {
+            let (slot, ver) = {
+                let mut ix = self.index.lock();
+                match ix.map.get(&key).copied() {
+                    Some(s) => {
+                        ix.referenced[s as usize] = true;
+                        (s as usize, self.versions[s as usize].load(Ordering::Acquire))
+                    }
+                    None => {
+                        self.misses.fetch_add(1, Ordering::Relaxed);
+                        return false;
+                    }
+                }
+            };
+            let pos = (slot * BLOCK + off) as u64;
+            let f = match &self.direct {
+                Some(d) if off % 512 == 0 && iov::aligned(iovs, 512) => d,
+                _ => &self.buffered,
+            };
+            if read_into(f, iovs, pos).is_err() {
+                return false;
+            }
+            if self.versions[slot].load(Ordering::Acquire) == ver {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Insert a whole block (overwriting an existing entry for the key).
+    pub fn insert(&self, key: BlockKey, data: &[u8]) {
+        debug_assert_eq!(data.len(), BLOCK);
+        let slot = {
+            let mut ix = self.index.lock();
+            if let Some(old) = ix.map.remove(&key) {
+                ix.slot_key[old as usize] = None;
+            }
+            // CLOCK: find a slot that is free or not recently used.
+            let slot = loop {
+                let h = ix.hand;
+                ix.hand = (h + 1) % self.slots;
+                if ix.slot_key[h].is_none() {
+                    break h;
+                }
+                if ix.referenced[h] {
+                    ix.referenced[h] = false;
+                } else {
+                    break h;
+                }
+            };
+            if let Some(old) = ix.slot_key[slot].take() {
+                ix.map.remove(&old);
+            }
+            self.versions[slot].fetch_add(1, Ordering::AcqRel);
+            slot
+        };
+        let mut buf = AlignedBuf::zeroed(BLOCK);
+        buf.copy_from_slice(data);
+        let f = self.direct.as_ref().unwrap_or(&self.buffered);
+        if read_write_at(f, &buf, (slot * BLOCK) as u64).is_err() {
+            return; // Slot stays free: a cache write failure only costs a miss later.
+        }
+        let mut ix = self.index.lock();
+        ix.slot_key[slot] = Some(key);
+        ix.referenced[slot] = false;
+        ix.map.insert(key, slot as u32);
+    }
+
+    /// Drop every entry of one SCO (its object was deleted).
+    pub fn forget_sco(&self, owner: u32, sco: u64) {
+        let mut ix = self.index.lock();
+        let keys: Vec<_> = ix.map.keys().filter(|k| k.owner == owner && k.sco == sco).copied().collect();
+        for k in keys {
+            if let Some(s) = ix.map.remove(&k) {
+                ix.slot_key[s as usize] = None;
+                self.versions[s as usize].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+fn read_into(f: &File, iovs: &[iovec], pos: u64) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let want = iov::total(iovs) as isize;
+    // SAFETY: iovecs are caller-owned writable buffers.
+    let r = unsafe { libc::preadv(f.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32, pos as libc::off_t) };
+    if r != want {
+        return Err(std::io::Error::other("short read from read cache"));
+    }
+    Ok(())
+}
+
+fn read_write_at(f: &File, buf: &[u8], pos: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(buf, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_hit_evict() {
+        let t = tempfile::tempdir().unwrap();
+        let c = ReadCache::create(&t.path().join("c"), 16 * BLOCK as u64, true).unwrap();
+        let o = c.owner_id("v");
+        assert_eq!(c.owner_id("v"), o);
+        let key = |b| BlockKey { owner: o, sco: 1, block: b };
+        for b in 0..16 {
+            c.insert(key(b), &[b as u8; BLOCK]);
+        }
+        let mut out = AlignedBuf::zeroed(BLOCK);
+        assert!(c.read(key(3), 0, &[out.as_iovec()]));
+        assert_eq!(out[100], 3);
+        let mut small = [0u8; 10];
+        let v = [iovec { iov_base: small.as_mut_ptr() as *mut _, iov_len: 10 }];
+        assert!(c.read(key(5), 7, &v));
+        assert_eq!(small, [5u8; 10]);
+        // Block 3 and 5 are referenced; inserting 2 more evicts unreferenced ones first.
+        c.insert(key(100), &[9u8; BLOCK]);
+        c.insert(key(101), &[9u8; BLOCK]);
+        assert!(c.read(key(3), 0, &[out.as_iovec()]));
+        assert!(c.read(key(100), 0, &[out.as_iovec()]));
+        assert_eq!(out[0], 9);
+        let present = (0..16).filter(|&b| c.read(key(b), 0, &[out.as_iovec()])).count();
+        assert_eq!(present, 14);
+        c.forget_sco(o, 1);
+        assert!(!c.read(key(3), 0, &[out.as_iovec()]));
+    }
+}

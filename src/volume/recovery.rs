@@ -1,0 +1,224 @@
+//! Opening a volume: rebuild its map from the newest valid metadata checkpoint plus a
+//! replay of every later TLog (from the local write buffer when present, else from the
+//! object store), cut torn TLog tails, seal epochs a crash left open, and queue every
+//! sealed epoch that is not yet in the object store for upload. Works on a fresh data
+//! dir too ("another host"): then everything comes from the object store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::checkpoint;
+use super::engine::{EpochUpload, JobState, LocalSco, State, Volume, VolumeEnv};
+use super::location::Location;
+use super::map::ClusterMap;
+use super::meta::VolumeMeta;
+use super::sco_file::ScoFile;
+use super::tlog::{self, Record, TlogWriter};
+use crate::backend::keys;
+use crate::backend::uploader::UploadSource;
+use crate::error::{Error, IoContext, Result};
+
+fn local_numbers(dir: &Path) -> Result<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for e in fs::read_dir(dir).ctx(|| format!("cannot list {}", dir.display()))? {
+        let e = e.ctx(|| format!("cannot list {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        match (name.len() == 16).then(|| u64::from_str_radix(&name, 16).ok()).flatten() {
+            Some(n) => {
+                out.insert(n);
+            }
+            None => tracing::warn!(file = %e.path().display(), "ignoring unexpected file in the write buffer"),
+        }
+    }
+    Ok(out)
+}
+
+fn apply(map: &mut ClusterMap, rec: &Record, key: &str) -> Result<()> {
+    let clusters = map.clusters();
+    let bad = || Error::Corrupt { key: key.to_string(), detail: format!("record {rec:?} is outside the volume") };
+    match *rec {
+        Record::Write { cluster, count, loc } => {
+            if cluster.checked_add(count as u64).is_none_or(|e| e > clusters) {
+                return Err(bad());
+            }
+            for i in 0..count {
+                map.set(cluster + i as u64, Location::advance(loc, i).pack());
+            }
+        }
+        Record::Fill { cluster, count, entry } => {
+            if cluster.checked_add(count).is_none_or(|e| e > clusters) {
+                return Err(bad());
+            }
+            map.fill(cluster, count, entry);
+        }
+        Record::Seal { .. } => {}
+    }
+    Ok(())
+}
+
+impl Volume {
+    /// Open volume `meta` with local state in `dir`.
+    pub fn open(env: Arc<VolumeEnv>, meta: VolumeMeta, dir: PathBuf, read_only: bool) -> Result<Arc<Volume>> {
+        for sub in ["sco", "tlog"] {
+            fs::create_dir_all(dir.join(sub)).ctx(|| format!("cannot create {}", dir.join(sub).display()))?;
+        }
+        let name = meta.name.clone();
+        let store = env.store.clone();
+        let clusters = meta.clusters();
+
+        // What the object store holds.
+        let mut remote_tlogs: BTreeMap<u64, String> = BTreeMap::new();
+        let mut max_epoch = 0u64;
+        for o in store.list(&keys::volume_prefix(&name))? {
+            if let Some((_gen, kind, n)) = keys::parse_data_key(&name, &o.key) {
+                max_epoch = max_epoch.max(n);
+                if kind == "tlog" {
+                    remote_tlogs.insert(n, o.key);
+                }
+            }
+        }
+        // What the local write buffer holds.
+        let local_scos = local_numbers(&dir.join("sco"))?;
+        let local_tlogs = local_numbers(&dir.join("tlog"))?;
+        max_epoch = max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
+
+        // Newest valid checkpoint.
+        let mut map = ClusterMap::new(clusters);
+        let mut cp_epoch = 0u64;
+        let mut cps: Vec<u64> = store
+            .list(&keys::checkpoint_prefix(&name))?
+            .iter()
+            .filter_map(|o| keys::trailing_number(&o.key))
+            .collect();
+        cps.sort_unstable();
+        for &c in cps.iter().rev() {
+            let key = keys::checkpoint(&name, c);
+            match store.get(&key).and_then(|b| checkpoint::decode(&key, &b, clusters)) {
+                Ok((e, m)) => {
+                    cp_epoch = e;
+                    map = m;
+                    break;
+                }
+                Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
+            }
+        }
+        max_epoch = max_epoch.max(cp_epoch);
+
+        // Replay every TLog after the checkpoint, in order.
+        let last_tlog = remote_tlogs.keys().chain(local_tlogs.iter()).copied().max().unwrap_or(0);
+        let mut unsealed_local: Vec<(u64, u64, u32)> = Vec::new(); // (epoch, valid_len, batches)
+        let mut last_uploaded = cp_epoch;
+        let mut replayed = 0u64;
+        for e in (cp_epoch + 1)..=last_tlog {
+            let local_path = dir.join("tlog").join(format!("{e:016x}"));
+            if let Some(key) = remote_tlogs.get(&e) {
+                let bytes = store.get(key)?;
+                let p = tlog::parse_sealed(key, &bytes, e)?;
+                for r in &p.records {
+                    apply(&mut map, r, key)?;
+                }
+                last_uploaded = e;
+                if local_tlogs.contains(&e) {
+                    let _ = fs::remove_file(&local_path);
+                }
+            } else if local_tlogs.contains(&e) {
+                let bytes = fs::read(&local_path).ctx(|| format!("cannot read {}", local_path.display()))?;
+                let p = tlog::parse(&bytes, e);
+                let key = local_path.display().to_string();
+                if p.torn {
+                    tracing::warn!(volume = %name, tlog = %key, valid = p.valid_len, len = bytes.len(),
+                        "cutting a torn TLog tail (writes that were never flushed)");
+                }
+                for r in &p.records {
+                    apply(&mut map, r, &key)?;
+                }
+                if p.sealed().is_none() || p.torn {
+                    unsealed_local.push((e, p.valid_len, p.batches));
+                }
+            } else if e > last_uploaded {
+                // A gap: an epoch's TLog is neither local nor uploaded.
+                return Err(Error::Corrupt {
+                    key: keys::tlog(&name, meta.gen_of_epoch(e), e),
+                    detail: "TLog missing from both the object store and the local write buffer".into(),
+                });
+            }
+            replayed += 1;
+        }
+
+        // Seal epochs a crash left open, then queue everything not yet uploaded.
+        let mut state = State {
+            map,
+            open: None,
+            next_epoch: max_epoch + 1,
+            local: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            sealing: Vec::new(),
+            new_tlogs: Vec::new(),
+            uploads: BTreeMap::new(),
+            wb_bytes: 0,
+            kept_bytes: 0,
+            last_checkpoint: cp_epoch,
+            checkpoint_due: None,
+            checkpoint_running: false,
+            last_sealed: last_tlog,
+            last_uploaded,
+            failed: None,
+            closed: false,
+            upload_error: None,
+        };
+        let cs = meta.cluster_size as u64;
+        for &e in &local_scos {
+            let path = dir.join("sco").join(format!("{e:016x}"));
+            let file = Arc::new(ScoFile::open(&path, e, false, env.opts.direct)?);
+            let len = file.len()?;
+            let clusters = (len / cs) as u32;
+            let uploaded = remote_tlogs.contains_key(&e) || e <= cp_epoch;
+            let has_tlog = local_tlogs.contains(&e) || uploaded;
+            if !has_tlog {
+                tracing::warn!(volume = %name, epoch = e, "removing an SCO file that no TLog references");
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            if uploaded {
+                state.kept_bytes += clusters as u64 * cs;
+            } else {
+                state.wb_bytes += clusters as u64 * cs;
+            }
+            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded });
+        }
+        for (e, valid_len, batches) in unsealed_local {
+            let path = dir.join("tlog").join(format!("{e:016x}"));
+            let f = OpenOptions::new().read(true).write(true).open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+            f.set_len(valid_len).ctx(|| format!("cannot truncate {}", path.display()))?;
+            let clusters = state.local.get(&e).map(|l| l.clusters).unwrap_or(0);
+            let mut w = TlogWriter::new(f, e, valid_len, batches);
+            let mut payload = Vec::new();
+            Record::Seal { sco: e, clusters }.encode(&mut payload);
+            w.write_batch(&payload, 1)?;
+            w.sync()?;
+        }
+        for &e in local_tlogs.iter().filter(|e| !remote_tlogs.contains_key(e) && **e > cp_epoch) {
+            let path = dir.join("tlog").join(format!("{e:016x}"));
+            let bytes = fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+            let (_, clusters) = tlog::parse_sealed(&path.display().to_string(), &bytes, e)?.sealed().expect("sealed");
+            state.uploads.insert(
+                e,
+                EpochUpload { sco_clusters: clusters, durable: true, sco: JobState::Waiting, tlog: JobState::Waiting, attempts: 0 },
+            );
+        }
+        tracing::info!(
+            volume = %name,
+            checkpoint = cp_epoch,
+            replayed_tlogs = replayed,
+            pending_uploads = state.uploads.len(),
+            mapped_clusters = state.map.mapped(),
+            "volume opened"
+        );
+        let vol = Arc::new(Volume::new_internal(meta, dir, env.clone(), read_only, state));
+        let weak: std::sync::Weak<dyn UploadSource> = Arc::downgrade(&(vol.clone() as Arc<dyn UploadSource>));
+        env.uploader.register(weak);
+        Ok(vol)
+    }
+}

@@ -1,0 +1,164 @@
+//! One SCO file in the local write buffer: cluster data appended by writes, read by
+//! reads until the SCO is uploaded and evicted. Vectored IO goes straight between the
+//! file and the caller's buffers (guest memory); O_DIRECT is used when the buffers
+//! are aligned for it, the page cache otherwise.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::iov::{self, iovec};
+use crate::error::{IoContext, Result};
+
+/// Alignment O_DIRECT needs for offsets, lengths and buffer addresses.
+pub const DIRECT_ALIGN: usize = 512;
+
+pub struct ScoFile {
+    pub number: u64,
+    path: PathBuf,
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl ScoFile {
+    /// Open (creating if `create`) the SCO file at `path`.
+    pub fn open(path: &Path, number: u64, create: bool, direct: bool) -> Result<ScoFile> {
+        let buffered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .ctx(|| format!("cannot open SCO file {}", path.display()))?;
+        let direct = if direct {
+            // Fall back silently to buffered IO on filesystems without O_DIRECT (tmpfs).
+            OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+        } else {
+            None
+        };
+        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.buffered.metadata().ctx(|| format!("cannot stat {}", self.path.display()))?.len())
+    }
+
+    fn pick(&self, iovs: &[iovec], off: u64) -> &File {
+        match &self.direct {
+            Some(d) if off as usize % DIRECT_ALIGN == 0 && iov::aligned(iovs, DIRECT_ALIGN) => d,
+            _ => &self.buffered,
+        }
+    }
+
+    /// Write all of `iovs` at `off`.
+    pub fn writev_at(&self, iovs: &[iovec], off: u64) -> io::Result<()> {
+        let f = self.pick(iovs, off);
+        rw_all(f.as_raw_fd(), iovs, off, true)
+    }
+
+    /// Fill all of `iovs` from `off`; reading past the end of the file is an error.
+    pub fn readv_at(&self, iovs: &[iovec], off: u64) -> io::Result<()> {
+        let f = self.pick(iovs, off);
+        rw_all(f.as_raw_fd(), iovs, off, false)
+    }
+
+    /// Read `buf.len()` bytes at `off` through the page cache.
+    pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.buffered.read_exact_at(buf, off)
+    }
+
+    pub fn sync_data(&self) -> Result<()> {
+        self.buffered.sync_data().ctx(|| format!("cannot sync {}", self.path.display()))
+    }
+
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        self.buffered.set_len(len).ctx(|| format!("cannot truncate {}", self.path.display()))
+    }
+}
+
+/// pwritev/preadv all bytes, retrying short transfers and EINTR.
+fn rw_all(fd: i32, iovs: &[iovec], mut off: u64, write: bool) -> io::Result<()> {
+    let mut total = iov::total(iovs);
+    let mut done_in_first = 0usize;
+    let mut idx = 0usize;
+    let mut scratch: [iovec; 64] = [iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 64];
+    while total > 0 {
+        // Build a window of up to 64 iovecs starting at (idx, done_in_first).
+        let mut n = 0;
+        let mut i = idx;
+        while i < iovs.len() && n < scratch.len() {
+            let skip = if i == idx { done_in_first } else { 0 };
+            if iovs[i].iov_len > skip {
+                scratch[n] = iovec {
+                    // SAFETY: skip < iov_len.
+                    iov_base: unsafe { (iovs[i].iov_base as *mut u8).add(skip) } as *mut libc::c_void,
+                    iov_len: iovs[i].iov_len - skip,
+                };
+                n += 1;
+            }
+            i += 1;
+        }
+        // SAFETY: the iovecs describe caller-owned buffers valid for this call.
+        let r = unsafe {
+            if write {
+                libc::pwritev(fd, scratch.as_ptr(), n as i32, off as libc::off_t)
+            } else {
+                libc::preadv(fd, scratch.as_ptr(), n as i32, off as libc::off_t)
+            }
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read from SCO file"));
+        }
+        let mut adv = r as usize;
+        off += adv as u64;
+        total -= adv as u64;
+        while adv > 0 && idx < iovs.len() {
+            let left = iovs[idx].iov_len - done_in_first;
+            if adv >= left {
+                adv -= left;
+                idx += 1;
+                done_in_first = 0;
+            } else {
+                done_in_first += adv;
+                adv = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::iov::AlignedBuf;
+
+    #[test]
+    fn aligned_and_unaligned_io() {
+        let t = tempfile::tempdir().unwrap();
+        let f = ScoFile::open(&t.path().join("s"), 1, true, true).unwrap();
+        let mut a = AlignedBuf::zeroed(8192);
+        a.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        f.writev_at(&[a.as_iovec()], 4096).unwrap();
+        let mut odd = vec![0u8; 100];
+        let v = [iovec { iov_base: odd.as_mut_ptr().wrapping_add(1) as *mut _, iov_len: 99 }];
+        f.readv_at(&v, 4096 + 3).unwrap();
+        assert_eq!(odd[1], 3);
+        assert_eq!(odd[99], 101);
+        let mut past = vec![0u8; 10];
+        let v = [iovec { iov_base: past.as_mut_ptr() as *mut _, iov_len: 10 }];
+        assert!(f.readv_at(&v, 8192 + 4096 - 5).is_err());
+    }
+}
