@@ -128,8 +128,13 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     done
     logdisk_qemu_cmd QEMU_CMD "${args[@]}"
     if [[ $dry_run -eq 1 ]]; then
-        printf '%q ' "${QEMU_CMD[@]}"
-        printf '\n'
+        # one option (with its value) per line, quoted only where the shell needs it
+        out=""
+        for a in "${QEMU_CMD[@]}"; do
+            [[ "$a" =~ ^[A-Za-z0-9_,.=:/@+%-]+$ ]] || a=$(printf '%q' "$a")
+            if [[ "$a" == -* && -n "$out" ]]; then out+=$' \\\n    '"$a"; else out+="${out:+ }$a"; fi
+        done
+        printf '%s\n' "$out"
         exit 0
     fi
     exec "${QEMU_CMD[@]}"

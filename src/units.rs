@@ -5,7 +5,11 @@ use crate::error::{Error, Result};
 /// Parse a size such as `4096`, `512K`, `32M`, `10G`, `2T` (binary units, optional `iB`/`B`).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let bad = || Error::InvalidArgument(format!("bad size {s:?}: use a number with an optional K, M, G or T suffix (binary units)"));
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "bad size {s:?}: use a number with an optional K, M, G or T suffix (binary units)"
+        ))
+    };
     if t.is_empty() {
         return Err(bad());
     }

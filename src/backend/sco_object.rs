@@ -230,7 +230,14 @@ impl ScoIndex {
             }
         }
         if crc32c::crc32c(out) != e.crc {
-            return Err(corrupt(key, format!("frame {i}: checksum mismatch (raw bytes {}..{})", i as u64 * self.frame_size as u64, i as u64 * self.frame_size as u64 + e.raw_len as u64)));
+            return Err(corrupt(
+                key,
+                format!(
+                    "frame {i}: checksum mismatch (raw bytes {}..{})",
+                    i as u64 * self.frame_size as u64,
+                    i as u64 * self.frame_size as u64 + e.raw_len as u64
+                ),
+            ));
         }
         Ok(())
     }
@@ -266,7 +273,8 @@ mod tests {
             for i in 0..idx.frames.len() {
                 let e = idx.frames[i];
                 let mut out = vec![0u8; e.raw_len as usize];
-                idx.decode_frame("k", i, &obj[e.offset as usize..(e.offset + e.stored_len as u64) as usize], &mut out).unwrap();
+                idx.decode_frame("k", i, &obj[e.offset as usize..(e.offset + e.stored_len as u64) as usize], &mut out)
+                    .unwrap();
                 assert_eq!(&out[..], &raw[i * 65536..i * 65536 + e.raw_len as usize]);
             }
             if codec == Codec::Lz4 {
@@ -289,7 +297,8 @@ mod tests {
         assert!(matches!(r, Err(Error::Corrupt { .. })));
         let e2 = idx.frames[2];
         let mut out2 = vec![0u8; e2.raw_len as usize];
-        idx.decode_frame("k", 2, &obj[e2.offset as usize..(e2.offset + e2.stored_len as u64) as usize], &mut out2).unwrap();
+        idx.decode_frame("k", 2, &obj[e2.offset as usize..(e2.offset + e2.stored_len as u64) as usize], &mut out2)
+            .unwrap();
         // Damaged footer and index are refused.
         let n = obj.len();
         let mut bad = obj.clone();

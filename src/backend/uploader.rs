@@ -80,8 +80,11 @@ impl Uploader {
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.notify();
+        let me = std::thread::current().id();
         for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }

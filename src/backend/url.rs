@@ -23,9 +23,7 @@ impl BackendUrl {
             }
             return Ok(BackendUrl::File(PathBuf::from(path)));
         }
-        Err(Error::InvalidArgument(format!(
-            "bad backend URL {s:?}: supported schemes are file:///path"
-        )))
+        Err(Error::InvalidArgument(format!("bad backend URL {s:?}: supported schemes are file:///path")))
     }
 
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>> {

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "logdisk", version, about = "Log-structured virtual disks for VMs over vhost-user-blk, with an object-store home")]
+#[command(
+    name = "logdisk",
+    version,
+    about = "Log-structured virtual disks for VMs over vhost-user-blk, with an object-store home"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,

@@ -121,11 +121,7 @@ pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool) -> Result
     while off < len {
         let n = (CHUNK as u64).min(len - off) as usize;
         f.read_exact(&mut buf[..n]).with_context(|| format!("cannot read {}", path.display()))?;
-        if buf[..n].iter().all(|&b| b == 0) {
-            vol.write_zeroes(off, n as u64)?;
-        } else {
-            vol.write_at(off, &buf[..n])?;
-        }
+        write_sparse(&vol, off, &buf[..n])?;
         off += n as u64;
         pb.set_position(off);
     }
@@ -133,6 +129,27 @@ pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool) -> Result
     pb.finish_and_clear();
     close(&vol)?;
     println!("imported {} into volume {name}", format_size(len));
+    Ok(())
+}
+
+/// Write `data` at `off`, turning runs of all-zero clusters into unmapped ranges.
+fn write_sparse(vol: &Volume, off: u64, data: &[u8]) -> Result<()> {
+    let cs = vol.cluster_size() as usize;
+    let mut at = 0;
+    while at < data.len() {
+        let zero = |i: usize| data[i..(i + cs).min(data.len())].iter().all(|&b| b == 0);
+        let kind = zero(at);
+        let mut end = at;
+        while end < data.len() && zero(end) == kind {
+            end = (end + cs).min(data.len());
+        }
+        if kind {
+            vol.write_zeroes(off + at as u64, (end - at) as u64)?;
+        } else {
+            vol.write_at(off + at as u64, &data[at..end])?;
+        }
+        at = end;
+    }
     Ok(())
 }
 

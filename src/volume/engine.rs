@@ -224,7 +224,10 @@ impl Volume {
             return Err(Error::ReadOnly(self.name.clone()));
         }
         if let Some(f) = &st.failed {
-            return Err(Error::io(format!("volume {} stopped after a local IO error", self.name), std::io::Error::other(f.clone())));
+            return Err(Error::io(
+                format!("volume {} stopped after a local IO error", self.name),
+                std::io::Error::other(f.clone()),
+            ));
         }
         if st.closed {
             return Err(Error::ShutDown);
@@ -425,7 +428,10 @@ impl Volume {
         let (dirty, batches, new_tlogs) = {
             let mut st = self.state.lock();
             if let Some(f) = &st.failed {
-                return Err(Error::io(format!("volume {} stopped after a local IO error", self.name), std::io::Error::other(f.clone())));
+                return Err(Error::io(
+                    format!("volume {} stopped after a local IO error", self.name),
+                    std::io::Error::other(f.clone()),
+                ));
             }
             let dirty: Vec<Arc<ScoFile>> = std::mem::take(&mut st.dirty)
                 .into_iter()
@@ -515,11 +521,9 @@ impl Volume {
                 match src {
                     // SAFETY: the caller's iovecs are valid writable buffers.
                     Source::Zero => unsafe { iov::zero(&sub) },
-                    Source::Local(file, loc) => {
-                        file.readv_at(&sub, ((loc.index as u64) << self.shift) + in_off).map_err(|e| {
-                            Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e)
-                        })?
-                    }
+                    Source::Local(file, loc) => file
+                        .readv_at(&sub, ((loc.index as u64) << self.shift) + in_off)
+                        .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e))?,
                     Source::Remote(loc) => {
                         let v = sub.clone();
                         self.read_remote(loc, in_off, run_bytes, &v)?
@@ -544,9 +548,7 @@ impl Volume {
                 (Source::Zero, run)
             }
             Some(loc) => {
-                while first + run <= last
-                    && run < 1 << 20
-                    && st.map.get(first + run) == loc.advance(run as u32).pack()
+                while first + run <= last && run < 1 << 20 && st.map.get(first + run) == loc.advance(run as u32).pack()
                 {
                     run += 1;
                 }
@@ -585,7 +587,9 @@ impl Volume {
             let mut b = first_block;
             while (b + 1) * BLOCK as u64 <= raw_start + data.len() as u64 {
                 let at = (b * BLOCK as u64 - raw_start) as usize;
-                self.env.cache.insert(BlockKey { owner: self.owner, sco: loc.sco, block: b as u32 }, &data[at..at + BLOCK]);
+                self.env
+                    .cache
+                    .insert(BlockKey { owner: self.owner, sco: loc.sco, block: b as u32 }, &data[at..at + BLOCK]);
                 b += 1;
             }
             iov::sub_range(iovs, pos - start, end - pos, &mut sub);

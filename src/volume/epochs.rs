@@ -12,9 +12,9 @@ use super::checkpoint;
 use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume};
 use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
+use crate::backend::keys;
 use crate::backend::sco_object;
 use crate::backend::uploader::UploadSource;
-use crate::backend::keys;
 use crate::error::{Error, IoContext, Result};
 
 enum Job {
@@ -45,10 +45,21 @@ impl Volume {
     pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
         if let Some(mut o) = st.open.take() {
             Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
-            st.sealing.push(PendingBatch { epoch: o.epoch, payload: o.pending, count: o.pending_count + 1, seal: true });
+            st.sealing.push(PendingBatch {
+                epoch: o.epoch,
+                payload: o.pending,
+                count: o.pending_count + 1,
+                seal: true,
+            });
             st.uploads.insert(
                 o.epoch,
-                EpochUpload { sco_clusters: o.next_index, durable: false, sco: JobState::Waiting, tlog: JobState::Waiting, attempts: 0 },
+                EpochUpload {
+                    sco_clusters: o.next_index,
+                    durable: false,
+                    sco: JobState::Waiting,
+                    tlog: JobState::Waiting,
+                    attempts: 0,
+                },
             );
             st.last_sealed = o.epoch;
             if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {

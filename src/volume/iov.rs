@@ -90,7 +90,7 @@ pub unsafe fn copy_out(iovs: &[iovec], dst: &mut [u8]) {
 
 /// True when every buffer and length is a multiple of `align` (for O_DIRECT).
 pub fn aligned(iovs: &[iovec], align: usize) -> bool {
-    iovs.iter().all(|v| (v.iov_base as usize) % align == 0 && v.iov_len % align == 0)
+    iovs.iter().all(|v| (v.iov_base as usize).is_multiple_of(align) && v.iov_len % align == 0)
 }
 
 /// A heap buffer aligned to 4096 bytes (for O_DIRECT bounce IO).
@@ -149,15 +149,16 @@ mod tests {
     fn sub_ranges() {
         let mut a = [0u8; 10];
         let mut b = [0u8; 6];
-        let bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
-        let iovs = from_slices_mut(&bufs);
-        assert_eq!(total(iovs), 16);
-        let mut out = Vec::new();
-        sub_range(iovs, 8, 5, &mut out);
-        assert_eq!(out.len(), 2);
-        assert_eq!((out[0].iov_len, out[1].iov_len), (2, 3));
-        unsafe { copy_in(&out, b"hello") };
-        drop(bufs);
+        {
+            let bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+            let iovs = from_slices_mut(&bufs);
+            assert_eq!(total(iovs), 16);
+            let mut out = Vec::new();
+            sub_range(iovs, 8, 5, &mut out);
+            assert_eq!(out.len(), 2);
+            assert_eq!((out[0].iov_len, out[1].iov_len), (2, 3));
+            unsafe { copy_in(&out, b"hello") };
+        }
         assert_eq!(&a[8..], b"he");
         assert_eq!(&b[..3], b"llo");
         let mut ab = AlignedBuf::zeroed(8192);

@@ -21,7 +21,7 @@ pub struct Location {
 
 impl Location {
     pub fn new(sco: u64, index: u32) -> Location {
-        debug_assert!(sco >= 1 && sco <= MAX_SCO && (index as u64) < MAX_CLUSTERS_PER_SCO);
+        debug_assert!((1..=MAX_SCO).contains(&sco) && (index as u64) < MAX_CLUSTERS_PER_SCO);
         Location { sco, index }
     }
 

@@ -77,9 +77,11 @@ impl ClusterMap {
                 _ => return UNMAPPED,
             }
         }
-        let dir = Arc::make_mut(self.dirs[d].get_or_insert_with(|| Arc::new(Dir { pages: std::array::from_fn(|_| None) })));
+        let dir =
+            Arc::make_mut(self.dirs[d].get_or_insert_with(|| Arc::new(Dir { pages: std::array::from_fn(|_| None) })));
         let slot = &mut dir.pages[p];
-        let page = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page { entries: [UNMAPPED; PAGE_ENTRIES], used: 0 })));
+        let page =
+            Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page { entries: [UNMAPPED; PAGE_ENTRIES], used: 0 })));
         let old = page.entries[e];
         page.entries[e] = entry;
         match (old == UNMAPPED, entry == UNMAPPED) {

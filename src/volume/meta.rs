@@ -70,7 +70,7 @@ impl VolumeMeta {
         let bytes = store.get(newest.1)?;
         let meta: VolumeMeta = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt { key: newest.1.clone(), detail: format!("bad volume record: {e}") })?;
-        if meta.name != name || meta.cluster_size == 0 || meta.size % meta.cluster_size as u64 != 0 {
+        if meta.name != name || meta.cluster_size == 0 || !meta.size.is_multiple_of(meta.cluster_size as u64) {
             return Err(Error::Corrupt { key: newest.1.clone(), detail: "inconsistent volume record".into() });
         }
         Ok(meta)

@@ -57,7 +57,11 @@ impl ReadCache {
             .open(path)
             .ctx(|| format!("cannot create read cache {}", path.display()))?;
         buffered.set_len((slots * BLOCK) as u64).ctx(|| format!("cannot size read cache {}", path.display()))?;
-        let direct = if direct { OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok() } else { None };
+        let direct = if direct {
+            OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+        } else {
+            None
+        };
         Ok(ReadCache {
             buffered,
             direct,
@@ -110,7 +114,7 @@ impl ReadCache {
             };
             let pos = (slot * BLOCK + off) as u64;
             let f = match &self.direct {
-                Some(d) if off % 512 == 0 && iov::aligned(iovs, 512) => d,
+                Some(d) if off.is_multiple_of(512) && iov::aligned(iovs, 512) => d,
                 _ => &self.buffered,
             };
             if read_into(f, iovs, pos).is_err() {

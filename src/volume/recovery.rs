@@ -82,16 +82,14 @@ impl Volume {
         // What the local write buffer holds.
         let local_scos = local_numbers(&dir.join("sco"))?;
         let local_tlogs = local_numbers(&dir.join("tlog"))?;
-        max_epoch = max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
+        max_epoch =
+            max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
 
         // Newest valid checkpoint.
         let mut map = ClusterMap::new(clusters);
         let mut cp_epoch = 0u64;
-        let mut cps: Vec<u64> = store
-            .list(&keys::checkpoint_prefix(&name))?
-            .iter()
-            .filter_map(|o| keys::trailing_number(&o.key))
-            .collect();
+        let mut cps: Vec<u64> =
+            store.list(&keys::checkpoint_prefix(&name))?.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
         cps.sort_unstable();
         for &c in cps.iter().rev() {
             let key = keys::checkpoint(&name, c);
@@ -172,7 +170,7 @@ impl Volume {
         for &e in &local_scos {
             let path = dir.join("sco").join(format!("{e:016x}"));
             let file = Arc::new(ScoFile::open(&path, e, false, env.opts.direct)?);
-            let len = file.len()?;
+            let len = file.file_len()?;
             let clusters = (len / cs) as u32;
             let uploaded = remote_tlogs.contains_key(&e) || e <= cp_epoch;
             let has_tlog = local_tlogs.contains(&e) || uploaded;
@@ -190,7 +188,11 @@ impl Volume {
         }
         for (e, valid_len, batches) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
-            let f = OpenOptions::new().read(true).write(true).open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .ctx(|| format!("cannot open {}", path.display()))?;
             f.set_len(valid_len).ctx(|| format!("cannot truncate {}", path.display()))?;
             let clusters = state.local.get(&e).map(|l| l.clusters).unwrap_or(0);
             let mut w = TlogWriter::new(f, e, valid_len, batches);
@@ -205,7 +207,13 @@ impl Volume {
             let (_, clusters) = tlog::parse_sealed(&path.display().to_string(), &bytes, e)?.sealed().expect("sealed");
             state.uploads.insert(
                 e,
-                EpochUpload { sco_clusters: clusters, durable: true, sco: JobState::Waiting, tlog: JobState::Waiting, attempts: 0 },
+                EpochUpload {
+                    sco_clusters: clusters,
+                    durable: true,
+                    sco: JobState::Waiting,
+                    tlog: JobState::Waiting,
+                    attempts: 0,
+                },
             );
         }
         tracing::info!(

@@ -45,13 +45,13 @@ impl ScoFile {
         &self.path
     }
 
-    pub fn len(&self) -> Result<u64> {
+    pub fn file_len(&self) -> Result<u64> {
         Ok(self.buffered.metadata().ctx(|| format!("cannot stat {}", self.path.display()))?.len())
     }
 
     fn pick(&self, iovs: &[iovec], off: u64) -> &File {
         match &self.direct {
-            Some(d) if off as usize % DIRECT_ALIGN == 0 && iov::aligned(iovs, DIRECT_ALIGN) => d,
+            Some(d) if (off as usize).is_multiple_of(DIRECT_ALIGN) && iov::aligned(iovs, DIRECT_ALIGN) => d,
             _ => &self.buffered,
         }
     }

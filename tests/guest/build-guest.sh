@@ -169,6 +169,7 @@ KEY=$( {
 OUT="$CACHE_ROOT/guest-$KEY"
 
 if [[ -f "$OUT/.complete" && ${LOGDISK_GUEST_REBUILD:-0} != 1 ]]; then
+    touch "$OUT/.complete" 2>/dev/null || true   # mark as recently used (see pruning below)
     log "cache hit: $OUT ($KPKG $KVERSION)"
     printf '%s\n' "$OUT"
     exit 0
@@ -292,6 +293,14 @@ for f in "${HOSTLIST[@]}"; do
 done
 [[ "$FIO_MODE" == source ]] && install -m 755 "$WORK/fio" "$R/usr/bin/fio"
 for alias in mkfs.ext4 mkfs.ext3 mkfs.ext2; do ln -sf mke2fs "$R/usr/bin/$alias"; done
+# Debian's busybox sh runs its own applets before searching PATH (FEATURE_SH_STANDALONE),
+# so `blkdiscard` would be busybox's, not util-linux's. /test.sh is run with functions that
+# point such names at the real binaries.
+for applet in $(/bin/busybox --list); do
+    if [[ -f "$R/usr/bin/$applet" && ! -L "$R/usr/bin/$applet" ]] && [[ $applet != busybox ]]; then
+        printf '%s() { /usr/bin/%s "$@"; }\n' "$applet" "$applet"
+    fi
+done >"$R/etc/logdisk/real-tools.sh"
 for alias in fsck.ext4 fsck.ext3 fsck.ext2; do ln -sf e2fsck "$R/usr/bin/$alias"; done
 ln -sf tune2fs "$R/usr/bin/e2label"
 
@@ -363,7 +372,8 @@ if [ "$status" -eq 0 ]; then
         [ -f /etc/logdisk/test.env ] && { set -a; . /etc/logdisk/test.env; set +a; }
         echo "logdisk-guest: running /test.sh"
         t0=$(uptime_s)
-        (cd /root && exec sh /test.sh)
+        # real-tools.sh: util-linux/e2fsprogs instead of same-named busybox applets
+        (cd /root && exec sh -c '. /etc/logdisk/real-tools.sh; . /test.sh')
         status=$?
         echo "logdisk-guest: /test.sh exited $status after $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN {printf "%.1f", b-a}')s"
     else
@@ -388,12 +398,12 @@ cp "$WORK/kernel/boot/vmlinuz-$KREL" "$WORK/vmlinuz"
 # The uncompressed ELF kernel boots through its PVH entry point (QEMU loads it directly),
 # which skips the bzImage self-decompression: ~4 s less per boot under TCG.
 extract_vmlinux() {   # like the kernel's scripts/extract-vmlinux
-    local img=$1 out=$2 magic cmd off
-    for pair in $'\xfd7zXZ\x00:xz -dqc' $'\x1f\x8b\x08:gzip -dqc' $'\x28\xb5\x2f\xfd:zstd -dqc'; do
-        magic=${pair%%:*}; cmd=${pair#*:}
-        command -v "${cmd%% *}" >/dev/null 2>&1 || continue
-        for off in $(grep -abo "$magic" "$img" 2>/dev/null | cut -d: -f1 | head -n 3); do
-            tail -c +$((off + 1)) "$img" | $cmd >"$out" 2>/dev/null || true
+    local img=$1 out=$2 i off
+    local -a magics=($'\xfd7zXZ' $'\x1f\x8b\x08' $'\x28\xb5\x2f\xfd') cmds=('xz -dqc' 'gzip -dqc' 'zstd -dqc')
+    for i in "${!magics[@]}"; do
+        command -v "${cmds[i]%% *}" >/dev/null 2>&1 || continue
+        for off in $(grep -abo "${magics[i]}" "$img" 2>/dev/null | cut -d: -f1 | head -n 3); do
+            tail -c +$((off + 1)) "$img" | ${cmds[i]} >"$out" 2>/dev/null || true
             if [[ $(head -c 4 "$out" | od -An -c | tr -d ' ') == '177ELF' ]] \
                 && readelf -n "$out" 2>/dev/null | grep -q 'Xen'; then
                 return 0
@@ -426,5 +436,9 @@ mv "$WORK/vmlinuz" "$WORK/initramfs.cpio.gz" "$WORK/manifest.txt" "$STAGE/"
 touch "$STAGE/.complete"
 rm -rf "$OUT"
 mv "$STAGE" "$OUT"
+# keep the three most recently used guests, drop older ones (stale kernels/scripts)
+for old in $(ls -1dt "$CACHE_ROOT"/guest-*/.complete 2>/dev/null | tail -n +4); do
+    rm -rf "$(dirname "$old")"
+done
 log "built $OUT in $((SECONDS - START))s: $(sed -n 's/^initramfs //p' "$OUT/manifest.txt")"
 printf '%s\n' "$OUT"
