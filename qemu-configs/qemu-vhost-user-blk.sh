@@ -77,6 +77,7 @@ logdisk_qemu_cmd() {
     local cpu=max
     [[ "$accel" == kvm ]] && cpu=host
 
+    # shellcheck disable=SC2054  # commas are QEMU option syntax
     _out=(
         "$qemu"
         -name logdisk-guest

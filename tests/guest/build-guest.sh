@@ -12,6 +12,8 @@
 # `apt-get download` and unpacked with `dpkg -x`) plus an initramfs holding busybox-static,
 # fio, e2fsprogs (mkfs.ext4/e2fsck/tune2fs/dumpe2fs), util-linux (blkdiscard/fstrim/lsblk),
 # the shared libraries they need, and the modules for virtio-pci, virtio-blk and ext4.
+# Its /init mounts proc/sys/dev, loads the modules, waits for the virtio disks, runs
+# /test.sh if present, prints `LOGDISK-GUEST-EXIT <status>` and powers off.
 #
 # fio: Debian's /usr/bin/fio links ceph, gluster, rdma, pmem... (84 MB of shared libraries,
 # which would triple the boot time under TCG), so by default the same Debian fio version is
@@ -19,10 +21,8 @@
 # the engines the tests use (psync, libaio, io_uring, ...). This needs a deb-src entry,
 # gcc/make and libaio-dev (scripts/install-test-deps.sh sets them up). Without them the
 # host fio and its whole library closure are copied instead (slower boots).
-# Its /init mounts proc/sys/dev, loads the modules, waits for the virtio disks, runs
-# /test.sh if present, prints `LOGDISK-GUEST-EXIT <status>` and powers off.
 #
-# Cached in ${LOGDISK_CACHE:-$HOME/.cache/logdisk}/guest-<hash>, where <hash> covers this
+# Cached in ${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}/guest-<hash>, where <hash> covers this
 # script, the kernel package and version, the versions of the host packages copied in and
 # the contents of every host file copied in; a second run is a cache hit (well under 1 s).
 #
@@ -40,14 +40,15 @@ set -euo pipefail
 export LC_ALL=C
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
-CACHE_ROOT=${LOGDISK_CACHE:-$HOME/.cache/logdisk}
+CACHE_ROOT=${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}
 FLAVOUR=${LOGDISK_GUEST_KERNEL_FLAVOUR:-amd64}
 # Modules loaded in the guest (dependencies, including softdeps, are resolved from the
 # kernel's modules.dep/modules.softdep/modules.alias; crc32c_generic backs ext4's
 # metadata_csum and jbd2 checksums without needing modprobe in the guest).
-MODULES=(crc32c_generic virtio_pci virtio_blk ext4 ${LOGDISK_GUEST_EXTRA_MODULES:-})
-# Host binaries copied into the guest: PATH-in-guest=host path. The guest has a merged
-# /usr: /bin, /sbin and /usr/sbin all point at /usr/bin.
+read -r -a EXTRA_MODULES <<<"${LOGDISK_GUEST_EXTRA_MODULES:-}"
+MODULES=(crc32c_generic virtio_pci virtio_blk ext4 "${EXTRA_MODULES[@]}")
+# Host binaries copied (with their shared libraries, found by ldd) into the guest's /usr/bin;
+# the guest has a merged /usr: /bin, /sbin and /usr/sbin all point at /usr/bin.
 BINARIES=(
     /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/tune2fs /usr/sbin/dumpe2fs
     /usr/sbin/blkdiscard /usr/sbin/fstrim /usr/bin/lsblk
@@ -195,13 +196,22 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "building guest $KEY: kernel $KPKG $KVERSION"
-(
-    cd "$WORK"
+download_kernel() {
     # root's apt downloads as the _apt user, which cannot write into our private dir
-    apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVERSION" >"$WORK/download.log" 2>&1
-) || {
-    apt_update_once && (cd "$WORK" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVERSION" >"$WORK/download.log" 2>&1)
-} || { cat "$WORK/download.log" >&2; die "apt-get download $KPKG=$KVERSION failed"; }
+    (cd "$WORK" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVERSION") >"$WORK/download.log" 2>&1
+}
+if ! download_kernel; then
+    # Stale apt lists name a version the mirror no longer has: refresh them and start over
+    # (the kernel choice, and so the cache key, may change).
+    if [[ -z ${LOGDISK_GUEST_RETRIED:-} ]] && apt_update_once; then
+        log "apt-get download $KPKG=$KVERSION failed; retrying with fresh apt lists"
+        rm -rf "$WORK" "$CACHE_ROOT"/kernel-pick-*
+        exec 9>&-
+        LOGDISK_GUEST_RETRIED=1 exec "$SELF"
+    fi
+    cat "$WORK/download.log" >&2
+    die "apt-get download $KPKG=$KVERSION failed"
+fi
 DEB=$(ls "$WORK"/*.deb)
 log "unpacking $(basename "$DEB")"
 dpkg -x "$DEB" "$WORK/kernel"

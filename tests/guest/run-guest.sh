@@ -159,7 +159,7 @@ T0=$EPOCHREALTIME
 # Reader: console -> stdout (+ log), notes when the guest is ready and its exit status.
 (
     exec 3>"$TMP/console.log"
-    ready="" status=""
+    ready=""
     while IFS= read -r line || [[ -n "$line" ]]; do
         line=${line//$'\r'/}
         # drop the firmware's terminal control sequences (ESC c, ESC [ ... letter)
@@ -173,7 +173,7 @@ T0=$EPOCHREALTIME
         case "$line" in
             *LOGDISK-GUEST-READY*) [[ -n "$ready" ]] || { ready=$EPOCHREALTIME; printf '%s\n' "$ready" >"$TMP/ready"; } ;;
         esac
-        if [[ "$line" =~ LOGDISK-GUEST-EXIT\ ([0-9]+)$ ]]; then
+        if [[ "$line" =~ LOGDISK-GUEST-EXIT\ ([0-9]{1,3})([^0-9]|$) ]]; then
             printf '%s\n' "${BASH_REMATCH[1]}" >"$TMP/status"
         fi
     done

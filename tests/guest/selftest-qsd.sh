@@ -35,13 +35,17 @@ command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
 # The raw file must be on a filesystem with O_DIRECT (cache.direct=on): not tmpfs.
 BASE=${LOGDISK_TEST_TMPDIR:-${TMPDIR:-/tmp}}
 if [[ $(stat -f -c %T "$BASE") == tmpfs ]]; then
-    BASE=${LOGDISK_CACHE:-$HOME/.cache/logdisk}
+    BASE=${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}
     mkdir -p "$BASE"
 fi
 TMP=$(mktemp -d "$BASE/logdisk-selftest-qsd.XXXXXX")
-QSD_PID=""
+QSD_PID="" RG_PID=""
 cleanup() {
     local rc=$?
+    if [[ -n "$RG_PID" ]] && kill -0 "$RG_PID" 2>/dev/null; then
+        kill -TERM "$RG_PID" 2>/dev/null || true   # run-guest.sh stops its QEMU
+        wait "$RG_PID" 2>/dev/null || true
+    fi
     if [[ -n "$QSD_PID" ]] && kill -0 "$QSD_PID" 2>/dev/null; then
         kill -TERM "$QSD_PID" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$QSD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -84,13 +88,22 @@ if ! start_qsd io_uring; then
 fi
 log "qemu-storage-daemon $(qemu-storage-daemon --version | head -n1 | awk '{print $3}') (pid $QSD_PID) exports $SIZE raw file, aio=$AIO, $QUEUES queue(s), on $SOCK"
 
+# Linux's virtio-blk uses min(num-queues, vCPUs) queues: give one vCPU per queue (min 2).
+CPUS=$(( QUEUES > 2 ? QUEUES : 2 ))
+# in the background + wait, so that a TERM to this script is handled at once (cleanup)
+"$HERE/run-guest.sh" --socket "$SOCK" --script "$HERE/example-check.sh" --queues "$QUEUES" --cpus "$CPUS" \
+    --env EXPECT_QUEUES="$QUEUES" --log "$TMP/console.log" "${RUN_ARGS[@]}" &
+RG_PID=$!
 set +e
-"$HERE/run-guest.sh" --socket "$SOCK" --script "$HERE/example-check.sh" --queues "$QUEUES" \
-    --env EXPECT_QUEUES="$QUEUES" --log "$TMP/console.log" "${RUN_ARGS[@]}"
+wait "$RG_PID"
 RC=$?
 set -e
+RG_PID=""
 
-kill -0 "$QSD_PID" 2>/dev/null || { log "qemu-storage-daemon died during the test:"; cat "$TMP/qsd-$AIO.log" >&2; RC=${RC/#0/1}; }
+if ! kill -0 "$QSD_PID" 2>/dev/null; then
+    log "qemu-storage-daemon died during the test"
+    [[ $RC -ne 0 ]] || RC=1
+fi
 kill -TERM "$QSD_PID" 2>/dev/null || true
 wait "$QSD_PID" 2>/dev/null || true
 QSD_PID=""

@@ -1,0 +1,128 @@
+//! Object store outage: while every put fails, writes fill the write buffer and are then
+//! throttled (they block, never fail); when the store returns, uploads drain, the
+//! writer finishes, and a fresh host reads every byte from the object store.
+//! The failing store wraps the real local store (fault injection only).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logdisk::backend::local::LocalStore;
+use logdisk::backend::sco_reader::ScoReader;
+use logdisk::backend::uploader::Uploader;
+use logdisk::backend::{ObjectInfo, ObjectStore};
+use logdisk::volume::read_cache::ReadCache;
+use logdisk::volume::{EngineOptions, Volume, VolumeEnv, VolumeMeta};
+use logdisk::{Error, Result};
+
+struct FlakyStore {
+    inner: LocalStore,
+    down: AtomicBool,
+    refused: AtomicU64,
+}
+
+impl ObjectStore for FlakyStore {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) && !key.contains("/meta/volume/") {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Store("503 Service Unavailable (injected)".into()));
+        }
+        self.inner.put(key, data)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn get_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
+        self.inner.get_tail(key, len)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_children(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key)
+    }
+}
+
+#[test]
+fn outage_throttles_writes_and_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore {
+        inner: LocalStore::open(&t.path().join("objects")).unwrap(),
+        down: AtomicBool::new(true),
+        refused: AtomicU64::new(0),
+    });
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let opts = EngineOptions {
+        wb_limit: 1 << 20,
+        frame_size: 16 << 10,
+        checkpoint_every: 2,
+        seal_after: None,
+        drain_timeout: Duration::from_secs(30),
+        ..EngineOptions::default()
+    };
+    let env = Arc::new(VolumeEnv {
+        store: dyn_store.clone(),
+        reader: Arc::new(ScoReader::new(dyn_store.clone())),
+        cache: Arc::new(ReadCache::create(&t.path().join("cache"), 1 << 20, true).unwrap()),
+        uploader: Uploader::start(2),
+        opts,
+    });
+    let mut meta = VolumeMeta::new("v", 8 << 20, 4096, 128 << 10);
+    meta.store_new_version(dyn_store.as_ref(), true).unwrap();
+    let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
+
+    let image: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (vol, image, written) = (vol.clone(), image.clone(), written.clone());
+        std::thread::spawn(move || {
+            for (i, chunk) in image.chunks(64 << 10).enumerate() {
+                vol.write_at(i as u64 * (64 << 10), chunk).expect("writes are throttled, never failed");
+                written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+            vol.flush().unwrap();
+        })
+    };
+    // The writer stalls at about the write-buffer limit while the store is down.
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled_at = written.load(Ordering::SeqCst);
+    assert!(stalled_at < 3 << 20, "writes must be throttled at the limit, got {stalled_at}");
+    assert!(stalled_at >= 512 << 10, "writes below the limit must go on, got {stalled_at}");
+    assert!(store.refused.load(Ordering::SeqCst) > 0, "uploads were attempted and refused");
+    assert!(vol.stats().upload_error.is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(written.load(Ordering::SeqCst), stalled_at, "still throttled");
+    // The store comes back: uploads resume, the writer finishes.
+    store.down.store(false, Ordering::SeqCst);
+    let t0 = Instant::now();
+    writer.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    let report = vol.close().unwrap();
+    assert!(report.drained);
+    env.uploader.stop();
+
+    // A fresh host reads everything from the object store.
+    let env2 = Arc::new(VolumeEnv {
+        store: dyn_store.clone(),
+        reader: Arc::new(ScoReader::new(dyn_store.clone())),
+        cache: Arc::new(ReadCache::create(&t.path().join("cache2"), 1 << 20, true).unwrap()),
+        uploader: Uploader::start(1),
+        opts: EngineOptions::default(),
+    });
+    let meta = VolumeMeta::load(dyn_store.as_ref(), "v").unwrap();
+    let vol2 = Volume::open(env2, meta, t.path().join("wb2"), true).unwrap();
+    let mut got = vec![0u8; image.len()];
+    vol2.read_at(0, &mut got).unwrap();
+    assert!(got == image);
+}
