@@ -264,11 +264,8 @@ impl<'a> GuestIoVecs<'a> {
             return false;
         }
         self.scratch.clear();
-        self.scratch.extend(
-            self.iovs
-                .iter()
-                .map(|v| (v.iov_base as usize, v.iov_len)),
-        );
+        self.scratch
+            .extend(self.iovs.iter().map(|v| (v.iov_base as usize, v.iov_len)));
         self.scratch.sort_unstable();
         self.scratch
             .windows(2)
@@ -563,7 +560,8 @@ mod tests {
     fn stream_ranges_span_descriptors() {
         let m = mem(&[(0x0, 0x10000)]);
         for (i, b) in (0u8..64).enumerate() {
-            m.write_slice(&[b], GuestAddress(0x1000 + i as u64)).unwrap();
+            m.write_slice(&[b], GuestAddress(0x1000 + i as u64))
+                .unwrap();
         }
         // Stream: 10 bytes at 0x1000, 20 at 0x100a, 34 at 0x101e (contiguous content).
         let descs = [

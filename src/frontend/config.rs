@@ -214,6 +214,9 @@ mod tests {
         assert_eq!(virtio_features(&rw) & (1 << VIRTIO_BLK_F_RO), 0);
         assert_ne!(virtio_features(&ro) & (1 << VIRTIO_BLK_F_RO), 0);
         assert_ne!(virtio_features(&rw) & (1 << VIRTIO_F_VERSION_1), 0);
-        assert_eq!(DeviceLimits::new(1 << 20, false, 1000, 1, 128).block_size, 4096);
+        assert_eq!(
+            DeviceLimits::new(1 << 20, false, 1000, 1, 128).block_size,
+            4096
+        );
     }
 }

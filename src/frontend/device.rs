@@ -19,7 +19,9 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use logdisk_shm::{Desc, IoVecBuf};
 
@@ -49,7 +51,7 @@ struct WarnLimiter {
 impl WarnLimiter {
     fn allow(&mut self) -> bool {
         self.count += 1;
-        self.count <= 20 || self.count % 1000 == 0
+        self.count <= 20 || self.count.is_multiple_of(1000)
     }
 }
 
@@ -144,10 +146,7 @@ impl BlkDevice {
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut pending = 0u32;
         loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(&*mem);
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             ws.chain.clear();
@@ -184,8 +183,7 @@ impl BlkDevice {
         queue: usize,
     ) -> u32 {
         let WorkerState { chain, iov, warn } = ws;
-        let (status_addr, status, written) = match parse_request(chain, mem, &self.limits, iov)
-        {
+        let (status_addr, status, written) = match parse_request(chain, mem, &self.limits, iov) {
             Parsed::Drop(reason) => {
                 if warn.allow() {
                     tracing::warn!(queue, "dropping descriptor chain: {reason}");
@@ -346,5 +344,77 @@ impl BlkDevice {
     /// True when the driver negotiated VIRTIO_RING_F_EVENT_IDX.
     pub fn event_idx_enabled(&self) -> bool {
         self.acked_features_bits() & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Null;
+    impl BlockTarget for Null {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn serial(&self) -> String {
+            "null".into()
+        }
+        fn read_vectored(&self, _: u64, _: &mut [io::IoSliceMut<'_>]) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_vectored(&self, _: u64, _: &[io::IoSlice<'_>]) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device() -> BlkDevice {
+        let limits = DeviceLimits::new(1 << 20, false, 4096, 2, 128);
+        BlkDevice::new(
+            Arc::new(Null),
+            limits,
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+    }
+
+    #[test]
+    fn config_access_is_bounds_checked() {
+        let d = device();
+        assert_eq!(d.get_config(0, 60).len(), 60);
+        assert_eq!(d.get_config(34, 2), vec![2, 0]);
+        assert!(d.get_config(0, 200).is_empty());
+        assert!(d.get_config(0x800, 4).is_empty());
+        assert!(d.get_config(u32::MAX, u32::MAX).is_empty());
+        d.set_config(WCE_OFFSET, &[0]).unwrap();
+        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![0]);
+        assert!(d.set_config(WCE_OFFSET, &[2]).is_err());
+        assert!(d.set_config(0, &[0; 8]).is_err());
+        d.reset_device();
+        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![1]);
+    }
+
+    #[test]
+    fn one_worker_per_queue() {
+        let d = device();
+        assert_eq!(d.queues_per_thread(), vec![1, 2]);
+        assert_eq!(d.num_queues(), 2);
+        assert_eq!(d.max_queue_size(), 128);
+        let exit = d.exit_event(0);
+        assert!(exit.is_some());
+        drop(exit);
+        // The consumer fd was already closed by dropping it; forget it instead of closing
+        // a number that may be reused.
+        d.exit_fds.lock().clear();
     }
 }
