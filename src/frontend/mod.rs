@@ -5,9 +5,12 @@
 //! - [`request`]: pure request parser and executor (unit-tested and fuzzed).
 //! - [`device`]: the `VhostUserBackend` implementation, one worker thread per queue.
 //! - [`server`]: socket, accept loop, reconnects and shutdown ([`spawn_device`]).
+//! - `fuzzing`: the request-parser fuzz body (used by `fuzz/` and a seeded test).
 
 pub mod config;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod request;
 pub mod server;
 pub mod target;
