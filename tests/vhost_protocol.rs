@@ -757,6 +757,10 @@ fn multiqueue_requests_in_flight_on_all_queues() {
             assert_eq!(data, pattern((q * 16) as u8 + i as u8, 4096));
         }
     }
+    // Stopping a ring (GET_VRING_BASE) reports how far the device consumed it.
+    for q in 0..4 {
+        assert_eq!(vm.fe.get_vring_base(q).unwrap(), 32);
+    }
 }
 
 #[test]

@@ -310,6 +310,16 @@ impl VhostUserBackend for BlkDevice {
         }
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the ring is already marked not ready and unregistered; wait for
+        // the worker to finish the requests it is executing, so that the returned avail
+        // index only covers completed requests.
+        if let Some(ws) = self.workers.get(queue_index as usize) {
+            drop(ws.lock());
+        }
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
