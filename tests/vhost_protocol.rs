@@ -118,19 +118,20 @@ impl BlockTarget for FileTarget {
 // ---------------------------------------------------------------------------------------
 // Guest memory and a driver-side split virtqueue.
 
+/// Guest RAM: two guest-adjacent regions of `MEM_SIZE / 2`, each its own memfd and so its
+/// own mapping (like RAM split around a PCI hole), so buffers can straddle regions.
 fn guest_memory() -> GuestMemoryMmap<()> {
-    // SAFETY: plain memfd_create with a static NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(c"logdisk-guest".as_ptr(), 0) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh fd that we own.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).unwrap();
-    GuestMemoryMmap::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap()
+    let half = MEM_SIZE / 2;
+    let region = |base: u64| {
+        // SAFETY: plain memfd_create with a static NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"logdisk-guest".as_ptr(), 0) };
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh fd that we own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(half as u64).unwrap();
+        (GuestAddress(base), half, Some(FileOffset::new(file, 0)))
+    };
+    GuestMemoryMmap::from_ranges_with_files(&[region(0), region(half as u64)]).unwrap()
 }
 
 /// Queue `q`'s rings live at `q * 0x10000`; data buffers from 1 MiB on.
@@ -280,10 +281,13 @@ impl Vm {
         fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
 
         let mem = guest_memory();
-        let region = mem.find_region(GuestAddress(0)).unwrap();
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
-        fe.set_mem_table(&[info]).unwrap();
-        let uaddr = region.as_ptr() as u64;
+        let infos: Vec<_> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+            .collect();
+        fe.set_mem_table(&infos).unwrap();
+        // The rings live in the first region.
+        let uaddr = mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
 
         let mut vqs = Vec::new();
         for q in 0..queues {
@@ -1137,4 +1141,33 @@ fn shutdown_while_waiting_and_socket_setup() {
     assert_eq!(mode, 0o600);
     drop(h);
     assert!(!socket.exists());
+}
+
+#[test]
+fn buffers_straddling_two_memory_regions() {
+    let fx = Fixture::new(false, 1);
+    let mut vm = Vm::connect(&fx.socket, 1, true);
+    assert_eq!(vm.mem.num_regions(), 2);
+    let boundary = (MEM_SIZE / 2) as u64;
+    let data = pattern(21, 8192);
+    let buf = boundary - 3000;
+    vm.mem.write_slice(&data, GuestAddress(buf)).unwrap();
+    let r = vm.submit(0, VIRTIO_BLK_T_OUT, 200, &[(buf, 8192, false)]);
+    assert_eq!(vm.complete(&r), (OK, 1));
+    let mut on_disk = vec![0u8; 8192];
+    fx.target
+        .file
+        .read_exact_at(&mut on_disk, 200 * 512)
+        .unwrap();
+    assert_eq!(on_disk, data);
+    // Read back into another straddling buffer.
+    let rbuf = boundary - 512;
+    vm.mem
+        .write_slice(&[0u8; 8192], GuestAddress(rbuf))
+        .unwrap();
+    let r = vm.submit(0, VIRTIO_BLK_T_IN, 200, &[(rbuf, 8192, true)]);
+    assert_eq!(vm.complete(&r), (OK, 8193));
+    let mut back = vec![0u8; 8192];
+    vm.mem.read_slice(&mut back, GuestAddress(rbuf)).unwrap();
+    assert_eq!(back, data);
 }

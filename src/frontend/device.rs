@@ -2,7 +2,7 @@
 //!
 //! One [`BlkDevice`] exists per hypervisor connection. vhost-user-backend runs one epoll
 //! worker thread per queue (see [`BlkDevice::queues_per_thread`]); each worker owns a
-//! [`WorkerState`] with the buffers a request needs (descriptor list, iovec list), so the
+//! `WorkerState` with the buffers a request needs (descriptor list, iovec list), so the
 //! request path allocates nothing. Requests are executed synchronously on the worker thread
 //! against the target. Guest-caused problems are answered with a virtio status and logged
 //! (rate limited); they never stop a worker.
