@@ -1,0 +1,430 @@
+//! The vhost-user-blk device: a `VhostUserBackend` over any [`BlockTarget`].
+//!
+//! One [`BlkDevice`] exists per hypervisor connection. vhost-user-backend runs one epoll
+//! worker thread per queue (see [`BlkDevice::queues_per_thread`]); each worker owns a
+//! `WorkerState` with the buffers a request needs (descriptor list, iovec list), so the
+//! request path allocates nothing. Requests are executed synchronously on the worker thread
+//! against the target. Guest-caused problems are answered with a virtio status and logged
+//! (rate limited); they never stop a worker.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use logdisk_shm::{Desc, IoVecBuf};
+
+use super::config::{self, DeviceLimits, CONFIG_SPACE_LEN, ID_BYTES, WCE_OFFSET};
+use super::request::{execute, parse_request, serial_bytes, ChainDescs, Parsed, STATUS_IOERR};
+use super::target::BlockTarget;
+
+/// Guest memory as vhost-user-backend shares it.
+pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Signal the guest after this many completions even while more requests are queued.
+const SIGNAL_BATCH: u32 = 32;
+
+/// Per-worker, reusable request buffers and log limiter.
+struct WorkerState {
+    chain: ChainDescs,
+    iov: IoVecBuf,
+    warn: WarnLimiter,
+}
+
+/// Logs the first few guest-caused warnings, then one in 1000, so a hostile guest cannot
+/// flood the host's logs.
+struct WarnLimiter {
+    count: u64,
+}
+
+impl WarnLimiter {
+    fn allow(&mut self) -> bool {
+        self.count += 1;
+        self.count <= 20 || self.count.is_multiple_of(1000)
+    }
+}
+
+/// The vhost-user-blk backend for one connection.
+pub struct BlkDevice {
+    target: Arc<dyn BlockTarget>,
+    limits: DeviceLimits,
+    serial: [u8; ID_BYTES],
+    mem: RwLock<GuestMem>,
+    event_idx: AtomicBool,
+    writeback: AtomicBool,
+    acked_features: AtomicU64,
+    workers: Vec<Mutex<WorkerState>>,
+    /// Exit eventfds that vhost-user-backend registers with its epoll and never closes;
+    /// closed by [`BlkDevice::close_leaked_fds`] once the daemon and its workers are gone.
+    exit_fds: Mutex<Vec<RawFd>>,
+}
+
+impl BlkDevice {
+    /// A device serving `target` with `limits`, on guest memory `mem`.
+    pub fn new(target: Arc<dyn BlockTarget>, limits: DeviceLimits, mem: GuestMem) -> Self {
+        let serial = serial_bytes(&target.serial());
+        let workers = (0..limits.num_queues)
+            .map(|_| {
+                Mutex::new(WorkerState {
+                    chain: ChainDescs::with_capacity(limits.max_descriptors()),
+                    iov: IoVecBuf::with_capacity(limits.iovec_capacity()),
+                    warn: WarnLimiter { count: 0 },
+                })
+            })
+            .collect();
+        BlkDevice {
+            target,
+            limits,
+            serial,
+            mem: RwLock::new(mem),
+            event_idx: AtomicBool::new(false),
+            writeback: AtomicBool::new(true),
+            acked_features: AtomicU64::new(0),
+            workers,
+            exit_fds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The limits the device enforces and advertises.
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+
+    /// Close the exit eventfds vhost-user-backend leaked. Call only after the daemon that
+    /// used this device (and so its worker threads and epoll sets) has been dropped.
+    pub fn close_leaked_fds(&self) {
+        for fd in self.exit_fds.lock().drain(..) {
+            // SAFETY: `fd` came from `into_raw_fd` in `exit_event`; nothing else owns or
+            // closes it, and its only user (the worker's epoll) is gone.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_SPACE_LEN] {
+        config::config_space(&self.limits, self.writeback.load(Ordering::Relaxed))
+    }
+
+    /// Process everything available on `vring`, honouring EVENT_IDX.
+    fn handle_queue(&self, vring: &VringRwLock, ws: &mut WorkerState, queue: usize) {
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        loop {
+            if event_idx {
+                if let Err(e) = vring.disable_notification() {
+                    tracing::warn!(queue, "disable_notification: {e}");
+                }
+            }
+            self.process_queue(vring, ws, queue);
+            if !event_idx {
+                break;
+            }
+            // Re-enable notifications; if the driver queued more meanwhile, go again.
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(queue, "enable_notification: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn process_queue(&self, vring: &VringRwLock, ws: &mut WorkerState, queue: usize) {
+        let atomic = self.mem.read().clone();
+        let mem = atomic.memory();
+        let writeback = self.writeback.load(Ordering::Relaxed);
+        let mut pending = 0u32;
+        loop {
+            let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            ws.chain.clear();
+            for d in chain {
+                ws.chain.push(Desc {
+                    addr: d.addr().0,
+                    len: d.len(),
+                    write_only: d.is_write_only(),
+                });
+            }
+            let used_len = self.run_request(&mem, ws, writeback, queue);
+            if let Err(e) = vring.add_used(head, used_len) {
+                if ws.warn.allow() {
+                    tracing::warn!(queue, head, "add_used failed: {e}");
+                }
+            }
+            pending += 1;
+            if pending >= SIGNAL_BATCH {
+                self.signal(vring, queue);
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            self.signal(vring, queue);
+        }
+    }
+
+    /// Parse and run one request; write its status; return the used length.
+    fn run_request(
+        &self,
+        mem: &GuestMemoryMmap<()>,
+        ws: &mut WorkerState,
+        writeback: bool,
+        queue: usize,
+    ) -> u32 {
+        let WorkerState { chain, iov, warn } = ws;
+        let (status_addr, status, written) = match parse_request(chain, mem, &self.limits, iov) {
+            Parsed::Drop(reason) => {
+                if warn.allow() {
+                    tracing::warn!(queue, "dropping descriptor chain: {reason}");
+                }
+                return 0;
+            }
+            Parsed::Fail {
+                status_addr,
+                status,
+                reason,
+            } => {
+                if warn.allow() {
+                    tracing::warn!(queue, status, "refusing request: {reason}");
+                }
+                (status_addr, status, 0)
+            }
+            Parsed::Run { status_addr, op } => {
+                match execute(op, self.target.as_ref(), &self.serial, writeback) {
+                    Ok(out) => (status_addr, super::request::STATUS_OK, out.written),
+                    Err(e) => {
+                        if warn.allow() {
+                            tracing::warn!(queue, "request failed: {e}");
+                        }
+                        (status_addr, STATUS_IOERR, 0)
+                    }
+                }
+            }
+        };
+        if let Err(e) = mem.write_obj(status, status_addr) {
+            // Cannot happen: the parser checked the address is in guest memory.
+            tracing::warn!(queue, "writing the status byte: {e}");
+            return 0;
+        }
+        written.saturating_add(1)
+    }
+
+    fn signal(&self, vring: &VringRwLock, queue: usize) {
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(queue, "signalling the guest: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(queue, "needs_notification: {e}"),
+        }
+    }
+}
+
+impl VhostUserBackend for BlkDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.limits.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.limits.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        config::virtio_features(&self.limits)
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Release);
+        tracing::debug!("virtio features acked: {features:#x}");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        config::protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.writeback.store(true, Ordering::Relaxed);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        config::read_config(&self.config_bytes(), offset, size).unwrap_or_else(|| {
+            tracing::warn!(offset, size, "config read outside the config space");
+            Vec::new()
+        })
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only the writeback flag is writable (VIRTIO_BLK_F_CONFIG_WCE).
+        match (offset, buf) {
+            (WCE_OFFSET, [wce @ (0 | 1)]) => {
+                self.writeback.store(*wce == 1, Ordering::Relaxed);
+                tracing::debug!(writeback = *wce == 1, "guest set the write cache mode");
+                Ok(())
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only the wce byte of the config space is writable",
+            )),
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.write() = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.limits.num_queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok((consumer, notifier)) => {
+                self.exit_fds.lock().push(consumer.as_raw_fd());
+                Some((consumer, notifier))
+            }
+            Err(e) => {
+                tracing::error!("creating a worker exit eventfd: {e}");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the ring is already marked not ready and unregistered; wait for
+        // the worker to finish the requests it is executing, so that the returned avail
+        // index only covers completed requests.
+        if let Some(ws) = self.workers.get(queue_index as usize) {
+            drop(ws.lock());
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            tracing::warn!(thread_id, ?evset, "unexpected event set");
+            return Ok(());
+        }
+        // Each worker owns exactly one queue, which is its vring 0.
+        let (Some(vring), Some(ws)) = (
+            vrings.get(usize::from(device_event)),
+            self.workers.get(thread_id),
+        ) else {
+            tracing::warn!(thread_id, device_event, "event for an unknown queue");
+            return Ok(());
+        };
+        let mut ws = ws.lock();
+        self.handle_queue(vring, &mut ws, thread_id);
+        Ok(())
+    }
+}
+
+impl BlkDevice {
+    /// Features the driver acked (0 before negotiation).
+    pub fn acked_features_bits(&self) -> u64 {
+        self.acked_features.load(Ordering::Acquire)
+    }
+
+    /// True when the driver negotiated VIRTIO_RING_F_EVENT_IDX.
+    pub fn event_idx_enabled(&self) -> bool {
+        self.acked_features_bits() & (1 << VIRTIO_RING_F_EVENT_IDX) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Null;
+    impl BlockTarget for Null {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn serial(&self) -> String {
+            "null".into()
+        }
+        fn read_vectored(&self, _: u64, _: &mut [io::IoSliceMut<'_>]) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_vectored(&self, _: u64, _: &[io::IoSlice<'_>]) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn device() -> BlkDevice {
+        let limits = DeviceLimits::new(1 << 20, false, 4096, 2, 128);
+        BlkDevice::new(
+            Arc::new(Null),
+            limits,
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+    }
+
+    #[test]
+    fn config_access_is_bounds_checked() {
+        let d = device();
+        assert_eq!(d.get_config(0, 60).len(), 60);
+        assert_eq!(d.get_config(34, 2), vec![2, 0]);
+        assert!(d.get_config(0, 200).is_empty());
+        assert!(d.get_config(0x800, 4).is_empty());
+        assert!(d.get_config(u32::MAX, u32::MAX).is_empty());
+        d.set_config(WCE_OFFSET, &[0]).unwrap();
+        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![0]);
+        assert!(d.set_config(WCE_OFFSET, &[2]).is_err());
+        assert!(d.set_config(0, &[0; 8]).is_err());
+        d.reset_device();
+        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![1]);
+    }
+
+    #[test]
+    fn one_worker_per_queue() {
+        let d = device();
+        assert_eq!(d.queues_per_thread(), vec![1, 2]);
+        assert_eq!(d.num_queues(), 2);
+        assert_eq!(d.max_queue_size(), 128);
+        let exit = d.exit_event(0);
+        assert!(exit.is_some());
+        drop(exit);
+        // The consumer fd was already closed by dropping it; forget it instead of closing
+        // a number that may be reused.
+        d.exit_fds.lock().clear();
+    }
+}
