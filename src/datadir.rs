@@ -59,7 +59,7 @@ fn lock_data_dir(root: &Path) -> Result<File> {
 }
 
 /// Summary of a volume for `volume list` / `volume info`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VolumeInfo {
     pub name: String,
     pub size: u64,

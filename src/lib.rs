@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod datadir;
 pub mod error;
 pub mod frontend;

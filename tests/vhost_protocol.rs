@@ -54,12 +54,7 @@ impl FileTarget {
             .open(dir.join("disk.img"))
             .unwrap();
         file.set_len(DISK_SIZE).unwrap();
-        Arc::new(FileTarget {
-            file,
-            size: DISK_SIZE,
-            read_only,
-            flushes: AtomicU64::new(0),
-        })
+        Arc::new(FileTarget { file, size: DISK_SIZE, read_only, flushes: AtomicU64::new(0) })
     }
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -171,21 +166,13 @@ impl Vq {
 
     /// Write a chain with explicit `(addr, len, flags, next)` entries (`next == None` means
     /// "the next slot"); returns the head index. Does not publish it.
-    fn write_raw_chain(
-        &mut self,
-        mem: &GuestMemoryMmap<()>,
-        descs: &[(u64, u32, u16, Option<u16>)],
-    ) -> u16 {
+    fn write_raw_chain(&mut self, mem: &GuestMemoryMmap<()>, descs: &[(u64, u32, u16, Option<u16>)]) -> u16 {
         let head = self.next_desc;
         for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
             let idx = (head + i as u16) % self.size;
             let last = i + 1 == descs.len();
             let next_idx = next.unwrap_or((idx + 1) % self.size);
-            let flags = if last && next.is_none() {
-                *flags
-            } else {
-                *flags | VRING_DESC_F_NEXT as u16
-            };
+            let flags = if last && next.is_none() { *flags } else { *flags | VRING_DESC_F_NEXT as u16 };
             let a = self.desc_addr() + 16 * u64::from(idx);
             mem.write_obj(*addr, GuestAddress(a)).unwrap();
             mem.write_obj(*len, GuestAddress(a + 8)).unwrap();
@@ -198,10 +185,8 @@ impl Vq {
 
     /// Add a chain of `(addr, len, device_writable)` buffers; returns its head index.
     fn add(&mut self, mem: &GuestMemoryMmap<()>, bufs: &[(u64, u32, bool)]) -> u16 {
-        let raw: Vec<_> = bufs
-            .iter()
-            .map(|(a, l, w)| (*a, *l, if *w { VRING_DESC_F_WRITE as u16 } else { 0 }, None))
-            .collect();
+        let raw: Vec<_> =
+            bufs.iter().map(|(a, l, w)| (*a, *l, if *w { VRING_DESC_F_WRITE as u16 } else { 0 }, None)).collect();
         let head = self.write_raw_chain(mem, &raw);
         self.publish(mem, head);
         head
@@ -212,8 +197,7 @@ impl Vq {
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         std::sync::atomic::fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail_addr() + 2))
-            .unwrap();
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail_addr() + 2)).unwrap();
     }
 
     fn kick(&self) {
@@ -281,10 +265,7 @@ impl Vm {
         fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
 
         let mem = guest_memory();
-        let infos: Vec<_> = mem
-            .iter()
-            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
-            .collect();
+        let infos: Vec<_> = mem.iter().map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).collect();
         fe.set_mem_table(&infos).unwrap();
         // The rings live in the first region.
         let uaddr = mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
@@ -317,22 +298,13 @@ impl Vm {
             fe.set_vring_enable(q, true).unwrap();
             vqs.push(vq);
         }
-        Vm {
-            fe,
-            mem,
-            vqs,
-            features,
-            next_buf: 1 << 20,
-        }
+        Vm { fe, mem, vqs, features, next_buf: 1 << 20 }
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
         let a = self.next_buf;
         self.next_buf = (self.next_buf + len + 63) & !63;
-        assert!(
-            self.next_buf < MEM_SIZE as u64,
-            "test guest memory exhausted"
-        );
+        assert!(self.next_buf < MEM_SIZE as u64, "test guest memory exhausted");
         a
     }
 
@@ -377,20 +349,13 @@ impl Vm {
     fn write(&mut self, q: usize, sector: u64, data: &[u8]) -> (u8, u32) {
         let buf = self.alloc(data.len() as u64);
         self.mem.write_slice(data, GuestAddress(buf)).unwrap();
-        let r = self.submit(
-            q,
-            VIRTIO_BLK_T_OUT,
-            sector,
-            &[(buf, data.len() as u32, false)],
-        );
+        let r = self.submit(q, VIRTIO_BLK_T_OUT, sector, &[(buf, data.len() as u32, false)]);
         self.complete(&r)
     }
 
     fn read(&mut self, q: usize, sector: u64, len: usize) -> (u8, u32, Vec<u8>) {
         let buf = self.alloc(len as u64);
-        self.mem
-            .write_slice(&vec![0xeeu8; len], GuestAddress(buf))
-            .unwrap();
+        self.mem.write_slice(&vec![0xeeu8; len], GuestAddress(buf)).unwrap();
         let r = self.submit(q, VIRTIO_BLK_T_IN, sector, &[(buf, len as u32, true)]);
         let (st, used) = self.complete(&r);
         let mut out = vec![0u8; len];
@@ -417,10 +382,7 @@ impl Vm {
     }
 
     fn config(&mut self) -> Vec<u8> {
-        let (_, data) = self
-            .fe
-            .get_config(0, 60, VhostUserConfigFlags::empty(), &[0u8; 60])
-            .unwrap();
+        let (_, data) = self.fe.get_config(0, 60, VhostUserConfigFlags::empty(), &[0u8; 60]).unwrap();
         data
     }
 }
@@ -441,18 +403,9 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("blk.sock");
         let target = FileTarget::new(dir.path(), read_only);
-        let opts = ServeOptions {
-            num_queues,
-            queue_size: QSIZE,
-            ..ServeOptions::default()
-        };
+        let opts = ServeOptions { num_queues, queue_size: QSIZE, ..ServeOptions::default() };
         let handle = spawn_device(&socket, target.clone(), &opts).unwrap();
-        Fixture {
-            handle: Some(handle),
-            target,
-            socket,
-            _dir: dir,
-        }
+        Fixture { handle: Some(handle), target, socket, _dir: dir }
     }
 
     fn handle(&self) -> &DeviceHandle {
@@ -463,10 +416,7 @@ impl Fixture {
         let h = self.handle.take().unwrap();
         let t = Instant::now();
         h.shutdown().unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "shutdown took too long"
-        );
+        assert!(t.elapsed() < Duration::from_secs(5), "shutdown took too long");
     }
 }
 
@@ -478,9 +428,7 @@ fn init_logs() {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 fn le32(c: &[u8], off: usize) -> u32 {
@@ -514,26 +462,16 @@ fn features_protocol_features_and_config_space() {
     ] {
         assert_ne!(f & (1u64 << bit), 0, "feature bit {bit} missing");
     }
-    assert_eq!(
-        f & (1 << VIRTIO_BLK_F_RO),
-        0,
-        "RO offered for a writable target"
-    );
+    assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0, "RO offered for a writable target");
     assert_ne!(f & PROTOCOL_FEATURES_BIT, 0);
     let proto = vm.fe.get_protocol_features().unwrap();
     assert!(proto.contains(
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
     ));
     assert_eq!(vm.fe.get_queue_num().unwrap(), 2);
 
     let c = vm.config();
-    assert_eq!(
-        u64::from_le_bytes(c[0..8].try_into().unwrap()),
-        DISK_SIZE / 512,
-        "capacity"
-    );
+    assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), DISK_SIZE / 512, "capacity");
     assert!(le32(&c, 8) >= 4096, "size_max");
     assert_eq!(le32(&c, 12), u32::from(QSIZE) - 2, "seg_max");
     assert_eq!(le32(&c, 20), 4096, "blk_size");
@@ -551,21 +489,13 @@ fn features_protocol_features_and_config_space() {
     // A partial read at an offset. (Reads beyond the config space get the protocol's
     // zero-size error reply, which the vhost crate's test `Frontend` cannot parse — it
     // waits for the payload — so that path is unit-tested in `frontend::device`.)
-    let (_, part) = vm
-        .fe
-        .get_config(34, 2, VhostUserConfigFlags::empty(), &[0u8; 2])
-        .unwrap();
+    let (_, part) = vm.fe.get_config(34, 2, VhostUserConfigFlags::empty(), &[0u8; 2]).unwrap();
     assert_eq!(part, vec![2, 0]);
 
     // The guest may switch the cache to write-through, and nothing else.
-    vm.fe
-        .set_config(32, VhostUserConfigFlags::WRITABLE, &[0])
-        .unwrap();
+    vm.fe.set_config(32, VhostUserConfigFlags::WRITABLE, &[0]).unwrap();
     assert_eq!(vm.config()[32], 0);
-    assert!(vm
-        .fe
-        .set_config(0, VhostUserConfigFlags::WRITABLE, &[0; 8])
-        .is_err());
+    assert!(vm.fe.set_config(0, VhostUserConfigFlags::WRITABLE, &[0; 8]).is_err());
 }
 
 #[test]
@@ -578,26 +508,14 @@ fn write_read_flush_get_id() {
     let (a, b) = (vm.alloc(4096), vm.alloc(4096));
     vm.mem.write_slice(&data[..4096], GuestAddress(a)).unwrap();
     vm.mem.write_slice(&data[4096..], GuestAddress(b)).unwrap();
-    let r = vm.submit(
-        0,
-        VIRTIO_BLK_T_OUT,
-        16,
-        &[(a, 4096, false), (b, 4096, false)],
-    );
-    assert_eq!(
-        vm.complete(&r),
-        (OK, 1),
-        "write: status OK, used len = status byte"
-    );
+    let r = vm.submit(0, VIRTIO_BLK_T_OUT, 16, &[(a, 4096, false), (b, 4096, false)]);
+    assert_eq!(vm.complete(&r), (OK, 1), "write: status OK, used len = status byte");
     let (st, used, back) = vm.read(0, 16, 8192);
     assert_eq!(st, OK);
     assert_eq!(used, 8192 + 1, "read used len = data + status");
     assert_eq!(back, data);
     let mut on_disk = vec![0u8; 8192];
-    fx.target
-        .file
-        .read_exact_at(&mut on_disk, 16 * 512)
-        .unwrap();
+    fx.target.file.read_exact_at(&mut on_disk, 16 * 512).unwrap();
     assert_eq!(on_disk, data, "the data reached the file");
 
     // Flush reaches the target.
@@ -619,9 +537,7 @@ fn write_read_flush_get_id() {
     assert_eq!(vm.read(0, last, 4096).2, pattern(1, 4096));
 
     // Write-through mode: every write is followed by a flush.
-    vm.fe
-        .set_config(32, VhostUserConfigFlags::WRITABLE, &[0])
-        .unwrap();
+    vm.fe.set_config(32, VhostUserConfigFlags::WRITABLE, &[0]).unwrap();
     let before = fx.target.flushes.load(Ordering::SeqCst);
     assert_eq!(vm.write(0, 0, &pattern(3, 512)).0, OK);
     assert_eq!(fx.target.flushes.load(Ordering::SeqCst), before + 1);
@@ -640,11 +556,7 @@ fn discard_and_write_zeroes_read_back_zeroes() {
     // Write-zeroes, with and without UNMAP, several segments in one request.
     assert_eq!(vm.write(0, 64, &pattern(5, 16384)).0, OK);
     assert_eq!(
-        vm.ranges(
-            0,
-            VIRTIO_BLK_T_WRITE_ZEROES,
-            &[(64, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP), (72, 24, 0)]
-        ),
+        vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(64, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP), (72, 24, 0)]),
         (OK, 1)
     );
     assert_eq!(vm.read(0, 64, 16384).2, zeros);
@@ -653,29 +565,12 @@ fn discard_and_write_zeroes_read_back_zeroes() {
     // beyond the disk, a partial segment: errors. Nothing was touched by them.
     assert_eq!(vm.write(0, 128, &pattern(6, 4096)).0, OK);
     let unmap = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-    assert_eq!(
-        vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[(128, 8, unmap)]).0,
-        UNSUPP
-    );
-    assert_eq!(
-        vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(128, 8, 0x80)]).0,
-        UNSUPP
-    );
+    assert_eq!(vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[(128, 8, unmap)]).0, UNSUPP);
+    assert_eq!(vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(128, 8, 0x80)]).0, UNSUPP);
     assert_eq!(vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[]).0, IOERR);
     let cap = DISK_SIZE / 512;
-    assert_eq!(
-        vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[(cap - 4, 8, 0)]).0,
-        IOERR
-    );
-    assert_eq!(
-        vm.ranges(
-            0,
-            VIRTIO_BLK_T_WRITE_ZEROES,
-            &[(128, 8, 0), (u64::MAX, 8, 0)]
-        )
-        .0,
-        IOERR
-    );
+    assert_eq!(vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[(cap - 4, 8, 0)]).0, IOERR);
+    assert_eq!(vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(128, 8, 0), (u64::MAX, 8, 0)]).0, IOERR);
     let odd = vm.alloc(24);
     let r = vm.submit(0, VIRTIO_BLK_T_DISCARD, 0, &[(odd, 24, false)]);
     assert_eq!(vm.complete(&r).0, IOERR);
@@ -706,18 +601,11 @@ fn read_only_device_refuses_writes() {
     let fx = Fixture::new(true, 1);
     fx.target.file.write_all_at(&pattern(4, 4096), 0).unwrap();
     let mut vm = Vm::connect(&fx.socket, 1, true);
-    assert_ne!(
-        vm.features & (1 << VIRTIO_BLK_F_RO),
-        0,
-        "RO feature offered"
-    );
+    assert_ne!(vm.features & (1 << VIRTIO_BLK_F_RO), 0, "RO feature offered");
     let (st, used) = vm.write(0, 0, &[0u8; 4096]);
     assert_eq!((st, used), (IOERR, 1));
     assert_eq!(vm.ranges(0, VIRTIO_BLK_T_DISCARD, &[(0, 8, 0)]).0, IOERR);
-    assert_eq!(
-        vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 8, 0)]).0,
-        IOERR
-    );
+    assert_eq!(vm.ranges(0, VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 8, 0)]).0, IOERR);
     let (st, _, data) = vm.read(0, 0, 4096);
     assert_eq!(st, OK);
     assert_eq!(data, pattern(4, 4096), "nothing was written");
@@ -734,9 +622,7 @@ fn multiqueue_requests_in_flight_on_all_queues() {
         for i in 0..16u64 {
             let sector = (q as u64 * 16 + i) * 8;
             let buf = vm.alloc(4096);
-            vm.mem
-                .write_slice(&pattern((q * 16) as u8 + i as u8, 4096), GuestAddress(buf))
-                .unwrap();
+            vm.mem.write_slice(&pattern((q * 16) as u8 + i as u8, 4096), GuestAddress(buf)).unwrap();
             reqs.push(vm.submit(q, VIRTIO_BLK_T_OUT, sector, &[(buf, 4096, false)]));
         }
     }
@@ -784,26 +670,16 @@ fn event_idx_suppresses_and_requests_notifications() {
     };
 
     // used_event = 0: the driver wants an interrupt when used idx passes 0.
-    vm.mem
-        .write_obj(0u16, GuestAddress(vm.vqs[0].used_event_addr()))
-        .unwrap();
+    vm.mem.write_obj(0u16, GuestAddress(vm.vqs[0].used_event_addr())).unwrap();
     let _ = vm.vqs[0].call.read();
     assert_eq!(vm.simple(0, VIRTIO_BLK_T_FLUSH, 0).0, OK);
-    assert!(
-        wait_call(&vm.vqs[0], 2000),
-        "no interrupt although requested"
-    );
+    assert!(wait_call(&vm.vqs[0], 2000), "no interrupt although requested");
     // The device re-enabled kicks by publishing avail_event = next avail index.
-    let avail_event: u16 = vm
-        .mem
-        .read_obj(GuestAddress(vm.vqs[0].avail_event_addr()))
-        .unwrap();
+    let avail_event: u16 = vm.mem.read_obj(GuestAddress(vm.vqs[0].avail_event_addr())).unwrap();
     assert_eq!(avail_event, vm.vqs[0].avail_idx);
 
     // used_event far ahead: completions arrive without an interrupt.
-    vm.mem
-        .write_obj(1000u16, GuestAddress(vm.vqs[0].used_event_addr()))
-        .unwrap();
+    vm.mem.write_obj(1000u16, GuestAddress(vm.vqs[0].used_event_addr())).unwrap();
     let _ = vm.vqs[0].call.read();
     for _ in 0..3 {
         assert_eq!(vm.simple(0, VIRTIO_BLK_T_FLUSH, 0).0, OK);
@@ -811,9 +687,7 @@ fn event_idx_suppresses_and_requests_notifications() {
     assert!(!wait_call(&vm.vqs[0], 100), "interrupt although suppressed");
 
     // Several requests queued before one kick are all completed.
-    let reqs: Vec<_> = (0..8)
-        .map(|_| vm.submit(0, VIRTIO_BLK_T_FLUSH, 0, &[]))
-        .collect();
+    let reqs: Vec<_> = (0..8).map(|_| vm.submit(0, VIRTIO_BLK_T_FLUSH, 0, &[])).collect();
     vm.vqs[0].kick();
     assert_eq!(vm.vqs[0].wait_used(&vm.mem, 8).len(), 8);
     for r in reqs {
@@ -852,53 +726,19 @@ fn malformed_chains_get_errors_and_the_device_keeps_serving() {
     let st = vm.status_buf();
 
     // No status descriptor: the chain ends with a device-readable buffer.
-    expect(
-        &mut vm,
-        &[(hdr, 16, 0, None), (data, 512, 0, None)],
-        None,
-        None,
-        "no status",
-    );
+    expect(&mut vm, &[(hdr, 16, 0, None), (data, 512, 0, None)], None, None, "no status");
     // Status descriptor not writable.
-    expect(
-        &mut vm,
-        &[(hdr, 16, 0, None), (data, 512, w, None), (st, 1, 0, None)],
-        None,
-        None,
-        "read-only status",
-    );
+    expect(&mut vm, &[(hdr, 16, 0, None), (data, 512, w, None), (st, 1, 0, None)], None, None, "read-only status");
     // Status descriptor outside guest memory.
-    expect(
-        &mut vm,
-        &[(hdr, 16, 0, None), (outside, 1, w, None)],
-        None,
-        None,
-        "status outside memory",
-    );
+    expect(&mut vm, &[(hdr, 16, 0, None), (outside, 1, w, None)], None, None, "status outside memory");
     // Zero-length status descriptor.
-    expect(
-        &mut vm,
-        &[(hdr, 16, 0, None), (st, 0, w, None)],
-        None,
-        None,
-        "empty status",
-    );
+    expect(&mut vm, &[(hdr, 16, 0, None), (st, 0, w, None)], None, None, "empty status");
     // Status at the very end of the address space (addr + len overflows).
-    expect(
-        &mut vm,
-        &[(hdr, 16, 0, None), (u64::MAX - 1, 4, w, None)],
-        None,
-        None,
-        "status overflow",
-    );
+    expect(&mut vm, &[(hdr, 16, 0, None), (u64::MAX - 1, 4, w, None)], None, None, "status overflow");
     // Data descriptor outside guest memory.
     expect(
         &mut vm,
-        &[
-            (hdr, 16, 0, None),
-            (outside, 4096, w, None),
-            (st, 1, w, None),
-        ],
+        &[(hdr, 16, 0, None), (outside, 4096, w, None), (st, 1, w, None)],
         Some(st),
         Some((IOERR, 1)),
         "data outside memory",
@@ -906,39 +746,19 @@ fn malformed_chains_get_errors_and_the_device_keeps_serving() {
     // Data descriptor straddling the end of guest memory.
     expect(
         &mut vm,
-        &[
-            (hdr, 16, 0, None),
-            (MEM_SIZE as u64 - 512, 4096, w, None),
-            (st, 1, w, None),
-        ],
+        &[(hdr, 16, 0, None), (MEM_SIZE as u64 - 512, 4096, w, None), (st, 1, w, None)],
         Some(st),
         Some((IOERR, 1)),
         "data straddling the end",
     );
     // Header too short.
-    expect(
-        &mut vm,
-        &[(hdr, 8, 0, None), (st, 1, w, None)],
-        Some(st),
-        Some((IOERR, 1)),
-        "short header",
-    );
+    expect(&mut vm, &[(hdr, 8, 0, None), (st, 1, w, None)], Some(st), Some((IOERR, 1)), "short header");
     // Header itself outside guest memory.
-    expect(
-        &mut vm,
-        &[(outside, 16, 0, None), (st, 1, w, None)],
-        Some(st),
-        Some((IOERR, 1)),
-        "header outside memory",
-    );
+    expect(&mut vm, &[(outside, 16, 0, None), (st, 1, w, None)], Some(st), Some((IOERR, 1)), "header outside memory");
     // Huge data length.
     expect(
         &mut vm,
-        &[
-            (hdr, 16, 0, None),
-            (data, 0xffff_f000, w, None),
-            (st, 1, w, None),
-        ],
+        &[(hdr, 16, 0, None), (data, 0xffff_f000, w, None), (st, 1, w, None)],
         Some(st),
         Some((IOERR, 1)),
         "huge length",
@@ -954,12 +774,7 @@ fn malformed_chains_get_errors_and_the_device_keeps_serving() {
     // A device-readable descriptor after a writable one.
     expect(
         &mut vm,
-        &[
-            (hdr, 16, 0, None),
-            (data, 512, w, None),
-            (data, 512, 0, None),
-            (st, 1, w, None),
-        ],
+        &[(hdr, 16, 0, None), (data, 512, w, None), (data, 512, 0, None), (st, 1, w, None)],
         Some(st),
         Some((IOERR, 1)),
         "readable after writable",
@@ -976,22 +791,14 @@ fn malformed_chains_get_errors_and_the_device_keeps_serving() {
     // Overlapping device-writable buffers.
     expect(
         &mut vm,
-        &[
-            (hdr, 16, 0, None),
-            (data, 1024, w, None),
-            (data + 512, 1024, w, None),
-            (st, 1, w, None),
-        ],
+        &[(hdr, 16, 0, None), (data, 1024, w, None), (data + 512, 1024, w, None), (st, 1, w, None)],
         Some(st),
         Some((IOERR, 1)),
         "overlapping buffers",
     );
     // A descriptor loop: the chain is cut at the queue size; the device must not hang.
     let loop_head = vm.vqs[0].next_desc;
-    let head = vm.vqs[0].write_raw_chain(
-        &vm.mem,
-        &[(hdr, 16, 0, None), (data, 512, w, Some(loop_head + 1))],
-    );
+    let head = vm.vqs[0].write_raw_chain(&vm.mem, &[(hdr, 16, 0, None), (data, 512, w, Some(loop_head + 1))]);
     vm.vqs[0].publish(&vm.mem, head);
     vm.vqs[0].kick();
     let used = vm.vqs[0].wait_used(&vm.mem, 1);
@@ -1007,57 +814,28 @@ fn malformed_chains_get_errors_and_the_device_keeps_serving() {
             i => (data + (i % 8) * 512, 512, w),
         };
         let a = table + 16 * i;
-        let next_flag = if i == n - 1 {
-            0
-        } else {
-            VRING_DESC_F_NEXT as u16
-        };
+        let next_flag = if i == n - 1 { 0 } else { VRING_DESC_F_NEXT as u16 };
         vm.mem.write_obj(addr, GuestAddress(a)).unwrap();
         vm.mem.write_obj(len, GuestAddress(a + 8)).unwrap();
-        vm.mem
-            .write_obj(flags | next_flag, GuestAddress(a + 12))
-            .unwrap();
-        vm.mem
-            .write_obj((i + 1) as u16, GuestAddress(a + 14))
-            .unwrap();
+        vm.mem.write_obj(flags | next_flag, GuestAddress(a + 12)).unwrap();
+        vm.mem.write_obj((i + 1) as u16, GuestAddress(a + 14)).unwrap();
     }
     let indirect = VRING_DESC_F_INDIRECT as u16;
-    expect(
-        &mut vm,
-        &[(table, 16 * n as u32, indirect, None)],
-        Some(st),
-        Some((IOERR, 1)),
-        "too many descriptors",
-    );
+    expect(&mut vm, &[(table, 16 * n as u32, indirect, None)], Some(st), Some((IOERR, 1)), "too many descriptors");
     // A valid request through an indirect table works.
     let table = vm.alloc(48);
     let buf = vm.alloc(512);
-    vm.mem
-        .write_slice(&[0x5au8; 512], GuestAddress(buf))
-        .unwrap();
+    vm.mem.write_slice(&[0x5au8; 512], GuestAddress(buf)).unwrap();
     let whdr2 = vm.header(VIRTIO_BLK_T_OUT, 48);
-    for (i, (addr, len, flags)) in [(whdr2, 16u32, 0u16), (buf, 512, 0), (st, 1, w)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, (addr, len, flags)) in [(whdr2, 16u32, 0u16), (buf, 512, 0), (st, 1, w)].into_iter().enumerate() {
         let a = table + 16 * i as u64;
         let next_flag = if i == 2 { 0 } else { VRING_DESC_F_NEXT as u16 };
         vm.mem.write_obj(addr, GuestAddress(a)).unwrap();
         vm.mem.write_obj(len, GuestAddress(a + 8)).unwrap();
-        vm.mem
-            .write_obj(flags | next_flag, GuestAddress(a + 12))
-            .unwrap();
-        vm.mem
-            .write_obj((i + 1) as u16, GuestAddress(a + 14))
-            .unwrap();
+        vm.mem.write_obj(flags | next_flag, GuestAddress(a + 12)).unwrap();
+        vm.mem.write_obj((i + 1) as u16, GuestAddress(a + 14)).unwrap();
     }
-    expect(
-        &mut vm,
-        &[(table, 48, indirect, None)],
-        Some(st),
-        Some((OK, 1)),
-        "indirect write",
-    );
+    expect(&mut vm, &[(table, 48, indirect, None)], Some(st), Some((OK, 1)), "indirect write");
     assert_eq!(vm.read(0, 48, 512).2, vec![0x5au8; 512]);
 
     // The device still serves valid requests.
@@ -1104,11 +882,7 @@ fn shutdown_while_waiting_and_socket_setup() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
     let target = FileTarget::new(dir.path(), false);
-    let opts = ServeOptions {
-        num_queues: 1,
-        socket_mode: 0o660,
-        ..ServeOptions::default()
-    };
+    let opts = ServeOptions { num_queues: 1, socket_mode: 0o660, ..ServeOptions::default() };
     let h = spawn_device(&socket, target.clone(), &opts).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
@@ -1119,14 +893,8 @@ fn shutdown_while_waiting_and_socket_setup() {
     }
     let plain = dir.path().join("plain");
     std::fs::write(&plain, b"data").unwrap();
-    assert!(matches!(
-        spawn_device(&plain, target.clone(), &opts),
-        Err(FrontendError::NotASocket(_))
-    ));
-    let bad = ServeOptions {
-        num_queues: 0,
-        ..ServeOptions::default()
-    };
+    assert!(matches!(spawn_device(&plain, target.clone(), &opts), Err(FrontendError::NotASocket(_))));
+    let bad = ServeOptions { num_queues: 0, ..ServeOptions::default() };
     assert!(matches!(
         spawn_device(&dir.path().join("x.sock"), target.clone(), &bad),
         Err(FrontendError::InvalidOptions(_))
@@ -1155,16 +923,11 @@ fn buffers_straddling_two_memory_regions() {
     let r = vm.submit(0, VIRTIO_BLK_T_OUT, 200, &[(buf, 8192, false)]);
     assert_eq!(vm.complete(&r), (OK, 1));
     let mut on_disk = vec![0u8; 8192];
-    fx.target
-        .file
-        .read_exact_at(&mut on_disk, 200 * 512)
-        .unwrap();
+    fx.target.file.read_exact_at(&mut on_disk, 200 * 512).unwrap();
     assert_eq!(on_disk, data);
     // Read back into another straddling buffer.
     let rbuf = boundary - 512;
-    vm.mem
-        .write_slice(&[0u8; 8192], GuestAddress(rbuf))
-        .unwrap();
+    vm.mem.write_slice(&[0u8; 8192], GuestAddress(rbuf)).unwrap();
     let r = vm.submit(0, VIRTIO_BLK_T_IN, 200, &[(rbuf, 8192, true)]);
     assert_eq!(vm.complete(&r), (OK, 8193));
     let mut back = vec![0u8; 8192];

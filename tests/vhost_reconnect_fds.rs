@@ -47,10 +47,7 @@ fn count(dir: &str) -> usize {
 fn reconnects_do_not_leak_fds_or_threads() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("r.sock");
-    let opts = ServeOptions {
-        num_queues: 4,
-        ..ServeOptions::default()
-    };
+    let opts = ServeOptions { num_queues: 4, ..ServeOptions::default() };
     let h = spawn_device(&socket, Arc::new(Null), &opts).unwrap();
     let cycle = |h: &logdisk::frontend::DeviceHandle, n: u64| {
         let fe = Frontend::connect(&socket, 4).unwrap();

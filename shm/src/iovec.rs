@@ -14,9 +14,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::marker::PhantomData;
 
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 /// Errors of the chain to iovec conversion. Every one of them is the guest's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,11 +81,7 @@ unsafe impl Send for IoVecBuf {}
 impl IoVecBuf {
     /// A list that holds at most `cap` iovecs; allocates once, here.
     pub fn with_capacity(cap: usize) -> Self {
-        IoVecBuf {
-            iovs: Vec::with_capacity(cap),
-            scratch: Vec::with_capacity(cap),
-            cap,
-        }
+        IoVecBuf { iovs: Vec::with_capacity(cap), scratch: Vec::with_capacity(cap), cap }
     }
 
     /// Maximum number of iovecs.
@@ -98,20 +92,13 @@ impl IoVecBuf {
     /// Start a new list over `mem` (the previous content is discarded).
     pub fn builder<'a, M: GuestMemoryBackend>(&'a mut self, mem: &'a M) -> IoVecBuilder<'a, M> {
         self.iovs.clear();
-        IoVecBuilder {
-            buf: self,
-            mem,
-            bytes: 0,
-        }
+        IoVecBuilder { buf: self, mem, bytes: 0 }
     }
 }
 
 impl std::fmt::Debug for IoVecBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoVecBuf")
-            .field("len", &self.iovs.len())
-            .field("cap", &self.cap)
-            .finish()
+        f.debug_struct("IoVecBuf").field("len", &self.iovs.len()).field("cap", &self.cap).finish()
     }
 }
 
@@ -129,29 +116,18 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
         if len == 0 {
             return Ok(());
         }
-        addr.checked_add(len)
-            .ok_or(ShmError::Overflow { addr, len })?;
+        addr.checked_add(len).ok_or(ShmError::Overflow { addr, len })?;
         let out_of_range = ShmError::OutOfRange { addr, len };
         let mut cur = addr;
         let mut remaining = len;
         while remaining > 0 {
-            let region = self
-                .mem
-                .find_region(GuestAddress(cur))
-                .ok_or_else(|| out_of_range.clone())?;
-            let offset = cur
-                .checked_sub(region.start_addr().raw_value())
-                .ok_or_else(|| out_of_range.clone())?;
-            let avail = region
-                .len()
-                .checked_sub(offset)
-                .filter(|a| *a > 0)
-                .ok_or_else(|| out_of_range.clone())?;
+            let region = self.mem.find_region(GuestAddress(cur)).ok_or_else(|| out_of_range.clone())?;
+            let offset = cur.checked_sub(region.start_addr().raw_value()).ok_or_else(|| out_of_range.clone())?;
+            let avail = region.len().checked_sub(offset).filter(|a| *a > 0).ok_or_else(|| out_of_range.clone())?;
             let chunk = remaining.min(avail);
             let chunk_usize = usize::try_from(chunk).map_err(|_| out_of_range.clone())?;
-            let host = region
-                .get_host_address(MemoryRegionAddress(offset))
-                .map_err(|_| ShmError::NoHostMapping(cur))?;
+            let host =
+                region.get_host_address(MemoryRegionAddress(offset)).map_err(|_| ShmError::NoHostMapping(cur))?;
             self.append(host, chunk_usize)?;
             // `chunk <= remaining` and `cur + remaining` does not overflow (checked above).
             cur += chunk;
@@ -171,10 +147,7 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
         if self.buf.iovs.len() >= self.buf.cap {
             return Err(ShmError::TooManySegments(self.buf.cap));
         }
-        self.buf.iovs.push(libc::iovec {
-            iov_base: host.cast(),
-            iov_len: len,
-        });
+        self.buf.iovs.push(libc::iovec { iov_base: host.cast(), iov_len: len });
         Ok(())
     }
 
@@ -196,12 +169,7 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
     /// The finished list.
     pub fn finish(self) -> GuestIoVecs<'a> {
         let IoVecBuf { iovs, scratch, .. } = self.buf;
-        GuestIoVecs {
-            iovs: iovs.as_mut_slice(),
-            scratch,
-            bytes: self.bytes,
-            _mem: PhantomData,
-        }
+        GuestIoVecs { iovs: iovs.as_mut_slice(), scratch, bytes: self.bytes, _mem: PhantomData }
     }
 }
 
@@ -253,9 +221,7 @@ impl<'a> GuestIoVecs<'a> {
         }
         // SAFETY: as for `as_io_slices`, plus: the buffers are pairwise disjoint (checked
         // just above) and `&mut self` prevents a second view at the same time.
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(self.iovs.as_mut_ptr().cast(), self.iovs.len())
-        })
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.iovs.as_mut_ptr().cast(), self.iovs.len()) })
     }
 
     /// True when two iovecs share a byte (O(n log n), no allocation).
@@ -264,12 +230,9 @@ impl<'a> GuestIoVecs<'a> {
             return false;
         }
         self.scratch.clear();
-        self.scratch
-            .extend(self.iovs.iter().map(|v| (v.iov_base as usize, v.iov_len)));
+        self.scratch.extend(self.iovs.iter().map(|v| (v.iov_base as usize, v.iov_len)));
         self.scratch.sort_unstable();
-        self.scratch
-            .windows(2)
-            .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
+        self.scratch.windows(2).any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
     }
 }
 
@@ -304,11 +267,7 @@ impl<'d> DescStream<'d> {
         len: u64,
         mut f: impl FnMut(u64, u64, u64) -> Result<(), ShmError>,
     ) -> Result<(), ShmError> {
-        let beyond = ShmError::BeyondStream {
-            offset,
-            len,
-            stream_len: self.len,
-        };
+        let beyond = ShmError::BeyondStream { offset, len, stream_len: self.len };
         let end = offset.checked_add(len).ok_or_else(|| beyond.clone())?;
         if end > self.len {
             return Err(beyond);
@@ -325,10 +284,7 @@ impl<'d> DescStream<'d> {
             if start < dend {
                 let in_desc = start - pos;
                 let take = (dlen - in_desc).min(len - done);
-                let gaddr = d.addr.checked_add(in_desc).ok_or(ShmError::Overflow {
-                    addr: d.addr,
-                    len: dlen,
-                })?;
+                let gaddr = d.addr.checked_add(in_desc).ok_or(ShmError::Overflow { addr: d.addr, len: dlen })?;
                 f(gaddr, take, done)?;
                 done += take;
             }
@@ -338,30 +294,18 @@ impl<'d> DescStream<'d> {
     }
 
     /// Copy `buf.len()` bytes at `offset` of the stream out of guest memory.
-    pub fn read_at<M: GuestMemoryBackend>(
-        &self,
-        mem: &M,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), ShmError> {
+    pub fn read_at<M: GuestMemoryBackend>(&self, mem: &M, offset: u64, buf: &mut [u8]) -> Result<(), ShmError> {
         self.for_each_range(offset, buf.len() as u64, |addr, take, done| {
             let (lo, hi) = (done as usize, (done + take) as usize);
-            mem.read_slice(&mut buf[lo..hi], GuestAddress(addr))
-                .map_err(|_| ShmError::OutOfRange { addr, len: take })
+            mem.read_slice(&mut buf[lo..hi], GuestAddress(addr)).map_err(|_| ShmError::OutOfRange { addr, len: take })
         })
     }
 
     /// Copy `buf` into guest memory at `offset` of the stream.
-    pub fn write_at<M: GuestMemoryBackend>(
-        &self,
-        mem: &M,
-        offset: u64,
-        buf: &[u8],
-    ) -> Result<(), ShmError> {
+    pub fn write_at<M: GuestMemoryBackend>(&self, mem: &M, offset: u64, buf: &[u8]) -> Result<(), ShmError> {
         self.for_each_range(offset, buf.len() as u64, |addr, take, done| {
             let (lo, hi) = (done as usize, (done + take) as usize);
-            mem.write_slice(&buf[lo..hi], GuestAddress(addr))
-                .map_err(|_| ShmError::OutOfRange { addr, len: take })
+            mem.write_slice(&buf[lo..hi], GuestAddress(addr)).map_err(|_| ShmError::OutOfRange { addr, len: take })
         })
     }
 
@@ -421,13 +365,7 @@ mod tests {
         let mut buf = IoVecBuf::with_capacity(4);
         let mut b = buf.builder(&m);
         b.push(0x1000, 0x1000).unwrap();
-        assert_eq!(
-            b.push(0x1001, 0x1000),
-            Err(ShmError::OutOfRange {
-                addr: 0x1001,
-                len: 0x1000
-            })
-        );
+        assert_eq!(b.push(0x1001, 0x1000), Err(ShmError::OutOfRange { addr: 0x1001, len: 0x1000 }));
         assert!(b.push(0x2000, 1).is_err());
         assert!(b.push(0xfff, 1).is_err());
     }
@@ -454,10 +392,7 @@ mod tests {
         let m = mem(&[(0x0, 0x1000), (0x2000, 0x1000)]);
         let mut buf = IoVecBuf::with_capacity(4);
         let mut b = buf.builder(&m);
-        assert!(matches!(
-            b.push(0x800, 0x1000),
-            Err(ShmError::OutOfRange { .. })
-        ));
+        assert!(matches!(b.push(0x800, 0x1000), Err(ShmError::OutOfRange { .. })));
         assert!(b.push(0x1800, 0x100).is_err());
     }
 
@@ -466,14 +401,8 @@ mod tests {
         let m = mem(&[(0x0, 0x1000)]);
         let mut buf = IoVecBuf::with_capacity(4);
         let mut b = buf.builder(&m);
-        assert!(matches!(
-            b.push(u64::MAX - 10, 100),
-            Err(ShmError::Overflow { .. })
-        ));
-        assert!(matches!(
-            b.push(0x10, u64::MAX),
-            Err(ShmError::Overflow { .. })
-        ));
+        assert!(matches!(b.push(u64::MAX - 10, 100), Err(ShmError::Overflow { .. })));
+        assert!(matches!(b.push(0x10, u64::MAX), Err(ShmError::Overflow { .. })));
         assert!(b.push(u64::MAX, 1).is_err());
     }
 
@@ -542,11 +471,7 @@ mod tests {
         let mut b = buf.builder(&m);
         b.push(0xff8, 16).unwrap();
         let mut v = b.finish();
-        let read: Vec<u8> = v
-            .as_io_slices()
-            .iter()
-            .flat_map(|s| s.iter().copied())
-            .collect();
+        let read: Vec<u8> = v.as_io_slices().iter().flat_map(|s| s.iter().copied()).collect();
         assert_eq!(read, vec![7u8; 16]);
         for s in v.as_io_slices_mut().unwrap() {
             s.fill(9);
@@ -560,36 +485,20 @@ mod tests {
     fn stream_ranges_span_descriptors() {
         let m = mem(&[(0x0, 0x10000)]);
         for (i, b) in (0u8..64).enumerate() {
-            m.write_slice(&[b], GuestAddress(0x1000 + i as u64))
-                .unwrap();
+            m.write_slice(&[b], GuestAddress(0x1000 + i as u64)).unwrap();
         }
         // Stream: 10 bytes at 0x1000, 20 at 0x100a, 34 at 0x101e (contiguous content).
         let descs = [
-            Desc {
-                addr: 0x1000,
-                len: 10,
-                write_only: false,
-            },
-            Desc {
-                addr: 0x100a,
-                len: 20,
-                write_only: false,
-            },
-            Desc {
-                addr: 0x101e,
-                len: 34,
-                write_only: false,
-            },
+            Desc { addr: 0x1000, len: 10, write_only: false },
+            Desc { addr: 0x100a, len: 20, write_only: false },
+            Desc { addr: 0x101e, len: 34, write_only: false },
         ];
         let s = DescStream::new(&descs);
         assert_eq!(s.len(), 64);
         let mut hdr = [0u8; 16];
         s.read_at(&m, 5, &mut hdr).unwrap();
         assert_eq!(hdr.to_vec(), (5u8..21).collect::<Vec<_>>());
-        assert!(matches!(
-            s.read_at(&m, 60, &mut hdr),
-            Err(ShmError::BeyondStream { .. })
-        ));
+        assert!(matches!(s.read_at(&m, 60, &mut hdr), Err(ShmError::BeyondStream { .. })));
         let mut buf = IoVecBuf::with_capacity(8);
         let mut b = buf.builder(&m);
         s.map_range(16, 48, &mut b).unwrap();
@@ -606,31 +515,16 @@ mod tests {
     fn stream_descriptor_outside_memory() {
         let m = mem(&[(0x0, 0x1000)]);
         let descs = [
-            Desc {
-                addr: 0x0,
-                len: 16,
-                write_only: false,
-            },
-            Desc {
-                addr: 0x8000_0000,
-                len: 512,
-                write_only: false,
-            },
-            Desc {
-                addr: u64::MAX - 3,
-                len: 16,
-                write_only: true,
-            },
+            Desc { addr: 0x0, len: 16, write_only: false },
+            Desc { addr: 0x8000_0000, len: 512, write_only: false },
+            Desc { addr: u64::MAX - 3, len: 16, write_only: true },
         ];
         let s = DescStream::new(&descs);
         let mut hdr = [0u8; 16];
         s.read_at(&m, 0, &mut hdr).unwrap();
         let mut buf = IoVecBuf::with_capacity(8);
         let mut b = buf.builder(&m);
-        assert!(matches!(
-            s.map_range(16, 512, &mut b),
-            Err(ShmError::OutOfRange { .. })
-        ));
+        assert!(matches!(s.map_range(16, 512, &mut b), Err(ShmError::OutOfRange { .. })));
         assert!(s.map_range(16, 520, &mut b).is_err());
         assert_eq!(s.addr_of(&m, 100), None);
         assert_eq!(s.addr_of(&m, 16 + 512 + 15), None);

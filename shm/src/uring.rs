@@ -46,11 +46,7 @@ impl Uring {
         let ring = IoUring::new(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        Ok(Uring {
-            ring,
-            eventfd,
-            in_flight: 0,
-        })
+        Ok(Uring { ring, eventfd, in_flight: 0 })
     }
 
     /// The fd to watch for completions (readable when some have arrived).
@@ -71,8 +67,7 @@ impl Uring {
             // Queue full: hand what is queued to the kernel and try once more.
             self.ring.submit()?;
             // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
+            unsafe { self.ring.submission().push(&entry) }.map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
         }
         self.in_flight += 1;
         Ok(())
@@ -83,18 +78,9 @@ impl Uring {
     /// # Safety
     /// `iovs` and the memory it points to must stay valid and untouched by others until the
     /// completion with `user_data` has been reaped.
-    pub unsafe fn readv(
-        &mut self,
-        fd: RawFd,
-        iovs: &[libc::iovec],
-        offset: u64,
-        user_data: u64,
-    ) -> io::Result<()> {
+    pub unsafe fn readv(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
         let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = opcode::Readv::new(types::Fd(fd), iovs.as_ptr(), len)
-            .offset(offset)
-            .build()
-            .user_data(user_data);
+        let e = opcode::Readv::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build().user_data(user_data);
         self.push(e)
     }
 
@@ -102,27 +88,15 @@ impl Uring {
     ///
     /// # Safety
     /// As for [`Uring::readv`].
-    pub unsafe fn writev(
-        &mut self,
-        fd: RawFd,
-        iovs: &[libc::iovec],
-        offset: u64,
-        user_data: u64,
-    ) -> io::Result<()> {
+    pub unsafe fn writev(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
         let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = opcode::Writev::new(types::Fd(fd), iovs.as_ptr(), len)
-            .offset(offset)
-            .build()
-            .user_data(user_data);
+        let e = opcode::Writev::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build().user_data(user_data);
         self.push(e)
     }
 
     /// Queue an `fdatasync` of `fd`.
     pub fn fdatasync(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
-        let e = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(user_data);
+        let e = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(user_data);
         self.push(e)
     }
 
@@ -143,10 +117,7 @@ impl Uring {
         let mut n = 0;
         for cqe in self.ring.completion() {
             n += 1;
-            f(Completion {
-                user_data: cqe.user_data(),
-                result: cqe.result(),
-            });
+            f(Completion { user_data: cqe.user_data(), result: cqe.result() });
         }
         self.in_flight = self.in_flight.saturating_sub(n);
         n
@@ -155,10 +126,7 @@ impl Uring {
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uring")
-            .field("eventfd", &self.eventfd.as_raw_fd())
-            .field("in_flight", &self.in_flight)
-            .finish()
+        f.debug_struct("Uring").field("eventfd", &self.eventfd.as_raw_fd()).field("in_flight", &self.in_flight).finish()
     }
 }
 
@@ -179,11 +147,7 @@ mod tests {
     }
 
     fn wait_readable(fd: RawFd) {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, 5 s timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
         assert_eq!(n, 1, "no completion signalled on the eventfd");
@@ -197,25 +161,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("logdisk-shm-uring-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("data");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
 
         let a = vec![0x11u8; 4096];
         let b = vec![0x22u8; 512];
         let iovs = [
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut _,
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: b.len(),
-            },
+            libc::iovec { iov_base: a.as_ptr() as *mut _, iov_len: a.len() },
+            libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() },
         ];
         // SAFETY: `a`, `b` and `iovs` outlive the completion, which is reaped below.
         unsafe { ring.writev(file.as_raw_fd(), &iovs, 8192, 1).unwrap() };
@@ -223,13 +175,7 @@ mod tests {
         wait_readable(ring.eventfd());
         let mut done = Vec::new();
         ring.reap(|c| done.push(c));
-        assert_eq!(
-            done,
-            vec![Completion {
-                user_data: 1,
-                result: 4608
-            }]
-        );
+        assert_eq!(done, vec![Completion { user_data: 1, result: 4608 }]);
         assert_eq!(ring.in_flight(), 0);
 
         ring.fdatasync(file.as_raw_fd(), 2).unwrap();
@@ -242,14 +188,8 @@ mod tests {
         let mut r1 = vec![0u8; 4096];
         let mut r2 = vec![0u8; 512];
         let riovs = [
-            libc::iovec {
-                iov_base: r1.as_mut_ptr().cast(),
-                iov_len: r1.len(),
-            },
-            libc::iovec {
-                iov_base: r2.as_mut_ptr().cast(),
-                iov_len: r2.len(),
-            },
+            libc::iovec { iov_base: r1.as_mut_ptr().cast(), iov_len: r1.len() },
+            libc::iovec { iov_base: r2.as_mut_ptr().cast(), iov_len: r2.len() },
         ];
         // SAFETY: `r1`, `r2` and `riovs` outlive the completion, reaped below.
         unsafe { ring.readv(file.as_raw_fd(), &riovs, 8192, 3).unwrap() };

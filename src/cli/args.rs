@@ -39,6 +39,37 @@ pub enum Command {
     /// Create, inspect, import, export and delete volumes
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Serve volumes to hypervisors over vhost-user-blk (the daemon of the data dir)
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["socket", "socket_dir"])))]
+pub struct ServeArgs {
+    /// Serve one volume on this unix socket
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Serve every named volume on DIR/VOLUME.sock
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// Volumes to serve
+    #[arg(required = true, value_name = "VOLUME")]
+    pub volumes: Vec<String>,
+    /// Serve read-only (VIRTIO_BLK_F_RO)
+    #[arg(long)]
+    pub read_only: bool,
+    /// Virtqueues per device [default: one per core, at most 4]
+    #[arg(long)]
+    pub num_queues: Option<u16>,
+    /// Virtqueue size
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+    /// Socket file mode (octal)
+    #[arg(long, default_value = "0600")]
+    pub socket_mode: String,
+    /// Socket group (name or gid), for a hypervisor running as another user
+    #[arg(long)]
+    pub socket_group: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

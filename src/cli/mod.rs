@@ -1,6 +1,7 @@
 //! The binary's edge: parse arguments, set up logging, open the data dir, run a command.
 
 pub mod args;
+pub mod serve;
 pub mod volume_cmds;
 
 use std::path::PathBuf;
@@ -20,12 +21,18 @@ fn init_logging(verbose: u8, default: &str) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.global.verbose, "warn");
+    let is_serve = matches!(cli.command, Command::Serve(_));
+    init_logging(cli.global.verbose, if is_serve { "info" } else { "warn" });
     let config = Config::load(cli.global.config.as_deref())?;
     let data_dir = cli
         .global
@@ -33,8 +40,19 @@ pub fn run() -> Result<()> {
         .clone()
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./logdisk-data"));
-    let mut dd = DataDir::open(&data_dir, cli.global.backend.as_deref(), config)?;
+    let mut dd = match DataDir::open(&data_dir, cli.global.backend.as_deref(), config) {
+        Ok(dd) => dd,
+        Err(e @ logdisk::Error::DataDirInUse { .. }) => {
+            // A daemon holds the data dir: some commands go through its control socket.
+            return match volume_cmds::via_daemon(&data_dir, &cli.command) {
+                Some(r) => r,
+                None => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
     match cli.command {
+        Command::Serve(args) => serve::serve(dd, args),
         Command::Volume(cmd) => match cmd {
             VolumeCmd::Create { name, size, cluster_size, sco_size } => {
                 volume_cmds::create(&dd, &name, &size, cluster_size.as_deref(), sco_size.as_deref())

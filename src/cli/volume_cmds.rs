@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::args::{Command, VolumeCmd};
 use logdisk::datadir::{DataDir, VolumeInfo};
 use logdisk::units::{format_size, parse_size};
 use logdisk::volume::iov::AlignedBuf;
@@ -41,6 +42,40 @@ fn close(vol: &Volume) -> Result<()> {
     Ok(())
 }
 
+/// Run a command through the daemon that holds `data_dir`, if the command can be and a
+/// daemon answers.
+pub fn via_daemon(data_dir: &Path, cmd: &Command) -> Option<Result<()>> {
+    use logdisk::control::client::try_request;
+    use logdisk::control::protocol::Request;
+    let req = match cmd {
+        Command::Volume(VolumeCmd::List { .. }) => Request::List,
+        Command::Volume(VolumeCmd::Info { name, .. }) => Request::Info { volume: name.clone() },
+        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size }) => {
+            let parse = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
+            let (size, cs, sco) = match (parse_size(size), parse(cluster_size), parse(sco_size)) {
+                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Some(Err(e.into())),
+            };
+            Request::Create { volume: name.clone(), size, cluster_size: cs, sco_size: sco }
+        }
+        _ => return None,
+    };
+    let result = try_request(data_dir, &req)?;
+    Some((|| -> Result<()> {
+        let v = result?;
+        match cmd {
+            Command::Volume(VolumeCmd::List { json }) => print_list(&v, *json)?,
+            Command::Volume(VolumeCmd::Info { json, .. }) => {
+                let info: VolumeInfo = serde_json::from_value(v)?;
+                print_info(&info, *json)?;
+            }
+            Command::Volume(VolumeCmd::Create { name, .. }) => println!("created volume {name}"),
+            _ => {}
+        }
+        Ok(())
+    })())
+}
+
 pub fn create(dd: &DataDir, name: &str, size: &str, cs: Option<&str>, sco: Option<&str>) -> Result<()> {
     let size = parse_size(size)?;
     let cs = cs.map(parse_size).transpose()?;
@@ -51,18 +86,25 @@ pub fn create(dd: &DataDir, name: &str, size: &str, cs: Option<&str>, sco: Optio
 }
 
 pub fn list(dd: &DataDir, json: bool) -> Result<()> {
-    let vols = dd.list_volumes()?;
+    let vols: Vec<_> = dd
+        .list_volumes()?
+        .iter()
+        .map(|m| serde_json::json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only}))
+        .collect();
+    print_list(&serde_json::Value::Array(vols), json)
+}
+
+/// Print a volume list (JSON array of {name, size, cluster_size, ...}).
+fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
     if json {
-        let v: Vec<_> = vols
-            .iter()
-            .map(|m| serde_json::json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
     println!("{:<32} {:>12} {:>8}", "NAME", "SIZE", "CLUSTER");
-    for m in vols {
-        println!("{:<32} {:>12} {:>8}", m.name, format_size(m.size), format_size(m.cluster_size as u64));
+    for x in v.as_array().into_iter().flatten() {
+        let size = x["size"].as_u64().unwrap_or(0);
+        let cs = x["cluster_size"].as_u64().unwrap_or(0);
+        println!("{:<32} {:>12} {:>8}", x["name"].as_str().unwrap_or(""), format_size(size), format_size(cs));
     }
     Ok(())
 }

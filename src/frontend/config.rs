@@ -7,9 +7,7 @@
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
+use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Bytes per virtio sector (request sector numbers are always in these units).
 pub const SECTOR_SIZE: u64 = 512;
@@ -51,13 +49,7 @@ pub struct DeviceLimits {
 
 impl DeviceLimits {
     /// Limits for a target of `capacity_bytes` (rounded down to whole sectors).
-    pub fn new(
-        capacity_bytes: u64,
-        read_only: bool,
-        block_size: u32,
-        num_queues: u16,
-        queue_size: u16,
-    ) -> Self {
+    pub fn new(capacity_bytes: u64, read_only: bool, block_size: u32, num_queues: u16, queue_size: u16) -> Self {
         let block_size = if block_size.is_power_of_two() && (512..=65536).contains(&block_size) {
             block_size
         } else {
@@ -118,9 +110,7 @@ pub fn virtio_features(limits: &DeviceLimits) -> u64 {
 
 /// vhost-user protocol features offered to the frontend.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
+    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
 }
 
 /// The `struct virtio_blk_config` bytes (little-endian, as virtio 1.x requires).
@@ -214,9 +204,6 @@ mod tests {
         assert_eq!(virtio_features(&rw) & (1 << VIRTIO_BLK_F_RO), 0);
         assert_ne!(virtio_features(&ro) & (1 << VIRTIO_BLK_F_RO), 0);
         assert_ne!(virtio_features(&rw) & (1 << VIRTIO_F_VERSION_1), 0);
-        assert_eq!(
-            DeviceLimits::new(1 << 20, false, 1000, 1, 128).block_size,
-            4096
-        );
+        assert_eq!(DeviceLimits::new(1 << 20, false, 1000, 1, 128).block_size, 4096);
     }
 }

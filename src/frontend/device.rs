@@ -19,9 +19,7 @@ use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use logdisk_shm::{Desc, IoVecBuf};
 
@@ -151,11 +149,7 @@ impl BlkDevice {
             let head = chain.head_index();
             ws.chain.clear();
             for d in chain {
-                ws.chain.push(Desc {
-                    addr: d.addr().0,
-                    len: d.len(),
-                    write_only: d.is_write_only(),
-                });
+                ws.chain.push(Desc { addr: d.addr().0, len: d.len(), write_only: d.is_write_only() });
             }
             let used_len = self.run_request(&mem, ws, writeback, queue);
             if let Err(e) = vring.add_used(head, used_len) {
@@ -175,13 +169,7 @@ impl BlkDevice {
     }
 
     /// Parse and run one request; write its status; return the used length.
-    fn run_request(
-        &self,
-        mem: &GuestMemoryMmap<()>,
-        ws: &mut WorkerState,
-        writeback: bool,
-        queue: usize,
-    ) -> u32 {
+    fn run_request(&self, mem: &GuestMemoryMmap<()>, ws: &mut WorkerState, writeback: bool, queue: usize) -> u32 {
         let WorkerState { chain, iov, warn } = ws;
         let (status_addr, status, written) = match parse_request(chain, mem, &self.limits, iov) {
             Parsed::Drop(reason) => {
@@ -190,27 +178,21 @@ impl BlkDevice {
                 }
                 return 0;
             }
-            Parsed::Fail {
-                status_addr,
-                status,
-                reason,
-            } => {
+            Parsed::Fail { status_addr, status, reason } => {
                 if warn.allow() {
                     tracing::warn!(queue, status, "refusing request: {reason}");
                 }
                 (status_addr, status, 0)
             }
-            Parsed::Run { status_addr, op } => {
-                match execute(op, self.target.as_ref(), &self.serial, writeback) {
-                    Ok(out) => (status_addr, super::request::STATUS_OK, out.written),
-                    Err(e) => {
-                        if warn.allow() {
-                            tracing::warn!(queue, "request failed: {e}");
-                        }
-                        (status_addr, STATUS_IOERR, 0)
+            Parsed::Run { status_addr, op } => match execute(op, self.target.as_ref(), &self.serial, writeback) {
+                Ok(out) => (status_addr, super::request::STATUS_OK, out.written),
+                Err(e) => {
+                    if warn.allow() {
+                        tracing::warn!(queue, "request failed: {e}");
                     }
+                    (status_addr, STATUS_IOERR, 0)
                 }
-            }
+            },
         };
         if let Err(e) = mem.write_obj(status, status_addr) {
             // Cannot happen: the parser checked the address is in guest memory.
@@ -281,10 +263,7 @@ impl VhostUserBackend for BlkDevice {
                 tracing::debug!(writeback = *wce == 1, "guest set the write cache mode");
                 Ok(())
             }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "only the wce byte of the config space is writable",
-            )),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "only the wce byte of the config space is writable")),
         }
     }
 
@@ -332,10 +311,7 @@ impl VhostUserBackend for BlkDevice {
             return Ok(());
         }
         // Each worker owns exactly one queue, which is its vring 0.
-        let (Some(vring), Some(ws)) = (
-            vrings.get(usize::from(device_event)),
-            self.workers.get(thread_id),
-        ) else {
+        let (Some(vring), Some(ws)) = (vrings.get(usize::from(device_event)), self.workers.get(thread_id)) else {
             tracing::warn!(thread_id, device_event, "event for an unknown queue");
             return Ok(());
         };
@@ -391,11 +367,7 @@ mod tests {
 
     fn device() -> BlkDevice {
         let limits = DeviceLimits::new(1 << 20, false, 4096, 2, 128);
-        BlkDevice::new(
-            Arc::new(Null),
-            limits,
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
+        BlkDevice::new(Arc::new(Null), limits, GuestMemoryAtomic::new(GuestMemoryMmap::new()))
     }
 
     #[test]

@@ -136,10 +136,7 @@ pub enum FuzzPath {
 /// Run one fuzz input. Panics on any violated invariant.
 pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
     let mut input = Input { data };
-    let ranges: Vec<_> = REGIONS
-        .iter()
-        .map(|(a, s)| (GuestAddress(*a), *s))
-        .collect();
+    let ranges: Vec<_> = REGIONS.iter().map(|(a, s)| (GuestAddress(*a), *s)).collect();
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&ranges) else {
         return FuzzPath::Setup;
     };
@@ -150,17 +147,8 @@ pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
     let capacity_sectors = u64::from(input.u8() % 129);
     let read_only = ctrl & 0x81 == 0x81;
     let queue_size = [4u16, 16, 64, 256][usize::from((ctrl >> 1) & 3)];
-    let limits = DeviceLimits::new(
-        capacity_sectors * SECTOR_SIZE,
-        read_only,
-        4096,
-        1,
-        queue_size,
-    );
-    let target = MemTarget {
-        data: Mutex::new(vec![0u8; (capacity_sectors * SECTOR_SIZE) as usize]),
-        read_only,
-    };
+    let limits = DeviceLimits::new(capacity_sectors * SECTOR_SIZE, read_only, 4096, 1, queue_size);
+    let target = MemTarget { data: Mutex::new(vec![0u8; (capacity_sectors * SECTOR_SIZE) as usize]), read_only };
 
     // The descriptor chain. "Shaped" inputs (ctrl bit 3) keep the virtio-blk frame —
     // readable header first, one-byte writable status last, sector-sized data between — so
@@ -173,11 +161,8 @@ pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
         let raw_addr = input.u64();
         let raw_len = input.u32();
         // Shaped inputs go wild (any address, any length) only rarely.
-        let (wild_addr, wild_len) = if shaped {
-            (mode & 0xe0 == 0xe0, mode & 0x70 == 0x70)
-        } else {
-            (mode & 0x80 != 0, mode & 0x40 != 0)
-        };
+        let (wild_addr, wild_len) =
+            if shaped { (mode & 0xe0 == 0xe0, mode & 0x70 == 0x70) } else { (mode & 0x80 != 0, mode & 0x40 != 0) };
         let addr = if wild_addr {
             raw_addr
         } else if mode & 0x0c == 0x0c {
@@ -201,11 +186,7 @@ pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
                 write_only = (ctrl & 0x40 != 0) ^ (mode & 0x07 == 0x07);
             }
         }
-        chain.push(Desc {
-            addr,
-            len,
-            write_only,
-        });
+        chain.push(Desc { addr, len, write_only });
     }
 
     // A well-formed header where the first descriptor points, so that the interesting
@@ -237,10 +218,7 @@ pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
     let fill_at = if shaped {
         first.map_or(0, |d| d.addr.wrapping_add(64))
     } else {
-        chain
-            .descs()
-            .get(pick % n.max(1))
-            .map_or(0, |d| d.addr.wrapping_add(16))
+        chain.descs().get(pick % n.max(1)).map_or(0, |d| d.addr.wrapping_add(16))
     };
     let rest = input.data;
     let _ = mem.write_slice(rest, GuestAddress(fill_at));
@@ -250,31 +228,19 @@ pub fn fuzz_request_parser(data: &[u8]) -> FuzzPath {
     match parse_request(&chain, &mem, &limits, &mut iov) {
         Parsed::Drop(_) => FuzzPath::Drop,
         Parsed::Fail { status_addr, .. } => {
-            assert!(
-                mem.find_region(status_addr).is_some(),
-                "status outside memory"
-            );
+            assert!(mem.find_region(status_addr).is_some(), "status outside memory");
             FuzzPath::Fail
         }
         Parsed::Run { status_addr, op } => {
-            assert!(
-                mem.find_region(status_addr).is_some(),
-                "status outside memory"
-            );
+            assert!(mem.find_region(status_addr).is_some(), "status outside memory");
             let cap = capacity_sectors * SECTOR_SIZE;
             match &op {
                 Op::Read { offset, bufs } | Op::Write { offset, bufs } => {
                     assert!(!read_only || matches!(op, Op::Read { .. }));
                     assert_eq!(bufs.bytes() % SECTOR_SIZE, 0);
-                    assert!(
-                        offset + bufs.bytes() <= cap,
-                        "accepted range beyond capacity"
-                    );
+                    assert!(offset + bufs.bytes() <= cap, "accepted range beyond capacity");
                     for v in bufs.iovecs() {
-                        assert!(
-                            inside_guest(&mem, v.iov_base as usize, v.iov_len),
-                            "iovec outside guest memory"
-                        );
+                        assert!(inside_guest(&mem, v.iov_base as usize, v.iov_len), "iovec outside guest memory");
                     }
                 }
                 Op::GetId { bufs } => {

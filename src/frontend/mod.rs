@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod request;
 pub mod server;
 pub mod target;
+pub mod volume_target;
 
 use std::path::PathBuf;
 

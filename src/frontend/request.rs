@@ -43,12 +43,7 @@ pub struct ChainDescs {
 impl ChainDescs {
     /// Room for `cap` descriptors; a longer chain is remembered as truncated.
     pub fn with_capacity(cap: usize) -> Self {
-        ChainDescs {
-            descs: Vec::with_capacity(cap),
-            cap,
-            total: 0,
-            last: None,
-        }
+        ChainDescs { descs: Vec::with_capacity(cap), cap, total: 0, last: None }
     }
 
     /// Forget the previous chain.
@@ -157,10 +152,7 @@ pub struct RangeSeg {
 impl RangeSeg {
     /// Byte offset and length.
     pub fn byte_range(&self) -> (u64, u64) {
-        (
-            self.sector * SECTOR_SIZE,
-            u64::from(self.num_sectors) * SECTOR_SIZE,
-        )
+        (self.sector * SECTOR_SIZE, u64::from(self.num_sectors) * SECTOR_SIZE)
     }
 
     /// True when the guest allows deallocation (write-zeroes UNMAP flag).
@@ -263,25 +255,16 @@ pub fn parse_request<'a, M: GuestMemoryBackend>(
         Ok(a) => a,
         Err(m) => return Parsed::Drop(m),
     };
-    let fail = |status: u8, reason: Malformed| Parsed::Fail {
-        status_addr,
-        status,
-        reason,
-    };
+    let fail = |status: u8, reason: Malformed| Parsed::Fail { status_addr, status, reason };
     match parse_op(chain, mem, limits, iov) {
         Ok(op) => Parsed::Run { status_addr, op },
-        Err(m @ (Malformed::UnsupportedType(_) | Malformed::UnsupportedFlags(_))) => {
-            fail(STATUS_UNSUPP, m)
-        }
+        Err(m @ (Malformed::UnsupportedType(_) | Malformed::UnsupportedFlags(_))) => fail(STATUS_UNSUPP, m),
         Err(m) => fail(STATUS_IOERR, m),
     }
 }
 
 /// The status byte: the last byte of the last descriptor, which must be device-writable.
-fn status_address<M: GuestMemoryBackend>(
-    chain: &ChainDescs,
-    mem: &M,
-) -> Result<GuestAddress, Malformed> {
+fn status_address<M: GuestMemoryBackend>(chain: &ChainDescs, mem: &M) -> Result<GuestAddress, Malformed> {
     let last = chain.last().ok_or(Malformed::EmptyChain)?;
     if !last.write_only {
         return Err(Malformed::StatusNotWritable);
@@ -289,14 +272,9 @@ fn status_address<M: GuestMemoryBackend>(
     if last.len == 0 {
         return Err(Malformed::StatusEmpty);
     }
-    let addr = last
-        .addr
-        .checked_add(u64::from(last.len) - 1)
-        .map(GuestAddress)
-        .ok_or(Malformed::StatusOutsideMemory)?;
-    mem.find_region(addr)
-        .map(|_| addr)
-        .ok_or(Malformed::StatusOutsideMemory)
+    let addr =
+        last.addr.checked_add(u64::from(last.len) - 1).map(GuestAddress).ok_or(Malformed::StatusOutsideMemory)?;
+    mem.find_region(addr).map(|_| addr).ok_or(Malformed::StatusOutsideMemory)
 }
 
 fn parse_op<'a, M: GuestMemoryBackend>(
@@ -309,10 +287,7 @@ fn parse_op<'a, M: GuestMemoryBackend>(
         return Err(Malformed::TooManyDescriptors(chain.total));
     }
     let descs = chain.descs();
-    let first_w = descs
-        .iter()
-        .position(|d| d.write_only)
-        .unwrap_or(descs.len());
+    let first_w = descs.iter().position(|d| d.write_only).unwrap_or(descs.len());
     if descs[first_w..].iter().any(|d| !d.write_only) {
         return Err(Malformed::ReadableAfterWritable);
     }
@@ -324,9 +299,7 @@ fn parse_op<'a, M: GuestMemoryBackend>(
     let mut hdr = [0u8; HEADER_LEN as usize];
     readable.read_at(mem, 0, &mut hdr)?;
     let req_type = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-    let sector = u64::from_le_bytes([
-        hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
-    ]);
+    let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
     // Bytes the device may read after the header / write before the status byte.
     let out_len = readable.len() - HEADER_LEN;
     // The status descriptor exists and is writable, so the writable stream is non-empty.
@@ -356,10 +329,7 @@ fn parse_op<'a, M: GuestMemoryBackend>(
             let offset = check_data(sector, out_len, limits)?;
             let mut b = iov.builder(mem);
             readable.map_range(HEADER_LEN, out_len, &mut b)?;
-            Ok(Op::Write {
-                offset,
-                bufs: b.finish(),
-            })
+            Ok(Op::Write { offset, bufs: b.finish() })
         }
         VIRTIO_BLK_T_FLUSH => Ok(Op::Flush),
         VIRTIO_BLK_T_GET_ID => {
@@ -375,21 +345,13 @@ fn parse_op<'a, M: GuestMemoryBackend>(
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = req_type == VIRTIO_BLK_T_DISCARD;
             if in_len != 0 {
-                return Err(Malformed::WrongDirection(if discard {
-                    "discard"
-                } else {
-                    "write-zeroes"
-                }));
+                return Err(Malformed::WrongDirection(if discard { "discard" } else { "write-zeroes" }));
             }
             if limits.read_only {
                 return Err(Malformed::ReadOnly);
             }
             let segs = parse_segments(&readable, mem, limits, discard)?;
-            Ok(if discard {
-                Op::Discard(segs)
-            } else {
-                Op::WriteZeroes(segs)
-            })
+            Ok(if discard { Op::Discard(segs) } else { Op::WriteZeroes(segs) })
         }
         other => Err(Malformed::UnsupportedType(other)),
     }
@@ -408,11 +370,7 @@ fn check_data(sector: u64, len: u64, limits: &DeviceLimits) -> Result<u64, Malfo
 }
 
 fn check_range(sector: u64, count: u64, limits: &DeviceLimits) -> Result<(), Malformed> {
-    let out = Malformed::OutOfRange {
-        sector,
-        count,
-        capacity: limits.capacity_sectors,
-    };
+    let out = Malformed::OutOfRange { sector, count, capacity: limits.capacity_sectors };
     match sector.checked_add(count) {
         Some(end) if end <= limits.capacity_sectors => Ok(()),
         _ => Err(out),
@@ -427,26 +385,19 @@ fn parse_segments<M: GuestMemoryBackend>(
 ) -> Result<RangeSegs, Malformed> {
     let len = readable.len() - HEADER_LEN;
     if len == 0 || !len.is_multiple_of(RANGE_SEG_LEN) {
-        return Err(Malformed::Segments(
-            "length is not a positive multiple of 16",
-        ));
+        return Err(Malformed::Segments("length is not a positive multiple of 16"));
     }
     let n = len / RANGE_SEG_LEN;
     if n > MAX_RANGE_SEGS as u64 {
         return Err(Malformed::Segments("more segments than max_*_seg"));
     }
-    let mut segs = RangeSegs {
-        segs: [RangeSeg::default(); MAX_RANGE_SEGS],
-        n: 0,
-    };
+    let mut segs = RangeSegs { segs: [RangeSeg::default(); MAX_RANGE_SEGS], n: 0 };
     let max_sectors = MAX_RANGE_SECTORS.max(limits.discard_alignment_sectors());
     for i in 0..n {
         let mut raw = [0u8; RANGE_SEG_LEN as usize];
         readable.read_at(mem, HEADER_LEN + i * RANGE_SEG_LEN, &mut raw)?;
         let seg = RangeSeg {
-            sector: u64::from_le_bytes([
-                raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
-            ]),
+            sector: u64::from_le_bytes([raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]]),
             num_sectors: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
             flags: u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]),
         };
@@ -500,16 +451,12 @@ pub fn execute(
     let written = match op {
         Op::Read { offset, mut bufs } => {
             let bytes = bufs.bytes();
-            let slices = bufs
-                .as_io_slices_mut()
-                .map_err(|e| wrap(std::io::Error::other(e)))?;
+            let slices = bufs.as_io_slices_mut().map_err(|e| wrap(std::io::Error::other(e)))?;
             target.read_vectored(offset, slices).map_err(wrap)?;
             bytes
         }
         Op::Write { offset, bufs } => {
-            target
-                .write_vectored(offset, bufs.as_io_slices())
-                .map_err(wrap)?;
+            target.write_vectored(offset, bufs.as_io_slices()).map_err(wrap)?;
             modified = true;
             0
         }
@@ -519,9 +466,7 @@ pub fn execute(
         }
         Op::GetId { mut bufs } => {
             let bytes = bufs.bytes();
-            let slices = bufs
-                .as_io_slices_mut()
-                .map_err(|e| wrap(std::io::Error::other(e)))?;
+            let slices = bufs.as_io_slices_mut().map_err(|e| wrap(std::io::Error::other(e)))?;
             let mut src: &[u8] = serial;
             for s in slices.iter_mut() {
                 let n = s.len().min(src.len());
@@ -550,9 +495,7 @@ pub fn execute(
     if modified && !writeback {
         target.flush().map_err(wrap)?;
     }
-    Ok(Outcome {
-        written: u32::try_from(written).unwrap_or(u32::MAX),
-    })
+    Ok(Outcome { written: u32::try_from(written).unwrap_or(u32::MAX) })
 }
 
 /// The GET_ID answer for `serial`: its first 20 bytes, zero padded.

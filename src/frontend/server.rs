@@ -47,22 +47,14 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ServeOptions {
-            num_queues: cores.clamp(1, 4) as u16,
-            queue_size: 256,
-            socket_mode: 0o600,
-            socket_group: None,
-        }
+        ServeOptions { num_queues: cores.clamp(1, 4) as u16, queue_size: 256, socket_mode: 0o600, socket_group: None }
     }
 }
 
 impl ServeOptions {
     fn validate(&self) -> Result<(), FrontendError> {
         if !(1..=64).contains(&self.num_queues) {
-            return Err(FrontendError::InvalidOptions(format!(
-                "num_queues must be 1..=64, not {}",
-                self.num_queues
-            )));
+            return Err(FrontendError::InvalidOptions(format!("num_queues must be 1..=64, not {}", self.num_queues)));
         }
         if !self.queue_size.is_power_of_two() || !(4..=32768).contains(&self.queue_size) {
             return Err(FrontendError::InvalidOptions(format!(
@@ -159,10 +151,7 @@ impl Drop for DeviceHandle {
 
 impl std::fmt::Debug for DeviceHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceHandle")
-            .field("socket", &self.socket)
-            .field("connections", &self.connections())
-            .finish()
+        f.debug_struct("DeviceHandle").field("socket", &self.socket).field("connections", &self.connections()).finish()
     }
 }
 
@@ -175,19 +164,13 @@ pub fn spawn_device(
 ) -> Result<DeviceHandle, FrontendError> {
     opts.validate()?;
     let listener = bind_socket(socket, opts.socket_mode, opts.socket_group)?;
-    let sock_err = |source| FrontendError::Socket {
-        path: socket.to_path_buf(),
-        source,
-    };
+    let sock_err = |source| FrontendError::Socket { path: socket.to_path_buf(), source };
     let md = std::fs::symlink_metadata(socket).map_err(sock_err)?;
     listener.set_nonblocking(true).map_err(sock_err)?;
     let exit = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
     let exit_thread = exit.try_clone().map_err(sock_err)?;
     let shared = Arc::new(Shared {
-        state: Mutex::new(ConnState {
-            shutdown: false,
-            conn: None,
-        }),
+        state: Mutex::new(ConnState { shutdown: false, conn: None }),
         connections: AtomicU64::new(0),
     });
     let server = Server {
@@ -198,9 +181,7 @@ pub fn spawn_device(
         shared: shared.clone(),
         socket: socket.to_path_buf(),
     };
-    let name = socket
-        .file_name()
-        .map_or_else(|| "vhost".into(), |n| n.to_string_lossy().into_owned());
+    let name = socket.file_name().map_or_else(|| "vhost".into(), |n| n.to_string_lossy().into_owned());
     let thread = std::thread::Builder::new()
         .name(format!("vhost-{name}"))
         .spawn(move || server.run())
@@ -320,16 +301,8 @@ impl Server {
 /// Wait until the listener has a connection or the exit eventfd fires.
 fn wait_readable(listener: RawFd, exit: RawFd) -> io::Result<Wake> {
     let mut fds = [
-        libc::pollfd {
-            fd: exit,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: listener,
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        libc::pollfd { fd: exit, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: listener, events: libc::POLLIN, revents: 0 },
     ];
     loop {
         // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
@@ -354,10 +327,7 @@ fn wait_readable(listener: RawFd, exit: RawFd) -> io::Result<Wake> {
 /// file. The socket is bound in a fresh private directory, given its mode and group there,
 /// and renamed into place, so it is never reachable under its final name with wider access.
 fn bind_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, FrontendError> {
-    let err = |source| FrontendError::Socket {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| FrontendError::Socket { path: path.to_path_buf(), source };
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {

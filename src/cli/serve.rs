@@ -1,0 +1,121 @@
+//! `logdisk serve`: open the volumes, serve each on its vhost-user-blk socket, answer
+//! the control socket, and on SIGTERM/SIGINT finish in-flight requests, flush, drain
+//! uploads (bounded) and exit 0.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use parking_lot::Mutex;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::args::ServeArgs;
+use logdisk::control::server::{ControlServer, DaemonState};
+use logdisk::datadir::DataDir;
+use logdisk::frontend::volume_target::VolumeTarget;
+use logdisk::frontend::{spawn_device, ServeOptions};
+use logdisk::units::format_size;
+
+fn resolve_group(g: &str) -> Result<u32> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(g).context("bad group name")?;
+    // SAFETY: getgrnam with a valid C string; the result is read immediately.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("unknown group {g:?}");
+    }
+    // SAFETY: non-null group entry.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
+    if args.socket.is_some() && args.volumes.len() != 1 {
+        bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
+    }
+    let mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .with_context(|| format!("bad --socket-mode {:?}: use octal such as 0600", args.socket_mode))?;
+    let mut opts = ServeOptions { queue_size: args.queue_size, socket_mode: mode, ..ServeOptions::default() };
+    if let Some(q) = args.num_queues {
+        if q == 0 || q > 64 {
+            bail!("--num-queues must be 1..=64");
+        }
+        opts.num_queues = q;
+    }
+    opts.socket_group = args.socket_group.as_deref().map(resolve_group).transpose()?;
+    if let Some(d) = &args.socket_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    // Catch signals before anything is served, so a signal during start-up is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+
+    let mut served = HashMap::new();
+    let mut order = Vec::new();
+    for name in &args.volumes {
+        if served.contains_key(name) {
+            bail!("volume {name} named twice");
+        }
+        let vol = dd.open_volume(name, args.read_only)?;
+        served.insert(name.clone(), vol.clone());
+        order.push((name.clone(), vol));
+    }
+    let root = dd.root().to_path_buf();
+    let state = Arc::new(DaemonState { data_dir: Mutex::new(dd), served });
+    let mut control = ControlServer::start(&root, state.clone())?;
+
+    let mut devices = Vec::new();
+    for (name, vol) in &order {
+        let socket: PathBuf = match (&args.socket, &args.socket_dir) {
+            (Some(s), _) => s.clone(),
+            (None, Some(d)) => d.join(format!("{name}.sock")),
+            _ => unreachable!("clap requires one"),
+        };
+        let target = Arc::new(VolumeTarget::new(vol.clone(), args.read_only));
+        let h = spawn_device(&socket, target, &opts).with_context(|| format!("cannot serve volume {name}"))?;
+        tracing::info!(volume = %name, socket = %socket.display(), size = %format_size(vol.size()), queues = opts.num_queues, "serving");
+        println!("serving volume {name} on {}", socket.display());
+        devices.push(h);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
+    // A second signal during the drain exits at once (what is not uploaded stays local).
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("second signal: exiting now; un-uploaded data stays in the local write buffer");
+            std::process::exit(1);
+        }
+    });
+    for d in devices {
+        if let Err(e) = d.shutdown() {
+            tracing::warn!(error = %e, "device shutdown");
+        }
+    }
+    control.stop();
+    let mut failed = false;
+    for (name, vol) in &order {
+        match vol.close() {
+            Ok(r) if r.drained => tracing::info!(volume = %name, "flushed and uploaded"),
+            Ok(r) => {
+                tracing::warn!(volume = %name, pending = %format_size(r.pending_bytes), "flushed; not all uploaded (kept locally, uploaded on next start)")
+            }
+            Err(e) => {
+                tracing::error!(volume = %name, error = %e, "close failed");
+                failed = true;
+            }
+        }
+    }
+    drop(order);
+    drop(state);
+    if failed {
+        bail!("some volumes failed to close cleanly");
+    }
+    Ok(())
+}
