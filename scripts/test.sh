@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run every logdisk test on this machine: installs what the suite needs (apt packages,
+# SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
+# engine, vhost-user protocol, S3 against a real SeaweedFS), the bounded fuzz run, the
+# QEMU/libvirt config checks, and the real-guest end-to-end tests (logdisk, and the same
+# harness against qemu-storage-daemon). The test guest is built once and cached outside
+# the repo (~/.cache/logdisk, keyed by its inputs).
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    Rust tests only (no apt, no guest)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0
+[[ ${1:-} == --quick ]] && QUICK=1
+export CARGO_TERM_COLOR=never
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+START=$(date +%s)
+
+stage() {
+    local name=$1; shift
+    local t0=$(date +%s)
+    echo "=== stage: $name"
+    if "$@"; then
+        PASSED=$((PASSED + 1))
+        echo "=== stage: $name passed in $(( $(date +%s) - t0 ))s"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        echo "=== stage: $name FAILED in $(( $(date +%s) - t0 ))s"
+    fi
+}
+
+fuzz_bounded() {
+    if cargo +nightly fuzz --version >/dev/null 2>&1; then
+        (cd fuzz && cargo +nightly fuzz run request_parser -- -max_total_time="${LOGDISK_FUZZ_SECS:-60}")
+    else
+        echo "cargo fuzz needs a nightly toolchain, which this machine lacks;"
+        echo "the seeded fuzz test (tests/vhost_fuzz_parser.rs) ran with the Rust tests instead"
+    fi
+}
+
+if [[ $QUICK = 0 ]]; then
+    stage "install test dependencies" scripts/install-test-deps.sh
+fi
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+stage "build (release)" cargo build --release --workspace --all-targets
+stage "rust tests" cargo test --release --workspace
+if [[ $QUICK = 0 ]]; then
+    stage "fuzz request parser (bounded)" fuzz_bounded
+    stage "qemu/libvirt configs" tests/guest/check-configs.sh
+    stage "guest: build image" tests/guest/build-guest.sh
+    stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
+    stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
+fi
+
+echo "=== $(( $(date +%s) - START ))s in all"
+[[ $FAILED -gt 0 ]] && echo "failed stages: ${FAILED_NAMES[*]}"
+echo "stages: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
