@@ -17,14 +17,15 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use logdisk_shm::{Desc, IoVecBuf};
 
 use super::config::{self, DeviceLimits, CONFIG_SPACE_LEN, ID_BYTES, WCE_OFFSET};
-use super::request::{execute, parse_request, serial_bytes, ChainDescs, Parsed, STATUS_IOERR};
+use super::inflight::{ChainRef, Inflight, Start};
+use super::request::{execute, parse_request, serial_bytes, ChainDescs, Malformed, Op, Parsed, STATUS_IOERR};
 use super::target::BlockTarget;
 
 /// Guest memory as vhost-user-backend shares it.
@@ -33,11 +34,15 @@ pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 /// Signal the guest after this many completions even while more requests are queued.
 const SIGNAL_BATCH: u32 = 32;
 
-/// Per-worker, reusable request buffers and log limiter.
+/// Per-worker, reusable request buffers, the requests in flight and log limiter.
 struct WorkerState {
     chain: ChainDescs,
     iov: IoVecBuf,
     warn: WarnLimiter,
+    /// io_uring and in-flight slots (None: io_uring unavailable, requests run inline).
+    inflight: Option<Inflight>,
+    /// The worker's queue, kept for completing requests from the ring.
+    vring: Option<VringRwLock>,
 }
 
 /// Logs the first few guest-caused warnings, then one in 1000, so a hostile guest cannot
@@ -74,10 +79,19 @@ impl BlkDevice {
         let serial = serial_bytes(&target.serial());
         let workers = (0..limits.num_queues)
             .map(|_| {
+                let inflight = match Inflight::new(limits.queue_size, limits.iovec_capacity()) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        tracing::warn!("io_uring unavailable, requests run one at a time: {e}");
+                        None
+                    }
+                };
                 Mutex::new(WorkerState {
                     chain: ChainDescs::with_capacity(limits.max_descriptors()),
                     iov: IoVecBuf::with_capacity(limits.iovec_capacity()),
                     warn: WarnLimiter { count: 0 },
+                    inflight,
+                    vring: None,
                 })
             })
             .collect();
@@ -151,7 +165,9 @@ impl BlkDevice {
             for d in chain {
                 ws.chain.push(Desc { addr: d.addr().0, len: d.len(), write_only: d.is_write_only() });
             }
-            let used_len = self.run_request(&mem, ws, writeback, queue);
+            let Some(used_len) = self.run_request(&mem, ws, writeback, queue, head) else {
+                continue; // in flight on the ring
+            };
             if let Err(e) = vring.add_used(head, used_len) {
                 if ws.warn.allow() {
                     tracing::warn!(queue, head, "add_used failed: {e}");
@@ -163,21 +179,95 @@ impl BlkDevice {
                 pending = 0;
             }
         }
+        if let Some(inf) = ws.inflight.as_mut() {
+            inf.submit();
+        }
         if pending > 0 {
             self.signal(vring, queue);
         }
     }
 
-    /// Parse and run one request; write its status; return the used length.
-    fn run_request(&self, mem: &GuestMemoryMmap<()>, ws: &mut WorkerState, writeback: bool, queue: usize) -> u32 {
-        let WorkerState { chain, iov, warn } = ws;
-        let (status_addr, status, written) = match parse_request(chain, mem, &self.limits, iov) {
+    /// Complete what the worker's ring has finished (or, with `drain`, everything in
+    /// flight), then notify the guest.
+    fn complete_ring(&self, ws: &mut WorkerState, queue: usize, drain: bool) {
+        let writeback = self.writeback.load(Ordering::Relaxed);
+        let WorkerState { inflight, vring, warn, .. } = ws;
+        let (Some(inf), Some(vring)) = (inflight.as_mut(), vring.as_ref()) else { return };
+        let mut n = 0;
+        let mut done = |head: u16, used: u32| {
+            if let Err(e) = vring.add_used(head, used) {
+                if warn.allow() {
+                    tracing::warn!(queue, head, "add_used failed: {e}");
+                }
+            }
+            n += 1;
+        };
+        if drain {
+            inf.drain(self.target.as_ref(), writeback, &mut done);
+        } else {
+            inf.complete(self.target.as_ref(), writeback, &mut done);
+        }
+        if n > 0 {
+            self.signal(vring, queue);
+        }
+    }
+
+    /// Wait for and complete every request in flight on every worker's ring.
+    pub fn drain_all(&self) {
+        for (q, w) in self.workers.iter().enumerate() {
+            self.complete_ring(&mut w.lock(), q, true);
+        }
+    }
+
+    /// The worker's ring eventfds (for the epoll loops), by worker index.
+    pub fn ring_fds(&self) -> Vec<Option<RawFd>> {
+        self.workers.iter().map(|w| w.lock().inflight.as_ref().map(|i| i.eventfd())).collect()
+    }
+
+    /// The epoll token of the ring eventfds (above the queue and exit-event tokens).
+    pub fn ring_token(&self) -> u64 {
+        u64::from(self.limits.num_queues) + 1
+    }
+
+    /// Parse and run one request; write its status; return the used length, or `None`
+    /// when the request went to the ring (it completes later).
+    fn run_request(
+        &self,
+        mem: &GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
+        ws: &mut WorkerState,
+        writeback: bool,
+        queue: usize,
+        head: u16,
+    ) -> Option<u32> {
+        let WorkerState { chain, iov, warn, inflight, .. } = ws;
+        let mut parsed = parse_request(chain, &**mem, &self.limits, iov);
+        if let (Parsed::Run { status_addr, op }, Some(inf)) = (&mut parsed, inflight.as_mut()) {
+            let chain = ChainRef { head, status_addr: *status_addr };
+            let started = match op {
+                Op::Read { offset, bufs } => Some(inf.start(self.target.as_ref(), mem, chain, *offset, bufs, false)),
+                Op::Write { offset, bufs } => Some(inf.start(self.target.as_ref(), mem, chain, *offset, bufs, true)),
+                _ => None,
+            };
+            match started {
+                Some(Start::Started) => return None,
+                Some(Start::Failed(e)) => {
+                    if warn.allow() {
+                        tracing::warn!(queue, "request failed: {e}");
+                    }
+                    parsed =
+                        Parsed::Fail { status_addr: *status_addr, status: STATUS_IOERR, reason: Malformed::Target };
+                }
+                Some(Start::NotPlanned) | None => {}
+            }
+        }
+        let (status_addr, status, written) = match parsed {
             Parsed::Drop(reason) => {
                 if warn.allow() {
                     tracing::warn!(queue, "dropping descriptor chain: {reason}");
                 }
-                return 0;
+                return Some(0);
             }
+            Parsed::Fail { reason: Malformed::Target, status_addr, status } => (status_addr, status, 0),
             Parsed::Fail { status_addr, status, reason } => {
                 if warn.allow() {
                     tracing::warn!(queue, status, "refusing request: {reason}");
@@ -197,9 +287,9 @@ impl BlkDevice {
         if let Err(e) = mem.write_obj(status, status_addr) {
             // Cannot happen: the parser checked the address is in guest memory.
             tracing::warn!(queue, "writing the status byte: {e}");
-            return 0;
+            return Some(0);
         }
-        written.saturating_add(1)
+        Some(written.saturating_add(1))
     }
 
     fn signal(&self, vring: &VringRwLock, queue: usize) {
@@ -294,7 +384,8 @@ impl VhostUserBackend for BlkDevice {
         // the worker to finish the requests it is executing, so that the returned avail
         // index only covers completed requests.
         if let Some(ws) = self.workers.get(queue_index as usize) {
-            drop(ws.lock());
+            let mut ws = ws.lock();
+            self.complete_ring(&mut ws, queue_index as usize, true);
         }
         Ok(())
     }
@@ -310,12 +401,20 @@ impl VhostUserBackend for BlkDevice {
             tracing::warn!(thread_id, ?evset, "unexpected event set");
             return Ok(());
         }
-        // Each worker owns exactly one queue, which is its vring 0.
-        let (Some(vring), Some(ws)) = (vrings.get(usize::from(device_event)), self.workers.get(thread_id)) else {
+        // Each worker owns exactly one queue; ring completions come with the ring token.
+        let queue_event = if u64::from(device_event) == self.ring_token() { 0 } else { usize::from(device_event) };
+        let (Some(vring), Some(ws)) = (vrings.get(queue_event), self.workers.get(thread_id)) else {
             tracing::warn!(thread_id, device_event, "event for an unknown queue");
             return Ok(());
         };
         let mut ws = ws.lock();
+        if u64::from(device_event) == self.ring_token() {
+            self.complete_ring(&mut ws, thread_id, false);
+            return Ok(());
+        }
+        if ws.vring.is_none() {
+            ws.vring = Some(vring.clone());
+        }
         self.handle_queue(vring, &mut ws, thread_id);
         Ok(())
     }

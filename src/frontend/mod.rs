@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inflight;
 pub mod request;
 pub mod server;
 pub mod target;

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::DeviceLimits;
@@ -258,8 +259,17 @@ impl Server {
         device: Arc<BlkDevice>,
         mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
     ) -> Result<(), String> {
-        let mut daemon = VhostUserDaemon::new("vhost-blk".into(), device, mem)
+        let mut daemon = VhostUserDaemon::new("vhost-blk".into(), device.clone(), mem)
             .map_err(|e| format!("creating the vhost-user daemon: {e}"))?;
+        // Wire each worker's io_uring completion eventfd into that worker's epoll loop.
+        let token = device.ring_token();
+        for (handler, fd) in daemon.get_epoll_handlers().iter().zip(device.ring_fds()) {
+            if let Some(fd) = fd {
+                handler
+                    .register_listener(fd, EventSet::IN, token)
+                    .map_err(|e| format!("registering the io_uring eventfd: {e}"))?;
+            }
+        }
         // `poll` saw a pending connection, so a blocking accept returns at once (and cannot
         // spin the way the daemon's accept loop does on a non-blocking listener).
         let started = self
@@ -282,8 +292,9 @@ impl Server {
         let result = daemon.wait();
         self.shared.state.lock().conn = None;
         // Dropping the daemon stops its workers (after the request each is executing) and
-        // joins them.
+        // joins them; then finish what is still in flight on the rings.
         drop(daemon);
+        device.drain_all();
         match result {
             Ok(()) => {
                 tracing::info!(connection = n, "hypervisor disconnected");

@@ -6,6 +6,8 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 
+pub use crate::volume::plan::{IoPlan, Seg, MAX_SEGS};
+
 /// A block device the frontend can serve. Implementations must be safe to call from
 /// several queue worker threads at once.
 pub trait BlockTarget: Send + Sync + 'static {
@@ -29,4 +31,20 @@ pub trait BlockTarget: Send + Sync + 'static {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Zero a range; `unmap` allows deallocating it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+
+    /// Plan a read the frontend performs itself with io_uring. `Ok(false)` means "not
+    /// plannable, call `read_vectored`" (the default).
+    fn plan_read(&self, _offset: u64, _len: u64, _plan: &mut IoPlan) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Plan (reserve) a write the frontend performs itself; `Ok(true)` obliges the
+    /// frontend to call `finish_write` once the IO has completed or failed.
+    fn plan_write(&self, _offset: u64, _len: u64, _plan: &mut IoPlan) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Report the outcome of a planned write (clears the plan).
+    fn finish_write(&self, plan: &mut IoPlan, _ok: bool) -> io::Result<()> {
+        plan.clear();
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::Arc;
 
-use super::target::BlockTarget;
+use super::target::{BlockTarget, IoPlan};
 use crate::volume::iov;
 use crate::volume::Volume;
 
@@ -54,5 +54,20 @@ impl BlockTarget for VolumeTarget {
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
         // Zeroed clusters are always unmapped: they read as zeroes and cost no space.
         self.vol.write_zeroes(offset, len).map_err(io::Error::from)
+    }
+
+    fn plan_read(&self, offset: u64, len: u64, plan: &mut IoPlan) -> io::Result<bool> {
+        self.vol.plan_read(offset, len, plan).map_err(io::Error::from)
+    }
+
+    fn plan_write(&self, offset: u64, len: u64, plan: &mut IoPlan) -> io::Result<bool> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only volume"));
+        }
+        self.vol.plan_write(offset, len, plan).map_err(io::Error::from)
+    }
+
+    fn finish_write(&self, plan: &mut IoPlan, ok: bool) -> io::Result<()> {
+        self.vol.finish_write(plan, ok).map_err(io::Error::from)
     }
 }

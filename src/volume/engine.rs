@@ -16,6 +16,7 @@ use super::iov::{self, iovec, AlignedBuf};
 use super::location::{Location, UNMAPPED, ZERO};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
+use super::plan::{IoPlan, MAX_SEGS};
 use super::read_cache::{BlockKey, ReadCache, BLOCK};
 use super::sco_file::ScoFile;
 use super::tlog::{Record, TlogWriter};
@@ -291,10 +292,7 @@ impl Volume {
         let mut done = 0u64;
         let mut sub = Vec::new();
         while done < n {
-            let (file, index, take, rolled) = self.reserve(n - done)?;
-            if rolled {
-                self.flush()?;
-            }
+            let (file, index, take) = self.reserve(n - done)?;
             let bytes = (take as u64) << self.shift;
             let io = if done == 0 && take as u64 == n {
                 file.writev_at(iovs, (index as u64) << self.shift)
@@ -302,30 +300,122 @@ impl Volume {
                 iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
                 file.writev_at(&sub, (index as u64) << self.shift)
             };
-            let mut st = self.state.lock();
-            if let Some(l) = st.local.get_mut(&file.number) {
-                l.inflight -= 1;
-            }
+            let ok = io.is_ok();
+            self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok)?;
             if let Err(e) = io {
-                self.env.uploader.notify();
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
             }
-            let loc = Location::new(file.number, index);
-            for i in 0..take as u64 {
-                st.map.set(cluster + done + i, loc.advance(i as u32).pack());
-            }
-            st.dirty.insert(file.number);
-            let rec = Record::Write { cluster: cluster + done, count: take, loc };
-            self.append_record(&mut st, &rec)?;
-            drop(st);
             done += take as u64;
         }
         Ok(())
     }
 
+    /// Finish a reserved write of `take` clusters at `(sco, index)` for `cluster`: map
+    /// them and log the record if the data landed, release the reservation either way.
+    fn commit(&self, st: &mut State, sco: u64, index: u32, cluster: u64, take: u32, ok: bool) -> Result<()> {
+        if let Some(l) = st.local.get_mut(&sco) {
+            l.inflight -= 1;
+        }
+        if !ok {
+            self.env.uploader.notify();
+            return Ok(());
+        }
+        let loc = Location::new(sco, index);
+        for i in 0..take as u64 {
+            st.map.set(cluster + i, loc.advance(i as u32).pack());
+        }
+        st.dirty.insert(sco);
+        self.append_record(st, &Record::Write { cluster, count: take, loc })
+    }
+
+    /// Plan a write the caller performs itself (io_uring): reserves space for whole,
+    /// aligned clusters. `Ok(false)`: not plannable (unaligned, too many segments) — use
+    /// `write_iovecs`. A planned write must be finished with [`Volume::finish_write`].
+    pub fn plan_write(&self, offset: u64, len: u64, plan: &mut IoPlan) -> Result<bool> {
+        plan.clear();
+        self.check_range("write", offset, len)?;
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
+        let mask = self.cs - 1;
+        let n = len >> self.shift;
+        let sco_clusters = self.meta.sco_clusters as u64;
+        if offset & mask != 0 || len & mask != 0 || len == 0 || n.div_ceil(sco_clusters) + 1 > MAX_SEGS as u64 {
+            return Ok(false);
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
+        let cluster = offset >> self.shift;
+        let mut done = 0u64;
+        while done < n {
+            let (file, index, take) = match self.reserve(n - done) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = self.finish_write(plan, false);
+                    return Err(e);
+                }
+            };
+            plan.push_file(&file, (index as u64) << self.shift, (take as u64) << self.shift, cluster + done, index);
+            done += take as u64;
+        }
+        Ok(true)
+    }
+
+    /// Report the outcome of a planned write; clears the plan.
+    pub fn finish_write(&self, plan: &mut IoPlan, ok: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        let mut res = Ok(());
+        for s in plan.segs() {
+            let r = self.commit(&mut st, s.sco, s.index, s.cluster, (s.len >> self.shift) as u32, ok);
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        drop(st);
+        plan.clear();
+        res
+    }
+
+    /// Plan a read the caller performs itself: local file ranges and zero runs.
+    /// `Ok(false)`: some data is only in the object store (or too many runs) — use
+    /// `read_iovecs`.
+    pub fn plan_read(&self, offset: u64, len: u64, plan: &mut IoPlan) -> Result<bool> {
+        plan.clear();
+        self.check_range("read", offset, len)?;
+        if len == 0 {
+            return Ok(false);
+        }
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            if plan.is_full() {
+                plan.clear();
+                return Ok(false);
+            }
+            let cluster = pos >> self.shift;
+            let in_off = pos & (self.cs - 1);
+            let (src, run) = self.resolve_run(cluster, (end - 1) >> self.shift);
+            let run_bytes = ((run << self.shift) - in_off).min(end - pos);
+            match src {
+                Source::Zero => plan.push_zero(run_bytes),
+                Source::Local(file, loc) => {
+                    plan.push_file(&file, ((loc.index as u64) << self.shift) + in_off, run_bytes, 0, 0)
+                }
+                Source::Remote(_) => {
+                    plan.clear();
+                    return Ok(false);
+                }
+            }
+            pos += run_bytes;
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// Reserve up to `want` clusters at the tail of the open SCO, throttling while the
     /// write buffer is full and rolling to a new epoch when the SCO is full.
-    fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32, bool)> {
+    fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32)> {
         let mut st = self.state.lock();
         self.check_writable(&st)?;
         let mut throttled = false;
@@ -340,13 +430,15 @@ impl Volume {
             self.check_writable(&st)?;
         }
         let sco_clusters = self.meta.sco_clusters;
-        let mut rolled = false;
         let full = match &st.open {
             Some(o) => o.next_index >= sco_clusters,
             None => true,
         };
         if full {
-            rolled = st.open.is_some();
+            if st.open.is_some() {
+                // The uploader makes the seal durable (a flush) in the background.
+                self.env.uploader.notify();
+            }
             self.roll(&mut st, true)?;
         }
         let o = st.open.as_mut().expect("open epoch");
@@ -359,7 +451,7 @@ impl Volume {
         l.inflight += 1;
         l.clusters = index + take;
         st.wb_bytes += (take as u64) << self.shift;
-        Ok((file, index, take, rolled))
+        Ok((file, index, take))
     }
 
     /// Append a record to the open epoch's pending batch (opening one if needed).

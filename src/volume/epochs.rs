@@ -340,6 +340,14 @@ impl Volume {
 
 impl UploadSource for Volume {
     fn run_one_job(&self) -> bool {
+        // Seals waiting to be made durable (rolled by writers) come first.
+        let sealing = { !self.state.lock().sealing.is_empty() };
+        if sealing {
+            if let Err(e) = self.flush() {
+                tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
+            }
+            return true;
+        }
         let Some(job) = self.take_job() else { return false };
         let res = self.run_job(&job);
         self.finish_job(job, res);

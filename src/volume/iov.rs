@@ -23,9 +23,14 @@ pub fn total(iovs: &[iovec]) -> u64 {
     iovs.iter().map(|v| v.iov_len as u64).sum()
 }
 
-/// Append to `out` the iovecs covering bytes `[start, start+len)` of `iovs`.
-pub fn sub_range(iovs: &[iovec], mut start: u64, mut len: u64, out: &mut Vec<iovec>) {
+/// Set `out` to the iovecs covering bytes `[start, start+len)` of `iovs`.
+pub fn sub_range(iovs: &[iovec], start: u64, len: u64, out: &mut Vec<iovec>) {
     out.clear();
+    append_sub_range(iovs, start, len, out);
+}
+
+/// Append to `out` the iovecs covering bytes `[start, start+len)` of `iovs`.
+pub fn append_sub_range(iovs: &[iovec], mut start: u64, mut len: u64, out: &mut Vec<iovec>) {
     for v in iovs {
         if len == 0 {
             break;

@@ -8,6 +8,7 @@ pub mod iov;
 pub mod location;
 pub mod map;
 pub mod meta;
+pub mod plan;
 pub mod read_cache;
 pub mod recovery;
 pub mod sco_file;

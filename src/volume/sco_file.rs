@@ -41,6 +41,14 @@ impl ScoFile {
         Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct })
     }
 
+    pub fn direct_fd(&self) -> Option<i32> {
+        self.direct.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    pub fn buffered_fd(&self) -> i32 {
+        self.buffered.as_raw_fd()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
