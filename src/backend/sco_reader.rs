@@ -1,11 +1,12 @@
 //! Ranged reads of SCO objects: fetch the footer and index once (kept in a bounded
 //! in-memory table), then fetch only the frames covering a range and decode them,
-//! verifying each frame's checksum.
+//! verifying each frame's checksum. Concurrent reads of the same frames share one fetch
+//! (single flight).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::sco_object::{self, ScoIndex, FOOTER_LEN};
 use super::ObjectStore;
@@ -15,14 +16,31 @@ const INDEX_CACHE_ENTRIES: usize = 2048;
 /// First tail fetch: footer plus the index of a 32 MiB SCO with 64 KiB frames.
 const TAIL_GUESS: u64 = 16 << 10;
 
+/// Decoded frames: raw offset of the first frame and the raw bytes.
+pub type Frames = (u64, Arc<Vec<u8>>);
+
+/// One fetch in progress; later readers of the same frames wait for its result.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<std::result::Result<Frames, String>>>,
+    cv: Condvar,
+}
+
 pub struct ScoReader {
     store: Arc<dyn ObjectStore>,
     indexes: Mutex<HashMap<String, Arc<ScoIndex>>>,
+    flights: Mutex<HashMap<(String, usize, usize), Arc<Flight>>>,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl ScoReader {
     pub fn new(store: Arc<dyn ObjectStore>) -> ScoReader {
-        ScoReader { store, indexes: Mutex::new(HashMap::new()) }
+        ScoReader {
+            store,
+            indexes: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -53,14 +71,53 @@ impl ScoReader {
         Ok(index)
     }
 
+    /// Ranged GETs issued so far (single-flight waiters do not count).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Decode the frames covering raw bytes `[off, off+len)` of object `key`.
     /// Returns the raw offset of the first frame and the frames' raw bytes.
-    pub fn read_frames(&self, key: &str, off: u64, len: u64) -> Result<(u64, Vec<u8>)> {
+    pub fn read_frames(&self, key: &str, off: u64, len: u64) -> Result<Frames> {
         let index = self.index(key)?;
         let (first, last) = index.frames_for(off, len).ok_or_else(|| Error::Corrupt {
             key: key.to_string(),
             detail: format!("range {off}+{len} is beyond the SCO's {} bytes", index.raw_len),
         })?;
+        let id = (key.to_string(), first, last);
+        let (flight, leader) = {
+            let mut f = self.flights.lock();
+            match f.get(&id) {
+                Some(fl) => (fl.clone(), false),
+                None => {
+                    let fl = Arc::new(Flight::default());
+                    f.insert(id.clone(), fl.clone());
+                    (fl, true)
+                }
+            }
+        };
+        if !leader {
+            let mut r = flight.result.lock();
+            while r.is_none() {
+                flight.cv.wait(&mut r);
+            }
+            return match r.as_ref().expect("set") {
+                Ok(frames) => Ok(frames.clone()),
+                Err(msg) => Err(Error::Corrupt { key: key.to_string(), detail: msg.clone() }),
+            };
+        }
+        let res = self.fetch_frames(key, &index, first, last);
+        *flight.result.lock() = Some(match &res {
+            Ok(frames) => Ok(frames.clone()),
+            Err(e) => Err(e.to_string()),
+        });
+        flight.cv.notify_all();
+        self.flights.lock().remove(&id);
+        res
+    }
+
+    fn fetch_frames(&self, key: &str, index: &ScoIndex, first: usize, last: usize) -> Result<Frames> {
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (soff, slen) = index.stored_range(first, last);
         let stored = self.store.get_range(key, soff, slen)?;
         if stored.len() as u64 != slen {
@@ -76,7 +133,7 @@ impl ScoReader {
             index.decode_frame(key, i, &stored[s..s + e.stored_len as usize], &mut out[at..at + e.raw_len as usize])?;
             at += e.raw_len as usize;
         }
-        Ok((raw_start, out))
+        Ok((raw_start, Arc::new(out)))
     }
 
     /// Forget a cached index (object deleted).
@@ -91,6 +148,58 @@ mod tests {
     use crate::backend::local::LocalStore;
     use crate::backend::sco_object::{encode, Codec};
 
+    /// A store whose ranged GETs take 300 ms, so concurrent readers overlap.
+    struct SlowStore(LocalStore);
+
+    impl ObjectStore for SlowStore {
+        fn url(&self) -> String {
+            self.0.url()
+        }
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.0.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.0.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            self.0.get_range(key, offset, len)
+        }
+        fn get_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
+            self.0.get_tail(key, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<super::super::ObjectInfo>> {
+            self.0.list(prefix)
+        }
+        fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
+            self.0.list_children(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.0.delete(key)
+        }
+    }
+
+    #[test]
+    fn concurrent_misses_share_one_fetch() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Arc::new(SlowStore(LocalStore::open(t.path()).unwrap()));
+        let raw: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        store.put("v/s", &encode(&raw, 65536, Codec::Lz4)).unwrap();
+        let r = Arc::new(ScoReader::new(store));
+        r.index("v/s").unwrap();
+        let ts: Vec<_> = (0..8)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || r.read_frames("v/s", 200_000, 1000).unwrap())
+            })
+            .collect();
+        for t in ts {
+            let (start, data) = t.join().unwrap();
+            assert_eq!(&data[..], &raw[start as usize..start as usize + data.len()]);
+        }
+        assert_eq!(r.fetches(), 1, "eight concurrent readers of one frame share one GET");
+    }
+
     #[test]
     fn ranged_reads_and_corruption() {
         let t = tempfile::tempdir().unwrap();
@@ -101,6 +210,7 @@ mod tests {
         let (start, data) = r.read_frames("v/s", 70000, 100).unwrap();
         assert_eq!(start, 65536);
         assert_eq!(&data[..], &raw[65536..131072]);
+
         let (start, data) = r.read_frames("v/s", 999_000, 1000).unwrap();
         assert_eq!(&data[..], &raw[start as usize..]);
         assert!(r.read_frames("v/s", 999_000, 1001).is_err());

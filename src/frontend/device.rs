@@ -179,11 +179,21 @@ impl BlkDevice {
                 pending = 0;
             }
         }
+        let mut ready = false;
         if let Some(inf) = ws.inflight.as_mut() {
             inf.submit();
+            ready = inf.has_ready();
         }
         if pending > 0 {
             self.signal(vring, queue);
+        }
+        if ready {
+            // Requests that needed no IO (reads of unwritten data) complete now: no ring
+            // completion will wake the worker for them.
+            if ws.vring.is_none() {
+                ws.vring = Some(vring.clone());
+            }
+            self.complete_ring(ws, queue, false);
         }
     }
 

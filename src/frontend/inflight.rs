@@ -181,6 +181,11 @@ impl Inflight {
         Start::Started
     }
 
+    /// True when requests finished without IO wait for `complete`.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Hand queued submissions to the kernel.
     pub fn submit(&mut self) {
         if let Err(e) = self.uring.submit() {
