@@ -137,3 +137,33 @@ fn damaged_tlog_is_refused_with_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains("corrupt") && msg.contains("tlog"), "{msg}");
 }
+
+#[test]
+fn sequential_cold_reads_read_ahead() {
+    let t = tempfile::tempdir().unwrap();
+    let backend = t.path().join("objects");
+    let mut cfg = small_config();
+    cfg.volume.sco_size = logdisk::config::ByteSize(1 << 20);
+    cfg.read_cache.size = logdisk::config::ByteSize(8 << 20);
+    let image: Vec<u8> = (0..SIZE as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    {
+        let mut dd = open_dd(&t.path().join("a"), &backend, cfg.clone());
+        dd.create_volume("v", SIZE, None, None).unwrap();
+        let vol = dd.open_volume("v", false).unwrap();
+        for off in (0..SIZE).step_by(1 << 20) {
+            vol.write_at(off, &image[off as usize..(off + (1 << 20)) as usize]).unwrap();
+        }
+        assert!(vol.close().unwrap().drained);
+    }
+    let mut dd = open_dd(&t.path().join("b"), &backend, cfg);
+    let vol = dd.open_volume("v", true).unwrap();
+    let reader = dd.env().unwrap().reader.clone();
+    let mut buf = vec![0u8; 64 << 10];
+    for off in (0..SIZE).step_by(64 << 10) {
+        vol.read_at(off, &mut buf).unwrap();
+        assert!(buf[..] == image[off as usize..off as usize + buf.len()], "offset {off}");
+    }
+    // 64 reads of 64 KiB over 4 SCOs of 1 MiB: read-ahead makes it about one GET per SCO.
+    let gets = reader.fetches();
+    assert!(gets <= 8, "{gets} ranged GETs for 64 sequential reads");
+}

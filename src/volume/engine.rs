@@ -153,8 +153,13 @@ pub struct Volume {
     pub(crate) progress: Condvar,
     pub(crate) flush_side: Mutex<BTreeMap<u64, TlogWriter>>,
     rmw: Mutex<()>,
+    /// End of the previous read: a read starting there is sequential (read-ahead).
+    last_read_end: AtomicU64,
     pub counters: Counters,
 }
+
+/// On a sequential miss, fetch this much beyond the request from the object store.
+const READ_AHEAD: u64 = 1 << 20;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<iovec>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -189,6 +194,7 @@ impl Volume {
             progress: Condvar::new(),
             flush_side: Mutex::new(BTreeMap::new()),
             rmw: Mutex::new(()),
+            last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
         }
     }
@@ -599,6 +605,7 @@ impl Volume {
         self.check_range("read", offset, len)?;
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
+        let sequential = self.last_read_end.swap(offset + len, Ordering::Relaxed) == offset;
         SCRATCH.with(|s| {
             let mut sub = s.borrow_mut();
             let end = offset + len;
@@ -618,7 +625,7 @@ impl Volume {
                         .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e))?,
                     Source::Remote(loc) => {
                         let v = sub.clone();
-                        self.read_remote(loc, in_off, run_bytes, &v)?
+                        self.read_remote(loc, in_off, run_bytes, &v, sequential)?
                     }
                 }
                 pos += run_bytes;
@@ -654,7 +661,7 @@ impl Volume {
 
     /// Read bytes `[in_off, in_off+len)` counted from location `loc` of an SCO that is
     /// only in the object store: read cache first, else fetch frames and fill the cache.
-    fn read_remote(&self, loc: Location, in_off: u64, len: u64, iovs: &[iovec]) -> Result<()> {
+    fn read_remote(&self, loc: Location, in_off: u64, len: u64, iovs: &[iovec], sequential: bool) -> Result<()> {
         let start = ((loc.index as u64) << self.shift) + in_off;
         let end = start + len;
         let mut pos = start;
@@ -669,9 +676,21 @@ impl Volume {
                 pos += take;
                 continue;
             }
-            // Miss: fetch the frames covering the rest of the range.
+            // Miss: fetch the frames covering the rest of the range (and, for sequential
+            // reads, up to READ_AHEAD more of the same SCO into the cache).
             let okey = keys::sco(&self.name, self.meta.gen_of_epoch(loc.sco), loc.sco);
-            let (raw_start, data) = self.env.reader.read_frames(&okey, pos, end - pos).map_err(|e| {
+            let mut fetch_end = end;
+            if sequential {
+                if let Ok(ix) = self.env.reader.index(&okey) {
+                    fetch_end = (end + READ_AHEAD).min(ix.raw_len).max(end);
+                }
+            }
+            let mut fetched = self.env.reader.read_frames(&okey, pos, fetch_end - pos);
+            if fetched.is_err() && fetch_end > end {
+                // The read-ahead part may be what failed: retry just the request.
+                fetched = self.env.reader.read_frames(&okey, pos, end - pos);
+            }
+            let (raw_start, data) = fetched.map_err(|e| {
                 tracing::error!(volume = %self.name, object = %okey, error = %e, "read from the object store failed");
                 e
             })?;
