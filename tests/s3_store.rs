@@ -120,8 +120,22 @@ fn server_honours_if_none_match() {
     let bucket = w.new_bucket("ifnonematch");
     let c = w.client();
     rt().block_on(async {
-        c.put_object().bucket(&bucket).key("k").if_none_match("*").body(ByteStream::from_static(b"one")).send().await.unwrap();
-        let e = c.put_object().bucket(&bucket).key("k").if_none_match("*").body(ByteStream::from_static(b"two")).send().await;
+        c.put_object()
+            .bucket(&bucket)
+            .key("k")
+            .if_none_match("*")
+            .body(ByteStream::from_static(b"one"))
+            .send()
+            .await
+            .unwrap();
+        let e = c
+            .put_object()
+            .bucket(&bucket)
+            .key("k")
+            .if_none_match("*")
+            .body(ByteStream::from_static(b"two"))
+            .send()
+            .await;
         let e = e.expect_err("second conditional put must fail");
         assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412), "{:?}", e);
         // Multipart onto an existing key.
@@ -281,9 +295,16 @@ fn settings_from_the_aws_environment() {
     let run = |label: &str, envs: Vec<(&str, String)>| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["--exact", "env_child", "--ignored", "--nocapture", "--test-threads=1"]);
-        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
-            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-        {
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
             cmd.env_remove(k);
         }
         cmd.env("LOGDISK_S3_CHILD_URL", format!("s3://{bucket}/{label}"))

@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 pub enum BackendUrl {
     File(PathBuf),
     /// Keys are stored as `PREFIX/key` (just `key` when the prefix is empty).
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 /// S3 bucket naming rules (3–63 of `a-z0-9.-`, starting and ending alphanumeric).

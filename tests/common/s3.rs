@@ -288,7 +288,12 @@ impl Weed {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("weed mini pid {pid} serving S3 at {} (dir {}) ready in {:?}", w.endpoint, w.dir.display(), t0.elapsed());
+        eprintln!(
+            "weed mini pid {pid} serving S3 at {} (dir {}) ready in {:?}",
+            w.endpoint,
+            w.dir.display(),
+            t0.elapsed()
+        );
         Ok(w)
     }
 

@@ -160,7 +160,9 @@ pub(crate) async fn check_bucket(c: &Clients, bucket: &str, cfg: &S3Config) -> R
                 Err(e) => status_and_code(&e).1,
             };
             match code.as_deref() {
-                Some("InvalidAccessKeyId") | Some("SignatureDoesNotMatch") | Some("InvalidToken")
+                Some("InvalidAccessKeyId")
+                | Some("SignatureDoesNotMatch")
+                | Some("InvalidToken")
                 | Some("ExpiredToken") => format!(
                     "S3 credentials rejected by {ep} ({}): check the access key id and secret",
                     code.unwrap_or_default()

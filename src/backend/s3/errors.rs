@@ -4,8 +4,8 @@
 
 use std::error::Error as StdError;
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::error::Error;
 
@@ -52,7 +52,9 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// The HTTP status and S3 error code of a service error, if the server answered.
-pub(crate) fn status_and_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> (Option<u16>, Option<String>) {
+pub(crate) fn status_and_code<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> (Option<u16>, Option<String>) {
     let status = match err {
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => err.raw_response().map(|r| r.status().as_u16()),
         _ => None,
@@ -126,8 +128,12 @@ where
                 (_, "InvalidAccessKeyId") | (_, "SignatureDoesNotMatch") => Error::Store(format!(
                     "{what}: credentials rejected by the server ({code_s}): check the access key id and secret"
                 )),
-                (Some(403), _) => Error::Store(format!("{what}: access denied (403 {code_s}) {msg}").trim_end().to_string()),
-                (Some(s), _) if s >= 500 => Error::Store(format!("{what}: server error {s} {code_s}").trim_end().to_string()),
+                (Some(403), _) => {
+                    Error::Store(format!("{what}: access denied (403 {code_s}) {msg}").trim_end().to_string())
+                }
+                (Some(s), _) if s >= 500 => {
+                    Error::Store(format!("{what}: server error {s} {code_s}").trim_end().to_string())
+                }
                 (Some(s), _) => Error::Store(format!("{what}: HTTP {s} {code_s} {msg}").trim_end().to_string()),
                 (None, _) => Error::Store(format!("{what}: {code_s} {msg}").trim_end().to_string()),
             }
@@ -140,7 +146,9 @@ where
                 Error::Store(format!("{what}: request failed: {}", short(&cause)))
             }
         }
-        SdkError::ResponseError(_) => Error::Store(format!("{what}: bad or broken response: {}", short(&root_cause(&err)))),
+        SdkError::ResponseError(_) => {
+            Error::Store(format!("{what}: bad or broken response: {}", short(&root_cause(&err))))
+        }
         SdkError::ConstructionFailure(_) => {
             Error::Store(format!("{what}: cannot build the request: {}", short(&root_cause(&err))))
         }

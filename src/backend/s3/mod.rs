@@ -220,8 +220,7 @@ impl S3Store {
     }
 
     async fn put_small(&self, key: &str, full: &str, data: &[u8], conditional: bool) -> Result<()> {
-        let mut req =
-            self.write.put_object().bucket(&self.bucket).key(full).body(ByteStream::from(data.to_vec()));
+        let mut req = self.write.put_object().bucket(&self.bucket).key(full).body(ByteStream::from(data.to_vec()));
         if conditional {
             req = req.if_none_match("*");
         }
@@ -290,7 +289,12 @@ impl S3Store {
     }
 
     /// One listing, paginated. With a delimiter: (common prefixes, objects) directly below.
-    async fn list_pages(&self, full_prefix: &str, delimiter: bool, what: &str) -> Result<(Vec<String>, Vec<ObjectInfo>)> {
+    async fn list_pages(
+        &self,
+        full_prefix: &str,
+        delimiter: bool,
+        what: &str,
+    ) -> Result<(Vec<String>, Vec<ObjectInfo>)> {
         let ctx = self.ctx("list", what, self.read_timeout.as_secs());
         let mut dirs = Vec::new();
         let mut objects = Vec::new();
@@ -353,7 +357,10 @@ impl S3Store {
 const NO_CONDITIONAL: &str = "conditional put not implemented by the server";
 
 enum GetAnswer {
-    Data { body: Vec<u8>, content_range: Option<String> },
+    Data {
+        body: Vec<u8>,
+        content_range: Option<String>,
+    },
     /// 416: the range starts at or after the end of the object.
     Unsatisfiable,
 }
@@ -389,8 +396,13 @@ impl ObjectStore for S3Store {
         let full = self.full_key(key)?;
         let started = Instant::now();
         let r = self.block_on(self.put_async(key, &full, data))?.map_err(|e| self.redactor.error(e));
-        tracing::debug!(key, bytes = data.len(), elapsed_ms = started.elapsed().as_millis() as u64,
-            ok = r.is_ok(), "s3 put");
+        tracing::debug!(
+            key,
+            bytes = data.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = r.is_ok(),
+            "s3 put"
+        );
         r
     }
 
@@ -445,9 +457,8 @@ impl ObjectStore for S3Store {
                     }
                 }
                 GetAnswer::Data { body, content_range: Some(cr) } => {
-                    let total = content_range_total(&cr).ok_or_else(|| {
-                        Error::Store(format!("get {key}: unparsable Content-Range {cr:?}"))
-                    })?;
+                    let total = content_range_total(&cr)
+                        .ok_or_else(|| Error::Store(format!("get {key}: unparsable Content-Range {cr:?}")))?;
                     Ok((body, total))
                 }
                 GetAnswer::Data { body, content_range: None } => {

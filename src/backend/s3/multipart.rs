@@ -55,8 +55,13 @@ impl Multipart<'_> {
             .to_string();
         let result = self.upload_and_complete(&upload_id, data).await;
         if result.is_err() {
-            let abort =
-                self.client.abort_multipart_upload().bucket(self.bucket).key(self.full_key).upload_id(&upload_id).send();
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(self.bucket)
+                .key(self.full_key)
+                .upload_id(&upload_id)
+                .send();
             if let Err(e) = abort.await {
                 tracing::warn!(key = self.key, error = %classify(e, &self.ctx("abort multipart upload of")),
                     "cannot abort a failed multipart upload; its parts stay until the bucket's lifecycle rules remove them");
