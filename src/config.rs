@@ -125,7 +125,8 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// Objects larger than this are uploaded in parts.
     pub multipart_threshold: ByteSize,
-    /// Size of one part of a multipart upload (at least 5M).
+    /// Size of one part of a multipart upload (at least 5M; a remainder under half a part
+    /// joins the last part).
     pub part_size: ByteSize,
     /// Parts of one object uploaded at once.
     pub multipart_concurrency: usize,

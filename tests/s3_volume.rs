@@ -213,7 +213,8 @@ fn frozen_server_throttles_writes_and_loses_nothing() {
 }
 
 /// Measurements, not a check: `cargo test --test s3_volume measure -- --ignored --nocapture`
-/// (size with LOGDISK_MEASURE_MIB, default 256). Raw PUT and ranged-GET throughput of
+/// (size with LOGDISK_MEASURE_MIB, default 256; LOGDISK_MEASURE_DATA=random for
+/// incompressible data). Raw PUT and ranged-GET throughput of
 /// the server, then a volume import with the default engine options (32 MiB SCOs, LZ4,
 /// 4 uploads at once) on a mixed dataset: upload throughput, requests per GiB written,
 /// compression, and a cold sequential read through a fresh host.
@@ -267,8 +268,9 @@ fn measure_upload_and_cold_read() {
     let size = mib << 20;
     let mut image = vec![0u8; size as usize];
     let mut rng = StdRng::seed_from_u64(3);
+    let all_random = std::env::var("LOGDISK_MEASURE_DATA").as_deref() == Ok("random");
     for (i, chunk) in image.chunks_mut(4 << 20).enumerate() {
-        match i % 4 {
+        match if all_random { 0 } else { i % 4 } {
             0 => rng.fill(chunk),
             1 => {}
             _ => {
@@ -280,11 +282,13 @@ fn measure_upload_and_cold_read() {
         }
     }
     let t = tempfile::tempdir().unwrap();
+    // LOGDISK_MEASURE_CACHE_DIRECT=0: read cache through the page cache (for comparison).
+    let cache_direct = std::env::var("LOGDISK_MEASURE_CACHE_DIRECT").as_deref() != Ok("0");
     let env = |name: &str| {
         Arc::new(VolumeEnv {
             store: store.clone(),
             reader: Arc::new(ScoReader::new(store.clone())),
-            cache: Arc::new(ReadCache::create(&t.path().join(name), 1 << 30, true).unwrap()),
+            cache: Arc::new(ReadCache::create(&t.path().join(name), 1 << 30, cache_direct).unwrap()),
             uploader: Uploader::start(4),
             opts: EngineOptions { wb_limit: 1 << 30, ..EngineOptions::default() },
         })
@@ -311,9 +315,10 @@ fn measure_upload_and_cold_read() {
     let stored: u64 = store.list("m/g").unwrap().iter().map(|o| o.size).sum();
     let gib = size as f64 / (1u64 << 30) as f64;
     eprintln!(
-        "import {mib} MiB (1/4 random, 1/4 zeros, 1/2 text): writes done in {written_in:.2?}, all in S3 after \
+        "import {mib} MiB ({}): writes done in {written_in:.2?}, all in S3 after \
          {upload_time:.2?} = {:.1} MiB/s; stored {:.1} MiB in SCOs (ratio {:.2}); {puts} PUTs + {mpu} multipart \
          uploads ({parts} parts) = {requests} write requests = {:.0} per GiB written",
+        if all_random { "random" } else { "1/4 random, 1/4 zeros, 1/2 text" },
         rate(size, upload_time),
         stored as f64 / (1 << 20) as f64,
         size as f64 / stored as f64,
@@ -340,4 +345,20 @@ fn measure_upload_and_cold_read() {
         (st.bytes_downloaded - before.bytes_downloaded) as f64 / (1 << 20) as f64
     );
     env2.uploader.stop();
+
+    // The same objects read raw in 256 KiB ranges (about what one 1 MiB read fetches).
+    let scos = store.list("m/g000001/sco/").unwrap();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    for o in &scos {
+        for off in (0..o.size).step_by(256 << 10) {
+            n += s3.get_range(&o.key, off, 256 << 10).unwrap().len() as u64;
+        }
+    }
+    let d = t0.elapsed();
+    eprintln!(
+        "raw 256 KiB ranged GETs of the SCO objects: {:.1} MiB/s, {:.1} ms per GET",
+        rate(n, d),
+        d.as_secs_f64() * 1000.0 / (n as f64 / (256 << 10) as f64)
+    );
 }
