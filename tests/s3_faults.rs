@@ -121,6 +121,16 @@ impl Fake {
                 log2.lock().unwrap().push(req.clone());
                 let i = n.fetch_add(1, Ordering::SeqCst);
                 let (status, code, body) = script(i, &req);
+                if status == 1 {
+                    // Headers and a little of the body, then silence.
+                    let _ = w
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n0123456789");
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(60));
+                        drop(w);
+                    });
+                    continue;
+                }
                 if status == 0 {
                     // Hang: keep the connection open, never answer.
                     std::thread::spawn(move || {
@@ -259,4 +269,20 @@ fn ranged_reads_send_the_right_headers() {
     assert_eq!(s.get_tail("k", 4).unwrap(), (b"6789".to_vec(), 10));
     let ranges: Vec<_> = f.requests().iter().map(|r| r.header("range").unwrap_or("").to_string()).collect();
     assert_eq!(ranges, vec!["bytes=2-4", "bytes=-4"]);
+}
+
+#[test]
+fn a_body_that_stops_flowing_times_out() {
+    let f = Fake::start(Box::new(|_, _| (1, "", Vec::new())));
+    let s = f.open();
+    // Whole-object GET: no data for read_attempt_timeout (1 s) ends it.
+    let t0 = Instant::now();
+    let e = s.get("k").unwrap_err();
+    assert!(matches!(&e, Error::StoreTimeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    // Ranged GET: the whole read deadline (4 s) bounds it.
+    let t0 = Instant::now();
+    let e = s.get_range("k", 0, 100000).unwrap_err();
+    assert!(matches!(&e, Error::StoreTimeout { secs: 4, .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
 }

@@ -358,7 +358,12 @@ fn frozen_server_times_out_reads() {
     let r = s.get_range("obj", 0, 4096);
     let took = t0.elapsed();
     let r2 = s.list("");
+    let t1 = Instant::now();
+    let r3 = s.get("obj");
+    let took3 = t1.elapsed();
     w.thaw();
+    assert!(matches!(r3, Err(Error::StoreTimeout { .. })), "{r3:?}");
+    assert!(took3 < Duration::from_secs(6), "whole-object get took {took3:?}");
     assert!(matches!(r, Err(Error::StoreTimeout { secs: 3, .. })), "{r:?}");
     assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(6), "took {took:?}");
     assert!(matches!(r2, Err(Error::StoreTimeout { .. })), "{r2:?}");

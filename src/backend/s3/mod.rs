@@ -71,6 +71,8 @@ pub struct S3Store {
     url: String,
     redactor: Redactor,
     read_timeout: Duration,
+    /// Longest gap in a streamed body of a whole-object GET.
+    read_attempt: Duration,
     write_attempt_secs: u64,
     multipart_threshold: usize,
     part_size: usize,
@@ -129,6 +131,7 @@ impl S3Store {
             url,
             redactor: clients.redactor,
             read_timeout: Duration::from_secs(cfg.read_timeout()),
+            read_attempt: Duration::from_secs(cfg.read_attempt_timeout_secs),
             write_attempt_secs: cfg.write_attempt_timeout_secs,
             multipart_threshold: cfg.multipart_threshold.0 as usize,
             part_size: cfg.part_size.0 as usize,
@@ -191,8 +194,15 @@ impl S3Store {
         r.map_err(|e| self.redactor.error(e))
     }
 
-    /// GET with an optional Range header. Returns (body, Content-Range, status 416).
-    async fn get_object(&self, key: &str, full: &str, range: Option<String>) -> Result<GetAnswer> {
+    /// GET with an optional Range header. With `stall`, the body may take as long as it
+    /// needs as long as data keeps coming (no gap longer than `stall`).
+    async fn get_object(
+        &self,
+        key: &str,
+        full: &str,
+        range: Option<String>,
+        stall: Option<Duration>,
+    ) -> Result<GetAnswer> {
         let secs = self.read_timeout.as_secs();
         let ctx = self.ctx("get", key, secs);
         bump(&self.counters.get, 1);
@@ -207,9 +217,29 @@ impl S3Store {
             }
         };
         let content_range = out.content_range().map(str::to_string);
-        let body = out.body.collect().await.map_err(|e| body_error(&e, &ctx))?.into_bytes();
+        let body: Vec<u8> = match stall {
+            None => out.body.collect().await.map_err(|e| body_error(&e, &ctx))?.into_bytes().into(),
+            Some(stall) => {
+                let mut body = out.body;
+                let mut v = Vec::with_capacity(out.content_length.unwrap_or(0).clamp(0, 1 << 30) as usize);
+                loop {
+                    match tokio::time::timeout(stall, body.try_next()).await {
+                        Ok(Ok(Some(chunk))) => v.extend_from_slice(&chunk),
+                        Ok(Ok(None)) => break,
+                        Ok(Err(e)) => return Err(body_error(&e, &ctx)),
+                        Err(_) => {
+                            return Err(Error::StoreTimeout {
+                                what: format!("get {key} (no data for {} s)", stall.as_secs()),
+                                secs: stall.as_secs(),
+                            })
+                        }
+                    }
+                }
+                v
+            }
+        };
         bump(&self.counters.down, body.len() as u64);
-        Ok(GetAnswer::Data { body: body.into(), content_range })
+        Ok(GetAnswer::Data { body, content_range })
     }
 
     async fn head_size(&self, key: &str, full: &str) -> Result<u64> {
@@ -406,14 +436,18 @@ impl ObjectStore for S3Store {
         r
     }
 
+    /// Whole objects (TLogs, checkpoints, metadata) can be large: the answer must start
+    /// within the read deadline (the SDK's operation timeout), then the body may take as
+    /// long as it keeps flowing.
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let full = self.full_key(key)?;
-        self.read_op("get", key, async {
-            match self.get_object(key, &full, None).await? {
+        let r = self.block_on(async {
+            match self.get_object(key, &full, None, Some(self.read_attempt)).await? {
                 GetAnswer::Data { body, .. } => Ok(body),
                 GetAnswer::Unsatisfiable => Ok(Vec::new()),
             }
-        })
+        })?;
+        r.map_err(|e| self.redactor.error(e))
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -424,7 +458,7 @@ impl ObjectStore for S3Store {
                 return Ok(Vec::new());
             }
             let last = offset.saturating_add(len - 1);
-            match self.get_object(key, &full, Some(format!("bytes={offset}-{last}"))).await? {
+            match self.get_object(key, &full, Some(format!("bytes={offset}-{last}")), None).await? {
                 GetAnswer::Unsatisfiable => Ok(Vec::new()),
                 // A server that ignored the range sent the whole object.
                 GetAnswer::Data { body, content_range: None } => {
@@ -446,7 +480,7 @@ impl ObjectStore for S3Store {
             if len == 0 {
                 return Ok((Vec::new(), self.head_size(key, &full).await?));
             }
-            match self.get_object(key, &full, Some(format!("bytes=-{len}"))).await? {
+            match self.get_object(key, &full, Some(format!("bytes=-{len}")), None).await? {
                 // Suffix ranges of an empty object are unsatisfiable.
                 GetAnswer::Unsatisfiable => {
                     let size = self.head_size(key, &full).await?;
