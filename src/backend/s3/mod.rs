@@ -6,10 +6,12 @@
 
 mod connect;
 mod errors;
+mod list;
 mod multipart;
+mod stats;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -19,45 +21,11 @@ use tokio::runtime::Runtime;
 use self::connect::Clients;
 use self::errors::{body_error, classify, status_and_code, Ctx, Redactor};
 use self::multipart::Multipart;
+pub use self::stats::S3Stats;
+use self::stats::{bump, Counters};
 use crate::backend::{ObjectInfo, ObjectStore};
 use crate::config::S3Config;
 use crate::error::{Error, Result};
-
-/// Requests made by one store (SDK retries of one request count once).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct S3Stats {
-    /// Single-request PutObject calls.
-    pub put_requests: u64,
-    /// Multipart uploads started.
-    pub multipart_uploads: u64,
-    /// UploadPart calls.
-    pub part_requests: u64,
-    pub get_requests: u64,
-    pub head_requests: u64,
-    pub list_requests: u64,
-    pub delete_requests: u64,
-    /// Object bytes sent by successful puts.
-    pub bytes_uploaded: u64,
-    /// Body bytes received by GETs.
-    pub bytes_downloaded: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    put: AtomicU64,
-    multipart: AtomicU64,
-    pub(crate) part: AtomicU64,
-    get: AtomicU64,
-    head: AtomicU64,
-    list: AtomicU64,
-    delete: AtomicU64,
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
 
 /// An S3 bucket (and optional key prefix) as an object store.
 pub struct S3Store {
@@ -143,19 +111,7 @@ impl S3Store {
 
     /// Requests made so far.
     pub fn stats(&self) -> S3Stats {
-        let c = &self.counters;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        S3Stats {
-            put_requests: g(&c.put),
-            multipart_uploads: g(&c.multipart),
-            part_requests: g(&c.part),
-            get_requests: g(&c.get),
-            head_requests: g(&c.head),
-            list_requests: g(&c.list),
-            delete_requests: g(&c.delete),
-            bytes_uploaded: g(&c.up),
-            bytes_downloaded: g(&c.down),
-        }
+        self.counters.snapshot()
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -316,71 +272,6 @@ impl S3Store {
             }
             r => r,
         }
-    }
-
-    /// One listing, paginated. With a delimiter: (common prefixes, objects) directly below.
-    async fn list_pages(
-        &self,
-        full_prefix: &str,
-        delimiter: bool,
-        what: &str,
-    ) -> Result<(Vec<String>, Vec<ObjectInfo>)> {
-        let ctx = self.ctx("list", what, self.read_timeout.as_secs());
-        let mut dirs = Vec::new();
-        let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut req = self
-                .read
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(full_prefix)
-                .max_keys(self.page_size)
-                .set_continuation_token(token.take());
-            if delimiter {
-                req = req.delimiter("/");
-            }
-            bump(&self.counters.list, 1);
-            let out = req.send().await.map_err(|e| classify(e, &ctx))?;
-            for cp in out.common_prefixes() {
-                if let Some(p) = cp.prefix() {
-                    dirs.push(p.to_string());
-                }
-            }
-            for o in out.contents() {
-                if let Some(k) = o.key() {
-                    objects.push(ObjectInfo { key: k.to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
-                }
-            }
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated().unwrap_or(false) && !t.is_empty() => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        Ok((dirs, objects))
-    }
-
-    /// Keep the common prefixes that hold at least one object. Some servers (SeaweedFS)
-    /// keep listing a "directory" after its last object is deleted.
-    async fn non_empty(&self, dirs: Vec<String>, what: &str) -> Result<Vec<String>> {
-        let mut keep = Vec::with_capacity(dirs.len());
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = dirs.into_iter();
-        loop {
-            while tasks.len() < 8 {
-                let Some(d) = pending.next() else { break };
-                bump(&self.counters.list, 1);
-                let req = self.read.list_objects_v2().bucket(&self.bucket).prefix(&d).max_keys(1);
-                tasks.spawn(async move { (d, req.send().await) });
-            }
-            let Some(joined) = tasks.join_next().await else { break };
-            let (d, res) = joined.map_err(|e| Error::Store(format!("list {what}: {e}")))?;
-            let out = res.map_err(|e| classify(e, &self.ctx("list", what, self.read_timeout.as_secs())))?;
-            if out.key_count().unwrap_or(0) > 0 || !out.contents().is_empty() {
-                keep.push(d);
-            }
-        }
-        Ok(keep)
     }
 }
 

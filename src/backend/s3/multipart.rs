@@ -10,7 +10,7 @@ use aws_sdk_s3::Client;
 use tokio::task::JoinSet;
 
 use super::errors::{classify, Ctx};
-use super::Counters;
+use super::stats::Counters;
 use crate::error::{Error, Result};
 
 /// One multipart upload.
