@@ -41,6 +41,8 @@ pub struct Config {
     pub read_cache: ReadCacheConfig,
     pub upload: UploadConfig,
     pub io: IoConfig,
+    /// S3 connection settings, used when the backend is `s3://BUCKET/PREFIX`.
+    pub s3: S3Config,
 }
 
 /// Defaults for new volumes.
@@ -89,6 +91,136 @@ pub struct IoConfig {
     pub direct: bool,
     /// A read that must wait for the object store fails after this many seconds.
     pub backend_read_timeout_secs: u64,
+}
+
+/// S3 settings. Anything left unset comes from the standard AWS sources
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+/// `AWS_PROFILE`, profile files).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible server, e.g. `http://127.0.0.1:8333`.
+    pub endpoint: Option<String>,
+    /// Region; default from the environment/profile, else `us-east-1`.
+    pub region: Option<String>,
+    /// Named profile of the AWS config/credentials files.
+    pub profile: Option<String>,
+    /// Static credentials (both or neither). Never logged or printed.
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); default: on whenever a custom
+    /// endpoint is set.
+    pub path_style: Option<bool>,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout_secs: u64,
+    /// A read (GET, HEAD, LIST) fails with a timeout after this long, retries included;
+    /// default: `io.backend_read_timeout_secs` (30).
+    pub read_timeout_secs: Option<u64>,
+    /// One attempt of a read; a stuck attempt is abandoned and retried after this long.
+    pub read_attempt_timeout_secs: u64,
+    /// One attempt of a write (PUT, multipart part); the uploader retries after it.
+    pub write_attempt_timeout_secs: u64,
+    /// Attempts per request in the SDK's standard retry (1 = no SDK retries).
+    pub max_attempts: u32,
+    /// Objects larger than this are uploaded in parts.
+    pub multipart_threshold: ByteSize,
+    /// Size of one part of a multipart upload (at least 5M; a remainder under half a part
+    /// joins the last part).
+    pub part_size: ByteSize,
+    /// Parts of one object uploaded at once.
+    pub multipart_concurrency: usize,
+    /// Keys per ListObjectsV2 page (1..=1000).
+    pub list_page_size: u32,
+    /// Request checksums: "when_supported" (SDK default, CRC32 on every upload) or
+    /// "when_required" (for servers that reject the SDK's checksum trailers).
+    pub request_checksums: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<redacted>"))
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("path_style", &self.path_style)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("read_timeout_secs", &self.read_timeout_secs)
+            .field("read_attempt_timeout_secs", &self.read_attempt_timeout_secs)
+            .field("write_attempt_timeout_secs", &self.write_attempt_timeout_secs)
+            .field("max_attempts", &self.max_attempts)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("multipart_concurrency", &self.multipart_concurrency)
+            .field("list_page_size", &self.list_page_size)
+            .field("request_checksums", &self.request_checksums)
+            .finish()
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: None,
+            connect_timeout_secs: 5,
+            read_timeout_secs: None,
+            read_attempt_timeout_secs: 10,
+            write_attempt_timeout_secs: 60,
+            max_attempts: 3,
+            multipart_threshold: ByteSize(16 << 20),
+            part_size: ByteSize(8 << 20),
+            multipart_concurrency: 4,
+            list_page_size: 1000,
+            request_checksums: "when_supported".into(),
+        }
+    }
+}
+
+impl S3Config {
+    /// The read deadline in seconds (default 30).
+    pub fn read_timeout(&self) -> u64 {
+        self.read_timeout_secs.unwrap_or(30)
+    }
+
+    /// Reject settings that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(Error::Config("s3.access_key_id and s3.secret_access_key must be set together".into()));
+        }
+        if self.connect_timeout_secs == 0
+            || self.read_timeout_secs == Some(0)
+            || self.read_attempt_timeout_secs == 0
+            || self.write_attempt_timeout_secs == 0
+        {
+            return Err(Error::Config("s3 timeouts must be at least 1 second".into()));
+        }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(Error::Config("s3.max_attempts must be 1..=10".into()));
+        }
+        if self.part_size.0 < 5 << 20 || self.part_size.0 > 5 << 30 {
+            return Err(Error::Config("s3.part_size must be from 5M to 5G".into()));
+        }
+        if self.multipart_threshold.0 < self.part_size.0 {
+            return Err(Error::Config("s3.multipart_threshold must be at least s3.part_size".into()));
+        }
+        if !(1..=64).contains(&self.multipart_concurrency) {
+            return Err(Error::Config("s3.multipart_concurrency must be 1..=64".into()));
+        }
+        if !(1..=1000).contains(&self.list_page_size) {
+            return Err(Error::Config("s3.list_page_size must be 1..=1000".into()));
+        }
+        if !matches!(self.request_checksums.as_str(), "when_supported" | "when_required") {
+            return Err(Error::Config("s3.request_checksums must be \"when_supported\" or \"when_required\"".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for VolumeDefaults {
@@ -166,6 +298,7 @@ impl Config {
         if self.write_buffer.limit.0 < 2 * sco {
             return Err(Error::Config("write_buffer.limit must hold at least two SCOs".into()));
         }
+        self.s3.validate()?;
         Ok(())
     }
 }
@@ -182,5 +315,21 @@ mod tests {
         assert_eq!(c.volume.cluster_size.0, 4096);
         c.validate().unwrap();
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn s3_section_hides_the_secret() {
+        let c: Config = toml::from_str(
+            "[s3]\nendpoint = \"http://127.0.0.1:8333\"\naccess_key_id = \"AKID42\"\nsecret_access_key = \"s3cr3t\"\npart_size = \"8M\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.s3.part_size.0, 8 << 20);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t") && !dbg.contains("AKID42"), "{dbg}");
+        let ser = toml::to_string(&c).unwrap();
+        assert!(!ser.contains("s3cr3t"), "{ser}");
+        let bad: Config = toml::from_str("[s3]\naccess_key_id = \"x\"\n").unwrap();
+        assert!(bad.validate().is_err());
     }
 }

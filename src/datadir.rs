@@ -115,7 +115,7 @@ impl DataDir {
                 b
             }
         };
-        let store = backend.open()?;
+        let store = backend.open_with(&config)?;
         Ok(DataDir { root, _lock: lock, backend, config, store, env: None })
     }
 

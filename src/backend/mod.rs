@@ -1,8 +1,9 @@
 //! Object stores: the trait every backend implements, the key layout, the SCO object
-//! format, the local-directory store (embedded default) and the uploader.
+//! format, the local-directory store (embedded default), the S3 store and the uploader.
 
 pub mod keys;
 pub mod local;
+pub mod s3;
 pub mod sco_object;
 pub mod sco_reader;
 pub mod uploader;

@@ -2,6 +2,8 @@
 //! data patterns.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::Path;
 
 use logdisk::config::{ByteSize, Config};
