@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
 pub mod sco_object;
 pub mod sco_reader;

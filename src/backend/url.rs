@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::backend::local::LocalStore;
+#[cfg(feature = "s3")]
 use crate::backend::s3::S3Store;
 use crate::backend::ObjectStore;
 use crate::config::Config;
@@ -84,9 +85,17 @@ impl BackendUrl {
         match self {
             BackendUrl::File(p) => Ok(Arc::new(LocalStore::open(p)?)),
             BackendUrl::S3 { bucket, prefix } => {
-                let mut s3 = config.s3.clone();
-                s3.read_timeout_secs.get_or_insert(config.io.backend_read_timeout_secs);
-                Ok(Arc::new(S3Store::open(bucket, prefix, &s3)?))
+                #[cfg(feature = "s3")]
+                {
+                    let mut s3 = config.s3.clone();
+                    s3.read_timeout_secs.get_or_insert(config.io.backend_read_timeout_secs);
+                    Ok(Arc::new(S3Store::open(bucket, prefix, &s3)?))
+                }
+                #[cfg(not(feature = "s3"))]
+                {
+                    let _ = (bucket, prefix, config);
+                    Err(Error::Config("this logdisk was built without S3 support (cargo feature \"s3\")".into()))
+                }
             }
         }
     }

@@ -23,7 +23,9 @@ pub struct GlobalOpts {
     /// Local state: write buffer, read cache, metadata [default: ./logdisk-data]
     #[arg(long, global = true, value_name = "DIR", env = "LOGDISK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Object store URL: file:///path [default: file://<data-dir>/objects; recorded at first use]
+    /// Object store URL: file:///path or s3://BUCKET/PREFIX (endpoint, region, credentials from
+    /// AWS_* variables, profiles or the [s3] config section) [default: file://<data-dir>/objects;
+    /// recorded at first use]
     #[arg(long, global = true, value_name = "URL", env = "LOGDISK_BACKEND")]
     pub backend: Option<String>,
     /// TOML configuration file (every key has a default)

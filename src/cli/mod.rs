@@ -20,7 +20,10 @@ fn init_logging(verbose: u8, default: &str) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // The AWS SDK logs the access key id at debug level: keep its crates at info or
+    // quieter unless RUST_LOG asks otherwise.
+    let quiet = "aws_smithy_runtime=info,aws_smithy_runtime_api=info,aws_config=info,aws_sdk_s3=info,aws_sigv4=info,hyper=info,hyper_util=info,h2=info,rustls=info";
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},{quiet}")));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
