@@ -1,7 +1,9 @@
 //! Ranged reads of SCO objects: fetch the footer and index once (kept in a bounded
 //! in-memory table), then fetch only the frames covering a range and decode them,
 //! verifying each frame's checksum. Concurrent reads of the same frames share one fetch
-//! (single flight).
+//! (single flight), and the most recently fetched frames stay in a bounded staging area
+//! so that reads right after a fetch (read-ahead) are served while the read cache is
+//! still being filled in the background.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use super::ObjectStore;
 use crate::error::{Error, Result};
 
 const INDEX_CACHE_ENTRIES: usize = 2048;
+/// Bytes of recently fetched frames kept in memory.
+const STAGING_BYTES: usize = 32 << 20;
 /// First tail fetch: footer plus the index of a 32 MiB SCO with 64 KiB frames.
 const TAIL_GUESS: u64 = 16 << 10;
 
@@ -30,6 +34,7 @@ pub struct ScoReader {
     store: Arc<dyn ObjectStore>,
     indexes: Mutex<HashMap<String, Arc<ScoIndex>>>,
     flights: Mutex<HashMap<(String, usize, usize), Arc<Flight>>>,
+    staged: Mutex<std::collections::VecDeque<(String, Frames)>>,
     fetches: std::sync::atomic::AtomicU64,
 }
 
@@ -39,6 +44,7 @@ impl ScoReader {
             store,
             indexes: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            staged: Mutex::new(std::collections::VecDeque::new()),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -84,6 +90,9 @@ impl ScoReader {
             key: key.to_string(),
             detail: format!("range {off}+{len} is beyond the SCO's {} bytes", index.raw_len),
         })?;
+        if let Some(hit) = self.staged_covering(key, off, len) {
+            return Ok(hit);
+        }
         let id = (key.to_string(), first, last);
         let (flight, leader) = {
             let mut f = self.flights.lock();
@@ -107,6 +116,9 @@ impl ScoReader {
             };
         }
         let res = self.fetch_frames(key, &index, first, last);
+        if let Ok(frames) = &res {
+            self.stage(key, frames.clone());
+        }
         *flight.result.lock() = Some(match &res {
             Ok(frames) => Ok(frames.clone()),
             Err(e) => Err(e.to_string()),
@@ -114,6 +126,26 @@ impl ScoReader {
         flight.cv.notify_all();
         self.flights.lock().remove(&id);
         res
+    }
+
+    /// Staged frames that cover `[off, off+len)` of `key`.
+    fn staged_covering(&self, key: &str, off: u64, len: u64) -> Option<Frames> {
+        let st = self.staged.lock();
+        st.iter()
+            .rev()
+            .find(|(k, (start, data))| k == key && *start <= off && off + len <= start + data.len() as u64)
+            .map(|(_, f)| f.clone())
+    }
+
+    fn stage(&self, key: &str, frames: Frames) {
+        let mut st = self.staged.lock();
+        st.push_back((key.to_string(), frames));
+        let mut total: usize = st.iter().map(|(_, (_, d))| d.len()).sum();
+        while total > STAGING_BYTES && st.len() > 1 {
+            if let Some((_, (_, d))) = st.pop_front() {
+                total -= d.len();
+            }
+        }
     }
 
     fn fetch_frames(&self, key: &str, index: &ScoIndex, first: usize, last: usize) -> Result<Frames> {
@@ -136,9 +168,10 @@ impl ScoReader {
         Ok((raw_start, Arc::new(out)))
     }
 
-    /// Forget a cached index (object deleted).
+    /// Forget a cached index and staged frames (object deleted).
     pub fn forget(&self, key: &str) {
         self.indexes.lock().remove(key);
+        self.staged.lock().retain(|(k, _)| k != key);
     }
 }
 

@@ -694,14 +694,19 @@ impl Volume {
                 tracing::error!(volume = %self.name, object = %okey, error = %e, "read from the object store failed");
                 e
             })?;
+            // Fill the cache with every whole block fetched, in the background.
             let first_block = raw_start.div_ceil(BLOCK as u64);
-            let mut b = first_block;
-            while (b + 1) * BLOCK as u64 <= raw_start + data.len() as u64 {
-                let at = (b * BLOCK as u64 - raw_start) as usize;
-                self.env
-                    .cache
-                    .insert(BlockKey { owner: self.owner, sco: loc.sco, block: b as u32 }, &data[at..at + BLOCK]);
-                b += 1;
+            let last_block = (raw_start + data.len() as u64) / BLOCK as u64;
+            if last_block > first_block {
+                ReadCache::insert_blocks_async(
+                    &self.env.cache,
+                    self.owner,
+                    loc.sco,
+                    first_block,
+                    data.clone(),
+                    (first_block * BLOCK as u64 - raw_start) as usize,
+                    (last_block - first_block) as usize,
+                );
             }
             iov::sub_range(iovs, pos - start, end - pos, &mut sub);
             let at = (pos - raw_start) as usize;

@@ -4,12 +4,17 @@
 //! sets a reference bit, the hand clears bits and evicts the first unreferenced slot),
 //! which keeps hot blocks. Readers read slots without holding the lock and re-check a
 //! per-slot version afterwards, so an eviction racing a read is detected and retried.
+//! Fills from object-store fetches are written by a background thread (bounded backlog;
+//! a fill that does not fit is dropped — it is only a cache), so a cold read does not
+//! wait for hundreds of small cache writes.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -42,7 +47,22 @@ pub struct ReadCache {
     index: Mutex<Index>,
     hits: AtomicU64,
     misses: AtomicU64,
+    filler: Mutex<Option<SyncSender<Fill>>>,
+    fill_backlog: AtomicU64,
 }
+
+/// Blocks to write into the cache in the background.
+struct Fill {
+    owner: u32,
+    sco: u64,
+    first_block: u64,
+    data: Arc<Vec<u8>>,
+    start: usize,
+    blocks: usize,
+}
+
+/// Most bytes of fills waiting for the background writer.
+const MAX_FILL_BACKLOG: u64 = 64 << 20;
 
 impl ReadCache {
     /// Create (replacing any old one) a cache of `size` bytes in file `path`.
@@ -76,6 +96,8 @@ impl ReadCache {
             }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            filler: Mutex::new(None),
+            fill_backlog: AtomicU64::new(0),
         })
     }
 
@@ -167,6 +189,51 @@ impl ReadCache {
         ix.map.insert(key, slot as u32);
     }
 
+    /// Insert `blocks` whole blocks of SCO `sco` from `first_block`, taken from
+    /// `data[start..]`, in the background. Dropped when the backlog is full.
+    pub fn insert_blocks_async(
+        self: &Arc<Self>,
+        owner: u32,
+        sco: u64,
+        first_block: u64,
+        data: Arc<Vec<u8>>,
+        start: usize,
+        blocks: usize,
+    ) {
+        let bytes = (blocks * BLOCK) as u64;
+        if blocks == 0 || self.fill_backlog.load(Ordering::Relaxed) + bytes > MAX_FILL_BACKLOG {
+            return;
+        }
+        let mut filler = self.filler.lock();
+        if filler.is_none() {
+            let (tx, rx) = sync_channel::<Fill>(256);
+            let weak: Weak<ReadCache> = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new().name("cache-fill".into()).spawn(move || {
+                for f in rx.iter() {
+                    let Some(cache) = weak.upgrade() else { break };
+                    for i in 0..f.blocks {
+                        let at = f.start + i * BLOCK;
+                        let key = BlockKey { owner: f.owner, sco: f.sco, block: (f.first_block + i as u64) as u32 };
+                        cache.insert(key, &f.data[at..at + BLOCK]);
+                    }
+                    cache.fill_backlog.fetch_sub((f.blocks * BLOCK) as u64, Ordering::Relaxed);
+                }
+            });
+            match spawned {
+                Ok(_) => *filler = Some(tx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the read-cache filler");
+                    return;
+                }
+            }
+        }
+        let tx = filler.as_ref().expect("filler");
+        self.fill_backlog.fetch_add(bytes, Ordering::Relaxed);
+        if tx.try_send(Fill { owner, sco, first_block, data, start, blocks }).is_err() {
+            self.fill_backlog.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Drop every entry of one SCO (its object was deleted).
     pub fn forget_sco(&self, owner: u32, sco: u64) {
         let mut ix = self.index.lock();
@@ -227,5 +294,15 @@ mod tests {
         assert_eq!(present, 14);
         c.forget_sco(o, 1);
         assert!(!c.read(key(3), 0, &[out.as_iovec()]));
+        // Background fills land eventually.
+        let c = Arc::new(c);
+        let data = Arc::new((0..4 * BLOCK).map(|i| (i / BLOCK) as u8 + 40).collect::<Vec<u8>>());
+        c.insert_blocks_async(o, 7, 10, data, BLOCK, 3);
+        let t0 = std::time::Instant::now();
+        while !c.read(BlockKey { owner: o, sco: 7, block: 12 }, 0, &[out.as_iovec()]) {
+            assert!(t0.elapsed().as_secs() < 5, "background fill never landed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(out[0], 43);
     }
 }
