@@ -76,7 +76,7 @@ pub struct VolumeInfo {
     pub objects: u64,
     /// Local bytes not yet uploaded.
     pub pending_upload_bytes: u64,
-    /// Uploaded raw SCO bytes / stored bytes since open (1.0 when nothing was uploaded).
+    /// Raw bytes of the SCO objects / their stored bytes (1.0 when there are none).
     pub compression_ratio: f64,
     pub map_memory_bytes: u64,
 }
@@ -255,6 +255,17 @@ impl DataDir {
         let m = vol.meta();
         let objs = self.store.list(&keys::volume_prefix(&m.name))?;
         let s = vol.stats();
+        // Compression: raw bytes of the SCOs in the store / their stored bytes.
+        let raw_sizes = vol.sealed_sco_bytes();
+        let (mut raw, mut stored) = (0u64, 0u64);
+        for o in &objs {
+            if let Some((_, "sco", n)) = keys::parse_data_key(&m.name, &o.key) {
+                if let Some(r) = raw_sizes.get(&n) {
+                    raw += r;
+                    stored += o.size;
+                }
+            }
+        }
         Ok(VolumeInfo {
             name: m.name.clone(),
             size: m.size,
@@ -268,11 +279,7 @@ impl DataDir {
             stored_bytes: objs.iter().map(|o| o.size).sum(),
             objects: objs.len() as u64,
             pending_upload_bytes: s.wb_bytes,
-            compression_ratio: if s.uploaded_stored_bytes == 0 {
-                1.0
-            } else {
-                s.uploaded_bytes as f64 / s.uploaded_stored_bytes as f64
-            },
+            compression_ratio: if stored == 0 { 1.0 } else { raw as f64 / stored as f64 },
             map_memory_bytes: s.map_memory_bytes,
         })
     }

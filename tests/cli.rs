@@ -56,6 +56,17 @@ fn import_export_round_trip_and_fresh_data_dir() {
     assert_eq!(v["size"], size as u64);
     assert_eq!(v["written_bytes"], (size - (4 << 20)) as u64);
     assert_eq!(v["backend"], backend);
+    // Compression is reported for what is in the object store, also from a fresh host.
+    let text: Vec<u8> = (0..(8 << 20)).map(|i: usize| b"logdisk compresses text "[i % 24]).collect();
+    std::fs::write(d.join("text"), &text).unwrap();
+    ok(d, &["volume", "import", "txt", "text", "--create"]);
+    let info = ok(d, &["--data-dir", "fresh", "volume", "info", "txt", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(v["compression_ratio"].as_f64().unwrap() > 10.0, "{info}");
+    let info = ok(d, &["--data-dir", "fresh", "volume", "info", "vm", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let r = v["compression_ratio"].as_f64().unwrap();
+    assert!((0.9..1.1).contains(&r), "random data stays about 1:1, got {r}");
     // ... and a different backend for that data dir is refused.
     fails(d, &["--data-dir", "fresh", "--backend", "file:///tmp/elsewhere", "volume", "list"], "belongs to backend");
     // Delete.

@@ -58,8 +58,12 @@ impl LocalStore {
             if ft.is_dir() {
                 self.walk(&entry.path(), &key, prefix, out)?;
             } else if key.starts_with(prefix) {
-                let size = entry.metadata().ctx(|| format!("cannot stat {key}"))?.len();
-                out.push(ObjectInfo { key, size });
+                // An object deleted while we list is simply not listed.
+                match entry.metadata() {
+                    Ok(md) => out.push(ObjectInfo { key, size: md.len() }),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(format!("cannot stat {key}"), e)),
+                }
             }
         }
         Ok(())

@@ -1,17 +1,20 @@
-//! Metadata checkpoints: the whole cluster map as of the end of an epoch, so a restart
-//! loads it and replays only later TLogs. Stored as `<volume>/meta/checkpoint/<epoch>`:
-//! LZ4 of `magic | epoch u64 | clusters u64 | n_runs u64 | runs | crc32c u32`, where a
-//! run is `cluster u64 | count u32 | first entry u64` (locations consecutive, or a
-//! repeated ZERO marker).
+//! Metadata checkpoints: the whole cluster map as of the end of an epoch, plus the raw
+//! size of every sealed SCO, so a restart loads it and replays only later TLogs. Stored
+//! as `<volume>/meta/checkpoint/<epoch>`: LZ4 of `magic | epoch u64 | clusters u64 |
+//! n_runs u64 | runs | n_scos u64 | (sco u64, clusters u32)* | crc32c u32`, where a run is
+//! `cluster u64 | count u32 | first entry u64` (locations consecutive, or a repeated ZERO
+//! marker).
+
+use std::collections::BTreeMap;
 
 use super::location::{Location, ZERO};
 use super::map::ClusterMap;
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"LDCKPT01";
+const MAGIC: &[u8; 8] = b"LDCKPT02";
 
-/// Serialize `map` as of the end of `epoch`.
-pub fn encode(map: &ClusterMap, epoch: u64) -> Vec<u8> {
+/// Serialize `map` and the sealed SCOs' sizes (in clusters) as of the end of `epoch`.
+pub fn encode(map: &ClusterMap, sco_sizes: &BTreeMap<u64, u32>, epoch: u64) -> Vec<u8> {
     let mut runs: Vec<(u64, u32, u64)> = Vec::new();
     map.for_each_mapped(|c, e| {
         if let Some((rc, rn, re)) = runs.last_mut() {
@@ -41,13 +44,21 @@ pub fn encode(map: &ClusterMap, epoch: u64) -> Vec<u8> {
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&e.to_le_bytes());
     }
+    out.extend_from_slice(&(sco_sizes.len() as u64).to_le_bytes());
+    for (sco, n) in sco_sizes {
+        out.extend_from_slice(&sco.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     lz4_flex::block::compress_prepend_size(&out)
 }
 
-/// Decode a checkpoint into `(epoch, map)`.
-pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<(u64, ClusterMap)> {
+/// What a checkpoint holds.
+pub type Decoded = (u64, ClusterMap, BTreeMap<u64, u32>);
+
+/// Decode a checkpoint into `(epoch, map, sco sizes)`.
+pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<Decoded> {
     let bad = |d: &str| Error::Corrupt { key: key.to_string(), detail: d.to_string() };
     let raw = lz4_flex::block::decompress_size_prepended(bytes).map_err(|_| bad("cannot decompress checkpoint"))?;
     if raw.len() < 36 || &raw[..8] != MAGIC {
@@ -63,8 +74,16 @@ pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<(u64, ClusterMap
         return Err(bad("checkpoint is for a different volume size"));
     }
     let n = u64_at(24) as usize;
-    if body.len() != 32 + n * 20 {
+    let sizes_at = n.checked_mul(20).and_then(|b| b.checked_add(32)).filter(|&a| a + 8 <= body.len());
+    let Some(sizes_at) = sizes_at else { return Err(bad("checkpoint length mismatch")) };
+    let n_scos = u64_at(sizes_at) as usize;
+    if Some(body.len()) != n_scos.checked_mul(12).and_then(|b| b.checked_add(sizes_at + 8)) {
         return Err(bad("checkpoint length mismatch"));
+    }
+    let mut sizes = BTreeMap::new();
+    for i in 0..n_scos {
+        let at = sizes_at + 8 + i * 12;
+        sizes.insert(u64_at(at), u32::from_le_bytes(body[at + 8..at + 12].try_into().unwrap()));
     }
     let mut map = ClusterMap::new(clusters);
     for r in 0..n {
@@ -92,7 +111,7 @@ pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<(u64, ClusterMap
             None => return Err(bad("checkpoint has an unmapped run")),
         }
     }
-    Ok((epoch, map))
+    Ok((epoch, map, sizes))
 }
 
 #[cfg(test)]
@@ -109,9 +128,11 @@ mod tests {
         m.set(5001, ZERO);
         m.set(7000, Location::new(9, 1).pack());
         m.set(7001, Location::new(8, 2).pack());
-        let b = encode(&m, 42);
-        let (e, d) = decode("k", &b, 100_000).unwrap();
+        let sizes = BTreeMap::from([(3u64, 1000u32), (8, 3), (9, 2)]);
+        let b = encode(&m, &sizes, 42);
+        let (e, d, s) = decode("k", &b, 100_000).unwrap();
         assert_eq!(e, 42);
+        assert_eq!(s, sizes);
         let mut a = vec![];
         let mut z = vec![];
         m.for_each_mapped(|c, e| a.push((c, e)));

@@ -118,7 +118,9 @@ pub(crate) struct State {
     /// Bytes of local SCO data already uploaded (evictable).
     pub kept_bytes: u64,
     pub last_checkpoint: u64,
-    pub checkpoint_due: Option<(u64, ClusterMap)>,
+    pub checkpoint_due: Option<(u64, ClusterMap, BTreeMap<u64, u32>)>,
+    /// Clusters of data in every sealed SCO (raw size), by SCO number.
+    pub sco_sizes: BTreeMap<u64, u32>,
     pub checkpoint_running: bool,
     pub last_sealed: u64,
     pub last_uploaded: u64,
@@ -760,6 +762,11 @@ pub struct VolumeStats {
 }
 
 impl Volume {
+    /// Raw bytes of every sealed SCO, by SCO number.
+    pub fn sealed_sco_bytes(&self) -> BTreeMap<u64, u64> {
+        self.state.lock().sco_sizes.iter().map(|(k, v)| (*k, (*v as u64) << self.shift)).collect()
+    }
+
     pub fn stats(&self) -> VolumeStats {
         let st = self.state.lock();
         VolumeStats {

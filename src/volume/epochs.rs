@@ -3,6 +3,7 @@
 //! the TLog that references it), after which local copies become evictable and
 //! metadata checkpoints are written. Also the volume's clean close (seal + drain).
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::error::{Error, IoContext, Result};
 enum Job {
     Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
     Tlog { epoch: u64 },
-    Checkpoint { epoch: u64, map: super::map::ClusterMap },
+    Checkpoint { epoch: u64, map: super::map::ClusterMap, sizes: BTreeMap<u64, u32> },
 }
 
 /// Result of closing a volume.
@@ -62,8 +63,9 @@ impl Volume {
                 },
             );
             st.last_sealed = o.epoch;
+            st.sco_sizes.insert(o.epoch, o.next_index);
             if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
-                st.checkpoint_due = Some((o.epoch, st.map.clone()));
+                st.checkpoint_due = Some((o.epoch, st.map.clone(), st.sco_sizes.clone()));
             }
         }
         if !open_next {
@@ -152,11 +154,11 @@ impl Volume {
             }
         }
         if !st.checkpoint_running {
-            if let Some((e, _)) = &st.checkpoint_due {
+            if let Some((e, _, _)) = &st.checkpoint_due {
                 if *e <= st.last_uploaded {
-                    let (epoch, map) = st.checkpoint_due.take().unwrap();
+                    let (epoch, map, sizes) = st.checkpoint_due.take().unwrap();
                     st.checkpoint_running = true;
-                    return Some(Job::Checkpoint { epoch, map });
+                    return Some(Job::Checkpoint { epoch, map, sizes });
                 }
             }
         }
@@ -191,14 +193,19 @@ impl Volume {
                     Err(e) => Err(e),
                 }
             }
-            Job::Checkpoint { epoch, map } => self.write_checkpoint(*epoch, map),
+            Job::Checkpoint { epoch, map, sizes } => self.write_checkpoint(*epoch, map, sizes),
         }
     }
 
-    pub(crate) fn write_checkpoint(&self, epoch: u64, map: &super::map::ClusterMap) -> Result<()> {
+    pub(crate) fn write_checkpoint(
+        &self,
+        epoch: u64,
+        map: &super::map::ClusterMap,
+        sizes: &BTreeMap<u64, u32>,
+    ) -> Result<()> {
         let store = &self.env.store;
         let key = keys::checkpoint(&self.name, epoch);
-        match store.put(&key, &checkpoint::encode(map, epoch)) {
+        match store.put(&key, &checkpoint::encode(map, sizes, epoch)) {
             Ok(()) | Err(Error::ObjectExists(_)) => {}
             Err(e) => return Err(e),
         }
@@ -251,10 +258,10 @@ impl Volume {
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
                 st.upload_error = Some(e.to_string());
-                if let Job::Checkpoint { epoch, map } = job {
+                if let Job::Checkpoint { epoch, map, sizes } = job {
                     st.checkpoint_running = false;
                     if st.checkpoint_due.is_none() {
-                        st.checkpoint_due = Some((epoch, map));
+                        st.checkpoint_due = Some((epoch, map, sizes));
                     }
                 } else if let Some(u) = st.uploads.get_mut(&epoch) {
                     u.attempts += 1;
@@ -304,14 +311,14 @@ impl Volume {
         let pending_bytes = st.wb_bytes;
         let final_cp = if drained && st.last_uploaded > st.last_checkpoint {
             st.checkpoint_due = None;
-            Some((st.last_uploaded, st.map.clone()))
+            Some((st.last_uploaded, st.map.clone(), st.sco_sizes.clone()))
         } else {
             None
         };
         st.closed = true;
         drop(st);
-        if let Some((epoch, map)) = final_cp {
-            self.write_checkpoint(epoch, &map)?;
+        if let Some((epoch, map, sizes)) = final_cp {
+            self.write_checkpoint(epoch, &map, &sizes)?;
             self.state.lock().last_checkpoint = epoch;
         }
         if drained {

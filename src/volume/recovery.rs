@@ -87,6 +87,7 @@ impl Volume {
 
         // Newest valid checkpoint.
         let mut map = ClusterMap::new(clusters);
+        let mut sco_sizes: BTreeMap<u64, u32> = BTreeMap::new();
         let mut cp_epoch = 0u64;
         let mut cps: Vec<u64> =
             store.list(&keys::checkpoint_prefix(&name))?.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
@@ -94,9 +95,10 @@ impl Volume {
         for &c in cps.iter().rev() {
             let key = keys::checkpoint(&name, c);
             match store.get(&key).and_then(|b| checkpoint::decode(&key, &b, clusters)) {
-                Ok((e, m)) => {
+                Ok((e, m, sizes)) => {
                     cp_epoch = e;
                     map = m;
+                    sco_sizes = sizes;
                     break;
                 }
                 Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
@@ -117,6 +119,9 @@ impl Volume {
                 for r in &p.records {
                     apply(&mut map, r, key)?;
                 }
+                if let Some((sco, n)) = p.sealed() {
+                    sco_sizes.insert(sco, n);
+                }
                 last_uploaded = e;
                 if local_tlogs.contains(&e) {
                     let _ = fs::remove_file(&local_path);
@@ -132,8 +137,11 @@ impl Volume {
                 for r in &p.records {
                     apply(&mut map, r, &key)?;
                 }
-                if p.sealed().is_none() || p.torn {
-                    unsealed_local.push((e, p.valid_len, p.batches));
+                match p.sealed() {
+                    Some((sco, n)) if !p.torn => {
+                        sco_sizes.insert(sco, n);
+                    }
+                    _ => unsealed_local.push((e, p.valid_len, p.batches)),
                 }
             } else if e > last_uploaded {
                 // A gap: an epoch's TLog is neither local nor uploaded.
@@ -159,6 +167,7 @@ impl Volume {
             kept_bytes: 0,
             last_checkpoint: cp_epoch,
             checkpoint_due: None,
+            sco_sizes,
             checkpoint_running: false,
             last_sealed: last_tlog,
             last_uploaded,
@@ -195,6 +204,7 @@ impl Volume {
                 .ctx(|| format!("cannot open {}", path.display()))?;
             f.set_len(valid_len).ctx(|| format!("cannot truncate {}", path.display()))?;
             let clusters = state.local.get(&e).map(|l| l.clusters).unwrap_or(0);
+            state.sco_sizes.insert(e, clusters);
             let mut w = TlogWriter::new(f, e, valid_len, batches);
             let mut payload = Vec::new();
             Record::Seal { sco: e, clusters }.encode(&mut payload);
