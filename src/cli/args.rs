@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Socket group (name or gid), for a hypervisor running as another user
     #[arg(long)]
     pub socket_group: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101) at /metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

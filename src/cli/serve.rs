@@ -67,6 +67,10 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
     let root = dd.root().to_path_buf();
     let state = Arc::new(DaemonState { data_dir: Mutex::new(dd), served });
     let mut control = ControlServer::start(&root, state.clone())?;
+    if let Some(addr) = &args.metrics {
+        let local = logdisk::control::metrics::start(addr, state.clone())?;
+        println!("metrics on http://{local}/metrics");
+    }
 
     let mut devices = Vec::new();
     for (name, vol) in &order {

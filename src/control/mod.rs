@@ -2,6 +2,7 @@
 //! one JSON request per line and reads one JSON response per line.
 
 pub mod client;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 

@@ -762,6 +762,11 @@ pub struct VolumeStats {
 }
 
 impl Volume {
+    /// Read-cache (hits, misses) of the daemon's shared cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.env.cache.stats()
+    }
+
     /// Raw bytes of every sealed SCO, by SCO number.
     pub fn sealed_sco_bytes(&self) -> BTreeMap<u64, u64> {
         self.state.lock().sco_sizes.iter().map(|(k, v)| (*k, (*v as u64) << self.shift)).collect()

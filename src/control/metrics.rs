@@ -1,0 +1,104 @@
+//! Prometheus text endpoint of a running daemon (`serve --metrics ADDR`): per-volume IO
+//! counters, write-buffer fill, upload lag and throughput, read-cache hits.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::server::DaemonState;
+use crate::error::{IoContext, Result};
+
+/// Render every metric in the Prometheus text format.
+pub fn render(state: &DaemonState) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, f64)>| {
+        out.push_str(&format!("# HELP logdisk_{name} {help}\n# TYPE logdisk_{name} {kind}\n"));
+        for (labels, v) in values {
+            out.push_str(&format!("logdisk_{name}{labels} {v}\n"));
+        }
+    };
+    let vols: Vec<_> = {
+        let mut v: Vec<_> = state.served.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    };
+    let label = |n: &str| format!("{{volume=\"{n}\"}}");
+    type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
+    let series: [(&str, &str, &str, Get); 11] = [
+        ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
+        ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
+        ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
+        ("write_bytes_total", "counter", "Bytes written.", |v, _| v.counters.write_bytes.load(Ordering::Relaxed) as f64),
+        ("flushes_total", "counter", "Flushes.", |v, _| v.counters.flushes.load(Ordering::Relaxed) as f64),
+        ("throttled_total", "counter", "Writes that waited for a full write buffer.", |v, _| {
+            v.counters.throttled.load(Ordering::Relaxed) as f64
+        }),
+        ("uploaded_bytes_total", "counter", "Raw SCO bytes uploaded.", |_, s| s.uploaded_bytes as f64),
+        ("uploaded_stored_bytes_total", "counter", "Stored (compressed) SCO bytes uploaded.", |_, s| {
+            s.uploaded_stored_bytes as f64
+        }),
+        ("write_buffer_bytes", "gauge", "Local data not yet in the object store.", |_, s| s.wb_bytes as f64),
+        ("upload_lag_epochs", "gauge", "Sealed epochs waiting for upload.", |_, s| s.pending_epochs as f64),
+        ("upload_failing", "gauge", "1 while the last upload attempt failed.", |_, s| {
+            if s.upload_error.is_some() {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+    ];
+    let stats: Vec<_> = vols.iter().map(|(_, v)| v.stats()).collect();
+    for (name, kind, help, get) in series {
+        metric(name, kind, help, &mut vols.iter().zip(&stats).map(|((n, v), s)| (label(n), get(v, s))));
+    }
+    if let Some((_, v)) = vols.first() {
+        let (hits, misses) = v.cache_stats();
+        metric("read_cache_hits_total", "counter", "Read-cache block hits.", &mut std::iter::once((String::new(), hits as f64)));
+        metric(
+            "read_cache_misses_total",
+            "counter",
+            "Read-cache block misses.",
+            &mut std::iter::once((String::new(), misses as f64)),
+        );
+    }
+    out
+}
+
+/// Serve `GET /metrics` on `addr` in a background thread.
+pub fn start(addr: &str, state: Arc<DaemonState>) -> Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr).ctx(|| format!("cannot listen on {addr} for metrics"))?;
+    let local = listener.local_addr().ctx(|| "metrics socket".into())?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &state);
+            }
+        })
+        .ctx(|| "cannot start the metrics thread".into())?;
+    Ok(local)
+}
+
+fn answer(mut conn: TcpStream, state: &DaemonState) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut first = String::new();
+    let mut reader = BufReader::new(conn.try_clone()?);
+    reader.read_line(&mut first)?;
+    // Drain the request headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let (status, body) = if first.starts_with("GET /metrics") || first.starts_with("GET / ") {
+        ("200 OK", render(state))
+    } else {
+        ("404 Not Found", "try /metrics\n".to_string())
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
