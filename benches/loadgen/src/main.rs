@@ -60,6 +60,9 @@ struct Args {
     /// Stop after this many requests (reads + writes; flushes not counted)
     #[arg(long)]
     ops: Option<u64>,
+    /// Sequential patterns: cover the region exactly once, then stop (each queue its share)
+    #[arg(long)]
+    once: bool,
     /// Seconds at the start that are not measured
     #[arg(long, default_value_t = 0.0)]
     ramp: f64,
@@ -400,12 +403,15 @@ fn run() -> Result<()> {
         prefill_seconds = Some(t0.elapsed().as_secs_f64());
     }
 
-    let time = match (a.time, a.ops) {
-        (Some(t), _) => Some(Duration::from_secs_f64(t)),
-        (None, Some(_)) => None,
-        (None, None) => Some(Duration::from_secs(10)),
+    if a.once && a.rw.random() {
+        bail!("--once is for sequential patterns (read, write)");
+    }
+    let time = match (a.time, a.ops, a.once) {
+        (Some(t), _, _) => Some(Duration::from_secs_f64(t)),
+        (None, None, false) => Some(Duration::from_secs(10)),
+        (None, _, _) => None,
     };
-    let spec = Spec { time, ops: a.ops, ramp: Duration::from_secs_f64(a.ramp), ..base };
+    let spec = Spec { time, ops: a.ops, once: a.once, ramp: Duration::from_secs_f64(a.ramp), ..base };
     let cpu0 = cpu_seconds();
     let t = run_phase(&mut ctxs, &spec, &depths)?;
     let cpu = cpu_seconds() - cpu0;

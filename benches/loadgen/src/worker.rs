@@ -191,9 +191,10 @@ pub fn run_queue(
     let bs = spec.bs;
     let sectors_per_block = bs / 512;
     let blocks_total = spec.len / bs;
-    // Sequential: this queue's share of the region.
-    let share = blocks_total / ctx.nq as u64;
-    let seq_first = spec.offset / 512 + ctx.q as u64 * share * sectors_per_block;
+    // Sequential: this queue's share of the region (the last queue also takes the rest).
+    let base_share = blocks_total / ctx.nq as u64;
+    let share = if ctx.q + 1 == ctx.nq { blocks_total - base_share * (ctx.nq as u64 - 1) } else { base_share };
+    let seq_first = spec.offset / 512 + ctx.q as u64 * base_share * sectors_per_block;
     let mut seq_next = 0u64;
     let ops_quota = spec.ops.map(|n| n / ctx.nq as u64 + u64::from((ctx.q as u64) < n % ctx.nq as u64));
     let ramp_end = start + spec.ramp;
