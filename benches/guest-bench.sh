@@ -233,7 +233,9 @@ boot() {
     n_disks=$(wc -w <<<"$devs")
     # per disk: prefill at >= 20 MB/s, each job with ramp+settle, plus a few minutes of margin
     timeout=$(( 300 + n_disks * (SIZE_MIB / 20 + ${#SEL[@]} * (RUNTIME + RAMP + SETTLE + 15)) ))
-    console="$OUT/console-r$round-$(tr ' :' '_-' <<<"$devs").log"
+    local tag
+    tag="r$round-$(tr ' :' '_-' <<<"$devs")"
+    console="$OUT/console-$tag.log"
     local -a sargs=()
     local s
     for s in "$@"; do sargs+=(--socket "$s"); done
@@ -241,7 +243,7 @@ boot() {
     exec {fd}< <("$REPO/tests/guest/run-guest.sh" "${sargs[@]}" --script "$TMP/guest-fio.sh" \
         --queues "$QUEUES" --cpus "$CPUS" --mem "$MEM" --timeout "$timeout" --log "$console" \
         --env DEVS="$devs" --env JOBS="${SEL[*]}" --env RUNTIME="$RUNTIME" --env RAMP="$RAMP" \
-        --env SETTLE="$SETTLE" --env ENGINE="$ENGINE" --env PREFILL="$prefill" 2>"$OUT/run-guest-r$round.err")
+        --env SETTLE="$SETTLE" --env ENGINE="$ENGINE" --env PREFILL="$prefill" 2>"$OUT/run-guest-$tag.err")
     RG_PID=$!
     while IFS= read -r line <&"$fd"; do
         [[ $VERBOSE -eq 1 ]] && printf '%s\n' "$line"
@@ -263,7 +265,7 @@ boot() {
     set -e
     RG_PID=""
     if [[ $rc -ne 0 ]]; then
-        tail -n 5 "$OUT/run-guest-r$round.err" >&2
+        tail -n 5 "$OUT/run-guest-$tag.err" >&2
         tail -n 20 "$console" >&2
         die "guest run failed (run-guest exit $rc); console: $console"
     fi
@@ -288,9 +290,10 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # ------------------------------------------------------------------ report
-python3 - "$OUT" "$MARKS" "$(getconf CLK_TCK)" "$SIZE" "$QUEUES" "$ENGINE" "$RUNTIME" "$ROUNDS" "$PER_BACKEND" <<'PY'
+python3 - "$OUT" "$MARKS" "$(getconf CLK_TCK)" "$SIZE" "$QUEUES" "$ENGINE" "$RUNTIME" "$ROUNDS" "$PER_BACKEND" \
+    "${SEL[*]}" <<'PY'
 import glob, json, os, re, statistics, sys
-out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend = sys.argv[1:10]
+out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend, job_order = sys.argv[1:11]
 tck = float(tck)
 
 # fio JSON blocks from the consoles
@@ -356,10 +359,8 @@ for (rnd, job, be), data in sorted(runs.items()):
     r["guest_cpu_usr_sys"] = [j["usr_cpu"], j["sys_cpu"]]
     rows.append(r)
 
-jobs = []
-for r in rows:
-    if r["job"] != "prefill" and r["job"] not in jobs:
-        jobs.append(r["job"])
+present = {r["job"] for r in rows}
+jobs = [j for j in job_order.split() if j in present]
 def med(job, be, key):
     vals = [r[key] for r in rows if r["job"] == job and r["backend"] == be and r.get(key) is not None]
     return statistics.median(vals) if vals else float("nan")
