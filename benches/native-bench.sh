@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Native comparison: logdisk vs qemu-storage-daemon, driven by benches/loadgen (no VM).
+#
+#   benches/native-bench.sh [options]
+#
+# Both backends run at the same time on the same disk (a temp dir that is not tmpfs):
+# logdisk serves a volume of --region bytes from a data dir with the embedded default
+# object store (a local directory, uploads running); qemu-storage-daemon exports a raw file
+# of the same size (cache.direct=on, aio=io_uring). Both are prefilled with 1 MiB writes.
+# Then, --runs times, every job runs on both backends one after the other (the order
+# alternates from run to run), and the table shows the median per backend and the ratio
+# logdisk/qsd:
+#   randwrite-4k-qd32   4 KiB random writes, 32 in flight
+#   randread-4k-qd32    4 KiB random reads, 32 in flight (the region was written: cache hit)
+#   randread-4k-qd1     the same, one at a time
+#   read-1m-qd8         1 MiB sequential reads, 8 in flight
+#   write-1m-qd8        1 MiB sequential writes, 8 in flight
+#   writeflush-4k-qd1   4 KiB random write + FLUSH (waited for), one at a time; counts writes
+# Backend CPU: utime+stime of the backend process (from /proc/PID/stat) from the start of a
+# job until the backend is idle again after it (so logdisk's uploads caused by the job are
+# counted), divided by the job's IOs.
+#
+# Then (unless --no-restart) the memory and restart figures, on a separate logdisk data dir:
+# a --restart-size volume written completely (1 MiB writes, verify pattern), daemon RSS,
+# restart after kill -9 (time until the socket serves a read again), SIGTERM (drain) time,
+# restart after the clean stop, and restart from the object store alone (fresh data dir,
+# --backend file://<old data dir>/objects); each restart is followed by a read-back check.
+#
+# Options:
+#   --runs N            runs per job and backend (default 3; the median is reported)
+#   --time S            measured seconds per job (default 10), after --ramp
+#   --ramp S            unmeasured warm-up seconds per job (default 1)
+#   --region SIZE       volume and raw file size, the region every job covers (default 1G)
+#   --queues N          virtqueues on both backends and in the generator (default 2)
+#   --jobs LIST         comma-separated subset of the job names above
+#   --restart-size SIZE volume written for the memory/restart figures (default 4G)
+#   --no-restart        skip the memory/restart figures
+#   --only-restart      only the memory/restart figures
+#   --settle S          wait at most S seconds for a backend to go idle after a job (default 120)
+#   --dir DIR           where data dir and raw file go (default: $LOGDISK_BENCH_TMPDIR, $TMPDIR
+#                       or /tmp unless tmpfs, else ~/.cache/logdisk); a fresh temp dir inside
+#   --out DIR           results (default <target dir>/bench/native-<date>)
+#   --keep              keep the temp dir
+#   --no-build          use the binaries already built
+# Environment: CARGO_TARGET_DIR is honoured; LOGDISK_BIN / LOGDISK_LOADGEN override the binaries.
+#
+# Output: <out>/native-report.txt (the table), <out>/native-results.json (every run's raw
+# generator report plus CPU figures, and the restart figures), daemon logs.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+log() { printf '[native-bench] %s\n' "$*" >&2; }
+die() { printf '[native-bench] ERROR: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
+
+RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120
+DIR="" OUT="" KEEP=0 BUILD=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS=$2; shift 2 ;;
+        --time) TIME=$2; shift 2 ;;
+        --ramp) RAMP=$2; shift 2 ;;
+        --region) REGION=$2; shift 2 ;;
+        --queues) QUEUES=$2; shift 2 ;;
+        --jobs) JOBS=$2; shift 2 ;;
+        --restart-size) RESTART_SIZE=$2; shift 2 ;;
+        --no-restart) DO_RESTART=0; shift ;;
+        --only-restart) DO_BENCH=0; shift ;;
+        --settle) SETTLE=$2; shift 2 ;;
+        --dir) DIR=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
+[[ "$QUEUES" =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
+command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found (scripts/install-test-deps.sh installs it)"
+command -v python3 >/dev/null || die "python3 not found"
+
+# ------------------------------------------------------------------ binaries
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+if [[ $BUILD -eq 1 ]]; then
+    log "building logdisk and logdisk-loadgen (release)"
+    (cd "$REPO" && cargo build --release --quiet -p logdisk -p logdisk-loadgen) || die "cargo build failed"
+fi
+BIN=${LOGDISK_BIN:-$TARGET/release/logdisk}
+LOADGEN=${LOGDISK_LOADGEN:-$TARGET/release/logdisk-loadgen}
+[[ -x "$BIN" && -x "$LOADGEN" ]] || die "binaries not found in $TARGET/release (drop --no-build)"
+
+# ------------------------------------------------------------------ dirs + cleanup
+BASE=${DIR:-${LOGDISK_BENCH_TMPDIR:-${TMPDIR:-/tmp}}}
+if [[ -z "$DIR" && $(stat -f -c %T "$BASE") == tmpfs ]]; then
+    BASE=${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}
+fi
+mkdir -p "$BASE"
+[[ $(stat -f -c %T "$BASE") != tmpfs ]] || die "$BASE is tmpfs: O_DIRECT (cache.direct=on) needs a real disk; use --dir"
+TMP=$(mktemp -d "$BASE/logdisk-native-bench.XXXXXX")
+OUT=${OUT:-$TARGET/bench/native-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+RESULTS="$OUT/native-results.jsonl"
+: >"$RESULTS"
+
+PIDS=()
+cleanup() {
+    local rc=$? p
+    for p in "${PIDS[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null || true
+        fi
+    done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    if [[ $KEEP -eq 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    return $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+CLK_TCK=$(getconf CLK_TCK)
+# utime+stime of PID in clock ticks
+cpu_ticks() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    s=${s##*) }
+    # after "pid (comm) ": state=1 ... utime=12 stime=13
+    awk '{print $12 + $13}' <<<"$s"
+}
+rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+now() { printf '%s\n' "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }
+
+# Wait until PID uses (almost) no CPU: at most 1 tick per 0.5 s, or until --settle runs out.
+# Prints the seconds waited.
+settle() {
+    local pid=$1 t0 a b
+    t0=$(now)
+    a=$(cpu_ticks "$pid")
+    while :; do
+        sleep 0.5
+        b=$(cpu_ticks "$pid")
+        if [[ $((b - a)) -le 1 ]]; then break; fi
+        a=$b
+        if awk -v a="$t0" -v b="$(now)" -v m="$SETTLE" 'BEGIN {exit !(b - a > m)}'; then
+            log "warning: pid $pid still busy after ${SETTLE}s"
+            break
+        fi
+    done
+    elapsed "$t0" "$(now)"
+}
+
+# start_logdisk DATA_DIR SOCKET LOG [extra global args...]; sets LD_PID
+start_logdisk() {
+    local dd=$1 sock=$2 logf=$3
+    shift 3
+    rm -f "$sock"
+    "$BIN" --data-dir "$dd" "$@" serve --socket "$sock" --num-queues "$QUEUES" vm >>"$logf" 2>&1 &
+    LD_PID=$!
+    PIDS+=("$LD_PID")
+}
+# wait_serving PID LOG OLD_LINES: until the daemon prints "serving volume" after line OLD_LINES
+wait_serving() {
+    local pid=$1 logf=$2 skip=$3
+    for _ in $(seq 6000); do
+        tail -n +"$((skip + 1))" "$logf" | grep -q "^serving volume" && return 0
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$logf" >&2; die "logdisk exited while starting"; }
+        sleep 0.01
+    done
+    die "logdisk did not start within 60 s"
+}
+stop_pid() {  # SIGTERM and wait (no time limit: logdisk drains uploads for up to 120 s)
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------ the comparison
+ALL_JOBS=(randwrite-4k-qd32 randread-4k-qd32 randread-4k-qd1 read-1m-qd8 write-1m-qd8 writeflush-4k-qd1)
+job_args() {
+    case "$1" in
+        randwrite-4k-qd32) echo "--rw randwrite --bs 4k --iodepth 32" ;;
+        randread-4k-qd32)  echo "--rw randread --bs 4k --iodepth 32" ;;
+        randread-4k-qd1)   echo "--rw randread --bs 4k --iodepth 1" ;;
+        read-1m-qd8)       echo "--rw read --bs 1M --iodepth 8" ;;
+        write-1m-qd8)      echo "--rw write --bs 1M --iodepth 8" ;;
+        writeflush-4k-qd1) echo "--rw randwrite --bs 4k --iodepth 1 --fsync-every 1" ;;
+        *) return 1 ;;
+    esac
+}
+if [[ -n "$JOBS" ]]; then
+    IFS=, read -r -a SEL <<<"$JOBS"
+    for j in "${SEL[@]}"; do job_args "$j" >/dev/null || die "unknown job '$j' (one of: ${ALL_JOBS[*]})"; done
+else
+    SEL=("${ALL_JOBS[@]}")
+fi
+
+# run_job BACKEND PID SOCKET JOB RUN: one generator run, CPU measured; appends to $RESULTS
+run_job() {
+    local be=$1 pid=$2 sock=$3 job=$4 run=$5 c0 c1 c2 js settle_s
+    local -a args
+    read -r -a args <<<"$(job_args "$job")"
+    settle "$pid" >/dev/null
+    c0=$(cpu_ticks "$pid")
+    js=$("$LOADGEN" --socket "$sock" --queues "$QUEUES" --time "$TIME" --ramp "$RAMP" --json --quiet \
+        --label "$be/$job/$run" "${args[@]}") || die "$be $job run $run: the generator failed (see above)"
+    c1=$(cpu_ticks "$pid")
+    settle_s=$(settle "$pid")
+    c2=$(cpu_ticks "$pid")
+    kill -0 "$pid" 2>/dev/null || die "$be died during $job"
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+tck = float(sys.argv[6])
+r.update(backend=sys.argv[2], job=sys.argv[3], run=int(sys.argv[4]),
+         cpu_job_seconds=(int(sys.argv[7]) - int(sys.argv[5])) / tck,
+         cpu_seconds=(int(sys.argv[8]) - int(sys.argv[5])) / tck,
+         settle_seconds=float(sys.argv[9]))
+print(json.dumps(r))' "$js" "$be" "$job" "$run" "$c0" "$CLK_TCK" "$c1" "$c2" "$settle_s" >>"$RESULTS"
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1].splitlines()[-1])
+ops = max(r["reads"] + r["writes"], 1)
+print("[native-bench] %-8s %-18s run %d: %9.0f IOPS %8.1f MB/s  p50 %7.1f us  p99 %8.1f us  cpu %.2f s (%.1f us/IO; %.1f s settle)" % (
+    r["backend"], r["job"], r["run"], r["iops"], r["mb_s"], r["lat_us"]["p50"], r["lat_us"]["p99"],
+    r["cpu_seconds"], 1e6 * r["cpu_seconds"] / ops, r["settle_seconds"]))' "$(tail -n 1 "$RESULTS")" >&2
+}
+
+if [[ $DO_BENCH -eq 1 ]]; then
+    DD="$TMP/logdisk-data" RAW="$TMP/disk.raw"
+    LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
+    "$BIN" --data-dir "$DD" volume create vm --size "$REGION" >/dev/null || die "volume create failed"
+    start_logdisk "$DD" "$LSOCK" "$OUT/logdisk.log"
+    LPID=$LD_PID
+    wait_serving "$LPID" "$OUT/logdisk.log" 0
+
+    truncate -s "$REGION" "$RAW"
+    qemu-storage-daemon \
+        --blockdev "driver=file,node-name=f0,filename=$RAW,cache.direct=on,aio=io_uring,discard=unmap" \
+        --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$QSOCK,writable=on,num-queues=$QUEUES" \
+        >"$OUT/qsd.log" 2>&1 &
+    QPID=$!
+    PIDS+=("$QPID")
+    for _ in $(seq 100); do [[ -S "$QSOCK" ]] && break; kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
+    [[ -S "$QSOCK" ]] || die "qemu-storage-daemon did not start: $(tail -n 5 "$OUT/qsd.log")"
+    log "logdisk $("$BIN" --version | awk '{print $2}') pid $LPID, qemu-storage-daemon $(qemu-storage-daemon --version | head -n1 | awk '{print $3}') pid $QPID; region $REGION, $QUEUES queue(s), ${TIME}s per job (+${RAMP}s ramp), $RUNS run(s); dir $TMP"
+
+    for be in logdisk qsd; do
+        if [[ $be == logdisk ]]; then p=$LPID s=$LSOCK; else p=$QPID s=$QSOCK; fi
+        t0=$(now)
+        "$LOADGEN" --socket "$s" --queues "$QUEUES" --rw write --bs 1M --iodepth 8 --once --quiet >/dev/null \
+            || die "prefill of $be failed"
+        log "prefilled $be in $(elapsed "$t0" "$(now)") s; settling"
+        settle "$p" >/dev/null
+    done
+
+    for run in $(seq "$RUNS"); do
+        for job in "${SEL[@]}"; do
+            if (( run % 2 == 1 )); then order=(logdisk qsd); else order=(qsd logdisk); fi
+            for be in "${order[@]}"; do
+                if [[ $be == logdisk ]]; then run_job logdisk "$LPID" "$LSOCK" "$job" "$run"
+                else run_job qsd "$QPID" "$QSOCK" "$job" "$run"; fi
+            done
+        done
+    done
+    echo "{\"logdisk_rss_kib\": $(rss_kib "$LPID" VmRSS), \"logdisk_hwm_kib\": $(rss_kib "$LPID" VmHWM), \"qsd_rss_kib\": $(rss_kib "$QPID" VmRSS)}" \
+        >"$OUT/rss-after-bench.json"
+    du -sk "$DD" | awk '{print "{\"logdisk_data_dir_kib\": " $1 "}"}' >"$OUT/du-after-bench.json"
+    stop_pid "$LPID"
+    stop_pid "$QPID"
+fi
+
+# ------------------------------------------------------------------ memory and restart
+RESTART_JSON="$OUT/restart.json"
+if [[ $DO_RESTART -eq 1 ]]; then
+    RD="$TMP/restart-data" RSOCK="$TMP/restart.sock" RLOG="$OUT/logdisk-restart.log"
+    : >"$RLOG"
+    # loadgen JSON report -> "<MB/s> <seconds>"
+    rate() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%.1f %.2f" % (r["mb_s"], r["seconds"]))' "$1"; }
+    # start + time to "serving" + time to the first completed read; sets LD_PID, T_SERVE, T_IO
+    timed_start() {
+        local skip t0
+        skip=$(wc -l <"$RLOG")
+        t0=$(now)
+        start_logdisk "$@"
+        wait_serving "$LD_PID" "$RLOG" "$skip"
+        T_SERVE=$(elapsed "$t0" "$(now)")
+        "$LOADGEN" --socket "$RSOCK" --rw read --bs 4k --iodepth 1 --ops 1 --wait 60 --quiet >/dev/null \
+            || die "no read after restart"
+        T_IO=$(elapsed "$t0" "$(now)")
+    }
+    # verify NAME ARGS...: read back the pattern; prints the JSON report
+    verify() {
+        local name=$1
+        shift
+        "$LOADGEN" --socket "$RSOCK" --queues "$QUEUES" --verify --seed 42 --json --quiet "$@" \
+            || die "read-back check after $name FAILED (data lost or wrong)"
+    }
+
+    "$BIN" --data-dir "$RD" volume create vm --size "$RESTART_SIZE" >/dev/null || die "volume create failed"
+    start_logdisk "$RD" "$RSOCK" "$RLOG"
+    wait_serving "$LD_PID" "$RLOG" 0
+    RSS_IDLE=$(rss_kib "$LD_PID" VmRSS)
+    log "memory/restart: writing $RESTART_SIZE to a fresh volume (1 MiB writes, QD8, verify pattern)"
+    W=$("$LOADGEN" --socket "$RSOCK" --queues "$QUEUES" --rw write --bs 1M --iodepth 8 --once --verify --seed 42 \
+        --json --quiet) || die "writing $RESTART_SIZE failed"
+    read -r W_MBS W_S <<<"$(rate "$W")"
+    RSS_WRITTEN=$(rss_kib "$LD_PID" VmRSS) HWM_WRITTEN=$(rss_kib "$LD_PID" VmHWM)
+    log "wrote $RESTART_SIZE in ${W_S}s ($W_MBS MB/s); RSS ${RSS_WRITTEN} KiB (idle ${RSS_IDLE} KiB, peak ${HWM_WRITTEN} KiB)"
+    # One more pattern write with a FLUSH: the flush makes every earlier write durable.
+    "$LOADGEN" --socket "$RSOCK" --rw write --bs 4k --iodepth 1 --ops 1 --fsync-every 1 --verify --seed 42 \
+        --quiet >/dev/null || die "flush failed"
+
+    # 1. kill -9, restart from the local write buffer.
+    kill -KILL "$LD_PID"
+    wait "$LD_PID" 2>/dev/null || true
+    timed_start "$RD" "$RSOCK" "$RLOG"
+    K_SERVE=$T_SERVE K_IO=$T_IO
+    log "restart after kill -9: serving after ${K_SERVE}s, first read after ${K_IO}s; reading all back"
+    V1=$(verify "kill -9 restart" --rw read --bs 1M --iodepth 8 --once)
+    read -r V1_MBS _ <<<"$(rate "$V1")"
+    RSS_RESTARTED=$(rss_kib "$LD_PID" VmRSS)
+
+    # 2. SIGTERM (drains uploads), restart after the clean stop.
+    t0=$(now)
+    stop_pid "$LD_PID"
+    STOP_S=$(elapsed "$t0" "$(now)")
+    log "SIGTERM: stopped after ${STOP_S}s (drain)"
+    timed_start "$RD" "$RSOCK" "$RLOG"
+    C_SERVE=$T_SERVE C_IO=$T_IO
+    log "restart after SIGTERM: serving after ${C_SERVE}s, first read after ${C_IO}s"
+    verify "clean restart" --rw randread --bs 4k --iodepth 8 --time 3 >/dev/null
+    t0=$(now)
+    stop_pid "$LD_PID"
+    STOP2_S=$(elapsed "$t0" "$(now)")
+
+    # 3. Restart from the object store alone: a fresh data dir, same backend.
+    timed_start "$TMP/fresh-data" "$RSOCK" "$RLOG" --backend "file://$RD/objects"
+    O_SERVE=$T_SERVE O_IO=$T_IO
+    log "restart from the object store: serving after ${O_SERVE}s, first read after ${O_IO}s; reading all back"
+    V3=$(verify "object-store restart" --rw read --bs 1M --iodepth 8 --once)
+    read -r V3_MBS _ <<<"$(rate "$V3")"
+    RSS_OBJ=$(rss_kib "$LD_PID" VmRSS)
+    stop_pid "$LD_PID"
+
+    python3 -c '
+import json, sys
+k = ["restart_size", "rss_idle_kib", "write_mb_s", "write_seconds", "rss_after_write_kib", "hwm_after_write_kib",
+     "kill9_restart_serving_s", "kill9_restart_first_io_s", "kill9_readback_mb_s", "rss_after_kill9_restart_kib",
+     "sigterm_stop_s", "clean_restart_serving_s", "clean_restart_first_io_s", "second_sigterm_stop_s",
+     "objstore_restart_serving_s", "objstore_restart_first_io_s", "objstore_readback_mb_s", "rss_after_objstore_restart_kib"]
+v = sys.argv[1:]
+out = {}
+for key, val in zip(k, v):
+    try:
+        out[key] = float(val) if "." in val else int(val)
+    except ValueError:
+        out[key] = val
+print(json.dumps(out, indent=1))' "$RESTART_SIZE" "$RSS_IDLE" "$W_MBS" "$W_S" "$RSS_WRITTEN" "$HWM_WRITTEN" \
+        "$K_SERVE" "$K_IO" "$V1_MBS" "$RSS_RESTARTED" "$STOP_S" "$C_SERVE" "$C_IO" "$STOP2_S" \
+        "$O_SERVE" "$O_IO" "$V3_MBS" "$RSS_OBJ" >"$RESTART_JSON"
+fi
+
+# ------------------------------------------------------------------ report
+python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" <<'PY'
+import json, os, statistics, sys
+results_path, restart_path, out, region, queues, secs, runs = sys.argv[1:8]
+rows = [json.loads(l) for l in open(results_path) if l.strip()]
+lines = []
+if rows:
+    jobs = []
+    for r in rows:
+        if r["job"] not in jobs:
+            jobs.append(r["job"])
+    def med(job, be, f):
+        vals = [f(r) for r in rows if r["job"] == job and r["backend"] == be]
+        return statistics.median(vals) if vals else float("nan")
+    def ratio(a, b):
+        return a / b if b else float("nan")
+    lines.append(f"native vhost-user-blk comparison: region {region}, {queues} queue(s), {secs} s per job, "
+                 f"median of {runs} run(s), backends alternating")
+    lines.append("")
+    hdr = f"{'job':<18} {'metric':<9} {'logdisk':>10} {'qsd':>10} {'ld/qsd':>7}"
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for job in jobs:
+        big = "1m" in job
+        metrics = [("MB/s", lambda r: r["mb_s"])] if big else [("IOPS", lambda r: r["iops"])]
+        metrics += [("p50 us", lambda r: r["lat_us"]["p50"]), ("p99 us", lambda r: r["lat_us"]["p99"]),
+                    ("cpu us/IO", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))]
+        for i, (name, f) in enumerate(metrics):
+            a, b = med(job, "logdisk", f), med(job, "qsd", f)
+            lines.append(f"{job if i == 0 else '':<18} {name:<9} {a:>10.1f} {b:>10.1f} {ratio(a, b):>7.2f}")
+    lines.append("")
+    lines.append("IOPS/MB/s: higher is better; latency and CPU per IO: lower is better (ratio < 1 favours logdisk).")
+    lines.append("cpu us/IO: backend utime+stime from job start until the backend is idle again (includes")
+    lines.append("logdisk's uploads caused by the job), per IO completed (ramp included). writeflush: a write")
+    lines.append("and its flush are one IO (IOPS = writes/s; latency = write + flush).")
+    lines.append("Per-run figures (logdisk / qsd):")
+    for job in jobs:
+        for be in ("logdisk", "qsd"):
+            rs = [r for r in rows if r["job"] == job and r["backend"] == be]
+            f = (lambda r: r["mb_s"]) if "1m" in job else (lambda r: r["iops"])
+            lines.append(f"  {job:<18} {be:<8} " + " ".join(f"{f(r):.0f}" for r in sorted(rs, key=lambda r: r["run"])))
+if os.path.exists(restart_path):
+    rs = json.load(open(restart_path))
+    lines.append("")
+    lines.append(f"logdisk memory and restart ({rs['restart_size']} volume written with 1 MiB sequential writes):")
+    lines.append(f"  RSS idle before writing          {rs['rss_idle_kib'] / 1024:8.1f} MiB")
+    lines.append(f"  write {rs['restart_size']:<5}                      {rs['write_mb_s']:8.1f} MB/s ({rs['write_seconds']} s)")
+    lines.append(f"  RSS after writing                {rs['rss_after_write_kib'] / 1024:8.1f} MiB (peak {rs['hwm_after_write_kib'] / 1024:.1f} MiB)")
+    lines.append(f"  restart after kill -9            {rs['kill9_restart_serving_s']:8.2f} s to serving, {rs['kill9_restart_first_io_s']:.2f} s to first read")
+    lines.append(f"    RSS after it                   {rs['rss_after_kill9_restart_kib'] / 1024:8.1f} MiB; full read-back {rs['kill9_readback_mb_s']} MB/s, data OK")
+    lines.append(f"  SIGTERM stop (upload drain)      {rs['sigterm_stop_s']:8.2f} s (a second stop: {rs['second_sigterm_stop_s']} s)")
+    lines.append(f"  restart after SIGTERM            {rs['clean_restart_serving_s']:8.2f} s to serving, {rs['clean_restart_first_io_s']:.2f} s to first read")
+    lines.append(f"  restart from the object store    {rs['objstore_restart_serving_s']:8.2f} s to serving, {rs['objstore_restart_first_io_s']:.2f} s to first read")
+    lines.append(f"    (fresh data dir)               full read-back {rs['objstore_readback_mb_s']} MB/s, data OK; RSS {rs['rss_after_objstore_restart_kib'] / 1024:.1f} MiB")
+text = "\n".join(lines) + "\n"
+open(os.path.join(out, "native-report.txt"), "w").write(text)
+full = {"runs": rows}
+if os.path.exists(restart_path):
+    full["restart"] = json.load(open(restart_path))
+for extra in ("rss-after-bench.json", "du-after-bench.json"):
+    p = os.path.join(out, extra)
+    if os.path.exists(p):
+        full[extra[:-5].replace("-", "_")] = json.load(open(p))
+json.dump(full, open(os.path.join(out, "native-results.json"), "w"), indent=1)
+print(text, end="")
+PY
+log "report: $OUT/native-report.txt, raw: $OUT/native-results.json"
