@@ -30,7 +30,9 @@ pub fn render(state: &DaemonState) -> String {
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
-        ("write_bytes_total", "counter", "Bytes written.", |v, _| v.counters.write_bytes.load(Ordering::Relaxed) as f64),
+        ("write_bytes_total", "counter", "Bytes written.", |v, _| {
+            v.counters.write_bytes.load(Ordering::Relaxed) as f64
+        }),
         ("flushes_total", "counter", "Flushes.", |v, _| v.counters.flushes.load(Ordering::Relaxed) as f64),
         ("throttled_total", "counter", "Writes that waited for a full write buffer.", |v, _| {
             v.counters.throttled.load(Ordering::Relaxed) as f64
@@ -55,7 +57,12 @@ pub fn render(state: &DaemonState) -> String {
     }
     if let Some((_, v)) = vols.first() {
         let (hits, misses) = v.cache_stats();
-        metric("read_cache_hits_total", "counter", "Read-cache block hits.", &mut std::iter::once((String::new(), hits as f64)));
+        metric(
+            "read_cache_hits_total",
+            "counter",
+            "Read-cache block hits.",
+            &mut std::iter::once((String::new(), hits as f64)),
+        );
         metric(
             "read_cache_misses_total",
             "counter",
