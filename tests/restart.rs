@@ -5,30 +5,11 @@ mod common;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use common::{open_dd, small_config};
+use common::{open_dd, small_config, write_random};
 use logdisk::backend::sco_object;
 use logdisk::Error;
 
 const SIZE: u64 = 4 << 20;
-
-fn write_random(vol: &logdisk::volume::Volume, seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut image = vec![0u8; SIZE as usize];
-    for _ in 0..300 {
-        let off = rng.gen_range(0..SIZE / 512) * 512;
-        let len = (rng.gen_range(1..=64u64) * 512).min(SIZE - off);
-        rng.fill(&mut image[off as usize..(off + len) as usize]);
-        vol.write_at(off, &image[off as usize..(off + len) as usize]).unwrap();
-    }
-    // Some discards.
-    for _ in 0..10 {
-        let off = rng.gen_range(0..SIZE / 4096) * 4096;
-        let len = (rng.gen_range(1..=8u64) * 4096).min(SIZE - off);
-        image[off as usize..(off + len) as usize].fill(0);
-        vol.write_zeroes(off, len).unwrap();
-    }
-    image
-}
 
 #[test]
 fn restart_from_object_store_alone() {
@@ -38,7 +19,7 @@ fn restart_from_object_store_alone() {
         let mut dd = open_dd(&t.path().join("a"), &backend, small_config());
         dd.create_volume("v", SIZE, None, None).unwrap();
         let vol = dd.open_volume("v", false).unwrap();
-        let image = write_random(&vol, 1);
+        let image = write_random(&vol, SIZE, 1);
         let r = vol.close().unwrap();
         assert!(r.drained, "clean close uploads everything");
         image
@@ -122,7 +103,7 @@ fn damaged_tlog_is_refused_with_a_clear_error() {
         let mut dd = open_dd(&t.path().join("a"), &backend, cfg);
         dd.create_volume("v", SIZE, None, None).unwrap();
         let vol = dd.open_volume("v", false).unwrap();
-        write_random(&vol, 2);
+        write_random(&vol, SIZE, 2);
         vol.flush().unwrap();
         // Leave without close so no final checkpoint covers the TLogs.
         vol.seal().unwrap();

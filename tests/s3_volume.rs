@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use common::s3::{shared, Weed};
-use common::small_config;
+use common::{small_config, spawn_writer, write_random};
 use logdisk::backend::sco_object;
 use logdisk::config::{ByteSize, Config};
 use logdisk::datadir::DataDir;
@@ -30,24 +29,6 @@ fn open_dd(dir: &std::path::Path, url: &str, cfg: Config) -> DataDir {
     DataDir::open(dir, Some(url), cfg).expect("open data dir on S3")
 }
 
-fn write_random(vol: &logdisk::volume::Volume, seed: u64) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut image = vec![0u8; SIZE as usize];
-    for _ in 0..300 {
-        let off = rng.gen_range(0..SIZE / 512) * 512;
-        let len = (rng.gen_range(1..=64u64) * 512).min(SIZE - off);
-        rng.fill(&mut image[off as usize..(off + len) as usize]);
-        vol.write_at(off, &image[off as usize..(off + len) as usize]).unwrap();
-    }
-    for _ in 0..10 {
-        let off = rng.gen_range(0..SIZE / 4096) * 4096;
-        let len = (rng.gen_range(1..=8u64) * 4096).min(SIZE - off);
-        image[off as usize..(off + len) as usize].fill(0);
-        vol.write_zeroes(off, len).unwrap();
-    }
-    image
-}
-
 #[test]
 fn round_trip_through_s3_to_an_empty_data_dir() {
     let w = shared();
@@ -58,7 +39,7 @@ fn round_trip_through_s3_to_an_empty_data_dir() {
         let mut dd = open_dd(&t.path().join("a"), &url, s3_config(w));
         dd.create_volume("v", SIZE, None, None).unwrap();
         let vol = dd.open_volume("v", false).unwrap();
-        let image = write_random(&vol, 1);
+        let image = write_random(&vol, SIZE, 1);
         let info = dd.volume_info(&vol).unwrap();
         assert_eq!(info.backend, url);
         let json = serde_json::to_string(&info).unwrap();
@@ -166,19 +147,8 @@ fn frozen_server_throttles_writes_and_loses_nothing() {
         let mut dd = open_dd(&t.path().join("a"), &url, cfg.clone());
         dd.create_volume("v", vsize, None, None).unwrap();
         let vol = dd.open_volume("v", false).unwrap();
-        let written = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (vol, image, written) = (vol.clone(), image.clone(), written.clone());
-            std::thread::spawn(move || {
-                for (i, chunk) in image.chunks(64 << 10).enumerate() {
-                    vol.write_at(i as u64 * (64 << 10), chunk).expect("writes are throttled, never failed");
-                    written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                    // Pace the writer a little so the freeze lands mid-stream.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                vol.flush().unwrap();
-            })
-        };
+        // Pace the writer a little so the freeze lands mid-stream.
+        let (writer, written) = spawn_writer(&vol, &image, Duration::from_millis(5));
         while written.load(Ordering::SeqCst) < 512 << 10 {
             std::thread::sleep(Duration::from_millis(5));
         }

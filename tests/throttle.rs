@@ -83,17 +83,7 @@ fn outage_throttles_writes_and_loses_nothing() {
     let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
 
     let image: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (vol, image, written) = (vol.clone(), image.clone(), written.clone());
-        std::thread::spawn(move || {
-            for (i, chunk) in image.chunks(64 << 10).enumerate() {
-                vol.write_at(i as u64 * (64 << 10), chunk).expect("writes are throttled, never failed");
-                written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-            }
-            vol.flush().unwrap();
-        })
-    };
+    let (writer, written) = common::spawn_writer(&vol, &image, Duration::ZERO);
     // The writer stalls at about the write-buffer limit while the store is down.
     std::thread::sleep(Duration::from_secs(2));
     let stalled_at = written.load(Ordering::SeqCst);

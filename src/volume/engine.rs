@@ -17,7 +17,7 @@ use super::location::{Location, UNMAPPED, ZERO};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
 use super::plan::{IoPlan, MAX_SEGS};
-use super::read_cache::{BlockKey, ReadCache, BLOCK};
+use super::read_cache::{BlockKey, Fill, ReadCache, BLOCK};
 use super::sco_file::ScoFile;
 use super::tlog::{Record, TlogWriter};
 use crate::backend::sco_object::Codec;
@@ -700,15 +700,14 @@ impl Volume {
             let first_block = raw_start.div_ceil(BLOCK as u64);
             let last_block = (raw_start + data.len() as u64) / BLOCK as u64;
             if last_block > first_block {
-                ReadCache::insert_blocks_async(
-                    &self.env.cache,
-                    self.owner,
-                    loc.sco,
+                self.env.cache.insert_blocks_async(Fill {
+                    owner: self.owner,
+                    sco: loc.sco,
                     first_block,
-                    data.clone(),
-                    (first_block * BLOCK as u64 - raw_start) as usize,
-                    (last_block - first_block) as usize,
-                );
+                    data: data.clone(),
+                    start: (first_block * BLOCK as u64 - raw_start) as usize,
+                    blocks: (last_block - first_block) as usize,
+                });
             }
             iov::sub_range(iovs, pos - start, end - pos, &mut sub);
             let at = (pos - raw_start) as usize;

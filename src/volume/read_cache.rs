@@ -51,14 +51,15 @@ pub struct ReadCache {
     fill_backlog: AtomicU64,
 }
 
-/// Blocks to write into the cache in the background.
-struct Fill {
-    owner: u32,
-    sco: u64,
-    first_block: u64,
-    data: Arc<Vec<u8>>,
-    start: usize,
-    blocks: usize,
+/// Whole blocks of one SCO to write into the cache in the background: `blocks` blocks
+/// from `first_block`, taken from `data[start..]`.
+pub struct Fill {
+    pub owner: u32,
+    pub sco: u64,
+    pub first_block: u64,
+    pub data: Arc<Vec<u8>>,
+    pub start: usize,
+    pub blocks: usize,
 }
 
 /// Most bytes of fills waiting for the background writer.
@@ -189,19 +190,10 @@ impl ReadCache {
         ix.map.insert(key, slot as u32);
     }
 
-    /// Insert `blocks` whole blocks of SCO `sco` from `first_block`, taken from
-    /// `data[start..]`, in the background. Dropped when the backlog is full.
-    pub fn insert_blocks_async(
-        self: &Arc<Self>,
-        owner: u32,
-        sco: u64,
-        first_block: u64,
-        data: Arc<Vec<u8>>,
-        start: usize,
-        blocks: usize,
-    ) {
-        let bytes = (blocks * BLOCK) as u64;
-        if blocks == 0 || self.fill_backlog.load(Ordering::Relaxed) + bytes > MAX_FILL_BACKLOG {
+    /// Insert a run of whole blocks in the background. Dropped when the backlog is full.
+    pub fn insert_blocks_async(self: &Arc<Self>, fill: Fill) {
+        let bytes = (fill.blocks * BLOCK) as u64;
+        if fill.blocks == 0 || self.fill_backlog.load(Ordering::Relaxed) + bytes > MAX_FILL_BACKLOG {
             return;
         }
         let mut filler = self.filler.lock();
@@ -229,7 +221,7 @@ impl ReadCache {
         }
         let tx = filler.as_ref().expect("filler");
         self.fill_backlog.fetch_add(bytes, Ordering::Relaxed);
-        if tx.try_send(Fill { owner, sco, first_block, data, start, blocks }).is_err() {
+        if tx.try_send(fill).is_err() {
             self.fill_backlog.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
@@ -297,7 +289,7 @@ mod tests {
         // Background fills land eventually.
         let c = Arc::new(c);
         let data = Arc::new((0..4 * BLOCK).map(|i| (i / BLOCK) as u8 + 40).collect::<Vec<u8>>());
-        c.insert_blocks_async(o, 7, 10, data, BLOCK, 3);
+        c.insert_blocks_async(Fill { owner: o, sco: 7, first_block: 10, data, start: BLOCK, blocks: 3 });
         let t0 = std::time::Instant::now();
         while !c.read(BlockKey { owner: o, sco: 7, block: 12 }, 0, &[out.as_iovec()]) {
             assert!(t0.elapsed().as_secs() < 5, "background fill never landed");

@@ -44,3 +44,46 @@ pub fn fill_pattern(buf: &mut [u8], tag: u64, first_sector: u64) {
         s[8..16].copy_from_slice(&sector.to_le_bytes());
     }
 }
+
+/// Random sector-aligned writes and some cluster discards over the first `size` bytes of
+/// `vol`; returns the image the volume must now hold.
+pub fn write_random(vol: &logdisk::volume::Volume, size: u64, seed: u64) -> Vec<u8> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut image = vec![0u8; size as usize];
+    for _ in 0..300 {
+        let off = rng.gen_range(0..size / 512) * 512;
+        let len = (rng.gen_range(1..=64u64) * 512).min(size - off);
+        rng.fill(&mut image[off as usize..(off + len) as usize]);
+        vol.write_at(off, &image[off as usize..(off + len) as usize]).unwrap();
+    }
+    for _ in 0..10 {
+        let off = rng.gen_range(0..size / 4096) * 4096;
+        let len = (rng.gen_range(1..=8u64) * 4096).min(size - off);
+        image[off as usize..(off + len) as usize].fill(0);
+        vol.write_zeroes(off, len).unwrap();
+    }
+    image
+}
+
+/// Write `image` from offset 0 in 64 KiB chunks on a thread (pausing `pace` after each),
+/// then flush. Returns the thread and the count of bytes written so far. Writes may be
+/// throttled but must never fail.
+pub fn spawn_writer(
+    vol: &std::sync::Arc<logdisk::volume::Volume>,
+    image: &[u8],
+    pace: std::time::Duration,
+) -> (std::thread::JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let written = std::sync::Arc::new(AtomicU64::new(0));
+    let (vol, image, w) = (vol.clone(), image.to_vec(), written.clone());
+    let handle = std::thread::spawn(move || {
+        for (i, chunk) in image.chunks(64 << 10).enumerate() {
+            vol.write_at(i as u64 * (64 << 10), chunk).expect("writes are throttled, never failed");
+            w.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            std::thread::sleep(pace);
+        }
+        vol.flush().unwrap();
+    });
+    (handle, written)
+}
