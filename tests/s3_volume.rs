@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use common::s3::{shared, Weed};
-use common::{small_config, spawn_writer, write_random};
-use logdisk::backend::sco_object;
+use common::{damage_frame_and_check, small_config, spawn_writer, write_random};
 use logdisk::config::{ByteSize, Config};
 use logdisk::datadir::DataDir;
-use logdisk::Error;
 
 const SIZE: u64 = 4 << 20;
 
@@ -97,31 +95,9 @@ fn damaged_frame_in_the_bucket_fails_only_its_range() {
         assert!(vol.close().unwrap().drained);
         image
     };
-    // SCO 1 holds the first 256 KiB (64 clusters) in 16 KiB frames. Damage frame 3 in the
-    // bucket: objects are create-only, so delete and put the damaged bytes.
     let mut dd = open_dd(&t.path().join("b"), &url, s3_config(w));
-    let store = dd.store().clone();
-    let sco_key = store.list("v/g000001/sco/").unwrap().into_iter().map(|o| o.key).min().unwrap();
-    let mut obj = store.get(&sco_key).unwrap();
-    let index = sco_object::parse_object_index("k", &obj).unwrap();
-    let frame = index.frames[3];
-    obj[frame.offset as usize + 100] ^= 0x40;
-    store.delete(&sco_key).unwrap();
-    store.put(&sco_key, &obj).unwrap();
-
     let vol = dd.open_volume("v", false).unwrap();
-    let mut buf = vec![0u8; 4096];
-    for (off, len) in [(12 * 4096, 4096), (13 * 4096 + 512, 512), (10 * 4096, 4 * 4096)] {
-        let mut b = vec![0u8; len];
-        let r = vol.read_at(off, &mut b);
-        assert!(matches!(r, Err(Error::Corrupt { .. })), "read {off}+{len} of a damaged frame: {r:?}");
-    }
-    for c in (0..SIZE / 4096).filter(|c| !(12..16).contains(c)) {
-        vol.read_at(c * 4096, &mut buf).unwrap();
-        assert!(buf[..] == image[(c * 4096) as usize..((c + 1) * 4096) as usize], "cluster {c}");
-    }
-    let e: std::io::Error = vol.read_at(12 * 4096, &mut buf).unwrap_err().into();
-    assert!(e.to_string().contains("corrupt"), "{e}");
+    damage_frame_and_check(dd.store().as_ref(), &vol, &image);
 }
 
 /// The S3 server is frozen (SIGSTOP) while a guest writes: writes go on into the write

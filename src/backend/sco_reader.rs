@@ -167,12 +167,6 @@ impl ScoReader {
         }
         Ok((raw_start, Arc::new(out)))
     }
-
-    /// Forget a cached index and staged frames (object deleted).
-    pub fn forget(&self, key: &str) {
-        self.indexes.lock().remove(key);
-        self.staged.lock().retain(|(k, _)| k != key);
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! which of its jobs may run (SCOs before the TLog that references them) and handles
 //! retries; the pool also gives each source a periodic `tick` (time-based sealing).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,7 +31,6 @@ struct Inner {
     shared: Mutex<Shared>,
     cv: Condvar,
     stop: AtomicBool,
-    jobs_done: AtomicU64,
 }
 
 /// Pool of upload threads.
@@ -42,12 +41,8 @@ pub struct Uploader {
 
 impl Uploader {
     pub fn start(concurrency: usize) -> Arc<Uploader> {
-        let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared::default()),
-            cv: Condvar::new(),
-            stop: AtomicBool::new(false),
-            jobs_done: AtomicU64::new(0),
-        });
+        let inner =
+            Arc::new(Inner { shared: Mutex::new(Shared::default()), cv: Condvar::new(), stop: AtomicBool::new(false) });
         let threads = (0..concurrency)
             .map(|i| {
                 let inner = inner.clone();
@@ -70,10 +65,6 @@ impl Uploader {
         let mut s = self.inner.shared.lock();
         s.wakeups += 1;
         self.inner.cv.notify_all();
-    }
-
-    pub fn jobs_done(&self) -> u64 {
-        self.inner.jobs_done.load(Ordering::Relaxed)
     }
 
     /// Stop the threads (pending work stays with its sources).
@@ -120,7 +111,6 @@ fn worker(inner: Arc<Inner>, ticker: bool) {
                 return;
             }
             if s.run_one_job() {
-                inner.jobs_done.fetch_add(1, Ordering::Relaxed);
                 did = true;
                 break;
             }

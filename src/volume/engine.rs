@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::iov::{self, iovec, AlignedBuf};
-use super::location::{Location, UNMAPPED, ZERO};
+use super::location::{Location, UNMAPPED};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
 use super::plan::{IoPlan, MAX_SEGS};
@@ -164,7 +164,9 @@ pub struct Volume {
 const READ_AHEAD: u64 = 1 << 20;
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<iovec>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread iovec scratch for reads: the run being read, and its per-block pieces.
+    static SCRATCH: std::cell::RefCell<(Vec<iovec>, Vec<iovec>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Where a run of clusters is read from.
@@ -242,11 +244,6 @@ impl Volume {
             return Err(Error::ShutDown);
         }
         Ok(())
-    }
-
-    /// The map entry that means "reads as zero" for this volume.
-    fn zero_entry(&self) -> u64 {
-        UNMAPPED
     }
 
     // ----- write path -----
@@ -500,7 +497,8 @@ impl Volume {
             let n = (c_end - c).min(CHUNK);
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            let entry = self.zero_entry();
+            // Unmapped clusters read as zeroes.
+            let entry = UNMAPPED;
             st.map.fill(c, n, entry);
             self.append_record(&mut st, &Record::Fill { cluster: c, count: n, entry })?;
             drop(st);
@@ -609,7 +607,7 @@ impl Volume {
         self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
         let sequential = self.last_read_end.swap(offset + len, Ordering::Relaxed) == offset;
         SCRATCH.with(|s| {
-            let mut sub = s.borrow_mut();
+            let (sub, pieces) = &mut *s.borrow_mut();
             let end = offset + len;
             let mut pos = offset;
             while pos < end {
@@ -618,17 +616,14 @@ impl Volume {
                 let last_cluster = (end - 1) >> self.shift;
                 let (src, run) = self.resolve_run(cluster, last_cluster);
                 let run_bytes = ((run << self.shift) - in_off).min(end - pos);
-                iov::sub_range(iovs, pos - offset, run_bytes, &mut sub);
+                iov::sub_range(iovs, pos - offset, run_bytes, sub);
                 match src {
                     // SAFETY: the caller's iovecs are valid writable buffers.
-                    Source::Zero => unsafe { iov::zero(&sub) },
+                    Source::Zero => unsafe { iov::zero(sub) },
                     Source::Local(file, loc) => file
-                        .readv_at(&sub, ((loc.index as u64) << self.shift) + in_off)
+                        .readv_at(sub, ((loc.index as u64) << self.shift) + in_off)
                         .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e))?,
-                    Source::Remote(loc) => {
-                        let v = sub.clone();
-                        self.read_remote(loc, in_off, run_bytes, &v, sequential)?
-                    }
+                    Source::Remote(loc) => self.read_remote(loc, in_off, run_bytes, sub, pieces, sequential)?,
                 }
                 pos += run_bytes;
             }
@@ -663,18 +658,26 @@ impl Volume {
 
     /// Read bytes `[in_off, in_off+len)` counted from location `loc` of an SCO that is
     /// only in the object store: read cache first, else fetch frames and fill the cache.
-    fn read_remote(&self, loc: Location, in_off: u64, len: u64, iovs: &[iovec], sequential: bool) -> Result<()> {
+    fn read_remote(
+        &self,
+        loc: Location,
+        in_off: u64,
+        len: u64,
+        iovs: &[iovec],
+        sub: &mut Vec<iovec>,
+        sequential: bool,
+    ) -> Result<()> {
         let start = ((loc.index as u64) << self.shift) + in_off;
         let end = start + len;
         let mut pos = start;
-        let mut sub = Vec::new();
+
         while pos < end {
             let block = pos / BLOCK as u64;
             let boff = (pos % BLOCK as u64) as usize;
             let take = (BLOCK as u64 - boff as u64).min(end - pos);
-            iov::sub_range(iovs, pos - start, take, &mut sub);
+            iov::sub_range(iovs, pos - start, take, sub);
             let key = BlockKey { owner: self.owner, sco: loc.sco, block: block as u32 };
-            if self.env.cache.read(key, boff, &sub) {
+            if self.env.cache.read(key, boff, sub) {
                 pos += take;
                 continue;
             }
@@ -709,10 +712,10 @@ impl Volume {
                     blocks: (last_block - first_block) as usize,
                 });
             }
-            iov::sub_range(iovs, pos - start, end - pos, &mut sub);
+            iov::sub_range(iovs, pos - start, end - pos, sub);
             let at = (pos - raw_start) as usize;
             // SAFETY: the caller's iovecs are valid writable buffers.
-            unsafe { iov::copy_in(&sub, &data[at..at + (end - pos) as usize]) };
+            unsafe { iov::copy_in(sub, &data[at..at + (end - pos) as usize]) };
             return Ok(());
         }
         Ok(())
@@ -737,13 +740,6 @@ impl Volume {
         let last = (offset + len - 1) >> self.shift;
         (first..=last).all(|c| Location::unpack(st.map.get(c)).is_none())
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn f<T: Send + Sync>() {}
-    f::<Volume>();
-    let _ = ZERO;
 }
 
 /// A point-in-time view of a volume's counters and state.

@@ -103,9 +103,6 @@ impl Volume {
                 // An empty open epoch stays open; nothing to seal.
                 return Ok(());
             }
-            if st.local.get(&st.open.as_ref().unwrap().epoch).is_some_and(|l| l.inflight > 0) {
-                // Writes still landing in it: they will be sealed with the next roll.
-            }
             self.roll(&mut st, false)?;
         }
         self.flush()

@@ -109,10 +109,6 @@ impl ReadCache {
         *ix.owners.entry(name.to_string()).or_insert(next)
     }
 
-    pub fn capacity_bytes(&self) -> u64 {
-        (self.slots * BLOCK) as u64
-    }
-
     pub fn stats(&self) -> (u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
@@ -225,18 +221,6 @@ impl ReadCache {
             self.fill_backlog.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
-
-    /// Drop every entry of one SCO (its object was deleted).
-    pub fn forget_sco(&self, owner: u32, sco: u64) {
-        let mut ix = self.index.lock();
-        let keys: Vec<_> = ix.map.keys().filter(|k| k.owner == owner && k.sco == sco).copied().collect();
-        for k in keys {
-            if let Some(s) = ix.map.remove(&k) {
-                ix.slot_key[s as usize] = None;
-                self.versions[s as usize].fetch_add(1, Ordering::AcqRel);
-            }
-        }
-    }
 }
 
 fn read_into(f: &File, iovs: &[iovec], pos: u64) -> std::io::Result<()> {
@@ -284,8 +268,6 @@ mod tests {
         assert_eq!(out[0], 9);
         let present = (0..16).filter(|&b| c.read(key(b), 0, &[out.as_iovec()])).count();
         assert_eq!(present, 14);
-        c.forget_sco(o, 1);
-        assert!(!c.read(key(3), 0, &[out.as_iovec()]));
         // Background fills land eventually.
         let c = Arc::new(c);
         let data = Arc::new((0..4 * BLOCK).map(|i| (i / BLOCK) as u8 + 40).collect::<Vec<u8>>());

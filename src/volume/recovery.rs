@@ -212,9 +212,11 @@ impl Volume {
             w.sync()?;
         }
         for &e in local_tlogs.iter().filter(|e| !remote_tlogs.contains_key(e) && **e > cp_epoch) {
-            let path = dir.join("tlog").join(format!("{e:016x}"));
-            let bytes = fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
-            let (_, clusters) = tlog::parse_sealed(&path.display().to_string(), &bytes, e)?.sealed().expect("sealed");
+            // Replay (or the re-seal above) recorded every local epoch's SCO size.
+            let clusters = *state.sco_sizes.get(&e).ok_or_else(|| Error::Corrupt {
+                key: dir.join("tlog").join(format!("{e:016x}")).display().to_string(),
+                detail: "local TLog was not replayed".into(),
+            })?;
             state.uploads.insert(
                 e,
                 EpochUpload {

@@ -87,3 +87,34 @@ pub fn spawn_writer(
     });
     (handle, written)
 }
+
+/// Damage frame 3 of the volume's first SCO object in `store` (delete and put again:
+/// objects are create-only), then check from `vol` (opened on a fresh data dir) that reads
+/// touching that frame — clusters 12..16 with 16 KiB frames — fail as corrupt, whatever
+/// their size or alignment, and every other cluster reads back as `image`.
+pub fn damage_frame_and_check(store: &dyn logdisk::backend::ObjectStore, vol: &logdisk::volume::Volume, image: &[u8]) {
+    use logdisk::backend::sco_object;
+    use logdisk::Error;
+    let name = vol.name();
+    let sco_key = store.list(&format!("{name}/g000001/sco/")).unwrap().into_iter().map(|o| o.key).min().unwrap();
+    let mut obj = store.get(&sco_key).unwrap();
+    let index = sco_object::parse_object_index("k", &obj).unwrap();
+    assert_eq!(index.frame_size, 16 << 10, "the checks below assume 16 KiB frames");
+    obj[index.frames[3].offset as usize + 100] ^= 0x40;
+    store.delete(&sco_key).unwrap();
+    store.put(&sco_key, &obj).unwrap();
+
+    for (off, len) in [(12 * 4096, 4096), (13 * 4096 + 512, 512), (10 * 4096, 4 * 4096)] {
+        let mut b = vec![0u8; len];
+        let r = vol.read_at(off, &mut b);
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "read {off}+{len} of a damaged frame: {r:?}");
+    }
+    let mut buf = vec![0u8; 4096];
+    for c in (0..image.len() as u64 / 4096).filter(|c| !(12..16).contains(c)) {
+        vol.read_at(c * 4096, &mut buf).unwrap();
+        assert!(buf[..] == image[(c * 4096) as usize..((c + 1) * 4096) as usize], "cluster {c}");
+    }
+    // The error reaches a block frontend as an EIO-class io::Error.
+    let e: std::io::Error = vol.read_at(12 * 4096, &mut buf).unwrap_err().into();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}
