@@ -25,7 +25,7 @@ use logdisk_shm::{Desc, IoVecBuf};
 
 use super::config::{self, DeviceLimits, CONFIG_SPACE_LEN, ID_BYTES, WCE_OFFSET};
 use super::inflight::{ChainRef, Inflight, Start};
-use super::request::{execute, parse_request, serial_bytes, ChainDescs, Malformed, Op, Parsed, STATUS_IOERR};
+use super::request::{execute, parse_request, serial_bytes, ChainDescs, Op, Parsed, STATUS_IOERR};
 use super::target::BlockTarget;
 
 /// Guest memory as vhost-user-backend shares it.
@@ -179,21 +179,11 @@ impl BlkDevice {
                 pending = 0;
             }
         }
-        let mut ready = false;
         if let Some(inf) = ws.inflight.as_mut() {
             inf.submit();
-            ready = inf.has_ready();
         }
         if pending > 0 {
             self.signal(vring, queue);
-        }
-        if ready {
-            // Requests that needed no IO (reads of unwritten data) complete now: no ring
-            // completion will wake the worker for them.
-            if ws.vring.is_none() {
-                ws.vring = Some(vring.clone());
-            }
-            self.complete_ring(ws, queue, false);
         }
     }
 
@@ -251,6 +241,7 @@ impl BlkDevice {
     ) -> Option<u32> {
         let WorkerState { chain, iov, warn, inflight, .. } = ws;
         let mut parsed = parse_request(chain, &**mem, &self.limits, iov);
+        let mut refused = None;
         if let (Parsed::Run { status_addr, op }, Some(inf)) = (&mut parsed, inflight.as_mut()) {
             let chain = ChainRef { head, status_addr: *status_addr };
             let started = match op {
@@ -260,39 +251,42 @@ impl BlkDevice {
             };
             match started {
                 Some(Start::Started) => return None,
+                Some(Start::Finished(used)) => return Some(used),
                 Some(Start::Failed(e)) => {
                     if warn.allow() {
                         tracing::warn!(queue, "request failed: {e}");
                     }
-                    parsed =
-                        Parsed::Fail { status_addr: *status_addr, status: STATUS_IOERR, reason: Malformed::Target };
+                    refused = Some((*status_addr, STATUS_IOERR, 0));
                 }
                 Some(Start::NotPlanned) | None => {}
             }
         }
-        let (status_addr, status, written) = match parsed {
-            Parsed::Drop(reason) => {
-                if warn.allow() {
-                    tracing::warn!(queue, "dropping descriptor chain: {reason}");
-                }
-                return Some(0);
-            }
-            Parsed::Fail { reason: Malformed::Target, status_addr, status } => (status_addr, status, 0),
-            Parsed::Fail { status_addr, status, reason } => {
-                if warn.allow() {
-                    tracing::warn!(queue, status, "refusing request: {reason}");
-                }
-                (status_addr, status, 0)
-            }
-            Parsed::Run { status_addr, op } => match execute(op, self.target.as_ref(), &self.serial, writeback) {
-                Ok(out) => (status_addr, super::request::STATUS_OK, out.written),
-                Err(e) => {
+        let (status_addr, status, written) = if let Some(r) = refused {
+            r
+        } else {
+            match parsed {
+                Parsed::Drop(reason) => {
                     if warn.allow() {
-                        tracing::warn!(queue, "request failed: {e}");
+                        tracing::warn!(queue, "dropping descriptor chain: {reason}");
                     }
-                    (status_addr, STATUS_IOERR, 0)
+                    return Some(0);
                 }
-            },
+                Parsed::Fail { status_addr, status, reason } => {
+                    if warn.allow() {
+                        tracing::warn!(queue, status, "refusing request: {reason}");
+                    }
+                    (status_addr, status, 0)
+                }
+                Parsed::Run { status_addr, op } => match execute(op, self.target.as_ref(), &self.serial, writeback) {
+                    Ok(out) => (status_addr, super::request::STATUS_OK, out.written),
+                    Err(e) => {
+                        if warn.allow() {
+                            tracing::warn!(queue, "request failed: {e}");
+                        }
+                        (status_addr, STATUS_IOERR, 0)
+                    }
+                },
+            }
         };
         if let Err(e) = mem.write_obj(status, status_addr) {
             // Cannot happen: the parser checked the address is in guest memory.

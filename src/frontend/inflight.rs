@@ -49,8 +49,11 @@ pub struct ChainRef {
 
 /// Outcome of trying to start a request asynchronously.
 pub enum Start {
-    /// Submitted (or already finished: its completion is reported by `complete`).
+    /// Submitted: its completion is reported by `complete`.
     Started,
+    /// Done without any IO (a read of unwritten data, or a failed submission): the status
+    /// byte is written; put the chain on the used ring with this length.
+    Finished(u32),
     /// The target cannot plan it: run it synchronously.
     NotPlanned,
     /// The target refused it (out of range, read-only, IO error): answer IOERR.
@@ -61,8 +64,6 @@ pub struct Inflight {
     uring: Uring,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// Requests finished without IO (all-zero reads) waiting for `complete`.
-    ready: Vec<u32>,
     warnings: u64,
 }
 
@@ -89,7 +90,7 @@ impl Inflight {
             })
             .collect();
         let free = (0..slots.len() as u32).rev().collect();
-        Ok(Inflight { uring, ready: Vec::with_capacity(slots.len()), slots, free, warnings: 0 })
+        Ok(Inflight { uring, slots, free, warnings: 0 })
     }
 
     pub fn eventfd(&self) -> RawFd {
@@ -176,14 +177,14 @@ impl Inflight {
             }
         }
         if slot.pending == 0 {
-            self.ready.push(idx);
+            // Nothing went to the ring. `writeback` only matters for a successful write,
+            // and a successful write always has IO in flight.
+            let mut used = 0;
+            finish(slot, target, true, &mut |_, u| used = u);
+            self.free.push(idx);
+            return Start::Finished(used);
         }
         Start::Started
-    }
-
-    /// True when requests finished without IO wait for `complete`.
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
     }
 
     /// Hand queued submissions to the kernel.
@@ -199,13 +200,8 @@ impl Inflight {
     /// Reap completions; `done(head, used_len)` is called for each finished request
     /// after its status byte is written. Returns how many finished.
     pub fn complete(&mut self, target: &dyn BlockTarget, writeback: bool, mut done: impl FnMut(u16, u32)) -> usize {
-        let Inflight { uring, slots, free, ready, .. } = self;
+        let Inflight { uring, slots, free, .. } = self;
         let mut finished = 0;
-        for idx in ready.drain(..) {
-            finish(&mut slots[idx as usize], target, writeback, &mut done);
-            free.push(idx);
-            finished += 1;
-        }
         uring.reap(|c| {
             let idx = (c.user_data >> 8) as usize;
             let seg = (c.user_data & 0xff) as usize;
@@ -230,12 +226,10 @@ impl Inflight {
     /// Wait for every request in flight and complete it.
     pub fn drain(&mut self, target: &dyn BlockTarget, writeback: bool, mut done: impl FnMut(u16, u32)) {
         while self.busy() > 0 {
-            if self.ready.is_empty() {
-                if let Err(e) = self.uring.submit_and_wait(1) {
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        tracing::error!("io_uring wait while draining: {e}");
-                        return;
-                    }
+            if let Err(e) = self.uring.submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("io_uring wait while draining: {e}");
+                    return;
                 }
             }
             self.complete(target, writeback, &mut done);

@@ -81,9 +81,6 @@ impl ChainDescs {
 /// Why a chain was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    /// Not malformed: the target refused a request started on the ring (already logged).
-    #[error("the target refused the request")]
-    Target,
     /// The chain has no descriptor.
     #[error("empty descriptor chain")]
     EmptyChain,
