@@ -26,7 +26,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 11] = [
+    let series: [(&str, &str, &str, Get); 12] = [
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
@@ -42,6 +42,9 @@ pub fn render(state: &DaemonState) -> String {
             s.uploaded_stored_bytes as f64
         }),
         ("write_buffer_bytes", "gauge", "Local data not yet in the object store.", |_, s| s.wb_bytes as f64),
+        ("write_buffer_uploaded_bytes", "gauge", "Uploaded data still kept locally (evictable).", |_, s| {
+            s.kept_bytes as f64
+        }),
         ("upload_lag_epochs", "gauge", "Sealed epochs waiting for upload.", |_, s| s.pending_epochs as f64),
         ("upload_failing", "gauge", "1 while the last upload attempt failed.", |_, s| {
             if s.upload_error.is_some() {

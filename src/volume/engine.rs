@@ -122,7 +122,6 @@ pub(crate) struct State {
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
     pub checkpoint_running: bool,
-    pub last_sealed: u64,
     pub last_uploaded: u64,
     pub failed: Option<String>,
     pub closed: bool,
@@ -749,7 +748,6 @@ pub struct VolumeStats {
     pub wb_bytes: u64,
     pub kept_bytes: u64,
     pub pending_epochs: u64,
-    pub last_uploaded_epoch: u64,
     pub uploaded_bytes: u64,
     pub uploaded_stored_bytes: u64,
     pub map_memory_bytes: u64,
@@ -774,7 +772,6 @@ impl Volume {
             wb_bytes: st.wb_bytes,
             kept_bytes: st.kept_bytes,
             pending_epochs: st.uploads.len() as u64,
-            last_uploaded_epoch: st.last_uploaded,
             uploaded_bytes: self.counters.uploaded_bytes.load(Ordering::Relaxed),
             uploaded_stored_bytes: self.counters.uploaded_stored_bytes.load(Ordering::Relaxed),
             map_memory_bytes: st.map.memory_bytes(),

@@ -62,7 +62,6 @@ impl Volume {
                     attempts: 0,
                 },
             );
-            st.last_sealed = o.epoch;
             st.sco_sizes.insert(o.epoch, o.next_index);
             if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
                 st.checkpoint_due = Some((o.epoch, st.map.clone(), st.sco_sizes.clone()));

@@ -169,7 +169,6 @@ impl Volume {
             checkpoint_due: None,
             sco_sizes,
             checkpoint_running: false,
-            last_sealed: last_tlog,
             last_uploaded,
             failed: None,
             closed: false,
