@@ -34,7 +34,9 @@ stage() {
 
 fuzz_bounded() {
     if cargo +nightly fuzz --version >/dev/null 2>&1; then
-        (cd fuzz && cargo +nightly fuzz run request_parser -- -max_total_time="${LOGDISK_FUZZ_SECS:-60}")
+        # Fixed seed and run count: the same code fuzzes the same inputs on every CI run.
+        (cd fuzz && cargo +nightly fuzz run request_parser -- -seed="${LOGDISK_FUZZ_SEED:-1}" \
+            -runs="${LOGDISK_FUZZ_RUNS:-800000}" -max_total_time=300)
     else
         echo "cargo fuzz needs a nightly toolchain, which this machine lacks;"
         echo "the seeded fuzz test (tests/vhost_fuzz_parser.rs) ran with the Rust tests instead"

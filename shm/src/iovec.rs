@@ -92,7 +92,7 @@ impl IoVecBuf {
     /// Start a new list over `mem` (the previous content is discarded).
     pub fn builder<'a, M: GuestMemoryBackend>(&'a mut self, mem: &'a M) -> IoVecBuilder<'a, M> {
         self.iovs.clear();
-        IoVecBuilder { buf: self, mem, bytes: 0 }
+        IoVecBuilder { buf: self, mem, bytes: 0, last_region: None }
     }
 }
 
@@ -107,6 +107,10 @@ pub struct IoVecBuilder<'a, M> {
     buf: &'a mut IoVecBuf,
     mem: &'a M,
     bytes: u64,
+    /// Guest start address of the region the last iovec lies in: adjacent pieces are
+    /// merged only within one region, never across two mappings that merely happen to be
+    /// adjacent in the host address space.
+    last_region: Option<u64>,
 }
 
 impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
@@ -128,7 +132,7 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
             let chunk_usize = usize::try_from(chunk).map_err(|_| out_of_range.clone())?;
             let host =
                 region.get_host_address(MemoryRegionAddress(offset)).map_err(|_| ShmError::NoHostMapping(cur))?;
-            self.append(host, chunk_usize)?;
+            self.append(region.start_addr().raw_value(), host, chunk_usize)?;
             // `chunk <= remaining` and `cur + remaining` does not overflow (checked above).
             cur += chunk;
             remaining -= chunk;
@@ -137,9 +141,11 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
         Ok(())
     }
 
-    fn append(&mut self, host: *mut u8, len: usize) -> Result<(), ShmError> {
+    fn append(&mut self, region: u64, host: *mut u8, len: usize) -> Result<(), ShmError> {
         if let Some(last) = self.buf.iovs.last_mut() {
-            if (last.iov_base as usize).checked_add(last.iov_len) == Some(host as usize) {
+            if self.last_region == Some(region)
+                && (last.iov_base as usize).checked_add(last.iov_len) == Some(host as usize)
+            {
                 last.iov_len += len;
                 return Ok(());
             }
@@ -147,6 +153,7 @@ impl<'a, M: GuestMemoryBackend> IoVecBuilder<'a, M> {
         if self.buf.iovs.len() >= self.buf.cap {
             return Err(ShmError::TooManySegments(self.buf.cap));
         }
+        self.last_region = Some(region);
         self.buf.iovs.push(libc::iovec { iov_base: host.cast(), iov_len: len });
         Ok(())
     }
