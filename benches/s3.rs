@@ -19,7 +19,6 @@ use harness::shared;
 
 fn main() {
     use logdisk::backend::s3::S3Store;
-    use logdisk::backend::sco_reader::ScoReader;
     use logdisk::backend::uploader::Uploader;
     use logdisk::backend::ObjectStore;
     use logdisk::volume::read_cache::ReadCache;
@@ -82,13 +81,12 @@ fn main() {
     // LOGDISK_MEASURE_CACHE_DIRECT=0: read cache through the page cache (for comparison).
     let cache_direct = std::env::var("LOGDISK_MEASURE_CACHE_DIRECT").as_deref() != Ok("0");
     let env = |name: &str| {
-        Arc::new(VolumeEnv {
-            store: store.clone(),
-            reader: Arc::new(ScoReader::new(store.clone())),
-            cache: Arc::new(ReadCache::create(&t.path().join(name), 1 << 30, cache_direct).unwrap()),
-            uploader: Uploader::start(4),
-            opts: EngineOptions { wb_limit: 1 << 30, ..EngineOptions::default() },
-        })
+        Arc::new(VolumeEnv::new(
+            store.clone(),
+            Arc::new(ReadCache::create(&t.path().join(name), 1 << 30, cache_direct).unwrap()),
+            Uploader::start(4),
+            EngineOptions { wb_limit: 1 << 30, ..EngineOptions::default() },
+        ))
     };
     let mut meta = VolumeMeta::new("m", size, 4096, 32 << 20);
     meta.store_new_version(store.as_ref(), true).unwrap();

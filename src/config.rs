@@ -41,6 +41,7 @@ pub struct Config {
     pub read_cache: ReadCacheConfig,
     pub upload: UploadConfig,
     pub io: IoConfig,
+    pub scrub: ScrubConfig,
     /// S3 connection settings, used when the backend is `s3://BUCKET/PREFIX`.
     pub s3: S3Config,
 }
@@ -82,6 +83,22 @@ pub struct UploadConfig {
     pub frame_size: ByteSize,
     /// Compression of SCO frames: "lz4" or "none".
     pub compression: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScrubConfig {
+    /// The daemon scrubs every served volume this often (0 = never; `logdisk scrub` runs
+    /// one by hand).
+    pub interval_secs: u64,
+    /// Rewrite SCOs whose live fraction is below this.
+    pub threshold: f64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig { interval_secs: 3600, threshold: 0.5 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,6 +314,9 @@ impl Config {
         crate::backend::sco_object::Codec::parse(&self.upload.compression)?;
         if self.write_buffer.limit.0 < 2 * sco {
             return Err(Error::Config("write_buffer.limit must hold at least two SCOs".into()));
+        }
+        if !(0.0..=1.0).contains(&self.scrub.threshold) {
+            return Err(Error::Config("scrub.threshold must be between 0 and 1".into()));
         }
         self.s3.validate()?;
         Ok(())

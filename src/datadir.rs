@@ -12,7 +12,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backend::sco_object::Codec;
-use crate::backend::sco_reader::ScoReader;
 use crate::backend::uploader::Uploader;
 use crate::backend::url::BackendUrl;
 use crate::backend::{keys, ObjectStore};
@@ -20,7 +19,8 @@ use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::units::validate_name;
 use crate::volume::read_cache::ReadCache;
-use crate::volume::{EngineOptions, Volume, VolumeEnv, VolumeMeta};
+use crate::volume::snapshots::SnapshotInfo;
+use crate::volume::{EngineOptions, ParentRef, Volume, VolumeEnv, VolumeMeta};
 
 pub struct DataDir {
     root: PathBuf,
@@ -79,6 +79,16 @@ pub struct VolumeInfo {
     /// Raw bytes of the SCO objects / their stored bytes (1.0 when there are none).
     pub compression_ratio: f64,
     pub map_memory_bytes: u64,
+    /// Raw bytes of uploaded SCOs that no map references any more (scrub reclaims them).
+    #[serde(default)]
+    pub garbage_bytes: u64,
+    #[serde(default)]
+    pub template: bool,
+    /// `VOL@SNAP` (or a template's name) this clone reads through to.
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotInfo>,
 }
 
 impl DataDir {
@@ -154,13 +164,7 @@ impl DataDir {
                 .then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
             drain_timeout: Duration::from_secs(c.upload.drain_timeout_secs),
         };
-        let env = Arc::new(VolumeEnv {
-            store: self.store.clone(),
-            reader: Arc::new(ScoReader::new(self.store.clone())),
-            cache,
-            uploader: Uploader::start(c.upload.concurrency),
-            opts,
-        });
+        let env = Arc::new(VolumeEnv::new(self.store.clone(), cache, Uploader::start(c.upload.concurrency), opts));
         self.env = Some(env.clone());
         Ok(env)
     }
@@ -232,10 +236,93 @@ impl DataDir {
         Volume::open(env, meta, self.volume_dir(name), read_only)
     }
 
+    /// Volumes that read through to `volume` (to its snapshot `snapshot` when given).
+    pub fn dependents(&self, volume: &str, snapshot: Option<&str>) -> Result<Vec<String>> {
+        Ok(self
+            .list_volumes()?
+            .into_iter()
+            .filter(|m| {
+                m.parent.as_ref().is_some_and(|p| {
+                    p.volume == volume && (snapshot.is_none() || p.snapshot.as_deref() == snapshot)
+                })
+            })
+            .map(|m| m.name)
+            .collect())
+    }
+
+    /// Refuse when clones depend on `volume` (or on its snapshot `snapshot`).
+    pub fn check_no_dependents(&self, volume: &str, snapshot: Option<&str>, what: &str) -> Result<()> {
+        let deps = self.dependents(volume, snapshot)?;
+        if deps.is_empty() {
+            return Ok(());
+        }
+        let target = match snapshot {
+            Some(s) => format!("snapshot {volume}@{s}"),
+            None => format!("volume {volume}"),
+        };
+        Err(Error::InvalidArgument(format!(
+            "cannot {what} {target}: clones depend on it: {} (delete or flatten them first)",
+            deps.join(", ")
+        )))
+    }
+
+    /// Create clone `target` of `source` (at its snapshot `snapshot`, or a template's
+    /// content). The caller makes sure the parent's data is in the object store.
+    pub fn create_clone(&self, target: &str, source: &VolumeMeta, snapshot: Option<&str>) -> Result<VolumeMeta> {
+        validate_name("volume", target)?;
+        let sco = self.config.volume.sco_size.0.max(source.cluster_size as u64);
+        let mut meta = VolumeMeta::new(target, source.size, source.cluster_size, sco);
+        meta.parent = Some(ParentRef { volume: source.name.clone(), snapshot: snapshot.map(str::to_string) });
+        meta.store_new_version(self.store.as_ref(), true)?;
+        let dir = self.volume_dir(target);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).ctx(|| format!("cannot remove stale {}", dir.display()))?;
+        }
+        Ok(meta)
+    }
+
+    /// Store a new version of `name`'s record changed by `f`.
+    pub fn update_meta(&self, name: &str, f: impl FnOnce(&mut VolumeMeta)) -> Result<VolumeMeta> {
+        let mut m = self.volume_meta(name)?;
+        f(&mut m);
+        m.store_new_version(self.store.as_ref(), false)?;
+        Ok(m)
+    }
+
+    /// A read-only view of snapshot `snapshot` of `volume` (`volume@snapshot`). `live` is
+    /// the volume when this process already has it open.
+    pub fn open_snapshot_view(
+        &mut self,
+        volume: &str,
+        snapshot: &str,
+        live: Option<&Arc<Volume>>,
+    ) -> Result<Arc<Volume>> {
+        let env = self.env()?;
+        let map = match live {
+            Some(v) => {
+                let map = v.snapshot_map(snapshot)?;
+                ensure_uploaded(v)?;
+                map
+            }
+            None => {
+                let v = self.open_volume(volume, true)?;
+                let map = v.snapshot_map(snapshot);
+                let closed = v.close()?;
+                let map = map?;
+                if !closed.drained {
+                    return Err(not_uploaded(volume));
+                }
+                map
+            }
+        };
+        Volume::open_view(env, self.volume_meta(volume)?, &format!("{volume}@{snapshot}"), map)
+    }
+
     /// Delete a volume: its record first (so it disappears), then its objects and
     /// local state.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         self.volume_meta(name)?;
+        self.check_no_dependents(name, None, "delete")?;
         let store = &self.store;
         for o in store.list(&keys::volume_meta_prefix(name))? {
             store.delete(&o.key)?;
@@ -266,7 +353,16 @@ impl DataDir {
                 }
             }
         }
+        let space = vol.space()?;
+        let mut snapshots = vol.snapshots();
+        for s in snapshots.iter_mut() {
+            s.exclusive_bytes = space.snapshot_exclusive.get(&s.name).copied().unwrap_or(0);
+        }
         Ok(VolumeInfo {
+            garbage_bytes: space.garbage_bytes,
+            template: m.template,
+            parent: m.parent.as_ref().map(|p| p.to_string()),
+            snapshots,
             name: m.name.clone(),
             size: m.size,
             cluster_size: m.cluster_size,
@@ -282,6 +378,21 @@ impl DataDir {
             compression_ratio: if stored == 0 { 1.0 } else { raw as f64 / stored as f64 },
             map_memory_bytes: s.map_memory_bytes,
         })
+    }
+}
+
+fn not_uploaded(volume: &str) -> Error {
+    Error::StoreTimeout { what: format!("uploads of volume {volume}: its data must be in the object store first"), secs: 0 }
+}
+
+/// Wait until everything `vol` sealed is in the object store (clones and views read
+/// their parents from there).
+pub fn ensure_uploaded(vol: &Volume) -> Result<()> {
+    vol.seal()?;
+    if vol.wait_uploaded(Duration::from_secs(300)) {
+        Ok(())
+    } else {
+        Err(not_uploaded(vol.name()))
     }
 }
 

@@ -48,8 +48,13 @@ fn daemon_serves_control_socket_metrics_and_stops_on_sigterm() {
     assert!(logdisk(d, &["volume", "create", "second", "--size", "8M"]).status.success());
     let out = logdisk(d, &["volume", "list", "--json"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("second"));
+    // Deleting goes through the daemon too, but not for a volume it serves.
+    let out = logdisk(d, &["volume", "delete", "vm"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("while this daemon serves it"));
+    assert!(logdisk(d, &["volume", "delete", "second"]).status.success());
     // Commands that need the data dir itself are refused with the owner's pid.
-    let out = logdisk(d, &["volume", "delete", "second"]);
+    let out = logdisk(d, &["volume", "export", "vm", "/dev/null"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("in use by pid {}", child.id())));
 

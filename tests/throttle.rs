@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logdisk::backend::local::LocalStore;
-use logdisk::backend::sco_reader::ScoReader;
 use logdisk::backend::uploader::Uploader;
 use logdisk::backend::{ObjectInfo, ObjectStore};
 use logdisk::volume::read_cache::ReadCache;
@@ -71,13 +70,12 @@ fn outage_throttles_writes_and_loses_nothing() {
         drain_timeout: Duration::from_secs(30),
         ..EngineOptions::default()
     };
-    let env = Arc::new(VolumeEnv {
-        store: dyn_store.clone(),
-        reader: Arc::new(ScoReader::new(dyn_store.clone())),
-        cache: Arc::new(ReadCache::create(&t.path().join("cache"), 1 << 20, true).unwrap()),
-        uploader: Uploader::start(2),
+    let env = Arc::new(VolumeEnv::new(
+        dyn_store.clone(),
+        Arc::new(ReadCache::create(&t.path().join("cache"), 1 << 20, true).unwrap()),
+        Uploader::start(2),
         opts,
-    });
+    ));
     let mut meta = VolumeMeta::new("v", 8 << 20, 4096, 128 << 10);
     meta.store_new_version(dyn_store.as_ref(), true).unwrap();
     let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
@@ -103,13 +101,12 @@ fn outage_throttles_writes_and_loses_nothing() {
     env.uploader.stop();
 
     // A fresh host reads everything from the object store.
-    let env2 = Arc::new(VolumeEnv {
-        store: dyn_store.clone(),
-        reader: Arc::new(ScoReader::new(dyn_store.clone())),
-        cache: Arc::new(ReadCache::create(&t.path().join("cache2"), 1 << 20, true).unwrap()),
-        uploader: Uploader::start(1),
-        opts: EngineOptions::default(),
-    });
+    let env2 = Arc::new(VolumeEnv::new(
+        dyn_store.clone(),
+        Arc::new(ReadCache::create(&t.path().join("cache2"), 1 << 20, true).unwrap()),
+        Uploader::start(1),
+        EngineOptions::default(),
+    ));
     let meta = VolumeMeta::load(dyn_store.as_ref(), "v").unwrap();
     let vol2 = Volume::open(env2, meta, t.path().join("wb2"), true).unwrap();
     let mut got = vec![0u8; image.len()];

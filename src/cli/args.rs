@@ -41,8 +41,48 @@ pub enum Command {
     /// Create, inspect, import, export and delete volumes
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Serve volumes to hypervisors over vhost-user-blk (the daemon of the data dir)
+    /// Serve volumes to hypervisors over vhost-user-blk (the daemon of the data dir);
+    /// VOL@SNAP serves a snapshot read-only
     Serve(ServeArgs),
+    /// Take, list, roll back to and delete snapshots (VOL@SNAP)
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Clone VOL@SNAP (or a template VOL) into a new volume: instant, no data copied
+    Clone {
+        /// VOL@SNAP, or the name of a template volume
+        source: String,
+        /// Name of the new volume
+        target: String,
+    },
+    /// Reclaim object-store space: rewrite the live data of mostly-dead SCOs and delete
+    /// what nothing references (runs to completion)
+    Scrub {
+        volume: String,
+        /// Rewrite SCOs whose live fraction is below this
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Take a snapshot (O(1); crash-consistent while a guest writes)
+    Create { target: String },
+    /// List a volume's snapshots with the bytes each alone holds
+    List {
+        volume: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the volume's content the snapshot's (every snapshot is kept)
+    Rollback {
+        target: String,
+        /// Roll back even while a daemon serves the volume (the guest sees its disk change)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a snapshot; its exclusive data becomes garbage for scrub
+    Delete { target: String },
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +153,10 @@ pub enum VolumeCmd {
         #[arg(long)]
         create: bool,
     },
-    /// Write the whole volume to a raw file (sparse where unwritten)
+    /// Write the whole volume (or VOL@SNAP) to a raw file (sparse where unwritten)
     Export { name: String, file: PathBuf },
+    /// Make a volume a read-only template, meant only as a clone parent
+    SetTemplate { name: String },
+    /// Copy what a clone still reads from its parents so it stands alone
+    Flatten { name: String },
 }

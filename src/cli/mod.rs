@@ -43,28 +43,26 @@ pub fn run() -> Result<()> {
         .clone()
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./logdisk-data"));
+    let request = volume_cmds::request_of(&cli.command).transpose()?;
     let mut dd = match DataDir::open(&data_dir, cli.global.backend.as_deref(), config) {
         Ok(dd) => dd,
         Err(e @ logdisk::Error::DataDirInUse { .. }) => {
-            // A daemon holds the data dir: some commands go through its control socket.
-            return match volume_cmds::via_daemon(&data_dir, &cli.command) {
-                Some(r) => r,
+            // A daemon holds the data dir: management commands go through its control socket.
+            let answer = request.and_then(|req| logdisk::control::client::try_request(&data_dir, &req));
+            return match answer {
+                Some(v) => volume_cmds::print_result(&cli.command, &v?),
                 None => Err(e.into()),
             };
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(req) = request {
+        return volume_cmds::run_request(&mut dd, &cli.command, req);
+    }
     match cli.command {
         Command::Serve(args) => serve::serve(dd, args),
-        Command::Volume(cmd) => match cmd {
-            VolumeCmd::Create { name, size, cluster_size, sco_size } => {
-                volume_cmds::create(&dd, &name, &size, cluster_size.as_deref(), sco_size.as_deref())
-            }
-            VolumeCmd::List { json } => volume_cmds::list(&dd, json),
-            VolumeCmd::Info { name, json } => volume_cmds::info(&mut dd, &name, json),
-            VolumeCmd::Delete { name } => volume_cmds::delete(&dd, &name),
-            VolumeCmd::Import { name, file, create } => volume_cmds::import(&mut dd, &name, &file, create),
-            VolumeCmd::Export { name, file } => volume_cmds::export(&mut dd, &name, &file),
-        },
+        Command::Volume(VolumeCmd::Import { name, file, create }) => volume_cmds::import(&mut dd, &name, &file, create),
+        Command::Volume(VolumeCmd::Export { name, file }) => volume_cmds::export(&mut dd, &name, &file),
+        _ => unreachable!("management commands are requests"),
     }
 }

@@ -32,6 +32,45 @@ fn resolve_group(g: &str) -> Result<u32> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
+/// Scrub every served (writable) volume every `scrub.interval_secs`; returns the stop flag.
+fn start_periodic_scrub(state: &Arc<DaemonState>) -> Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = state.data_dir.lock().config().scrub.clone();
+    if cfg.interval_secs == 0 {
+        return stop;
+    }
+    let (st, stop2) = (Arc::downgrade(state), stop.clone());
+    let every = std::time::Duration::from_secs(cfg.interval_secs);
+    let spawned = std::thread::Builder::new().name("scrub".into()).spawn(move || {
+        let mut next = std::time::Instant::now() + every;
+        while !stop2.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if std::time::Instant::now() < next {
+                continue;
+            }
+            next = std::time::Instant::now() + every;
+            let Some(state) = st.upgrade() else { return };
+            for (name, vol) in state.served.iter().filter(|(_, v)| !v.read_only()) {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                match vol.scrub(cfg.threshold) {
+                    Ok(r) if r.scos_deleted > 0 => {
+                        tracing::info!(volume = %name, deleted = r.scos_deleted, freed = r.freed_bytes, "periodic scrub")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(volume = %name, error = %e, "periodic scrub failed; retried next period"),
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the periodic scrub");
+    }
+    stop
+}
+
 pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
     if args.socket.is_some() && args.volumes.len() != 1 {
         bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
@@ -56,11 +95,20 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
 
     let mut served = HashMap::new();
     let mut order = Vec::new();
-    for name in &args.volumes {
+    // Volumes first, then snapshot views (VOL@SNAP, always read-only), which may read
+    // a snapshot of a volume served here.
+    let (views, plain): (Vec<&String>, Vec<&String>) = args.volumes.iter().partition(|n| n.contains('@'));
+    for name in plain.into_iter().chain(views) {
         if served.contains_key(name) {
             bail!("volume {name} named twice");
         }
-        let vol = dd.open_volume(name, args.read_only)?;
+        let vol = match super::volume_cmds::split_target(name) {
+            (v, Some(snap)) => {
+                let live = served.get(v).cloned();
+                dd.open_snapshot_view(v, snap, live.as_ref())?
+            }
+            (v, None) => dd.open_volume(v, args.read_only)?,
+        };
         served.insert(name.clone(), vol.clone());
         order.push((name.clone(), vol));
     }
@@ -71,6 +119,8 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         let local = logdisk::control::metrics::start(addr, state.clone())?;
         println!("metrics on http://{local}/metrics");
     }
+
+    let scrubber = start_periodic_scrub(&state);
 
     let mut devices = Vec::new();
     for (name, vol) in &order {
@@ -103,6 +153,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         }
     }
     control.stop();
+    scrubber.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut failed = false;
     for (name, vol) in &order {
         match vol.close() {

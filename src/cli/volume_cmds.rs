@@ -8,8 +8,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{Command, VolumeCmd};
+use super::args::{Command, SnapshotCmd, VolumeCmd};
+use logdisk::control::protocol::Request;
 use logdisk::datadir::{DataDir, VolumeInfo};
+use logdisk::volume::scrub::ScrubReport;
+use logdisk::volume::snapshots::SnapshotInfo;
 use logdisk::units::{format_size, parse_size};
 use logdisk::volume::iov::AlignedBuf;
 use logdisk::volume::Volume;
@@ -42,56 +45,141 @@ fn close(vol: &Volume) -> Result<()> {
     Ok(())
 }
 
-/// Run a command through the daemon that holds `data_dir`, if the command can be and a
-/// daemon answers.
-pub fn via_daemon(data_dir: &Path, cmd: &Command) -> Option<Result<()>> {
-    use logdisk::control::client::try_request;
-    use logdisk::control::protocol::Request;
+/// Split `VOL@SNAP` into its parts.
+pub fn split_target(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('@') {
+        Some((v, snap)) => (v, Some(snap)),
+        None => (s, None),
+    }
+}
+
+fn need_snapshot(s: &str) -> Result<(String, String)> {
+    match split_target(s) {
+        (v, Some(snap)) if !v.is_empty() && !snap.is_empty() => Ok((v.to_string(), snap.to_string())),
+        _ => bail!("{s:?} does not name a snapshot: use VOLUME@SNAPSHOT"),
+    }
+}
+
+/// The management request a command stands for (run by the daemon when one holds the
+/// data dir, else here); `None` for commands that need the data dir itself.
+pub fn request_of(cmd: &Command) -> Option<Result<Request>> {
+    let parse = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
     let req = match cmd {
         Command::Volume(VolumeCmd::List { .. }) => Request::List,
         Command::Volume(VolumeCmd::Info { name, .. }) => Request::Info { volume: name.clone() },
         Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size }) => {
-            let parse = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
-            let (size, cs, sco) = match (parse_size(size), parse(cluster_size), parse(sco_size)) {
-                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            match (parse_size(size), parse(cluster_size), parse(sco_size)) {
+                (Ok(size), Ok(cluster_size), Ok(sco_size)) => {
+                    Request::Create { volume: name.clone(), size, cluster_size, sco_size }
+                }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Some(Err(e.into())),
-            };
-            Request::Create { volume: name.clone(), size, cluster_size: cs, sco_size: sco }
+            }
         }
+        Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
+        Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
+        Command::Volume(VolumeCmd::Flatten { name }) => Request::Flatten { volume: name.clone() },
+        Command::Snapshot(SnapshotCmd::List { volume, .. }) => Request::SnapshotList { volume: volume.clone() },
+        Command::Snapshot(
+            SnapshotCmd::Create { target } | SnapshotCmd::Delete { target } | SnapshotCmd::Rollback { target, .. },
+        ) => {
+            let (volume, snapshot) = match need_snapshot(target) {
+                Ok(x) => x,
+                Err(e) => return Some(Err(e)),
+            };
+            match cmd {
+                Command::Snapshot(SnapshotCmd::Create { .. }) => Request::SnapshotCreate { volume, snapshot },
+                Command::Snapshot(SnapshotCmd::Delete { .. }) => Request::SnapshotDelete { volume, snapshot },
+                Command::Snapshot(SnapshotCmd::Rollback { force, .. }) => {
+                    Request::SnapshotRollback { volume, snapshot, force: *force }
+                }
+                _ => unreachable!(),
+            }
+        }
+        Command::Clone { source, target } => {
+            let (v, snap) = split_target(source);
+            if snap == Some("") || v.is_empty() {
+                return Some(Err(anyhow::anyhow!("{source:?}: use VOLUME@SNAPSHOT or a template's name")));
+            }
+            Request::Clone { source: v.to_string(), snapshot: snap.map(str::to_string), target: target.clone() }
+        }
+        Command::Scrub { volume, threshold } => Request::Scrub { volume: volume.clone(), threshold: *threshold },
         _ => return None,
     };
-    let result = try_request(data_dir, &req)?;
-    Some((|| -> Result<()> {
-        let v = result?;
-        match cmd {
-            Command::Volume(VolumeCmd::List { json }) => print_list(&v, *json)?,
-            Command::Volume(VolumeCmd::Info { json, .. }) => {
-                let info: VolumeInfo = serde_json::from_value(v)?;
-                print_info(&info, *json)?;
-            }
-            Command::Volume(VolumeCmd::Create { name, .. }) => println!("created volume {name}"),
-            _ => {}
-        }
-        Ok(())
-    })())
+    Some(Ok(req))
 }
 
-pub fn create(dd: &DataDir, name: &str, size: &str, cs: Option<&str>, sco: Option<&str>) -> Result<()> {
-    let size = parse_size(size)?;
-    let cs = cs.map(parse_size).transpose()?;
-    let sco = sco.map(parse_size).transpose()?;
-    let m = dd.create_volume(name, size, cs, sco)?;
-    println!("created volume {} ({}, cluster {})", m.name, format_size(m.size), format_size(m.cluster_size as u64));
+/// Run a management request on `dd` directly (no daemon holds the data dir).
+pub fn run_request(dd: &mut DataDir, cmd: &Command, req: Request) -> Result<()> {
+    let v = logdisk::control::ops::run(dd, &Default::default(), req)?;
+    print_result(cmd, &v)
+}
+
+/// Print what a management request answered.
+pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    match cmd {
+        Command::Volume(VolumeCmd::List { json }) => print_list(v, *json)?,
+        Command::Volume(VolumeCmd::Info { json, .. }) => {
+            let info: VolumeInfo = serde_json::from_value(v.clone())?;
+            print_info(&info, *json)?
+        }
+        Command::Volume(VolumeCmd::Create { .. }) => {
+            let size = v["size"].as_u64().unwrap_or(0);
+            let cs = v["cluster_size"].as_u64().unwrap_or(0);
+            println!("created volume {} ({}, cluster {})", s("name"), format_size(size), format_size(cs));
+        }
+        Command::Volume(VolumeCmd::Delete { name }) => println!("deleted volume {name}"),
+        Command::Volume(VolumeCmd::SetTemplate { name }) => println!("volume {name} is now a read-only template"),
+        Command::Volume(VolumeCmd::Flatten { name }) => println!(
+            "flattened {name}: copied {} from its parents; it no longer depends on them",
+            format_size(v["copied_bytes"].as_u64().unwrap_or(0))
+        ),
+        Command::Snapshot(SnapshotCmd::Create { target }) => println!("created snapshot {target}"),
+        Command::Snapshot(SnapshotCmd::List { json, .. }) => {
+            let list: Vec<SnapshotInfo> = serde_json::from_value(v.clone())?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<32} {:<20} {:>12}", "NAME", "CREATED (UTC)", "EXCLUSIVE");
+                for x in list {
+                    println!("{:<32} {:<20} {:>12}", x.name, format_time(x.created), format_size(x.exclusive_bytes));
+                }
+            }
+        }
+        Command::Snapshot(SnapshotCmd::Delete { target }) => println!("deleted snapshot {target}"),
+        Command::Snapshot(SnapshotCmd::Rollback { target, .. }) => println!("rolled back to {target}"),
+        Command::Clone { target, .. } => println!("created clone {target} of {}", s("parent")),
+        Command::Scrub { volume, .. } => {
+            let r: ScrubReport = serde_json::from_value(v.clone())?;
+            println!(
+                "scrubbed {volume}: {} SCOs examined, {} rewritten, {} deleted; moved {}, freed {} in the object store",
+                r.scos_examined,
+                r.scos_rewritten,
+                r.scos_deleted,
+                format_size(r.moved_bytes),
+                format_size(r.freed_bytes)
+            );
+        }
+        _ => println!("{}", serde_json::to_string_pretty(v)?),
+    }
     Ok(())
 }
 
-pub fn list(dd: &DataDir, json: bool) -> Result<()> {
-    let vols: Vec<_> = dd
-        .list_volumes()?
-        .iter()
-        .map(|m| serde_json::json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only}))
-        .collect();
-    print_list(&serde_json::Value::Array(vols), json)
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix seconds.
+fn format_time(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Print a volume list (JSON array of {name, size, cluster_size, ...}).
@@ -100,11 +188,22 @@ fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    println!("{:<32} {:>12} {:>8}", "NAME", "SIZE", "CLUSTER");
+    println!("{:<32} {:>12} {:>8}  NOTES", "NAME", "SIZE", "CLUSTER");
     for x in v.as_array().into_iter().flatten() {
         let size = x["size"].as_u64().unwrap_or(0);
         let cs = x["cluster_size"].as_u64().unwrap_or(0);
-        println!("{:<32} {:>12} {:>8}", x["name"].as_str().unwrap_or(""), format_size(size), format_size(cs));
+        let mut notes = Vec::new();
+        if x["template"].as_bool() == Some(true) {
+            notes.push("template".to_string());
+        }
+        if let Some(p) = x["parent"].as_str() {
+            notes.push(format!("clone of {p}"));
+        }
+        if x["served"].as_bool() == Some(true) {
+            notes.push("served".to_string());
+        }
+        let name = x["name"].as_str().unwrap_or("");
+        println!("{:<32} {:>12} {:>8}  {}", name, format_size(size), format_size(cs), notes.join(", "));
     }
     Ok(())
 }
@@ -126,19 +225,17 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
     println!("pending upload:     {}", format_size(info.pending_upload_bytes));
     println!("compression ratio:  {:.2}", info.compression_ratio);
     println!("map memory:         {}", format_size(info.map_memory_bytes));
-    Ok(())
-}
-
-pub fn info(dd: &mut DataDir, name: &str, json: bool) -> Result<()> {
-    let vol = dd.open_volume(name, true)?;
-    let info = dd.volume_info(&vol)?;
-    close(&vol)?;
-    print_info(&info, json)
-}
-
-pub fn delete(dd: &DataDir, name: &str) -> Result<()> {
-    dd.delete_volume(name)?;
-    println!("deleted volume {name}");
+    println!("garbage:            {} (scrub reclaims it)", format_size(info.garbage_bytes));
+    if info.template {
+        println!("template:           yes (read-only clone parent)");
+    }
+    if let Some(p) = &info.parent {
+        println!("clone of:           {p}");
+    }
+    println!("snapshots:          {}", info.snapshots.len());
+    for s in &info.snapshots {
+        println!("  {:<30} {}  exclusive {}", s.name, format_time(s.created), format_size(s.exclusive_bytes));
+    }
     Ok(())
 }
 
@@ -196,7 +293,10 @@ fn write_sparse(vol: &Volume, off: u64, data: &[u8]) -> Result<()> {
 }
 
 pub fn export(dd: &mut DataDir, name: &str, path: &Path) -> Result<()> {
-    let vol = dd.open_volume(name, true)?;
+    let vol = match split_target(name) {
+        (v, Some(snap)) => dd.open_snapshot_view(v, snap, None)?,
+        (v, None) => dd.open_volume(v, true)?,
+    };
     let out = OpenOptions::new()
         .write(true)
         .create(true)

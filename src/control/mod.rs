@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod server;
 

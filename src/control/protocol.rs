@@ -13,6 +13,24 @@ pub enum Request {
     Create { volume: String, size: u64, cluster_size: Option<u64>, sco_size: Option<u64> },
     /// Which volumes this daemon serves.
     Served,
+    /// Delete a volume (refused while served or while clones depend on it).
+    Delete { volume: String },
+    /// Take a snapshot.
+    SnapshotCreate { volume: String, snapshot: String },
+    /// A volume's snapshots with the bytes each alone holds.
+    SnapshotList { volume: String },
+    /// Delete a snapshot (refused while clones depend on it).
+    SnapshotDelete { volume: String, snapshot: String },
+    /// Make a volume's content a snapshot's (refused while served unless `force`).
+    SnapshotRollback { volume: String, snapshot: String, force: bool },
+    /// A new volume reading through to a snapshot (or to a template's content).
+    Clone { source: String, snapshot: Option<String>, target: String },
+    /// Freeze a volume as a read-only clone parent.
+    SetTemplate { volume: String },
+    /// Copy what a clone still reads from its parents, then drop them.
+    Flatten { volume: String },
+    /// Reclaim space of SCOs whose live fraction is below `threshold`.
+    Scrub { volume: String, threshold: f64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -98,39 +98,8 @@ fn handle(s: UnixStream, state: &DaemonState) {
 }
 
 fn answer(req: Request, state: &DaemonState) -> Response {
-    let r = (|| -> Result<serde_json::Value> {
-        match req {
-            Request::List => {
-                let dd = state.data_dir.lock();
-                let v: Vec<_> = dd
-                    .list_volumes()?
-                    .into_iter()
-                    .map(|m| serde_json::json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only, "served": state.served.contains_key(&m.name)}))
-                    .collect();
-                Ok(serde_json::Value::Array(v))
-            }
-            Request::Served => Ok(serde_json::json!(state.served.keys().collect::<Vec<_>>())),
-            Request::Info { volume } => {
-                let mut dd = state.data_dir.lock();
-                let info = match state.served.get(&volume) {
-                    Some(v) => dd.volume_info(v)?,
-                    None => {
-                        let v = dd.open_volume(&volume, true)?;
-                        let info = dd.volume_info(&v)?;
-                        v.close()?;
-                        info
-                    }
-                };
-                Ok(serde_json::to_value(info).expect("serializable"))
-            }
-            Request::Create { volume, size, cluster_size, sco_size } => {
-                let dd = state.data_dir.lock();
-                let m = dd.create_volume(&volume, size, cluster_size, sco_size)?;
-                Ok(serde_json::json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size}))
-            }
-        }
-    })();
-    match r {
+    let mut dd = state.data_dir.lock();
+    match super::ops::run(&mut dd, &state.served, req) {
         Ok(v) => Response::ok(v),
         Err(e) => Response::err(e.to_string()),
     }

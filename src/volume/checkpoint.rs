@@ -1,20 +1,35 @@
-//! Metadata checkpoints: the whole cluster map as of the end of an epoch, plus the raw
-//! size of every sealed SCO, so a restart loads it and replays only later TLogs. Stored
-//! as `<volume>/meta/checkpoint/<epoch>`: LZ4 of `magic | epoch u64 | clusters u64 |
-//! n_runs u64 | runs | n_scos u64 | (sco u64, clusters u32)* | crc32c u32`, where a run is
-//! `cluster u64 | count u32 | first entry u64` (locations consecutive, or a repeated ZERO
-//! marker).
+//! Metadata checkpoints: every map of a volume (current and snapshots) as of the end of
+//! an epoch, plus the raw size of every sealed SCO, so a restart loads it and replays
+//! only later TLogs. Stored as `<volume>/meta/checkpoint/<epoch>`: LZ4 of
+//!
+//! ```text
+//! magic "LDCKPT03" | epoch u64 | clusters u64 | map | n_scos u64 | (sco u64, clusters u32)*
+//! | next_snap_id u32 | n_snaps u32 | (id u32, created u64, epoch u64, name_len u8, name, map)*
+//! | crc32c u32
+//! map: n_runs u64 | (cluster u64, count u32, first entry u64)*
+//! ```
+//! A run's locations are consecutive in one SCO, or it repeats the ZERO marker.
+//! Version 2 (no snapshot section) still decodes.
 
 use std::collections::BTreeMap;
 
-use super::location::{Location, ZERO};
+use super::location::{Location, MAX_CLUSTERS_PER_SCO, ZERO};
 use super::map::ClusterMap;
+use super::snapshots::{Snapshot, Snapshots};
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"LDCKPT02";
+const MAGIC_V2: &[u8; 8] = b"LDCKPT02";
+const MAGIC: &[u8; 8] = b"LDCKPT03";
 
-/// Serialize `map` and the sealed SCOs' sizes (in clusters) as of the end of `epoch`.
-pub fn encode(map: &ClusterMap, sco_sizes: &BTreeMap<u64, u32>, epoch: u64) -> Vec<u8> {
+/// What a checkpoint holds.
+pub struct CheckpointData {
+    pub epoch: u64,
+    pub map: ClusterMap,
+    pub snaps: Snapshots,
+    pub sco_sizes: BTreeMap<u64, u32>,
+}
+
+fn encode_map(map: &ClusterMap, out: &mut Vec<u8>) {
     let mut runs: Vec<(u64, u32, u64)> = Vec::new();
     map.for_each_mapped(|c, e| {
         if let Some((rc, rn, re)) = runs.last_mut() {
@@ -34,89 +49,145 @@ pub fn encode(map: &ClusterMap, sco_sizes: &BTreeMap<u64, u32>, epoch: u64) -> V
         }
         runs.push((c, 1, e));
     });
-    let mut out = Vec::with_capacity(32 + runs.len() * 20);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&epoch.to_le_bytes());
-    out.extend_from_slice(&map.clusters().to_le_bytes());
     out.extend_from_slice(&(runs.len() as u64).to_le_bytes());
     for (c, n, e) in runs {
         out.extend_from_slice(&c.to_le_bytes());
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&e.to_le_bytes());
     }
-    out.extend_from_slice(&(sco_sizes.len() as u64).to_le_bytes());
-    for (sco, n) in sco_sizes {
+}
+
+/// Serialize every map and the sealed SCOs' sizes (in clusters) as of the end of `epoch`.
+pub fn encode(cp: &CheckpointData) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&cp.epoch.to_le_bytes());
+    out.extend_from_slice(&cp.map.clusters().to_le_bytes());
+    encode_map(&cp.map, &mut out);
+    out.extend_from_slice(&(cp.sco_sizes.len() as u64).to_le_bytes());
+    for (sco, n) in &cp.sco_sizes {
         out.extend_from_slice(&sco.to_le_bytes());
         out.extend_from_slice(&n.to_le_bytes());
+    }
+    out.extend_from_slice(&cp.snaps.next_id.to_le_bytes());
+    out.extend_from_slice(&(cp.snaps.list.len() as u32).to_le_bytes());
+    for s in cp.snaps.list.values() {
+        out.extend_from_slice(&s.id.to_le_bytes());
+        out.extend_from_slice(&s.created.to_le_bytes());
+        out.extend_from_slice(&s.epoch.to_le_bytes());
+        out.push(s.name.len() as u8);
+        out.extend_from_slice(s.name.as_bytes());
+        encode_map(&s.map, &mut out);
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     lz4_flex::block::compress_prepend_size(&out)
 }
 
-/// What a checkpoint holds.
-pub type Decoded = (u64, ClusterMap, BTreeMap<u64, u32>);
+/// A bounds-checked reader over the checkpoint body.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
 
-/// Decode a checkpoint into `(epoch, map, sco sizes)`.
-pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<Decoded> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+}
+
+fn decode_map(c: &mut Cursor, clusters: u64) -> std::result::Result<ClusterMap, &'static str> {
+    let n = c.u64().ok_or("checkpoint length mismatch")?;
+    let mut map = ClusterMap::new(clusters);
+    for _ in 0..n {
+        let (Some(start), Some(cnt), Some(e)) = (c.u64(), c.u32(), c.u64()) else {
+            return Err("checkpoint length mismatch");
+        };
+        let cnt = cnt as u64;
+        if start.checked_add(cnt).is_none_or(|end| end > clusters) {
+            return Err("checkpoint run outside the volume");
+        }
+        match Location::unpack(e) {
+            Some(l) => {
+                if l.index as u64 + cnt > MAX_CLUSTERS_PER_SCO {
+                    return Err("checkpoint run outside its SCO");
+                }
+                for i in 0..cnt {
+                    map.set(start + i, l.advance(i as u32).pack());
+                }
+            }
+            None if e == ZERO => map.fill(start, cnt, ZERO),
+            None => return Err("checkpoint has an unmapped run"),
+        }
+    }
+    Ok(map)
+}
+
+/// Decode a checkpoint of a volume with `clusters` clusters.
+pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<CheckpointData> {
     let bad = |d: &str| Error::Corrupt { key: key.to_string(), detail: d.to_string() };
     let raw = lz4_flex::block::decompress_size_prepended(bytes).map_err(|_| bad("cannot decompress checkpoint"))?;
-    if raw.len() < 36 || &raw[..8] != MAGIC {
+    if raw.len() < 36 || (&raw[..8] != MAGIC && &raw[..8] != MAGIC_V2) {
         return Err(bad("bad checkpoint header"));
     }
+    let v2 = &raw[..8] == MAGIC_V2;
     let body = &raw[..raw.len() - 4];
     if crc32c::crc32c(body) != u32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap()) {
         return Err(bad("checkpoint checksum mismatch"));
     }
-    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
-    let epoch = u64_at(8);
-    if u64_at(16) != clusters {
+    let mut c = Cursor { b: body, at: 8 };
+    let epoch = c.u64().ok_or_else(|| bad("checkpoint length mismatch"))?;
+    if c.u64() != Some(clusters) {
         return Err(bad("checkpoint is for a different volume size"));
     }
-    let n = u64_at(24) as usize;
-    let sizes_at = n.checked_mul(20).and_then(|b| b.checked_add(32)).filter(|&a| a + 8 <= body.len());
-    let Some(sizes_at) = sizes_at else { return Err(bad("checkpoint length mismatch")) };
-    let n_scos = u64_at(sizes_at) as usize;
-    if Some(body.len()) != n_scos.checked_mul(12).and_then(|b| b.checked_add(sizes_at + 8)) {
-        return Err(bad("checkpoint length mismatch"));
+    let map = decode_map(&mut c, clusters).map_err(bad)?;
+    let short = || bad("checkpoint length mismatch");
+    let n_scos = c.u64().ok_or_else(short)?;
+    let mut sco_sizes = BTreeMap::new();
+    for _ in 0..n_scos {
+        let (Some(sco), Some(n)) = (c.u64(), c.u32()) else { return Err(short()) };
+        sco_sizes.insert(sco, n);
     }
-    let mut sizes = BTreeMap::new();
-    for i in 0..n_scos {
-        let at = sizes_at + 8 + i * 12;
-        sizes.insert(u64_at(at), u32::from_le_bytes(body[at + 8..at + 12].try_into().unwrap()));
-    }
-    let mut map = ClusterMap::new(clusters);
-    for r in 0..n {
-        let at = 32 + r * 20;
-        let c = u64_at(at);
-        let cnt = u32::from_le_bytes(body[at + 8..at + 12].try_into().unwrap()) as u64;
-        let e = u64_at(at + 12);
-        if c.checked_add(cnt).is_none_or(|end| end > clusters) {
-            return Err(bad("checkpoint run outside the volume"));
-        }
-        match Location::unpack(e) {
-            Some(l) => {
-                if l.index as u64 + cnt > super::location::MAX_CLUSTERS_PER_SCO {
-                    return Err(bad("checkpoint run outside its SCO"));
-                }
-                for i in 0..cnt {
-                    map.set(c + i, l.advance(i as u32).pack());
-                }
-            }
-            None if e == ZERO => {
-                for i in 0..cnt {
-                    map.set(c + i, ZERO);
-                }
-            }
-            None => return Err(bad("checkpoint has an unmapped run")),
+    let mut snaps = Snapshots::default();
+    if !v2 {
+        snaps.next_id = c.u32().ok_or_else(short)?;
+        let n = c.u32().ok_or_else(short)?;
+        for _ in 0..n {
+            let (Some(id), Some(created), Some(s_epoch), Some(len)) = (c.u32(), c.u64(), c.u64(), c.u8()) else {
+                return Err(short());
+            };
+            let name = c.take(len as usize).ok_or_else(short)?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| bad("bad snapshot name"))?;
+            let smap = decode_map(&mut c, clusters).map_err(bad)?;
+            snaps.insert(Snapshot { id, name, created, epoch: s_epoch, map: smap });
         }
     }
-    Ok((epoch, map, sizes))
+    if c.at != body.len() {
+        return Err(short());
+    }
+    Ok(CheckpointData { epoch, map, snaps, sco_sizes })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries(m: &ClusterMap) -> Vec<(u64, u64)> {
+        let mut a = vec![];
+        m.for_each_mapped(|c, e| a.push((c, e)));
+        a
+    }
 
     #[test]
     fn round_trip() {
@@ -127,17 +198,20 @@ mod tests {
         m.set(5000, ZERO);
         m.set(5001, ZERO);
         m.set(7000, Location::new(9, 1).pack());
+        let mut snaps = Snapshots::default();
+        snaps.insert(Snapshot { id: 2, name: "before".into(), created: 77, epoch: 5, map: m.clone() });
         m.set(7001, Location::new(8, 2).pack());
         let sizes = BTreeMap::from([(3u64, 1000u32), (8, 3), (9, 2)]);
-        let b = encode(&m, &sizes, 42);
-        let (e, d, s) = decode("k", &b, 100_000).unwrap();
-        assert_eq!(e, 42);
-        assert_eq!(s, sizes);
-        let mut a = vec![];
-        let mut z = vec![];
-        m.for_each_mapped(|c, e| a.push((c, e)));
-        d.for_each_mapped(|c, e| z.push((c, e)));
-        assert_eq!(a, z);
+        let cp = CheckpointData { epoch: 42, map: m, snaps, sco_sizes: sizes.clone() };
+        let b = encode(&cp);
+        let d = decode("k", &b, 100_000).unwrap();
+        assert_eq!(d.epoch, 42);
+        assert_eq!(d.sco_sizes, sizes);
+        assert_eq!(entries(&d.map), entries(&cp.map));
+        let s = d.snaps.by_name("before").unwrap();
+        assert_eq!((s.id, s.created, s.epoch), (2, 77, 5));
+        assert_eq!(entries(&s.map), entries(&cp.snaps.list[&2].map));
+        assert_eq!(d.snaps.next_id, 3);
         assert!(decode("k", &b, 99_999).is_err());
         let mut bad = b.clone();
         let n = bad.len();

@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::iov::{self, iovec, AlignedBuf};
-use super::location::{Location, UNMAPPED};
+use super::checkpoint::CheckpointData;
+use super::layers::Layer;
+use super::location::{Location, UNMAPPED, ZERO};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
 use super::plan::{IoPlan, MAX_SEGS};
 use super::read_cache::{BlockKey, Fill, ReadCache, BLOCK};
 use super::sco_file::ScoFile;
+use super::snapshots::Snapshots;
 use super::tlog::{Record, TlogWriter};
 use crate::backend::sco_object::Codec;
 use crate::backend::sco_reader::ScoReader;
@@ -59,6 +62,33 @@ pub struct VolumeEnv {
     pub cache: Arc<ReadCache>,
     pub uploader: Arc<Uploader>,
     pub opts: EngineOptions,
+    /// Every open volume (clones' parent layers are kept in step with scrubs).
+    pub open_volumes: Mutex<Vec<std::sync::Weak<Volume>>>,
+}
+
+impl VolumeEnv {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<ReadCache>,
+        uploader: Arc<Uploader>,
+        opts: EngineOptions,
+    ) -> VolumeEnv {
+        VolumeEnv {
+            reader: Arc::new(ScoReader::new(store.clone())),
+            store,
+            cache,
+            uploader,
+            opts,
+            open_volumes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Open volumes, dropping entries of closed ones.
+    pub fn volumes(&self) -> Vec<Arc<Volume>> {
+        let mut l = self.open_volumes.lock();
+        l.retain(|w| w.strong_count() > 0);
+        l.iter().filter_map(|w| w.upgrade()).collect()
+    }
 }
 
 /// State of one sealed epoch on its way to the object store.
@@ -118,7 +148,7 @@ pub(crate) struct State {
     /// Bytes of local SCO data already uploaded (evictable).
     pub kept_bytes: u64,
     pub last_checkpoint: u64,
-    pub checkpoint_due: Option<(u64, ClusterMap, BTreeMap<u64, u32>)>,
+    pub checkpoint_due: Option<CheckpointData>,
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
     pub checkpoint_running: bool,
@@ -126,6 +156,68 @@ pub(crate) struct State {
     pub failed: Option<String>,
     pub closed: bool,
     pub upload_error: Option<String>,
+    pub snaps: Snapshots,
+    /// Parent layers of a clone (nearest first): unmapped clusters fall through to them.
+    pub layers: Vec<Arc<Layer>>,
+}
+
+impl State {
+    /// A volume with nothing written, whose next epoch is `next_epoch`.
+    pub fn empty(clusters: u64, next_epoch: u64) -> State {
+        State {
+            map: ClusterMap::new(clusters),
+            open: None,
+            next_epoch,
+            local: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            sealing: Vec::new(),
+            new_tlogs: Vec::new(),
+            uploads: BTreeMap::new(),
+            wb_bytes: 0,
+            kept_bytes: 0,
+            last_checkpoint: 0,
+            checkpoint_due: None,
+            sco_sizes: BTreeMap::new(),
+            checkpoint_running: false,
+            last_uploaded: 0,
+            failed: None,
+            closed: false,
+            upload_error: None,
+            snaps: Snapshots::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// What a checkpoint as of the end of `epoch` holds (maps share pages).
+    pub fn checkpoint_data(&self, epoch: u64) -> CheckpointData {
+        CheckpointData { epoch, map: self.map.clone(), snaps: self.snaps.clone(), sco_sizes: self.sco_sizes.clone() }
+    }
+
+    /// Map entry of `cluster` and the layer it came from (0 = this volume, i = layer
+    /// i-1); UNMAPPED entries fall through to the parent layers.
+    #[inline]
+    pub fn lookup(&self, cluster: u64) -> (usize, u64) {
+        let e = self.map.get(cluster);
+        if e != UNMAPPED || self.layers.is_empty() {
+            return (0, e);
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let e = l.map.get(cluster);
+            if e != UNMAPPED {
+                return (i + 1, e);
+            }
+        }
+        (0, UNMAPPED)
+    }
+
+    /// The entry a discard leaves: UNMAPPED, or ZERO when it would fall through to a parent.
+    pub fn zero_entry(&self) -> u64 {
+        if self.layers.is_empty() {
+            UNMAPPED
+        } else {
+            ZERO
+        }
+    }
 }
 
 /// Counters exported by `info` and metrics.
@@ -154,6 +246,8 @@ pub struct Volume {
     pub(crate) progress: Condvar,
     pub(crate) flush_side: Mutex<BTreeMap<u64, TlogWriter>>,
     rmw: Mutex<()>,
+    /// One scrub at a time per volume.
+    pub(crate) scrub_lock: Mutex<()>,
     /// End of the previous read: a read starting there is sequential (read-ahead).
     last_read_end: AtomicU64,
     pub counters: Counters,
@@ -172,7 +266,7 @@ thread_local! {
 enum Source {
     Zero,
     Local(Arc<ScoFile>, Location),
-    Remote(Location),
+    Remote(Option<Arc<Layer>>, Location),
 }
 
 impl Volume {
@@ -197,6 +291,7 @@ impl Volume {
             progress: Condvar::new(),
             flush_side: Mutex::new(BTreeMap::new()),
             rmw: Mutex::new(()),
+            scrub_lock: Mutex::new(()),
             last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
         }
@@ -229,7 +324,7 @@ impl Volume {
         Ok(())
     }
 
-    fn check_writable(&self, st: &State) -> Result<()> {
+    pub(crate) fn check_writable(&self, st: &State) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.name.clone()));
         }
@@ -405,7 +500,7 @@ impl Volume {
                 Source::Local(file, loc) => {
                     plan.push_file(&file, ((loc.index as u64) << self.shift) + in_off, run_bytes, 0, 0)
                 }
-                Source::Remote(_) => {
+                Source::Remote(..) => {
                     plan.clear();
                     return Ok(false);
                 }
@@ -419,7 +514,7 @@ impl Volume {
 
     /// Reserve up to `want` clusters at the tail of the open SCO, throttling while the
     /// write buffer is full and rolling to a new epoch when the SCO is full.
-    fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32)> {
+    pub(crate) fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32)> {
         let mut st = self.state.lock();
         self.check_writable(&st)?;
         let mut throttled = false;
@@ -459,7 +554,7 @@ impl Volume {
     }
 
     /// Append a record to the open epoch's pending batch (opening one if needed).
-    fn append_record(&self, st: &mut State, rec: &Record) -> Result<()> {
+    pub(crate) fn append_record(&self, st: &mut State, rec: &Record) -> Result<()> {
         if st.open.is_none() {
             self.roll(st, true)?;
         }
@@ -496,8 +591,8 @@ impl Volume {
             let n = (c_end - c).min(CHUNK);
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            // Unmapped clusters read as zeroes.
-            let entry = UNMAPPED;
+            // Unmapped clusters read as zeroes (a clone records ZERO: no fall-through).
+            let entry = st.zero_entry();
             st.map.fill(c, n, entry);
             self.append_record(&mut st, &Record::Fill { cluster: c, count: n, entry })?;
             drop(st);
@@ -622,7 +717,9 @@ impl Volume {
                     Source::Local(file, loc) => file
                         .readv_at(sub, ((loc.index as u64) << self.shift) + in_off)
                         .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e))?,
-                    Source::Remote(loc) => self.read_remote(loc, in_off, run_bytes, sub, pieces, sequential)?,
+                    Source::Remote(layer, loc) => {
+                        self.read_remote(layer.as_deref(), loc, in_off, run_bytes, sub, pieces, sequential)?
+                    }
                 }
                 pos += run_bytes;
             }
@@ -633,23 +730,26 @@ impl Volume {
     /// Resolve clusters from `first` (up to `last`) to one source run.
     fn resolve_run(&self, first: u64, last: u64) -> (Source, u64) {
         let st = self.state.lock();
-        let e0 = st.map.get(first);
+        let (layer, e0) = st.lookup(first);
         let mut run = 1u64;
         match Location::unpack(e0) {
             None => {
-                while first + run <= last && Location::unpack(st.map.get(first + run)).is_none() {
+                while first + run <= last && Location::unpack(st.lookup(first + run).1).is_none() {
                     run += 1;
                 }
                 (Source::Zero, run)
             }
             Some(loc) => {
-                while first + run <= last && run < 1 << 20 && st.map.get(first + run) == loc.advance(run as u32).pack()
+                while first + run <= last && run < 1 << 20 && st.lookup(first + run) == (layer, loc.advance(run as u32).pack())
                 {
                     run += 1;
                 }
+                if layer > 0 {
+                    return (Source::Remote(Some(st.layers[layer - 1].clone()), loc), run);
+                }
                 match st.local.get(&loc.sco) {
                     Some(l) => (Source::Local(l.file.clone(), loc), run),
-                    None => (Source::Remote(loc), run),
+                    None => (Source::Remote(None, loc), run),
                 }
             }
         }
@@ -657,8 +757,10 @@ impl Volume {
 
     /// Read bytes `[in_off, in_off+len)` counted from location `loc` of an SCO that is
     /// only in the object store: read cache first, else fetch frames and fill the cache.
+    #[allow(clippy::too_many_arguments)]
     fn read_remote(
         &self,
+        layer: Option<&Layer>,
         loc: Location,
         in_off: u64,
         len: u64,
@@ -675,14 +777,18 @@ impl Volume {
             let boff = (pos % BLOCK as u64) as usize;
             let take = (BLOCK as u64 - boff as u64).min(end - pos);
             iov::sub_range(iovs, pos - start, take, sub);
-            let key = BlockKey { owner: self.owner, sco: loc.sco, block: block as u32 };
+            let (owner, name, meta) = match layer {
+                Some(l) => (l.owner, l.volume.as_str(), &l.meta),
+                None => (self.owner, self.name.as_str(), &self.meta),
+            };
+            let key = BlockKey { owner, sco: loc.sco, block: block as u32 };
             if self.env.cache.read(key, boff, sub) {
                 pos += take;
                 continue;
             }
             // Miss: fetch the frames covering the rest of the range (and, for sequential
             // reads, up to READ_AHEAD more of the same SCO into the cache).
-            let okey = keys::sco(&self.name, self.meta.gen_of_epoch(loc.sco), loc.sco);
+            let okey = keys::sco(name, meta.gen_of_epoch(loc.sco), loc.sco);
             let mut fetch_end = end;
             if sequential {
                 if let Ok(ix) = self.env.reader.index(&okey) {
@@ -703,7 +809,7 @@ impl Volume {
             let last_block = (raw_start + data.len() as u64) / BLOCK as u64;
             if last_block > first_block {
                 self.env.cache.insert_blocks_async(Fill {
-                    owner: self.owner,
+                    owner,
                     sco: loc.sco,
                     first_block,
                     data: data.clone(),
@@ -737,7 +843,7 @@ impl Volume {
         let st = self.state.lock();
         let first = offset >> self.shift;
         let last = (offset + len - 1) >> self.shift;
-        (first..=last).all(|c| Location::unpack(st.map.get(c)).is_none())
+        (first..=last).all(|c| Location::unpack(st.lookup(c).1).is_none())
     }
 }
 

@@ -3,13 +3,12 @@
 //! the TLog that references it), after which local copies become evictable and
 //! metadata checkpoints are written. Also the volume's clean close (seal + drain).
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::checkpoint;
+use super::checkpoint::{self, CheckpointData};
 use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume};
 use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
@@ -21,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 enum Job {
     Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
     Tlog { epoch: u64 },
-    Checkpoint { epoch: u64, map: super::map::ClusterMap, sizes: BTreeMap<u64, u32> },
+    Checkpoint(CheckpointData),
 }
 
 /// Result of closing a volume.
@@ -64,7 +63,7 @@ impl Volume {
             );
             st.sco_sizes.insert(o.epoch, o.next_index);
             if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
-                st.checkpoint_due = Some((o.epoch, st.map.clone(), st.sco_sizes.clone()));
+                st.checkpoint_due = Some(st.checkpoint_data(o.epoch));
             }
         }
         if !open_next {
@@ -150,11 +149,11 @@ impl Volume {
             }
         }
         if !st.checkpoint_running {
-            if let Some((e, _, _)) = &st.checkpoint_due {
-                if *e <= st.last_uploaded {
-                    let (epoch, map, sizes) = st.checkpoint_due.take().unwrap();
+            if let Some(cp) = &st.checkpoint_due {
+                if cp.epoch <= st.last_uploaded {
+                    let cp = st.checkpoint_due.take().unwrap();
                     st.checkpoint_running = true;
-                    return Some(Job::Checkpoint { epoch, map, sizes });
+                    return Some(Job::Checkpoint(cp));
                 }
             }
         }
@@ -189,23 +188,19 @@ impl Volume {
                     Err(e) => Err(e),
                 }
             }
-            Job::Checkpoint { epoch, map, sizes } => self.write_checkpoint(*epoch, map, sizes),
+            Job::Checkpoint(cp) => self.write_checkpoint(cp),
         }
     }
 
-    pub(crate) fn write_checkpoint(
-        &self,
-        epoch: u64,
-        map: &super::map::ClusterMap,
-        sizes: &BTreeMap<u64, u32>,
-    ) -> Result<()> {
+    /// Store a checkpoint, keep the two newest, and delete TLog objects that neither
+    /// kept checkpoint needs any more (a restart replays only TLogs after one).
+    pub(crate) fn write_checkpoint(&self, cp: &CheckpointData) -> Result<()> {
         let store = &self.env.store;
-        let key = keys::checkpoint(&self.name, epoch);
-        match store.put(&key, &checkpoint::encode(map, sizes, epoch)) {
+        let key = keys::checkpoint(&self.name, cp.epoch);
+        match store.put(&key, &checkpoint::encode(cp)) {
             Ok(()) | Err(Error::ObjectExists(_)) => {}
             Err(e) => return Err(e),
         }
-        // Keep the two newest checkpoints.
         let list = store.list(&keys::checkpoint_prefix(&self.name))?;
         let mut nums: Vec<u64> = list.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
         nums.sort_unstable();
@@ -214,7 +209,17 @@ impl Volume {
                 store.delete(&keys::checkpoint(&self.name, *n))?;
             }
         }
-        tracing::debug!(volume = %self.name, epoch, "metadata checkpoint written");
+        if nums.len() >= 2 {
+            let oldest_kept = nums[nums.len() - 2];
+            for o in store.list(&keys::volume_prefix(&self.name))? {
+                if let Some((_, "tlog", n)) = keys::parse_data_key(&self.name, &o.key) {
+                    if n <= oldest_kept {
+                        store.delete(&o.key)?;
+                    }
+                }
+            }
+        }
+        tracing::debug!(volume = %self.name, epoch = cp.epoch, "metadata checkpoint written");
         Ok(())
     }
 
@@ -242,22 +247,22 @@ impl Volume {
                 let _ = std::fs::remove_file(self.tlog_path(epoch));
                 self.evict_uploaded(&mut st);
             }
-            (Job::Checkpoint { epoch, .. }, Ok(())) => {
+            (Job::Checkpoint(cp), Ok(())) => {
                 st.checkpoint_running = false;
-                st.last_checkpoint = st.last_checkpoint.max(*epoch);
+                st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
             }
             (_, Err(e)) => {
                 let (epoch, what) = match &job {
                     Job::Sco { epoch, .. } => (*epoch, "SCO"),
                     Job::Tlog { epoch } => (*epoch, "TLog"),
-                    Job::Checkpoint { epoch, .. } => (*epoch, "checkpoint"),
+                    Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
                 st.upload_error = Some(e.to_string());
-                if let Job::Checkpoint { epoch, map, sizes } = job {
+                if let Job::Checkpoint(cp) = job {
                     st.checkpoint_running = false;
                     if st.checkpoint_due.is_none() {
-                        st.checkpoint_due = Some((epoch, map, sizes));
+                        st.checkpoint_due = Some(cp);
                     }
                 } else if let Some(u) = st.uploads.get_mut(&epoch) {
                     u.attempts += 1;
@@ -307,15 +312,15 @@ impl Volume {
         let pending_bytes = st.wb_bytes;
         let final_cp = if drained && st.last_uploaded > st.last_checkpoint {
             st.checkpoint_due = None;
-            Some((st.last_uploaded, st.map.clone(), st.sco_sizes.clone()))
+            Some(st.checkpoint_data(st.last_uploaded))
         } else {
             None
         };
         st.closed = true;
         drop(st);
-        if let Some((epoch, map, sizes)) = final_cp {
-            self.write_checkpoint(epoch, &map, &sizes)?;
-            self.state.lock().last_checkpoint = epoch;
+        if let Some(cp) = final_cp {
+            self.write_checkpoint(&cp)?;
+            self.state.lock().last_checkpoint = cp.epoch;
         }
         if drained {
             tracing::info!(volume = %self.name, "closed: every write is in the object store");

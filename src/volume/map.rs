@@ -141,6 +141,34 @@ impl ClusterMap {
         }
     }
 
+    /// Replace every entry `e` for which `f(e)` is `Some(new)`; pages without a match
+    /// stay shared. Returns how many entries changed.
+    pub fn remap(&mut self, f: impl Fn(u64) -> Option<u64>) -> u64 {
+        let mut changed = 0;
+        for dir in self.dirs.iter_mut().flatten() {
+            for p in 0..DIR_PAGES {
+                let hit = match &dir.pages[p] {
+                    Some(page) => page.entries.iter().any(|&e| e != UNMAPPED && f(e).is_some()),
+                    None => false,
+                };
+                if !hit {
+                    continue;
+                }
+                let page = Arc::make_mut(Arc::make_mut(dir).pages[p].as_mut().expect("page"));
+                for e in page.entries.iter_mut() {
+                    if *e != UNMAPPED {
+                        if let Some(n) = f(*e) {
+                            debug_assert_ne!(n, UNMAPPED);
+                            *e = n;
+                            changed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        changed
+    }
+
     /// Heap bytes held by this map's pages (shared pages counted fully).
     pub fn memory_bytes(&self) -> u64 {
         let mut n = (self.dirs.len() * std::mem::size_of::<Option<Arc<Dir>>>()) as u64;
@@ -189,6 +217,19 @@ mod tests {
         e.fill(0, 1 << 18, UNMAPPED);
         assert_eq!(e.mapped(), 0);
         assert_eq!(e.memory_bytes(), before + 16 + std::mem::size_of::<Dir>() as u64);
+    }
+
+    #[test]
+    fn remap_keeps_unmatched_pages_shared() {
+        let mut m = ClusterMap::new(100_000);
+        m.set(1, 10);
+        m.set(50_000, 20);
+        let snap = m.clone();
+        assert_eq!(m.remap(|e| (e == 10).then_some(11)), 1);
+        assert_eq!(m.get(1), 11);
+        assert_eq!(snap.get(1), 10);
+        assert_eq!(m.get(50_000), 20);
+        assert_eq!(m.mapped(), 2);
     }
 
     #[test]

@@ -16,6 +16,24 @@ pub struct GenStart {
     pub first_epoch: u64,
 }
 
+/// What a clone reads through to: a snapshot of another volume, or (for a template)
+/// that volume's frozen current content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub volume: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+impl std::fmt::Display for ParentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.snapshot {
+            Some(s) => write!(f, "{}@{}", self.volume, s),
+            None => write!(f, "{}", self.volume),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeMeta {
     pub name: String,
@@ -31,6 +49,12 @@ pub struct VolumeMeta {
     pub generations: Vec<GenStart>,
     #[serde(default)]
     pub read_only: bool,
+    /// A read-only volume meant only as a clone parent.
+    #[serde(default)]
+    pub template: bool,
+    /// Set for clones: unwritten clusters read through to this parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
     /// Version of this record (its key).
     pub version: u64,
 }
@@ -46,6 +70,8 @@ impl VolumeMeta {
             generation: 1,
             generations: vec![GenStart { gen: 1, first_epoch: 1 }],
             read_only: false,
+            template: false,
+            parent: None,
             version: 1,
         }
     }

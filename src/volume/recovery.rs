@@ -9,14 +9,16 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::checkpoint;
+use super::checkpoint::{self, CheckpointData};
+use super::layers::load_layers;
+use super::snapshots::{Relocation, Snapshot, Snapshots};
 use super::engine::{EpochUpload, JobState, LocalSco, State, Volume, VolumeEnv};
-use super::location::Location;
+use super::location::{Location, MAX_CLUSTERS_PER_SCO};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
 use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
-use crate::backend::keys;
+use crate::backend::{keys, ObjectStore};
 use crate::backend::uploader::UploadSource;
 use crate::error::{Error, IoContext, Result};
 
@@ -35,27 +37,117 @@ fn local_numbers(dir: &Path) -> Result<BTreeSet<u64>> {
     Ok(out)
 }
 
-fn apply(map: &mut ClusterMap, rec: &Record, key: &str) -> Result<()> {
-    let clusters = map.clusters();
-    let bad = || Error::Corrupt { key: key.to_string(), detail: format!("record {rec:?} is outside the volume") };
-    match *rec {
-        Record::Write { cluster, count, loc } => {
-            if cluster.checked_add(count as u64).is_none_or(|e| e > clusters) {
-                return Err(bad());
-            }
-            for i in 0..count {
-                map.set(cluster + i as u64, Location::advance(loc, i).pack());
-            }
-        }
-        Record::Fill { cluster, count, entry } => {
-            if cluster.checked_add(count).is_none_or(|e| e > clusters) {
-                return Err(bad());
-            }
-            map.fill(cluster, count, entry);
-        }
-        Record::Seal { .. } => {}
+/// Maps rebuilt by replaying TLogs on top of a checkpoint.
+pub(crate) struct Replay {
+    pub map: ClusterMap,
+    pub snaps: Snapshots,
+    pub sco_sizes: BTreeMap<u64, u32>,
+    /// Relocations of the TLog being replayed, applied to every map at its end.
+    reloc: Relocation,
+}
+
+impl Replay {
+    pub fn new(cp: CheckpointData) -> Replay {
+        Replay { map: cp.map, snaps: cp.snaps, sco_sizes: cp.sco_sizes, reloc: Relocation::default() }
     }
-    Ok(())
+
+    /// Apply every record of TLog `epoch` (read from `key`).
+    pub fn tlog(&mut self, records: &[Record], epoch: u64, key: &str) -> Result<()> {
+        for r in records {
+            self.apply(r, epoch, key)?;
+        }
+        // Relocations commute with the other records of their TLog (they only rewrite
+        // old locations, which no later record can produce), so one pass at the end.
+        self.reloc.apply_all(&mut self.map, &mut self.snaps);
+        self.reloc.clear();
+        Ok(())
+    }
+
+    fn apply(&mut self, rec: &Record, epoch: u64, key: &str) -> Result<()> {
+        let map = &mut self.map;
+        let clusters = map.clusters();
+        let bad = |what: &str| Error::Corrupt { key: key.to_string(), detail: format!("record {rec:?} {what}") };
+        match *rec {
+            Record::Write { cluster, count, loc } => {
+                if cluster.checked_add(count as u64).is_none_or(|e| e > clusters) {
+                    return Err(bad("is outside the volume"));
+                }
+                for i in 0..count {
+                    map.set(cluster + i as u64, Location::advance(loc, i).pack());
+                }
+            }
+            Record::Fill { cluster, count, entry } => {
+                if cluster.checked_add(count).is_none_or(|e| e > clusters) {
+                    return Err(bad("is outside the volume"));
+                }
+                map.fill(cluster, count, entry);
+            }
+            Record::Seal { .. } => {}
+            Record::Snapshot { id, created, name } => {
+                self.snaps.insert(Snapshot { id, name: name.as_str().to_string(), created, epoch, map: map.clone() });
+            }
+            Record::SnapDelete { id } => {
+                self.snaps.list.remove(&id);
+            }
+            Record::Rollback { id } => {
+                // Pending relocations of this TLog apply to the snapshot's map too.
+                let s = self.snaps.list.get(&id).ok_or_else(|| bad("names an unknown snapshot"))?;
+                *map = s.map.clone();
+            }
+            Record::Relocate { from, count, to } => {
+                if from.index as u64 + count as u64 > MAX_CLUSTERS_PER_SCO {
+                    return Err(bad("is outside its SCO"));
+                }
+                self.reloc.add(from, count, to);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The maps of volume `meta` as the object store alone has them (newest checkpoint plus
+/// every later uploaded TLog). Used for the parent layers of clones.
+pub(crate) fn replay_from_store(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<Replay> {
+    let name = &meta.name;
+    let (cp_epoch, mut replay) = load_checkpoint(store, name, meta.clusters())?;
+    let mut tlogs: BTreeMap<u64, String> = BTreeMap::new();
+    for o in store.list(&keys::volume_prefix(name))? {
+        if let Some((_, "tlog", n)) = keys::parse_data_key(name, &o.key) {
+            tlogs.insert(n, o.key);
+        }
+    }
+    let mut expect = cp_epoch + 1;
+    for (e, key) in tlogs.range(cp_epoch + 1..) {
+        if *e != expect {
+            break;
+        }
+        let bytes = store.get(key)?;
+        let p = tlog::parse_sealed(key, &bytes, *e)?;
+        replay.tlog(&p.records, *e, key)?;
+        expect += 1;
+    }
+    Ok(replay)
+}
+
+/// The newest valid checkpoint of `name` (or an empty state at epoch 0).
+fn load_checkpoint(store: &dyn ObjectStore, name: &str, clusters: u64) -> Result<(u64, Replay)> {
+    let mut cps: Vec<u64> =
+        store.list(&keys::checkpoint_prefix(name))?.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
+    cps.sort_unstable();
+    for &c in cps.iter().rev() {
+        let key = keys::checkpoint(name, c);
+        match store.get(&key).and_then(|b| checkpoint::decode(&key, &b, clusters)) {
+            Ok(cp) => return Ok((cp.epoch, Replay::new(cp))),
+            Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
+        }
+    }
+    let empty = CheckpointData {
+        epoch: 0,
+        map: ClusterMap::new(clusters),
+        snaps: Snapshots::default(),
+        sco_sizes: BTreeMap::new(),
+    };
+    Ok((0, Replay::new(empty)))
 }
 
 impl Volume {
@@ -86,24 +178,7 @@ impl Volume {
             max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
 
         // Newest valid checkpoint.
-        let mut map = ClusterMap::new(clusters);
-        let mut sco_sizes: BTreeMap<u64, u32> = BTreeMap::new();
-        let mut cp_epoch = 0u64;
-        let mut cps: Vec<u64> =
-            store.list(&keys::checkpoint_prefix(&name))?.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
-        cps.sort_unstable();
-        for &c in cps.iter().rev() {
-            let key = keys::checkpoint(&name, c);
-            match store.get(&key).and_then(|b| checkpoint::decode(&key, &b, clusters)) {
-                Ok((e, m, sizes)) => {
-                    cp_epoch = e;
-                    map = m;
-                    sco_sizes = sizes;
-                    break;
-                }
-                Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
-            }
-        }
+        let (cp_epoch, mut replay) = load_checkpoint(store.as_ref(), &name, clusters)?;
         max_epoch = max_epoch.max(cp_epoch);
 
         // Replay every TLog after the checkpoint, in order.
@@ -116,11 +191,9 @@ impl Volume {
             if let Some(key) = remote_tlogs.get(&e) {
                 let bytes = store.get(key)?;
                 let p = tlog::parse_sealed(key, &bytes, e)?;
-                for r in &p.records {
-                    apply(&mut map, r, key)?;
-                }
+                replay.tlog(&p.records, e, key)?;
                 if let Some((sco, n)) = p.sealed() {
-                    sco_sizes.insert(sco, n);
+                    replay.sco_sizes.insert(sco, n);
                 }
                 last_uploaded = e;
                 if local_tlogs.contains(&e) {
@@ -134,12 +207,10 @@ impl Volume {
                     tracing::warn!(volume = %name, tlog = %key, valid = p.valid_len, len = bytes.len(),
                         "cutting a torn TLog tail (writes that were never flushed)");
                 }
-                for r in &p.records {
-                    apply(&mut map, r, &key)?;
-                }
+                replay.tlog(&p.records, e, &key)?;
                 match p.sealed() {
                     Some((sco, n)) if !p.torn => {
-                        sco_sizes.insert(sco, n);
+                        replay.sco_sizes.insert(sco, n);
                     }
                     _ => unsealed_local.push((e, p.valid_len, p.batches)),
                 }
@@ -154,26 +225,14 @@ impl Volume {
         }
 
         // Seal epochs a crash left open, then queue everything not yet uploaded.
-        let mut state = State {
-            map,
-            open: None,
-            next_epoch: max_epoch + 1,
-            local: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            sealing: Vec::new(),
-            new_tlogs: Vec::new(),
-            uploads: BTreeMap::new(),
-            wb_bytes: 0,
-            kept_bytes: 0,
-            last_checkpoint: cp_epoch,
-            checkpoint_due: None,
-            sco_sizes,
-            checkpoint_running: false,
-            last_uploaded,
-            failed: None,
-            closed: false,
-            upload_error: None,
-        };
+        let layers = load_layers(&env, &meta)?;
+        let mut state = State::empty(clusters, max_epoch + 1);
+        state.map = replay.map;
+        state.snaps = replay.snaps;
+        state.sco_sizes = replay.sco_sizes;
+        state.layers = layers;
+        state.last_checkpoint = cp_epoch;
+        state.last_uploaded = last_uploaded;
         let cs = meta.cluster_size as u64;
         for &e in &local_scos {
             let path = dir.join("sco").join(format!("{e:016x}"));
@@ -238,6 +297,7 @@ impl Volume {
         let vol = Arc::new(Volume::new_internal(meta, dir, env.clone(), read_only, state));
         let weak: std::sync::Weak<dyn UploadSource> = Arc::downgrade(&(vol.clone() as Arc<dyn UploadSource>));
         env.uploader.register(weak);
+        env.open_volumes.lock().push(Arc::downgrade(&vol));
         Ok(vol)
     }
 }

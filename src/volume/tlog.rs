@@ -6,6 +6,11 @@
 //! record: 1 Write { cluster u64, count u32, location u64 }   clusters -> consecutive locations
 //!         2 Fill  { cluster u64, count u64, entry u8 }       clusters -> ZERO or UNMAPPED
 //!         3 Seal  { sco u64, clusters u32 }                  last record of a sealed TLog
+//!         4 Snapshot { id u32, created u64, name_len u8, name }  snapshot of the map here
+//!         5 SnapDelete { id u32 }
+//!         6 Rollback { id u32 }                              map := snapshot's map
+//!         7 Relocate { from u64, count u32, to u64 }         scrub moved data: in every
+//!                                                            map, from+i -> to+i
 //! ```
 //! A torn tail (crash during a batch write) fails its checksum and is cut off on replay.
 
@@ -26,6 +31,44 @@ pub enum Record {
     Fill { cluster: u64, count: u64, entry: u64 },
     /// The epoch's SCO was sealed with `clusters` clusters of data.
     Seal { sco: u64, clusters: u32 },
+    /// Snapshot `id` named `name` of the map as of this record.
+    Snapshot { id: u32, created: u64, name: SnapName },
+    /// Snapshot `id` is gone.
+    SnapDelete { id: u32 },
+    /// The current map becomes snapshot `id`'s map.
+    Rollback { id: u32 },
+    /// Scrub moved `count` clusters from `from` to `to`: every map entry (current map
+    /// and every snapshot) equal to `from + i` becomes `to + i`.
+    Relocate { from: Location, count: u32, to: Location },
+}
+
+/// A snapshot name stored inline (1..=64 bytes), so records stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SnapName {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl SnapName {
+    /// `None` when the name does not fit.
+    pub fn new(name: &str) -> Option<SnapName> {
+        if name.is_empty() || name.len() > 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 64];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(SnapName { len: name.len() as u8, bytes })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Debug for SnapName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 impl Record {
@@ -48,6 +91,27 @@ impl Record {
                 out.extend_from_slice(&sco.to_le_bytes());
                 out.extend_from_slice(&clusters.to_le_bytes());
             }
+            Record::Snapshot { id, created, name } => {
+                out.push(4);
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&created.to_le_bytes());
+                out.push(name.len);
+                out.extend_from_slice(name.as_str().as_bytes());
+            }
+            Record::SnapDelete { id } => {
+                out.push(5);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            Record::Rollback { id } => {
+                out.push(6);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+            Record::Relocate { from, count, to } => {
+                out.push(7);
+                out.extend_from_slice(&from.pack().to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&to.pack().to_le_bytes());
+            }
         }
     }
 
@@ -67,6 +131,18 @@ impl Record {
                 Some((Record::Fill { cluster: u64_at(1)?, count: u64_at(9)?, entry }, 18))
             }
             3 => Some((Record::Seal { sco: u64_at(1)?, clusters: u32_at(9)? }, 13)),
+            4 => {
+                let len = *b.get(13)? as usize;
+                let name = std::str::from_utf8(b.get(14..14 + len)?).ok()?;
+                Some((Record::Snapshot { id: u32_at(1)?, created: u64_at(5)?, name: SnapName::new(name)? }, 14 + len))
+            }
+            5 => Some((Record::SnapDelete { id: u32_at(1)? }, 5)),
+            6 => Some((Record::Rollback { id: u32_at(1)? }, 5)),
+            7 => {
+                let from = Location::unpack(u64_at(1)?)?;
+                let to = Location::unpack(u64_at(13)?)?;
+                Some((Record::Relocate { from, count: u32_at(9)?, to }, 21))
+            }
             _ => None,
         }
     }
@@ -223,6 +299,17 @@ mod tests {
             Record::Fill { cluster: 11, count: 1, entry: ZERO },
             Record::Fill { cluster: 0, count: 1 << 40, entry: UNMAPPED },
         ];
+        let more = [
+            Record::Snapshot { id: 3, created: 1234, name: SnapName::new("s1.daily").unwrap() },
+            Record::SnapDelete { id: 2 },
+            Record::Rollback { id: 3 },
+            Record::Relocate { from: Location::new(2, 5), count: 7, to: Location::new(9, 3) },
+        ];
+        for r in &more {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(Record::decode(&b), Some((*r, b.len())));
+        }
         batch(&mut w, &recs[..1]);
         batch(&mut w, &recs[1..]);
         batch(&mut w, &[Record::Seal { sco: 9, clusters: 3 }]);

@@ -1,0 +1,160 @@
+//! Management operations: run by the daemon for control requests (on the volumes it
+//! serves, while guests use them) and by the CLI directly when no daemon holds the data
+//! dir. One implementation for both paths.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::protocol::Request;
+use crate::datadir::{ensure_uploaded, DataDir};
+use crate::error::{Error, Result};
+use crate::volume::Volume;
+
+/// Volumes a daemon serves, by name (empty for the CLI).
+pub type Served = HashMap<String, Arc<Volume>>;
+
+/// Run `f` on volume `name`: the served instance, or one opened (and closed) here.
+fn with_volume<T>(
+    dd: &mut DataDir,
+    served: &Served,
+    name: &str,
+    read_only: bool,
+    f: impl FnOnce(&Arc<Volume>) -> Result<T>,
+) -> Result<T> {
+    if let Some(v) = served.get(name) {
+        return f(v);
+    }
+    let v = dd.open_volume(name, read_only)?;
+    let r = f(&v);
+    let closed = v.close();
+    let r = r?;
+    closed?;
+    Ok(r)
+}
+
+fn refuse_served(served: &Served, name: &str, what: &str) -> Result<()> {
+    if served.contains_key(name) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot {what} volume {name} while this daemon serves it: stop serving it first"
+        )));
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("serializable")
+}
+
+/// Answer one management request.
+pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
+    match req {
+        Request::List => {
+            let v: Vec<_> = dd
+                .list_volumes()?
+                .into_iter()
+                .map(|m| {
+                    json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only,
+                        "template": m.template, "parent": m.parent.map(|p| p.to_string()),
+                        "served": served.contains_key(&m.name)})
+                })
+                .collect();
+            Ok(Value::Array(v))
+        }
+        Request::Served => Ok(json!(served.keys().collect::<Vec<_>>())),
+        Request::Info { volume } => {
+            let info = match served.get(&volume) {
+                Some(v) => dd.volume_info(v)?,
+                None => {
+                    let v = dd.open_volume(&volume, true)?;
+                    let info = dd.volume_info(&v);
+                    v.close()?;
+                    info?
+                }
+            };
+            Ok(to_json(info))
+        }
+        Request::Create { volume, size, cluster_size, sco_size } => {
+            let m = dd.create_volume(&volume, size, cluster_size, sco_size)?;
+            Ok(json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size}))
+        }
+        Request::Delete { volume } => {
+            refuse_served(served, &volume, "delete")?;
+            dd.delete_volume(&volume)?;
+            Ok(json!({"deleted": volume}))
+        }
+        Request::SnapshotCreate { volume, snapshot } => {
+            let info = with_volume(dd, served, &volume, false, |v| v.create_snapshot(&snapshot))?;
+            Ok(to_json(info))
+        }
+        Request::SnapshotList { volume } => {
+            let list = with_volume(dd, served, &volume, true, |v| {
+                let space = v.space()?;
+                let mut l = v.snapshots();
+                for s in l.iter_mut() {
+                    s.exclusive_bytes = space.snapshot_exclusive.get(&s.name).copied().unwrap_or(0);
+                }
+                Ok(l)
+            })?;
+            Ok(to_json(list))
+        }
+        Request::SnapshotDelete { volume, snapshot } => {
+            dd.check_no_dependents(&volume, Some(&snapshot), "delete")?;
+            with_volume(dd, served, &volume, false, |v| v.delete_snapshot(&snapshot))?;
+            Ok(json!({"deleted": format!("{volume}@{snapshot}")}))
+        }
+        Request::SnapshotRollback { volume, snapshot, force } => {
+            if !force {
+                refuse_served(served, &volume, "roll back (a guest may be attached; --force overrides)")?;
+            }
+            with_volume(dd, served, &volume, false, |v| v.rollback(&snapshot))?;
+            Ok(json!({"rolled_back": format!("{volume}@{snapshot}")}))
+        }
+        Request::Clone { source, snapshot, target } => {
+            let src = dd.volume_meta(&source)?;
+            match &snapshot {
+                None if !src.template => {
+                    return Err(Error::InvalidArgument(format!(
+                        "volume {source} is not a template: clone a snapshot ({source}@SNAP) or run `logdisk volume set-template {source}` first"
+                    )))
+                }
+                None => {}
+                Some(s) => {
+                    // The snapshot must exist and its data be in the object store.
+                    with_volume(dd, served, &source, true, |v| {
+                        v.snapshot_map(s)?;
+                        ensure_uploaded(v)
+                    })?;
+                }
+            }
+            let m = dd.create_clone(&target, &src, snapshot.as_deref())?;
+            Ok(json!({"name": m.name, "parent": m.parent.map(|p| p.to_string()), "size": m.size}))
+        }
+        Request::SetTemplate { volume } => {
+            refuse_served(served, &volume, "turn into a template")?;
+            let v = dd.open_volume(&volume, false)?;
+            let r = v.close()?;
+            if !r.drained {
+                return Err(Error::StoreTimeout {
+                    what: format!("uploads of volume {volume}: a template's data must be in the object store"),
+                    secs: 0,
+                });
+            }
+            dd.update_meta(&volume, |m| {
+                m.read_only = true;
+                m.template = true;
+            })?;
+            Ok(json!({"template": volume}))
+        }
+        Request::Flatten { volume } => {
+            let copied = with_volume(dd, served, &volume, false, |v| v.flatten())?;
+            dd.update_meta(&volume, |m| m.parent = None)?;
+            Ok(json!({"flattened": volume, "copied_bytes": copied}))
+        }
+        Request::Scrub { volume, threshold } => {
+            let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
+            Ok(to_json(rep))
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Scrubbing (garbage collection) and space accounting. Live clusters of every SCO are
+//! counted across the current map and every snapshot (clones read a parent's snapshot
+//! maps, so they are covered too). Scrub copies the live clusters of mostly-dead SCOs
+//! into the open SCO, logs `Relocate` records and rewrites the maps chunk by chunk
+//! (never holding the volume lock for long), waits until the relocations are in the
+//! object store, and only then deletes the old SCOs. A crash at any point loses nothing:
+//! a rerun finds the copies (or redoes them) and deletes what nothing references.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::Volume;
+use super::iov::AlignedBuf;
+use super::location::Location;
+use super::map::ClusterMap;
+use super::snapshots::Relocation;
+use super::tlog::Record;
+use crate::backend::keys;
+use crate::error::{Error, IoContext, Result};
+
+/// Largest run of clusters copied at once.
+const CHUNK_CLUSTERS: u32 = 256;
+
+/// What one scrub did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrubReport {
+    /// SCOs in the object store that were examined.
+    pub scos_examined: u64,
+    /// SCOs whose live data was copied before they were deleted.
+    pub scos_rewritten: u64,
+    /// SCOs deleted (rewritten ones plus ones nothing referenced).
+    pub scos_deleted: u64,
+    /// Bytes of live data copied.
+    pub moved_bytes: u64,
+    /// Stored bytes of the deleted SCO objects.
+    pub freed_bytes: u64,
+}
+
+/// Space use of a volume, from the live accounting.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpaceReport {
+    /// Raw bytes of sealed SCOs in the object store that no map references.
+    pub garbage_bytes: u64,
+    /// Raw bytes of sealed SCOs in the object store that some map references.
+    pub live_bytes: u64,
+    /// Bytes only each snapshot references, by snapshot name.
+    pub snapshot_exclusive: BTreeMap<String, u64>,
+}
+
+/// Live clusters of each SCO as bitmaps (bit i = cluster index i is referenced).
+fn live_bitmaps(maps: &[&ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
+    let words = (sco_clusters as usize).div_ceil(64);
+    let mut live: HashMap<u64, Vec<u64>> = HashMap::new();
+    for m in maps {
+        m.for_each_mapped(|_, e| {
+            if let Some(l) = Location::unpack(e) {
+                let b = live.entry(l.sco).or_insert_with(|| vec![0u64; words]);
+                if let Some(w) = b.get_mut(l.index as usize / 64) {
+                    *w |= 1 << (l.index % 64);
+                }
+            }
+        });
+    }
+    live
+}
+
+fn popcount(b: &[u64]) -> u64 {
+    b.iter().map(|w| w.count_ones() as u64).sum()
+}
+
+/// Runs `(index, count)` of set bits, each at most `CHUNK_CLUSTERS` long.
+fn runs(bitmap: &[u64], limit: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut i = 0u32;
+    while i < limit {
+        if bitmap[i as usize / 64] & (1 << (i % 64)) == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < limit && i - start < CHUNK_CLUSTERS && bitmap[i as usize / 64] & (1 << (i % 64)) != 0 {
+            i += 1;
+        }
+        out.push((start, i - start));
+    }
+    out
+}
+
+impl Volume {
+    /// Copies of every map (current first, then snapshots by id), sharing pages.
+    fn all_maps(&self) -> (Vec<ClusterMap>, Vec<String>) {
+        let st = self.state.lock();
+        let mut maps = vec![st.map.clone()];
+        let mut names = vec![String::new()];
+        for s in st.snaps.list.values() {
+            maps.push(s.map.clone());
+            names.push(s.name.clone());
+        }
+        (maps, names)
+    }
+
+    /// SCO objects of this volume in the store: number → (key, stored bytes).
+    fn sco_objects(&self) -> Result<BTreeMap<u64, (String, u64)>> {
+        let mut out = BTreeMap::new();
+        for o in self.env.store.list(&keys::volume_prefix(&self.name))? {
+            if let Some((_, "sco", n)) = keys::parse_data_key(&self.name, &o.key) {
+                out.insert(n, (o.key, o.size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live and garbage bytes, and what each snapshot alone holds.
+    pub fn space(&self) -> Result<SpaceReport> {
+        let (maps, names) = self.all_maps();
+        let refs: Vec<&ClusterMap> = maps.iter().collect();
+        let live = live_bitmaps(&refs, self.meta.sco_clusters);
+        let (sizes, last_uploaded) = {
+            let st = self.state.lock();
+            (st.sco_sizes.clone(), st.last_uploaded)
+        };
+        let mut rep = SpaceReport::default();
+        for n in self.sco_objects()?.keys() {
+            let total = sizes.get(n).copied().unwrap_or(0) as u64;
+            if *n > last_uploaded {
+                continue;
+            }
+            let l = live.get(n).map(|b| popcount(b)).unwrap_or(0).min(total);
+            rep.live_bytes += l * self.cs;
+            rep.garbage_bytes += (total - l) * self.cs;
+        }
+        // A location is in a snapshot's exclusive set when no other map holds it (each
+        // map holds a location at most once).
+        if maps.len() > 1 {
+            let mut count: HashMap<u64, u32> = HashMap::new();
+            for m in &maps {
+                m.for_each_mapped(|_, e| {
+                    if Location::unpack(e).is_some() {
+                        *count.entry(e).or_default() += 1;
+                    }
+                });
+            }
+            for (m, name) in maps.iter().zip(&names).skip(1) {
+                let mut excl = 0u64;
+                m.for_each_mapped(|_, e| {
+                    if count.get(&e) == Some(&1) {
+                        excl += 1;
+                    }
+                });
+                rep.snapshot_exclusive.insert(name.clone(), excl * self.cs);
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Scrub: rewrite the live data of SCOs whose live fraction is below `threshold`,
+    /// delete them and every SCO nothing references. Returns when done.
+    pub fn scrub(&self, threshold: f64) -> Result<ScrubReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::InvalidArgument(format!("scrub threshold {threshold} must be between 0 and 1")));
+        }
+        let _one = self.scrub_lock.lock();
+        // Only SCOs in the object store are candidates: upload everything sealed first.
+        self.flush()?;
+        self.seal()?;
+        self.wait_all_uploaded("before scrubbing")?;
+
+        let (maps, _) = self.all_maps();
+        let refs: Vec<&ClusterMap> = maps.iter().collect();
+        let live = live_bitmaps(&refs, self.meta.sco_clusters);
+        let (sizes, last_uploaded) = {
+            let st = self.state.lock();
+            (st.sco_sizes.clone(), st.last_uploaded)
+        };
+        let objects = self.sco_objects()?;
+        let mut rep = ScrubReport::default();
+        let mut victims = Vec::new();
+        let mut dead = Vec::new();
+        for (&n, _) in objects.iter().filter(|(n, _)| **n <= last_uploaded) {
+            rep.scos_examined += 1;
+            let total = sizes.get(&n).copied().unwrap_or(0) as u64;
+            match live.get(&n).map(|b| popcount(b)).unwrap_or(0) {
+                0 => dead.push(n),
+                l if (l as f64) < threshold * total as f64 => victims.push(n),
+                _ => {}
+            }
+        }
+
+        // Which clusters (in any map) point into each victim: the map rewrite visits
+        // only those.
+        let mut holders: HashMap<u64, Vec<u64>> = HashMap::new();
+        if !victims.is_empty() {
+            let vset: std::collections::HashSet<u64> = victims.iter().copied().collect();
+            for m in &maps {
+                m.for_each_mapped(|c, e| {
+                    if Location::unpack(e).is_some_and(|l| vset.contains(&l.sco)) {
+                        let h = holders.entry(e).or_default();
+                        if !h.contains(&c) {
+                            h.push(c);
+                        }
+                    }
+                });
+            }
+        }
+        drop(maps);
+        let mut moved = Relocation::default();
+        for &v in &victims {
+            let bitmap = &live[&v];
+            let total = sizes.get(&v).copied().unwrap_or(0);
+            for (index, count) in runs(bitmap, total) {
+                rep.moved_bytes += self.move_run(Location::new(v, index), count, &holders, &mut moved)?;
+            }
+            rep.scos_rewritten += 1;
+        }
+        if !victims.is_empty() {
+            self.flush()?;
+            self.seal()?;
+            self.wait_all_uploaded("for the scrubbed data")?;
+            // Clones and snapshot views open in this process read our maps: move them too.
+            for other in self.env.volumes() {
+                if !std::ptr::eq(other.as_ref(), self) {
+                    other.relocate_layers(&self.name, &moved);
+                }
+            }
+        }
+        // Nothing references the old SCOs any more, in memory or in the object store.
+        for n in victims.iter().chain(&dead) {
+            let (key, size) = &objects[n];
+            self.env.store.delete(key)?;
+            rep.freed_bytes += size;
+            rep.scos_deleted += 1;
+            let mut st = self.state.lock();
+            st.sco_sizes.remove(n);
+            if let Some(l) = st.local.get(n) {
+                if l.uploaded && l.inflight == 0 {
+                    let l = st.local.remove(n).expect("present");
+                    st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
+                    let _ = std::fs::remove_file(l.file.path());
+                }
+            }
+        }
+        // SCO sizes of objects gone earlier (a crashed scrub) are forgotten too.
+        {
+            let mut st = self.state.lock();
+            let local: Vec<u64> = st.local.keys().copied().collect();
+            st.sco_sizes.retain(|n, _| *n > last_uploaded || objects.contains_key(n) || local.contains(n));
+        }
+        if rep.scos_deleted > 0 {
+            // A checkpoint without the deleted SCOs; also prunes TLogs no restart needs.
+            let cp = {
+                let st = self.state.lock();
+                st.checkpoint_data(st.last_uploaded)
+            };
+            if cp.epoch > 0 {
+                self.write_checkpoint(&cp)?;
+                let mut st = self.state.lock();
+                st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
+            }
+        }
+        tracing::info!(volume = %self.name, ?rep, "scrub finished");
+        Ok(rep)
+    }
+
+    fn wait_all_uploaded(&self, what: &str) -> Result<()> {
+        if self.wait_uploaded(self.env.opts.drain_timeout) {
+            return Ok(());
+        }
+        Err(Error::StoreTimeout {
+            what: format!("uploads of volume {} {what}; scrub again later", self.name),
+            secs: self.env.opts.drain_timeout.as_secs(),
+        })
+    }
+
+    /// Copy `count` live clusters from `from` into the open SCO, log the relocation and
+    /// rewrite every map entry that still points at them. Returns the bytes copied.
+    fn move_run(
+        &self,
+        from: Location,
+        count: u32,
+        holders: &HashMap<u64, Vec<u64>>,
+        moved: &mut Relocation,
+    ) -> Result<u64> {
+        let bytes = (count as u64) << self.shift;
+        let mut buf = AlignedBuf::zeroed(bytes as usize);
+        self.read_sco(from, &mut buf)?;
+        let mut done = 0u32;
+        while done < count {
+            let (file, index, take) = self.reserve((count - done) as u64)?;
+            let piece = &buf[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
+            let v = [libc::iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
+            let io = file.writev_at(&v, (index as u64) << self.shift);
+            let mut st = self.state.lock();
+            if let Some(l) = st.local.get_mut(&file.number) {
+                l.inflight -= 1;
+            }
+            io.map_err(|e| Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e))?;
+            st.dirty.insert(file.number);
+            let (src, dst) = (from.advance(done), Location::new(file.number, index));
+            // Log and apply in one critical section, so a checkpoint taken at an epoch
+            // boundary has either both or neither.
+            self.append_record(&mut st, &Record::Relocate { from: src, count: take, to: dst })?;
+            let mut r = Relocation::default();
+            r.add(src, take, dst);
+            let st = &mut *st;
+            for i in 0..take {
+                let old = src.advance(i).pack();
+                let new = dst.advance(i).pack();
+                for &c in holders.get(&old).map(|v| v.as_slice()).unwrap_or(&[]) {
+                    if st.map.get(c) == old {
+                        st.map.set(c, new);
+                    }
+                    for m in st.snaps.maps_mut() {
+                        if m.get(c) == old {
+                            m.set(c, new);
+                        }
+                    }
+                }
+            }
+            moved.add(src, take, dst);
+            done += take;
+        }
+        Ok(bytes)
+    }
+
+    /// Read whole clusters from `from` of an uploaded SCO (local copy or object store).
+    fn read_sco(&self, from: Location, buf: &mut [u8]) -> Result<()> {
+        let off = (from.index as u64) << self.shift;
+        let local = self.state.lock().local.get(&from.sco).map(|l| l.file.clone());
+        if let Some(f) = local {
+            return f.read_exact_at(buf, off).ctx(|| format!("cannot read SCO {} for scrub", from.sco));
+        }
+        let key = keys::sco(&self.name, self.meta.gen_of_epoch(from.sco), from.sco);
+        let (start, data): (u64, Arc<Vec<u8>>) = self.env.reader.read_frames(&key, off, buf.len() as u64)?;
+        let at = (off - start) as usize;
+        buf.copy_from_slice(&data[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_and_cap() {
+        let mut b = vec![0u64; 8];
+        for i in [0u32, 1, 2, 5, 63, 64, 65] {
+            b[i as usize / 64] |= 1 << (i % 64);
+        }
+        for i in 100..400u32 {
+            b[i as usize / 64] |= 1 << (i % 64);
+        }
+        assert_eq!(runs(&b, 512), vec![(0, 3), (5, 1), (63, 3), (100, 256), (356, 44)]);
+        assert_eq!(popcount(&b), 7 + 300);
+    }
+}

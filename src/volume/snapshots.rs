@@ -1,0 +1,346 @@
+//! Snapshots of a volume (named, frozen copies of its cluster map that share pages with
+//! the live map) and scrub relocations, which rewrite locations in every map at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::engine::{State, Volume, VolumeEnv};
+use super::iov::{iovec, AlignedBuf};
+use super::layers::{layer_of, load_layers};
+use super::location::{Location, UNMAPPED};
+use super::map::ClusterMap;
+use super::meta::VolumeMeta;
+use super::tlog::{Record, SnapName};
+use crate::error::{Error, Result};
+use crate::units::validate_name;
+
+/// One snapshot: the map as of the TLog record that created it.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub id: u32,
+    pub name: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// The epoch whose TLog holds the snapshot record (sealed right after it).
+    pub epoch: u64,
+    pub map: ClusterMap,
+}
+
+/// Every snapshot of a volume, by id (ids are never reused).
+#[derive(Clone, Default)]
+pub struct Snapshots {
+    pub list: BTreeMap<u32, Snapshot>,
+    pub next_id: u32,
+}
+
+impl Snapshots {
+    pub fn by_name(&self, name: &str) -> Option<&Snapshot> {
+        self.list.values().find(|s| s.name == name)
+    }
+
+    pub fn insert(&mut self, s: Snapshot) {
+        self.next_id = self.next_id.max(s.id + 1);
+        self.list.insert(s.id, s);
+    }
+
+    pub fn maps_mut(&mut self) -> impl Iterator<Item = &mut ClusterMap> {
+        self.list.values_mut().map(|s| &mut s.map)
+    }
+}
+
+/// Old location → new location of clusters a scrub moved.
+#[derive(Default, Clone)]
+pub struct Relocation {
+    table: HashMap<u64, u64>,
+    scos: HashSet<u64>,
+}
+
+impl Relocation {
+    pub fn add(&mut self, from: Location, count: u32, to: Location) {
+        self.scos.insert(from.sco);
+        for i in 0..count {
+            self.table.insert(from.advance(i).pack(), to.advance(i).pack());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The new entry for map entry `e`, if `e` moved.
+    pub fn lookup(&self, e: u64) -> Option<u64> {
+        let loc = Location::unpack(e)?;
+        if !self.scos.contains(&loc.sco) {
+            return None;
+        }
+        self.table.get(&e).copied()
+    }
+
+    /// Rewrite every moved entry of `map` (a full pass).
+    pub fn apply(&self, map: &mut ClusterMap) -> u64 {
+        if self.is_empty() {
+            return 0;
+        }
+        map.remap(|e| self.lookup(e))
+    }
+
+    /// Rewrite moved entries of the current map and every snapshot.
+    pub fn apply_all(&self, map: &mut ClusterMap, snaps: &mut Snapshots) {
+        self.apply(map);
+        for m in snaps.maps_mut() {
+            self.apply(m);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.table.clear();
+        self.scos.clear();
+    }
+}
+
+/// What `snapshot list` shows of one snapshot (space figures come from scrub's accounting).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub id: u32,
+    pub created: u64,
+    pub epoch: u64,
+    /// Bytes of data only this snapshot references (what deleting it frees).
+    #[serde(default)]
+    pub exclusive_bytes: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Volume {
+    /// Take snapshot `name`: make every completed write durable, log a snapshot record
+    /// that freezes the current map (pages are shared, no data is copied) and seal the
+    /// epoch so the snapshot is at an epoch boundary. Crash-consistent while IO runs.
+    pub fn create_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        validate_name("snapshot", name)?;
+        let tname = SnapName::new(name).expect("validated");
+        self.flush()?;
+        let info = {
+            let mut st = self.state.lock();
+            self.check_writable(&st)?;
+            if st.snaps.by_name(name).is_some() {
+                return Err(Error::InvalidArgument(format!("snapshot {}@{name} already exists", self.name)));
+            }
+            let id = st.snaps.next_id.max(1);
+            let created = now_secs();
+            self.append_record(&mut st, &Record::Snapshot { id, created, name: tname })?;
+            let epoch = st.open.as_ref().expect("open epoch").epoch;
+            let map = st.map.clone();
+            st.snaps.insert(Snapshot { id, name: name.to_string(), created, epoch, map });
+            self.roll(&mut st, false)?;
+            SnapshotInfo { name: name.to_string(), id, created, epoch, exclusive_bytes: 0 }
+        };
+        self.flush()?;
+        self.env.uploader.notify();
+        tracing::info!(volume = %self.name, snapshot = name, epoch = info.epoch, "snapshot created");
+        Ok(info)
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        let st = self.state.lock();
+        st.snaps
+            .list
+            .values()
+            .map(|s| SnapshotInfo { name: s.name.clone(), id: s.id, created: s.created, epoch: s.epoch, exclusive_bytes: 0 })
+            .collect()
+    }
+
+    /// The frozen map of snapshot `name`.
+    pub fn snapshot_map(&self, name: &str) -> Result<ClusterMap> {
+        let st = self.state.lock();
+        st.snaps.by_name(name).map(|s| s.map.clone()).ok_or_else(|| self.no_snapshot(name))
+    }
+
+    fn no_snapshot(&self, name: &str) -> Error {
+        Error::InvalidArgument(format!("snapshot {}@{name} does not exist", self.name))
+    }
+
+    /// Delete snapshot `name` (the caller checks that no clone depends on it). Its
+    /// exclusive data becomes garbage for scrub.
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
+        {
+            let mut st = self.state.lock();
+            self.check_writable(&st)?;
+            let id = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?.id;
+            self.append_record(&mut st, &Record::SnapDelete { id })?;
+            st.snaps.list.remove(&id);
+        }
+        self.flush()?;
+        tracing::info!(volume = %self.name, snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Make the volume's content snapshot `name`'s; every snapshot is kept.
+    pub fn rollback(&self, name: &str) -> Result<()> {
+        self.flush()?;
+        {
+            let mut st = self.state.lock();
+            self.check_writable(&st)?;
+            let s = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
+            let (id, map) = (s.id, s.map.clone());
+            self.append_record(&mut st, &Record::Rollback { id })?;
+            st.map = map;
+        }
+        self.flush()?;
+        tracing::info!(volume = %self.name, snapshot = name, "rolled back");
+        Ok(())
+    }
+
+    /// A read-only view of `map` of volume `meta` (a snapshot, or a template's content),
+    /// reading through to `meta`'s own parents. Its data must be in the object store.
+    pub fn open_view(env: Arc<VolumeEnv>, meta: VolumeMeta, label: &str, map: ClusterMap) -> Result<Arc<Volume>> {
+        let mut layers = vec![layer_of(&env, &meta, map)];
+        layers.extend(load_layers(&env, &meta)?);
+        let mut st = State::empty(meta.clusters(), 1);
+        st.layers = layers;
+        let mut vmeta = meta;
+        vmeta.name = label.to_string();
+        vmeta.read_only = true;
+        let vol = Arc::new(Volume::new_internal(vmeta, std::path::PathBuf::new(), env.clone(), true, st));
+        env.open_volumes.lock().push(Arc::downgrade(&vol));
+        Ok(vol)
+    }
+
+    /// The parent chain this volume reads through (nearest first).
+    pub fn parent_volumes(&self) -> Vec<String> {
+        self.state.lock().layers.iter().map(|l| l.volume.clone()).collect()
+    }
+
+    /// Apply a scrub of `volume` to this volume's layers of it.
+    pub(crate) fn relocate_layers(&self, volume: &str, reloc: &Relocation) {
+        let mut st = self.state.lock();
+        for l in st.layers.iter_mut() {
+            if l.volume == volume {
+                *l = Arc::new(l.relocated(reloc));
+            }
+        }
+    }
+
+    /// Copy every cluster this clone still reads from its parents into its own SCOs, so
+    /// it no longer needs them; waits until the copies are in the object store. The
+    /// caller then drops the parent from the volume's record.
+    pub fn flatten(&self) -> Result<u64> {
+        {
+            let st = self.state.lock();
+            if !st.snaps.list.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "volume {} has snapshots, which read through to its parent too: delete them before flattening",
+                    self.name
+                )));
+            }
+        }
+        const RUN: u64 = 256;
+        let clusters = self.meta.clusters();
+        let mut buf = AlignedBuf::zeroed((RUN * self.cs) as usize);
+        let mut copied = 0u64;
+        let mut c = 0u64;
+        while c < clusters {
+            // The next run of clusters that read parent data.
+            let (start, n) = {
+                let st = self.state.lock();
+                let inherited = |c: u64| {
+                    let (layer, e) = st.lookup(c);
+                    layer > 0 && Location::unpack(e).is_some()
+                };
+                while c < clusters && !inherited(c) {
+                    c += 1;
+                }
+                let start = c;
+                while c < clusters && c - start < RUN && inherited(c) {
+                    c += 1;
+                }
+                (start, c - start)
+            };
+            if n == 0 {
+                break;
+            }
+            let bytes = (n * self.cs) as usize;
+            self.read_at(start * self.cs, &mut buf[..bytes])?;
+            self.write_if_unmapped(start, &buf[..bytes])?;
+            copied += bytes as u64;
+        }
+        self.flush()?;
+        self.seal()?;
+        if !self.wait_uploaded(self.env.opts.drain_timeout) {
+            return Err(Error::StoreTimeout { what: format!("uploading the flattened {}", self.name), secs: 0 });
+        }
+        self.state.lock().layers.clear();
+        tracing::info!(volume = %self.name, copied, "flattened");
+        Ok(copied)
+    }
+
+    /// Write whole clusters from `cluster`, mapping only clusters that are still
+    /// unmapped when the data has landed (a guest write in between wins).
+    fn write_if_unmapped(&self, cluster: u64, data: &[u8]) -> Result<()> {
+        let n = data.len() as u64 >> self.shift;
+        let mut done = 0u64;
+        while done < n {
+            let (file, index, take) = self.reserve(n - done)?;
+            let piece = &data[(done << self.shift) as usize..((done + take as u64) << self.shift) as usize];
+            let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
+            let io = file.writev_at(&v, (index as u64) << self.shift);
+            let mut st = self.state.lock();
+            if let Some(l) = st.local.get_mut(&file.number) {
+                l.inflight -= 1;
+            }
+            io.map_err(|e| Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e))?;
+            st.dirty.insert(file.number);
+            let mut i = 0u64;
+            while i < take as u64 {
+                if st.map.get(cluster + done + i) != UNMAPPED {
+                    i += 1;
+                    continue;
+                }
+                let run_start = i;
+                while i < take as u64 && st.map.get(cluster + done + i) == UNMAPPED {
+                    i += 1;
+                }
+                let loc = Location::new(file.number, index + run_start as u32);
+                let count = (i - run_start) as u32;
+                for k in 0..count {
+                    st.map.set(cluster + done + run_start + k as u64, loc.advance(k).pack());
+                }
+                self.append_record(&mut st, &Record::Write { cluster: cluster + done + run_start, count, loc })?;
+            }
+            done += take as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relocation_rewrites_only_moved_entries() {
+        let mut m = ClusterMap::new(1000);
+        m.set(0, Location::new(2, 0).pack());
+        m.set(1, Location::new(2, 1).pack());
+        m.set(2, Location::new(3, 0).pack());
+        let mut snaps = Snapshots::default();
+        snaps.insert(Snapshot { id: 4, name: "a".into(), created: 0, epoch: 1, map: m.clone() });
+        assert_eq!(snaps.next_id, 5);
+        m.set(1, Location::new(5, 0).pack());
+        let mut r = Relocation::default();
+        r.add(Location::new(2, 0), 2, Location::new(7, 10));
+        r.apply_all(&mut m, &mut snaps);
+        assert_eq!(m.get(0), Location::new(7, 10).pack());
+        assert_eq!(m.get(1), Location::new(5, 0).pack());
+        assert_eq!(m.get(2), Location::new(3, 0).pack());
+        let s = &snaps.by_name("a").unwrap().map;
+        assert_eq!(s.get(1), Location::new(7, 11).pack());
+    }
+}
