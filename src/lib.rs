@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod datadir;
 pub mod error;
+pub mod fault;
 pub mod frontend;
 pub mod units;
 pub mod volume;

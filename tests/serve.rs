@@ -72,5 +72,5 @@ fn daemon_serves_control_socket_metrics_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(!d.join("socks/vm.sock").exists());
-    assert!(logdisk(d, &["volume", "delete", "second"]).status.success());
+    assert!(logdisk(d, &["volume", "delete", "vm"]).status.success());
 }

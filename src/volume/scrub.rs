@@ -216,11 +216,14 @@ impl Volume {
                 rep.moved_bytes += self.move_run(Location::new(v, index), count, &holders, &mut moved)?;
             }
             rep.scos_rewritten += 1;
+            crate::fault::point("scrub-after-first-copy");
         }
         if !victims.is_empty() {
             self.flush()?;
+            crate::fault::point("scrub-after-flush");
             self.seal()?;
             self.wait_all_uploaded("for the scrubbed data")?;
+            crate::fault::point("scrub-after-upload");
             // Clones and snapshot views open in this process read our maps: move them too.
             for other in self.env.volumes() {
                 if !std::ptr::eq(other.as_ref(), self) {
@@ -234,6 +237,7 @@ impl Volume {
             self.env.store.delete(key)?;
             rep.freed_bytes += size;
             rep.scos_deleted += 1;
+            crate::fault::point("scrub-after-first-delete");
             let mut st = self.state.lock();
             st.sco_sizes.remove(n);
             if let Some(l) = st.local.get(n) {
