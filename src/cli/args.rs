@@ -152,6 +152,9 @@ pub enum VolumeCmd {
         /// Create the volume with the file's size rounded up to the cluster size
         #[arg(long)]
         create: bool,
+        /// Write the file at this byte offset of the volume (binary units allowed)
+        #[arg(long, default_value = "0")]
+        offset: String,
     },
     /// Write the whole volume (or VOL@SNAP) to a raw file (sparse where unwritten)
     Export { name: String, file: PathBuf },

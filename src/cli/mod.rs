@@ -61,7 +61,9 @@ pub fn run() -> Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::serve(dd, args),
-        Command::Volume(VolumeCmd::Import { name, file, create }) => volume_cmds::import(&mut dd, &name, &file, create),
+        Command::Volume(VolumeCmd::Import { name, file, create, offset }) => {
+            volume_cmds::import(&mut dd, &name, &file, create, &offset)
+        }
         Command::Volume(VolumeCmd::Export { name, file }) => volume_cmds::export(&mut dd, &name, &file),
         _ => unreachable!("management commands are requests"),
     }

@@ -239,7 +239,11 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool) -> Result<()> {
+pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool, offset: &str) -> Result<()> {
+    let base = parse_size(offset)?;
+    if create && base != 0 {
+        bail!("--create sizes the volume from the file: it takes no --offset");
+    }
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     if create {
@@ -251,8 +255,15 @@ pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool) -> Result
         dd.create_volume(name, size, None, None)?;
     }
     let vol = dd.open_volume(name, false)?;
-    if len > vol.size() {
-        bail!("{} is {} bytes, larger than volume {} ({} bytes)", path.display(), len, name, vol.size());
+    if base.checked_add(len).is_none_or(|end| end > vol.size()) {
+        bail!(
+            "{} is {} bytes: at offset {} it does not fit in volume {} ({} bytes)",
+            path.display(),
+            len,
+            base,
+            name,
+            vol.size()
+        );
     }
     let pb = progress(len, "import");
     let mut buf = AlignedBuf::zeroed(CHUNK);
@@ -260,7 +271,7 @@ pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool) -> Result
     while off < len {
         let n = (CHUNK as u64).min(len - off) as usize;
         f.read_exact(&mut buf[..n]).with_context(|| format!("cannot read {}", path.display()))?;
-        write_sparse(&vol, off, &buf[..n])?;
+        write_sparse(&vol, base + off, &buf[..n])?;
         off += n as u64;
         pb.set_position(off);
     }
