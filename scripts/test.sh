@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run every logdisk test on this machine: installs what the suite needs (apt packages,
 # SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
-# engine, vhost-user protocol, S3 against a real SeaweedFS), the bounded fuzz run, the
-# QEMU/libvirt config checks, and the real-guest end-to-end tests (logdisk, and the same
-# harness against qemu-storage-daemon). The test guest is built once and cached outside
+# engine, snapshots/clones/scrub, vhost-user protocol, S3 against a real SeaweedFS), the
+# bounded fuzz run, the QEMU/libvirt config checks, and the real-guest end-to-end tests
+# (logdisk; snapshots and clones under a writing guest; the same harness against
+# qemu-storage-daemon). The test guest is built once and cached outside
 # the repo (~/.cache/logdisk, keyed by its inputs).
 #
 #   scripts/test.sh            everything
@@ -55,6 +56,8 @@ if [[ $QUICK = 0 ]]; then
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh
     stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
+    stage "guest: snapshot while writing, clone, snapshot served read-only, scrub" \
+        tests/guest/snapshot-e2e.sh --bin target/release/logdisk
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
 fi
 

@@ -242,9 +242,9 @@ impl DataDir {
             .list_volumes()?
             .into_iter()
             .filter(|m| {
-                m.parent.as_ref().is_some_and(|p| {
-                    p.volume == volume && (snapshot.is_none() || p.snapshot.as_deref() == snapshot)
-                })
+                m.parent
+                    .as_ref()
+                    .is_some_and(|p| p.volume == volume && (snapshot.is_none() || p.snapshot.as_deref() == snapshot))
             })
             .map(|m| m.name)
             .collect())
@@ -382,7 +382,10 @@ impl DataDir {
 }
 
 fn not_uploaded(volume: &str) -> Error {
-    Error::StoreTimeout { what: format!("uploads of volume {volume}: its data must be in the object store first"), secs: 0 }
+    Error::StoreTimeout {
+        what: format!("uploads of volume {volume}: its data must be in the object store first"),
+        secs: 0,
+    }
 }
 
 /// Wait until everything `vol` sealed is in the object store (clones and views read

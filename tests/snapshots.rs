@@ -73,7 +73,15 @@ fn stored_bytes(backend: &Path, vol: &str) -> u64 {
         std::fs::read_dir(p)
             .map(|d| {
                 d.flatten()
-                    .map(|e| if e.path().is_dir() { walk(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+                    .map(
+                        |e| {
+                            if e.path().is_dir() {
+                                walk(&e.path())
+                            } else {
+                                e.metadata().map(|m| m.len()).unwrap_or(0)
+                            }
+                        },
+                    )
                     .sum()
             })
             .unwrap_or(0)
@@ -105,7 +113,12 @@ fn snapshots_rollback_clones_templates() {
     check(&view(&mut dd, &served, "v", "s1"), &a, "v@s1");
     check(&view(&mut dd, &served, "v", "s2"), &b, "v@s2");
     refused(&mut dd, &served, Request::SnapshotCreate { volume: "v".into(), snapshot: "s1".into() }, "already exists");
-    refused(&mut dd, &served, Request::SnapshotCreate { volume: "v".into(), snapshot: ".x".into() }, "bad snapshot name");
+    refused(
+        &mut dd,
+        &served,
+        Request::SnapshotCreate { volume: "v".into(), snapshot: ".x".into() },
+        "bad snapshot name",
+    );
 
     // What each snapshot alone holds: A's first half only s1; B's discarded half MiB only s2.
     let list = must(&mut dd, &served, Request::SnapshotList { volume: "v".into() });

@@ -11,10 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::args::{Command, SnapshotCmd, VolumeCmd};
 use logdisk::control::protocol::Request;
 use logdisk::datadir::{DataDir, VolumeInfo};
-use logdisk::volume::scrub::ScrubReport;
-use logdisk::volume::snapshots::SnapshotInfo;
 use logdisk::units::{format_size, parse_size};
 use logdisk::volume::iov::AlignedBuf;
+use logdisk::volume::scrub::ScrubReport;
+use logdisk::volume::snapshots::SnapshotInfo;
 use logdisk::volume::Volume;
 
 const CHUNK: usize = 4 << 20;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::iov::{self, iovec, AlignedBuf};
 use super::checkpoint::CheckpointData;
+use super::iov::{self, iovec, AlignedBuf};
 use super::layers::Layer;
 use super::location::{Location, UNMAPPED, ZERO};
 use super::map::ClusterMap;
@@ -740,7 +740,9 @@ impl Volume {
                 (Source::Zero, run)
             }
             Some(loc) => {
-                while first + run <= last && run < 1 << 20 && st.lookup(first + run) == (layer, loc.advance(run as u32).pack())
+                while first + run <= last
+                    && run < 1 << 20
+                    && st.lookup(first + run) == (layer, loc.advance(run as u32).pack())
                 {
                     run += 1;
                 }

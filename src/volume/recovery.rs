@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::checkpoint::{self, CheckpointData};
-use super::layers::load_layers;
-use super::snapshots::{Relocation, Snapshot, Snapshots};
 use super::engine::{EpochUpload, JobState, LocalSco, State, Volume, VolumeEnv};
+use super::layers::load_layers;
 use super::location::{Location, MAX_CLUSTERS_PER_SCO};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
 use super::sco_file::ScoFile;
+use super::snapshots::{Relocation, Snapshot, Snapshots};
 use super::tlog::{self, Record, TlogWriter};
-use crate::backend::{keys, ObjectStore};
 use crate::backend::uploader::UploadSource;
+use crate::backend::{keys, ObjectStore};
 use crate::error::{Error, IoContext, Result};
 
 fn local_numbers(dir: &Path) -> Result<BTreeSet<u64>> {
@@ -116,15 +116,14 @@ pub(crate) fn replay_from_store(store: &dyn ObjectStore, meta: &VolumeMeta) -> R
             tlogs.insert(n, o.key);
         }
     }
-    let mut expect = cp_epoch + 1;
-    for (e, key) in tlogs.range(cp_epoch + 1..) {
+    // Uploads go in order: stop at the first gap.
+    for (expect, (e, key)) in (cp_epoch + 1..).zip(tlogs.range(cp_epoch + 1..)) {
         if *e != expect {
             break;
         }
         let bytes = store.get(key)?;
         let p = tlog::parse_sealed(key, &bytes, *e)?;
         replay.tlog(&p.records, *e, key)?;
-        expect += 1;
     }
     Ok(replay)
 }

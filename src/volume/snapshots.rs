@@ -153,7 +153,13 @@ impl Volume {
         st.snaps
             .list
             .values()
-            .map(|s| SnapshotInfo { name: s.name.clone(), id: s.id, created: s.created, epoch: s.epoch, exclusive_bytes: 0 })
+            .map(|s| SnapshotInfo {
+                name: s.name.clone(),
+                id: s.id,
+                created: s.created,
+                epoch: s.epoch,
+                exclusive_bytes: 0,
+            })
             .collect()
     }
 
