@@ -1,6 +1,7 @@
 //! The binary's edge: parse arguments, set up logging, open the data dir, run a command.
 
 pub mod args;
+pub mod dtl_cmds;
 pub mod serve;
 pub mod volume_cmds;
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 
-use args::{Cli, Command, VolumeCmd};
+use args::{Cli, Command, DtlCmd, VolumeCmd};
 use logdisk::config::Config;
 use logdisk::datadir::DataDir;
 
@@ -34,8 +35,12 @@ fn init_logging(verbose: u8, default: &str) {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let is_serve = matches!(cli.command, Command::Serve(_));
+    let is_serve = matches!(cli.command, Command::Serve(_) | Command::Dtl(DtlCmd::Serve(_)));
     init_logging(cli.global.verbose, if is_serve { "info" } else { "warn" });
+    // The DTL server keeps other hosts' writes in its own dir: no data dir, no config.
+    if let Command::Dtl(DtlCmd::Serve(args)) = &cli.command {
+        return dtl_cmds::serve(args);
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let data_dir = cli
         .global
@@ -56,6 +61,7 @@ pub fn run() -> Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve::serve(dd, args),
+        Command::Dtl(_) => unreachable!("dtl commands run before the data dir is opened"),
         Command::Volume(cmd) => match cmd {
             VolumeCmd::Create { name, size, cluster_size, sco_size } => {
                 volume_cmds::create(&dd, &name, &size, cluster_size.as_deref(), sco_size.as_deref())
