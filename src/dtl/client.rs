@@ -275,10 +275,12 @@ impl DtlClient {
                 None
             }
         };
-        let shared = Arc::new(Shared {
-            cfg,
-            m: Mutex::new(Inner { next_aid: 1, ..Inner::default() }),
-            cv: Condvar::new(),
+        let shared =
+            Arc::new(Shared { cfg, m: Mutex::new(Inner { next_aid: 1, ..Inner::default() }), cv: Condvar::new() });
+        // Register the first connection before returning, so the state is InSync at once.
+        let first = first.map(|(stream, last_seq, _)| {
+            let epoch = connected(&shared, &stream, last_seq);
+            (stream, epoch)
         });
         let s = shared.clone();
         let sender = std::thread::Builder::new()
@@ -304,7 +306,8 @@ impl DtlClient {
         }
         let size: usize = entries.iter().map(|e| e.encoded_len() + ITEM_OVERHEAD).sum();
         if g.bytes + size > self.shared.cfg.queue_limit {
-            let scos = g.pending.iter().chain(g.unacked.iter()).map(|i| i.entry.sco).chain(entries.iter().map(|e| e.sco));
+            let scos =
+                g.pending.iter().chain(g.unacked.iter()).map(|i| i.entry.sco).chain(entries.iter().map(|e| e.sco));
             let (lo, hi) = scos.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
             let dropped = g.pending.len() + g.unacked.len() + entries.len();
             g.pending.clear();
@@ -381,9 +384,7 @@ impl DtlClient {
         self.check_usable()?;
         let cfg = &self.shared.cfg;
         let (stream, _, _) = handshake(cfg)?;
-        (&stream)
-            .write_all(&simple_frame(T_QUERY, 1, after_sco))
-            .map_err(|e| Error::Dtl(format!("DTL query: {e}")))?;
+        (&stream).write_all(&simple_frame(T_QUERY, 1, after_sco)).map_err(|e| Error::Dtl(format!("DTL query: {e}")))?;
         let mut body = Vec::new();
         let mut n = 0u64;
         loop {
@@ -413,9 +414,7 @@ impl DtlClient {
     pub fn trim(&self, upto_sco: u64) -> Result<()> {
         self.check_usable()?;
         let (stream, _, _) = handshake(&self.shared.cfg)?;
-        (&stream)
-            .write_all(&simple_frame(T_TRIM, 1, upto_sco))
-            .map_err(|e| Error::Dtl(format!("DTL trim: {e}")))?;
+        (&stream).write_all(&simple_frame(T_TRIM, 1, upto_sco)).map_err(|e| Error::Dtl(format!("DTL trim: {e}")))?;
         let mut body = Vec::new();
         if !read_frame(&mut &stream, MAX_FRAME, &mut body).map_err(proto)? {
             return Err(Error::Dtl("DTL server closed the connection during a trim".into()));
@@ -484,6 +483,17 @@ impl DtlClient {
     }
 }
 
+impl std::fmt::Debug for DtlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlClient")
+            .field("addr", &self.shared.cfg.addr)
+            .field("volume", &self.shared.cfg.volume)
+            .field("generation", &self.shared.cfg.generation)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
 impl Drop for DtlClient {
     fn drop(&mut self) {
         self.shutdown();
@@ -491,7 +501,7 @@ impl Drop for DtlClient {
 }
 
 /// The sender: (re)connect with backoff, then feed the connection until it breaks.
-fn sender_loop(sh: &Arc<Shared>, mut first: Option<(TcpStream, u64, u64)>) {
+fn sender_loop(sh: &Arc<Shared>, mut first: Option<(TcpStream, u64)>) {
     let cfg = &sh.cfg;
     let mut backoff = cfg.backoff_min;
     loop {
@@ -500,15 +510,21 @@ fn sender_loop(sh: &Arc<Shared>, mut first: Option<(TcpStream, u64, u64)>) {
         }
         let conn = match first.take() {
             Some(c) => Ok(c),
-            None => handshake(cfg),
+            None => handshake(cfg).map(|(stream, last_seq, _)| {
+                let epoch = connected(sh, &stream, last_seq);
+                (stream, epoch)
+            }),
         };
         match conn {
-            Ok((stream, last_seq, _)) => {
+            Ok((stream, epoch)) => {
                 backoff = cfg.backoff_min;
-                let Ok(rd) = stream.try_clone() else { continue };
-                let epoch = connected(sh, &stream, last_seq);
+                let Ok(rd) = stream.try_clone() else {
+                    sh.m.lock().broken(epoch, "cannot clone the socket".into());
+                    continue;
+                };
                 let s2 = sh.clone();
-                let reader = std::thread::Builder::new().name("dtl-recv".into()).spawn(move || reader_loop(&s2, rd, epoch));
+                let reader =
+                    std::thread::Builder::new().name("dtl-recv".into()).spawn(move || reader_loop(&s2, rd, epoch));
                 match reader {
                     Ok(reader) => {
                         feed(sh, &stream, epoch);

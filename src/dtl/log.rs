@@ -239,7 +239,13 @@ impl VolumeLog {
         log.written_seq = prev_last.max(meta.seq_floor);
         sync_dir(&log.dir)?;
         log.durable_seq = log.written_seq;
-        tracing::info!(volume = name, segments = log.segments.len(), last_seq = log.written_seq, generation = log.meta.generation, "DTL volume opened");
+        tracing::info!(
+            volume = name,
+            segments = log.segments.len(),
+            last_seq = log.written_seq,
+            generation = log.meta.generation,
+            "DTL volume opened"
+        );
         Ok(log)
     }
 
@@ -502,7 +508,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut log = VolumeLog::open(t.path(), "v").unwrap();
         let es: Vec<(u64, Entry)> =
-            (1..=6).map(|i| (i, Entry::data(i.div_ceil(2), i as u32, i, vec![i as u8; 4096]))).collect();
+            (1..=6u64).map(|i| (i, Entry::data(i.div_ceil(2), i as u32, i, vec![i as u8; 4096]))).collect();
         let (r, n) = raw(&es);
         assert_eq!(log.append(0, &r, n).unwrap(), 6);
         // A resend of a prefix plus one new entry; a gap is refused.
@@ -514,7 +520,7 @@ mod tests {
         assert_eq!(log.segments.len(), 4);
         drop(log);
         // Tear the last segment in the middle of its last record.
-        let mut log = VolumeLog::open(t.path(), "v").unwrap();
+        let log = VolumeLog::open(t.path(), "v").unwrap();
         assert_eq!(log.last_seq(), 7);
         let last = log.segments.last().unwrap();
         let f = OpenOptions::new().write(true).open(&last.path).unwrap();

@@ -607,12 +607,9 @@ impl Reply {
     pub fn decode(body: &[u8]) -> Result<Reply, ProtoError> {
         let mut c = Cursor::new(body);
         let r = match c.u8()? {
-            T_WELCOME => Reply::Welcome {
-                version: c.u16()?,
-                generation: c.u32()?,
-                last_seq: c.u64()?,
-                trimmed_upto: c.u64()?,
-            },
+            T_WELCOME => {
+                Reply::Welcome { version: c.u16()?, generation: c.u32()?, last_seq: c.u64()?, trimmed_upto: c.u64()? }
+            }
             T_APPENDED => Reply::Appended { req: c.u64()?, last_seq: c.u64()? },
             T_SYNCED => Reply::Synced { req: c.u64()?, durable_seq: c.u64()? },
             T_ENTRIES => {
@@ -658,7 +655,10 @@ mod tests {
         let f = hello_frame(7, "vol-1", b"secret");
         match Request::decode(&body(&f)).unwrap() {
             Request::Hello { version, generation, volume, token } => {
-                assert_eq!((version, generation, volume.as_str(), token.as_slice()), (VERSION, 7, "vol-1", &b"secret"[..]));
+                assert_eq!(
+                    (version, generation, volume.as_str(), token.as_slice()),
+                    (VERSION, 7, "vol-1", &b"secret"[..])
+                );
             }
             r => panic!("{r:?}"),
         }
@@ -751,7 +751,13 @@ mod tests {
     #[test]
     fn names_and_tokens() {
         assert!(valid_name("vm1") && valid_name("a.b_c-d") && valid_name(&"x".repeat(64)));
-        assert!(!valid_name("") && !valid_name(".x") && !valid_name("-x") && !valid_name("a/b") && !valid_name(&"x".repeat(65)));
+        assert!(
+            !valid_name("")
+                && !valid_name(".x")
+                && !valid_name("-x")
+                && !valid_name("a/b")
+                && !valid_name(&"x".repeat(65))
+        );
         assert!(token_eq(b"abc", b"abc"));
         assert!(!token_eq(b"abc", b"abd") && !token_eq(b"abc", b"ab") && !token_eq(b"", b"a"));
     }

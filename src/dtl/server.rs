@@ -234,7 +234,9 @@ impl std::fmt::Display for ConnEnd {
 fn proto_refusal(e: ProtoError) -> ConnEnd {
     match e {
         ProtoError::Io(e) => ConnEnd::Io(e),
-        ProtoError::TooLarge(n) => ConnEnd::Refused(ErrorCode::TooLarge, format!("frame of {n} bytes is above the limit")),
+        ProtoError::TooLarge(n) => {
+            ConnEnd::Refused(ErrorCode::TooLarge, format!("frame of {n} bytes is above the limit"))
+        }
         e => ConnEnd::Refused(ErrorCode::Malformed, e.to_string()),
     }
 }
