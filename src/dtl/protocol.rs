@@ -140,7 +140,7 @@ impl Entry {
 }
 
 fn check_data_len(n: usize) -> Result<(), ProtoError> {
-    if n == 0 || n % BLOCK != 0 || n > MAX_DATA {
+    if n == 0 || !n.is_multiple_of(BLOCK) || n > MAX_DATA {
         return Err(ProtoError::Malformed(format!(
             "data of {n} bytes (must be a non-empty multiple of {BLOCK}, at most {MAX_DATA})"
         )));

@@ -58,7 +58,8 @@ struct Shared {
     token: Option<Vec<u8>>,
     opts: ServerOptions,
     volumes: Mutex<HashMap<String, Arc<Mutex<VolumeLog>>>>,
-    conns: Mutex<HashMap<u64, (TcpStream, Option<JoinHandle<()>>)>>,
+    /// Live connections: a handle to shut the socket down, and the thread.
+    conns: Mutex<HashMap<u64, (TcpStream, JoinHandle<()>)>>,
     stopping: AtomicBool,
 }
 
@@ -146,9 +147,7 @@ impl DtlServer {
             let _ = s.shutdown(Shutdown::Both);
         }
         for (_, (_, t)) in conns {
-            if let Some(t) = t {
-                let _ = t.join();
-            }
+            let _ = t.join();
         }
         // Data written but not yet synced reaches the disk before the server is gone.
         for (name, v) in self.shared.volumes.lock().drain() {
@@ -185,7 +184,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut conns = shared.conns.lock();
         // Forget connections that ended.
-        conns.retain(|_, (_, t)| t.as_ref().is_none_or(|t| !t.is_finished()));
+        conns.retain(|_, (_, t)| !t.is_finished());
         if conns.len() >= shared.opts.max_connections {
             drop(conns);
             tracing::warn!(%peer, "DTL: too many connections");
@@ -206,7 +205,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         });
         match t {
             Ok(t) => {
-                conns.insert(id, (clone, Some(t)));
+                conns.insert(id, (clone, t));
             }
             Err(e) => tracing::warn!("DTL: cannot spawn a connection thread: {e}"),
         }
@@ -331,7 +330,10 @@ fn serve_conn(stream: TcpStream, shared: &Shared) -> std::result::Result<(), Con
 }
 
 /// Check a HELLO and answer WELCOME; the connection is then bound to the volume.
-fn hello(body: &[u8], shared: &Shared) -> std::result::Result<(Arc<Mutex<VolumeLog>>, u32, Vec<u8>), ConnEnd> {
+/// A connection bound to a volume: its log, the owner generation, the WELCOME frame.
+type Session = (Arc<Mutex<VolumeLog>>, u32, Vec<u8>);
+
+fn hello(body: &[u8], shared: &Shared) -> std::result::Result<Session, ConnEnd> {
     let Request::Hello { version, generation, volume, token } = Request::decode(body).map_err(proto_refusal)? else {
         return Err(ConnEnd::Refused(ErrorCode::Malformed, "the first request must be HELLO".into()));
     };
