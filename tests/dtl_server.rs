@@ -419,3 +419,29 @@ fn cli_refuses_to_start_without_a_token() {
     // The DTL server needs no logdisk data dir.
     assert!(!t.path().join("logdisk-data").exists());
 }
+
+#[test]
+fn server_that_lost_acknowledged_entries_is_not_trusted_silently() {
+    let t = tempfile::tempdir().unwrap();
+    let server = start(t.path());
+    let addr = server.local_addr();
+    let c = client(addr, "vm", 1);
+    let mut rng = StdRng::seed_from_u64(6);
+    c.append(entries(&mut rng, 1..=2, 5)).unwrap();
+    c.sync().unwrap();
+    server.stop();
+    // The DTL host comes back with an empty disk.
+    std::fs::remove_dir_all(t.path().join("vm")).unwrap();
+    let server = DtlServer::start(addr, t.path(), Some(TOKEN.to_vec())).unwrap();
+    wait_for("resync needed", 10, || c.state() == DtlState::NeedsResync { from_sco: 1 });
+    assert!(c.sync().is_err());
+    // Once SCOs 1 and 2 are in the object store the DTL covers the volume again.
+    c.trim(2).unwrap();
+    assert_eq!(c.state(), DtlState::InSync);
+    let more = entries(&mut rng, 3..=3, 2);
+    c.append(more.clone()).unwrap();
+    c.sync().unwrap();
+    assert_eq!(c.query(0).unwrap(), more);
+    c.close();
+    server.stop();
+}
