@@ -45,29 +45,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Distributed Transaction Log: `dtl serve` keeps other hosts' un-uploaded writes
     #[command(subcommand)]
-    Dtl(DtlCmd),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum DtlCmd {
-    /// Run a DTL server (needs no data dir; SIGTERM/SIGINT stop it)
-    Serve(DtlServeArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct DtlServeArgs {
-    /// Address to listen on, e.g. 0.0.0.0:7400
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: String,
-    /// Where the logs of every volume are kept (DIR/VOLUME/)
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// File holding the shared access token (clients use the same file)
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    pub token_file: Option<PathBuf>,
-    /// Accept clients without a token
-    #[arg(long)]
-    pub insecure: bool,
+    Dtl(super::dtl_cmds::DtlCmd),
 }
 
 #[derive(Args, Debug)]

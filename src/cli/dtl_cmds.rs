@@ -1,11 +1,35 @@
 //! `logdisk dtl serve`: run a DTL server until SIGTERM/SIGINT. Needs no logdisk data dir.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::args::DtlServeArgs;
 use logdisk::dtl::DtlServer;
+
+#[derive(Subcommand, Debug)]
+pub enum DtlCmd {
+    /// Run a DTL server (needs no data dir; SIGTERM/SIGINT stop it)
+    Serve(DtlServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DtlServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7400
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Where the logs of every volume are kept (DIR/VOLUME/)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// File holding the shared access token (clients use the same file)
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub token_file: Option<PathBuf>,
+    /// Accept clients without a token
+    #[arg(long)]
+    pub insecure: bool,
+}
 
 /// Read the shared token: the file's bytes without surrounding whitespace; never empty.
 fn read_token(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 
-use args::{Cli, Command, DtlCmd, VolumeCmd};
+use args::{Cli, Command, VolumeCmd};
+use dtl_cmds::DtlCmd;
 use logdisk::config::Config;
 use logdisk::datadir::DataDir;
 
