@@ -38,6 +38,10 @@ pub enum Error {
     Config(String),
     #[error("volume is shut down")]
     ShutDown,
+    #[error("DTL server refused ({code}): {message}")]
+    DtlRefused { code: crate::dtl::ErrorCode, message: String },
+    #[error("DTL: {0}")]
+    Dtl(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

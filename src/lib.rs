@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod dtl;
 pub mod error;
 pub mod fault;
 pub mod frontend;

@@ -62,6 +62,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
     },
+    /// Distributed Transaction Log: `dtl serve` keeps other hosts' un-uploaded writes
+    #[command(subcommand)]
+    Dtl(super::dtl_cmds::DtlCmd),
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,7 @@
 //! The binary's edge: parse arguments, set up logging, open the data dir, run a command.
 
 pub mod args;
+pub mod dtl_cmds;
 pub mod serve;
 pub mod volume_cmds;
 
@@ -10,6 +11,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use args::{Cli, Command, VolumeCmd};
+use dtl_cmds::DtlCmd;
 use logdisk::config::Config;
 use logdisk::datadir::DataDir;
 
@@ -34,8 +36,12 @@ fn init_logging(verbose: u8, default: &str) {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
-    let is_serve = matches!(cli.command, Command::Serve(_));
+    let is_serve = matches!(cli.command, Command::Serve(_) | Command::Dtl(DtlCmd::Serve(_)));
     init_logging(cli.global.verbose, if is_serve { "info" } else { "warn" });
+    // The DTL server keeps other hosts' writes in its own dir: no data dir, no config.
+    if let Command::Dtl(DtlCmd::Serve(args)) = &cli.command {
+        return dtl_cmds::serve(args);
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let data_dir = cli
         .global
@@ -65,6 +71,7 @@ pub fn run() -> Result<()> {
             volume_cmds::import(&mut dd, &name, &file, create, &offset)
         }
         Command::Volume(VolumeCmd::Export { name, file }) => volume_cmds::export(&mut dd, &name, &file),
+        Command::Dtl(_) => unreachable!("dtl commands run before the data dir is opened"),
         _ => unreachable!("management commands are requests"),
     }
 }
