@@ -1,6 +1,6 @@
 //! Volume-level benchmark (no vhost, no VM): 4 KiB random write and read IOPS,
 //! 1 MiB sequential write and read MB/s, flush latency, and map memory per written
-//! GiB, on a data dir on the local disk with the embedded file object store and
+//! GiB, scrub time and read latency during a scrub, on a data dir on the local disk with the embedded file object store and
 //! uploads running. Run: `cargo bench --bench volume` (env LOGDISK_BENCH_DIR picks the
 //! directory, LOGDISK_BENCH_SIZE the volume size, default 1G).
 
@@ -115,6 +115,40 @@ fn main() {
     println!("{:<34} {:>12.0} {:>12}", "4k write+flush rate", lat.len() as f64 / secs as f64, "ops/s");
     println!("{:<34} {:>12.0} {:>12}", "flush latency p50", pct(0.5), "us");
     println!("{:<34} {:>12.0} {:>12}", "flush latency p99", pct(0.99), "us");
+
+    // Scrub: the random writes above left every SCO of the fill partly dead. Scrub at
+    // the default threshold while one thread reads 4k at random: how long it takes, and
+    // how long any read waited meanwhile (scrub must not stall guest IO).
+    let scrubber = {
+        let v = vol.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let r = v.scrub(0.5).unwrap();
+            (r, t0.elapsed().as_secs_f64())
+        })
+    };
+    let mut lat = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(6);
+    let mut rbuf = AlignedBuf::zeroed(4096);
+    while !scrubber.is_finished() {
+        let c = rng.gen_range(0..clusters);
+        let t0 = Instant::now();
+        vol.read_at(c * 4096, &mut rbuf[..]).unwrap();
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    let (rep, scrub_secs) = scrubber.join().unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!("{:<34} {:>12.2} {:>12}", "scrub (threshold 0.5)", scrub_secs, "s");
+    println!(
+        "{:<34} {:>12} {:>12}",
+        "scrub moved / SCOs deleted",
+        format!("{} / {}", format_size(rep.moved_bytes), rep.scos_deleted),
+        ""
+    );
+    println!("{:<34} {:>12.0} {:>12}", "4k read during scrub p50", pct(0.5), "us");
+    println!("{:<34} {:>12.0} {:>12}", "4k read during scrub p99", pct(0.99), "us");
+    println!("{:<34} {:>12.0} {:>12}", "4k read during scrub max", lat[lat.len() - 1], "us");
 
     // Memory: map bytes per written GiB after every cluster was written once in
     // random order (a fresh volume, so the sequential fill does not help).

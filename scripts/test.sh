@@ -50,7 +50,7 @@ fi
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 stage "build (release)" cargo build --release --workspace --all-targets
-stage "rust tests" cargo test --release --workspace
+stage "rust tests" cargo test --release --workspace --no-fail-fast
 if [[ $QUICK = 0 ]]; then
     stage "fuzz request parser (bounded)" fuzz_bounded
     stage "qemu/libvirt configs" tests/guest/check-configs.sh

@@ -256,14 +256,8 @@ pub fn import(dd: &mut DataDir, name: &str, path: &Path, create: bool, offset: &
     }
     let vol = dd.open_volume(name, false)?;
     if base.checked_add(len).is_none_or(|end| end > vol.size()) {
-        bail!(
-            "{} is {} bytes: at offset {} it does not fit in volume {} ({} bytes)",
-            path.display(),
-            len,
-            base,
-            name,
-            vol.size()
-        );
+        let at = if base == 0 { String::new() } else { format!(" at offset {base}") };
+        bail!("{} is {} bytes, larger than volume {} ({} bytes){at}", path.display(), len, name, vol.size());
     }
     let pb = progress(len, "import");
     let mut buf = AlignedBuf::zeroed(CHUNK);
