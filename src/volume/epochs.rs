@@ -224,6 +224,8 @@ impl Volume {
     }
 
     fn finish_job(&self, job: Job, res: Result<()>) {
+        // Files to delete once the lock is released (unlinking a large file is slow).
+        let mut unlink = Vec::new();
         let mut st = self.state.lock();
         match (&job, res) {
             (Job::Sco { epoch, .. }, Ok(())) => {
@@ -244,8 +246,8 @@ impl Volume {
                     st.wb_bytes = st.wb_bytes.saturating_sub(bytes);
                     st.kept_bytes += bytes;
                 }
-                let _ = std::fs::remove_file(self.tlog_path(epoch));
-                self.evict_uploaded(&mut st);
+                unlink.push(self.tlog_path(epoch));
+                unlink.extend(self.evict_uploaded(&mut st));
             }
             (Job::Checkpoint(cp), Ok(())) => {
                 st.checkpoint_running = false;
@@ -278,22 +280,29 @@ impl Volume {
             }
         }
         drop(st);
+        for p in unlink {
+            if let Err(err) = std::fs::remove_file(&p) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(volume = %self.name, file = %p.display(), error = %err, "cannot remove an uploaded local file");
+                }
+            }
+        }
         self.progress.notify_all();
     }
 
-    /// Delete local copies of uploaded SCOs, oldest first, while local data exceeds
-    /// three quarters of the write-buffer limit.
-    fn evict_uploaded(&self, st: &mut State) {
+    /// Forget local copies of uploaded SCOs, oldest first, while local data exceeds
+    /// three quarters of the write-buffer limit; returns the files to delete.
+    fn evict_uploaded(&self, st: &mut State) -> Vec<std::path::PathBuf> {
         let budget = self.env.opts.wb_limit / 4 * 3;
+        let mut files = Vec::new();
         while st.wb_bytes + st.kept_bytes > budget {
             let victim = st.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
             let Some(e) = victim else { break };
             let l = st.local.remove(&e).unwrap();
             st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-            if let Err(err) = std::fs::remove_file(l.file.path()) {
-                tracing::warn!(volume = %self.name, epoch = e, error = %err, "cannot remove evicted SCO file");
-            }
+            files.push(l.file.path().to_path_buf());
         }
+        files
     }
 
     /// Close the volume: seal the open epoch, wait up to the drain timeout for every

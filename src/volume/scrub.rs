@@ -232,6 +232,7 @@ impl Volume {
             }
         }
         // Nothing references the old SCOs any more, in memory or in the object store.
+        let mut unlink = Vec::new();
         for n in victims.iter().chain(&dead) {
             let (key, size) = &objects[n];
             self.env.store.delete(key)?;
@@ -244,9 +245,13 @@ impl Volume {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.local.remove(n).expect("present");
                     st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-                    let _ = std::fs::remove_file(l.file.path());
+                    unlink.push(l.file.path().to_path_buf());
                 }
             }
+        }
+        // Unlinking a large file takes a while: never under the volume lock.
+        for p in unlink {
+            let _ = std::fs::remove_file(p);
         }
         // SCO sizes of objects gone earlier (a crashed scrub) are forgotten too.
         {
