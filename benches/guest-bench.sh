@@ -46,6 +46,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 log() { printf '[guest-bench] %s\n' "$*" >&2; }
 die() { printf '[guest-bench] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
 RUNTIME=10 RAMP=2 SETTLE=3 SIZE=1G QUEUES=2 ENGINE=libaio JOBS="" ROUNDS=1 PER_BACKEND=0 MEM=1G
@@ -98,13 +100,7 @@ BIN=${LOGDISK_BIN:-$TARGET/release/logdisk}
 [[ -x "$BIN" ]] || die "$BIN not found (drop --no-build)"
 log "guest image: $("$REPO/tests/guest/build-guest.sh" | tail -n1)"
 
-BASE=${DIR:-${LOGDISK_BENCH_TMPDIR:-${TMPDIR:-/tmp}}}
-if [[ -z "$DIR" && $(stat -f -c %T "$BASE") == tmpfs ]]; then
-    BASE=${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}
-fi
-mkdir -p "$BASE"
-[[ $(stat -f -c %T "$BASE") != tmpfs ]] || die "$BASE is tmpfs: O_DIRECT (cache.direct=on) needs a real disk; use --dir"
-TMP=$(mktemp -d "$BASE/logdisk-guest-bench.XXXXXX")
+TMP=$(bench_scratch logdisk-guest-bench) || exit 1
 OUT=${OUT:-$TARGET/bench/guest-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/fio"
 MARKS="$OUT/cpu-marks.txt"
@@ -112,17 +108,12 @@ MARKS="$OUT/cpu-marks.txt"
 
 PIDS=() RG_PID=""
 cleanup() {
-    local rc=$? p
+    local rc=$?
     if [[ -n "$RG_PID" ]] && kill -0 "$RG_PID" 2>/dev/null; then
         kill -TERM "$RG_PID" 2>/dev/null || true   # run-guest.sh stops its QEMU
         wait "$RG_PID" 2>/dev/null || true
     fi
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids
     if [[ $KEEP -eq 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     return $rc
 }
@@ -130,12 +121,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-cpu_ticks() {
-    local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    s=${s##*) }
-    awk '{print $12 + $13}' <<<"$s"
-}
 
 # ------------------------------------------------------------------ backends
 DD="$TMP/logdisk-data" RAW="$TMP/disk.raw" LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"

@@ -52,6 +52,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 log() { printf '[native-bench] %s\n' "$*" >&2; }
 die() { printf '[native-bench] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
 RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120
@@ -92,13 +94,7 @@ LOADGEN=${LOGDISK_LOADGEN:-$TARGET/release/logdisk-loadgen}
 [[ -x "$BIN" && -x "$LOADGEN" ]] || die "binaries not found in $TARGET/release (drop --no-build)"
 
 # ------------------------------------------------------------------ dirs + cleanup
-BASE=${DIR:-${LOGDISK_BENCH_TMPDIR:-${TMPDIR:-/tmp}}}
-if [[ -z "$DIR" && $(stat -f -c %T "$BASE") == tmpfs ]]; then
-    BASE=${LOGDISK_CACHE:-${HOME:-/tmp}/.cache/logdisk}
-fi
-mkdir -p "$BASE"
-[[ $(stat -f -c %T "$BASE") != tmpfs ]] || die "$BASE is tmpfs: O_DIRECT (cache.direct=on) needs a real disk; use --dir"
-TMP=$(mktemp -d "$BASE/logdisk-native-bench.XXXXXX")
+TMP=$(bench_scratch logdisk-native-bench) || exit 1
 OUT=${OUT:-$TARGET/bench/native-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RESULTS="$OUT/native-results.jsonl"
@@ -106,17 +102,8 @@ RESULTS="$OUT/native-results.jsonl"
 
 PIDS=()
 cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
-            kill -TERM "$p" 2>/dev/null || true
-        fi
-    done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
+    local rc=$?
+    stop_pids
     if [[ $KEEP -eq 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     return $rc
 }
@@ -125,14 +112,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 CLK_TCK=$(getconf CLK_TCK)
-# utime+stime of PID in clock ticks
-cpu_ticks() {
-    local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    s=${s##*) }
-    # after "pid (comm) ": state=1 ... utime=12 stime=13
-    awk '{print $12 + $13}' <<<"$s"
-}
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 now() { printf '%s\n' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }

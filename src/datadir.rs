@@ -301,7 +301,7 @@ impl DataDir {
         let map = match live {
             Some(v) => {
                 let map = v.snapshot_map(snapshot)?;
-                ensure_uploaded(v)?;
+                v.upload_all(NEEDS_STORE)?;
                 map
             }
             None => {
@@ -354,15 +354,11 @@ impl DataDir {
             }
         }
         let space = vol.space()?;
-        let mut snapshots = vol.snapshots();
-        for s in snapshots.iter_mut() {
-            s.exclusive_bytes = space.snapshot_exclusive.get(&s.name).copied().unwrap_or(0);
-        }
         Ok(VolumeInfo {
             garbage_bytes: space.garbage_bytes,
             template: m.template,
             parent: m.parent.as_ref().map(|p| p.to_string()),
-            snapshots,
+            snapshots: space.snapshots,
             name: m.name.clone(),
             size: m.size,
             cluster_size: m.cluster_size,
@@ -381,21 +377,14 @@ impl DataDir {
     }
 }
 
+/// Why a snapshot view or a clone waits for uploads: they read their parent from the
+/// object store.
+pub const NEEDS_STORE: &str = "(its data must be in the object store first)";
+
 fn not_uploaded(volume: &str) -> Error {
     Error::StoreTimeout {
         what: format!("uploads of volume {volume}: its data must be in the object store first"),
         secs: 0,
-    }
-}
-
-/// Wait until everything `vol` sealed is in the object store (clones and views read
-/// their parents from there).
-pub fn ensure_uploaded(vol: &Volume) -> Result<()> {
-    vol.seal()?;
-    if vol.wait_uploaded(Duration::from_secs(300)) {
-        Ok(())
-    } else {
-        Err(not_uploaded(vol.name()))
     }
 }
 

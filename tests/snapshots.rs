@@ -18,18 +18,14 @@ use logdisk::volume::Volume;
 const MB: u64 = 1 << 20;
 const SIZE: u64 = 4 * MB;
 
-fn run(dd: &mut DataDir, served: &ops::Served, req: Request) -> logdisk::Result<serde_json::Value> {
-    ops::run(dd, served, req)
-}
-
 fn must(dd: &mut DataDir, served: &ops::Served, req: Request) -> serde_json::Value {
     let what = format!("{req:?}");
-    run(dd, served, req).unwrap_or_else(|e| panic!("{what}: {e}"))
+    ops::run(dd, served, req).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn refused(dd: &mut DataDir, served: &ops::Served, req: Request, needle: &str) {
     let what = format!("{req:?}");
-    match run(dd, served, req) {
+    match ops::run(dd, served, req) {
         Ok(v) => panic!("{what} should fail, got {v}"),
         Err(e) => assert!(e.to_string().contains(needle), "{what}: {e} lacks {needle:?}"),
     }
@@ -89,14 +85,20 @@ fn stored_bytes(backend: &Path, vol: &str) -> u64 {
     walk(&backend.join(vol))
 }
 
-#[test]
-fn snapshots_rollback_clones_templates() {
+/// A data dir with a file:// store and volume "v", open as if a daemon served it.
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, DataDir, Arc<Volume>, ops::Served) {
     let t = tempfile::tempdir().unwrap();
     let backend = t.path().join("objects");
     let mut dd = open_dd(&t.path().join("dd"), &backend, small_config());
     create(&mut dd, "v");
     let v = dd.open_volume("v", false).unwrap();
-    let mut served: ops::Served = HashMap::from([("v".to_string(), v.clone())]);
+    let served: ops::Served = HashMap::from([("v".to_string(), v.clone())]);
+    (t, backend, dd, v, served)
+}
+
+#[test]
+fn snapshots_rollback_clones_templates() {
+    let (t, backend, mut dd, v, mut served) = setup();
 
     // A, snapshot s1, B, snapshot s2, C.
     let mut img = vec![0u8; SIZE as usize];
@@ -230,12 +232,7 @@ fn snapshots_rollback_clones_templates() {
 
 #[test]
 fn scrub_reclaims_space_and_keeps_every_view() {
-    let t = tempfile::tempdir().unwrap();
-    let backend = t.path().join("objects");
-    let mut dd = open_dd(&t.path().join("dd"), &backend, small_config());
-    create(&mut dd, "v");
-    let v = dd.open_volume("v", false).unwrap();
-    let mut served: ops::Served = HashMap::from([("v".to_string(), v.clone())]);
+    let (t, backend, mut dd, v, mut served) = setup();
     let mut img = vec![0u8; SIZE as usize];
     write(&v, &mut img, 0, SIZE, 1);
     snap(&mut dd, &served, "v", "a");

@@ -49,7 +49,7 @@ pub fn run() -> Result<()> {
         .clone()
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./logdisk-data"));
-    let request = volume_cmds::request_of(&cli.command).transpose()?;
+    let request = volume_cmds::request_of(&cli.command)?;
     let mut dd = match DataDir::open(&data_dir, cli.global.backend.as_deref(), config) {
         Ok(dd) => dd,
         Err(e @ logdisk::Error::DataDirInUse { .. }) => {

@@ -62,50 +62,43 @@ fn need_snapshot(s: &str) -> Result<(String, String)> {
 
 /// The management request a command stands for (run by the daemon when one holds the
 /// data dir, else here); `None` for commands that need the data dir itself.
-pub fn request_of(cmd: &Command) -> Option<Result<Request>> {
+pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
     let parse = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
-    let req = match cmd {
+    Ok(Some(match cmd {
         Command::Volume(VolumeCmd::List { .. }) => Request::List,
         Command::Volume(VolumeCmd::Info { name, .. }) => Request::Info { volume: name.clone() },
-        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size }) => {
-            match (parse_size(size), parse(cluster_size), parse(sco_size)) {
-                (Ok(size), Ok(cluster_size), Ok(sco_size)) => {
-                    Request::Create { volume: name.clone(), size, cluster_size, sco_size }
-                }
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Some(Err(e.into())),
-            }
-        }
+        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size }) => Request::Create {
+            volume: name.clone(),
+            size: parse_size(size)?,
+            cluster_size: parse(cluster_size)?,
+            sco_size: parse(sco_size)?,
+        },
         Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
         Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
         Command::Volume(VolumeCmd::Flatten { name }) => Request::Flatten { volume: name.clone() },
         Command::Snapshot(SnapshotCmd::List { volume, .. }) => Request::SnapshotList { volume: volume.clone() },
-        Command::Snapshot(
-            SnapshotCmd::Create { target } | SnapshotCmd::Delete { target } | SnapshotCmd::Rollback { target, .. },
-        ) => {
-            let (volume, snapshot) = match need_snapshot(target) {
-                Ok(x) => x,
-                Err(e) => return Some(Err(e)),
-            };
-            match cmd {
-                Command::Snapshot(SnapshotCmd::Create { .. }) => Request::SnapshotCreate { volume, snapshot },
-                Command::Snapshot(SnapshotCmd::Delete { .. }) => Request::SnapshotDelete { volume, snapshot },
-                Command::Snapshot(SnapshotCmd::Rollback { force, .. }) => {
-                    Request::SnapshotRollback { volume, snapshot, force: *force }
-                }
-                _ => unreachable!(),
-            }
+        Command::Snapshot(SnapshotCmd::Create { target }) => {
+            let (volume, snapshot) = need_snapshot(target)?;
+            Request::SnapshotCreate { volume, snapshot }
+        }
+        Command::Snapshot(SnapshotCmd::Delete { target }) => {
+            let (volume, snapshot) = need_snapshot(target)?;
+            Request::SnapshotDelete { volume, snapshot }
+        }
+        Command::Snapshot(SnapshotCmd::Rollback { target, force }) => {
+            let (volume, snapshot) = need_snapshot(target)?;
+            Request::SnapshotRollback { volume, snapshot, force: *force }
         }
         Command::Clone { source, target } => {
             let (v, snap) = split_target(source);
             if snap == Some("") || v.is_empty() {
-                return Some(Err(anyhow::anyhow!("{source:?}: use VOLUME@SNAPSHOT or a template's name")));
+                bail!("{source:?}: use VOLUME@SNAPSHOT or a template's name");
             }
             Request::Clone { source: v.to_string(), snapshot: snap.map(str::to_string), target: target.clone() }
         }
         Command::Scrub { volume, threshold } => Request::Scrub { volume: volume.clone(), threshold: *threshold },
-        _ => return None,
-    };
-    Some(Ok(req))
+        _ => return Ok(None),
+    }))
 }
 
 /// Run a management request on `dd` directly (no daemon holds the data dir).

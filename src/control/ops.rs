@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::protocol::Request;
-use crate::datadir::{ensure_uploaded, DataDir};
+use crate::datadir::{DataDir, NEEDS_STORE};
 use crate::error::{Error, Result};
 use crate::volume::Volume;
 
@@ -89,14 +89,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             Ok(to_json(info))
         }
         Request::SnapshotList { volume } => {
-            let list = with_volume(dd, served, &volume, true, |v| {
-                let space = v.space()?;
-                let mut l = v.snapshots();
-                for s in l.iter_mut() {
-                    s.exclusive_bytes = space.snapshot_exclusive.get(&s.name).copied().unwrap_or(0);
-                }
-                Ok(l)
-            })?;
+            let list = with_volume(dd, served, &volume, true, |v| Ok(v.space()?.snapshots))?;
             Ok(to_json(list))
         }
         Request::SnapshotDelete { volume, snapshot } => {
@@ -124,7 +117,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
                     // The snapshot must exist and its data be in the object store.
                     with_volume(dd, served, &source, true, |v| {
                         v.snapshot_map(s)?;
-                        ensure_uploaded(v)
+                        v.upload_all(NEEDS_STORE)
                     })?;
                 }
             }

@@ -564,6 +564,38 @@ impl Volume {
         Ok(())
     }
 
+    /// Append whole clusters of `data` to the open SCO (over as many reservations as it
+    /// takes) for maintenance copies (scrub, flatten). Once each piece has landed,
+    /// `landed(state, location, first cluster of data, clusters)` maps and logs it under
+    /// the volume lock.
+    pub(crate) fn append_data(
+        &self,
+        data: &[u8],
+        mut landed: impl FnMut(&mut State, Location, u32, u32) -> Result<()>,
+    ) -> Result<()> {
+        let n = (data.len() as u64 >> self.shift) as u32;
+        let mut done = 0u32;
+        while done < n {
+            let (file, index, take) = self.reserve((n - done) as u64)?;
+            let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
+            let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
+            let io = file.writev_at(&v, (index as u64) << self.shift);
+            let mut st = self.state.lock();
+            if let Some(l) = st.local.get_mut(&file.number) {
+                l.inflight -= 1;
+            }
+            if let Err(e) = io {
+                drop(st);
+                self.env.uploader.notify();
+                return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
+            }
+            st.dirty.insert(file.number);
+            landed(&mut st, Location::new(file.number, index), done, take)?;
+            done += take;
+        }
+        Ok(())
+    }
+
     // ----- discard / write zeroes -----
 
     /// Make `[offset, offset+len)` read as zeroes. Whole clusters are unmapped (a TLog

@@ -343,6 +343,19 @@ impl Volume {
         Ok(CloseReport { drained, pending_bytes })
     }
 
+    /// Seal, then wait (up to the drain timeout) until everything is in the object store;
+    /// `why` completes the error message.
+    pub fn upload_all(&self, why: &str) -> Result<()> {
+        self.seal()?;
+        if self.wait_uploaded(self.env.opts.drain_timeout) {
+            return Ok(());
+        }
+        Err(Error::StoreTimeout {
+            what: format!("uploads of volume {} {why}", self.name),
+            secs: self.env.opts.drain_timeout.as_secs(),
+        })
+    }
+
     /// Wait until every sealed epoch is uploaded (or `timeout`); true if drained.
     pub fn wait_uploaded(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -15,7 +15,7 @@ use super::engine::Volume;
 use super::iov::AlignedBuf;
 use super::location::Location;
 use super::map::ClusterMap;
-use super::snapshots::Relocation;
+use super::snapshots::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
 use crate::error::{Error, IoContext, Result};
@@ -45,8 +45,19 @@ pub struct SpaceReport {
     pub garbage_bytes: u64,
     /// Raw bytes of sealed SCOs in the object store that some map references.
     pub live_bytes: u64,
-    /// Bytes only each snapshot references, by snapshot name.
-    pub snapshot_exclusive: BTreeMap<String, u64>,
+    /// Every snapshot, with the bytes only it references.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A consistent copy of a volume's maps and what is computed from them.
+struct Accounting {
+    /// Current map first, then snapshots by id.
+    maps: Vec<ClusterMap>,
+    /// The snapshots of `maps[1..]`, in that order.
+    snaps: Vec<SnapshotInfo>,
+    live: HashMap<u64, Vec<u64>>,
+    sizes: BTreeMap<u64, u32>,
+    last_uploaded: u64,
 }
 
 /// Live clusters of each SCO as bitmaps (bit i = cluster index i is referenced).
@@ -90,15 +101,11 @@ fn runs(bitmap: &[u64], limit: u32) -> Vec<(u32, u32)> {
 
 impl Volume {
     /// Copies of every map (current first, then snapshots by id), sharing pages.
-    fn all_maps(&self) -> (Vec<ClusterMap>, Vec<String>) {
+    fn all_maps(&self) -> (Vec<ClusterMap>, Vec<SnapshotInfo>) {
         let st = self.state.lock();
         let mut maps = vec![st.map.clone()];
-        let mut names = vec![String::new()];
-        for s in st.snaps.list.values() {
-            maps.push(s.map.clone());
-            names.push(s.name.clone());
-        }
-        (maps, names)
+        maps.extend(st.snaps.list.values().map(|s| s.map.clone()));
+        (maps, st.snaps.list.values().map(|s| s.info()).collect())
     }
 
     /// SCO objects of this volume in the store: number → (key, stored bytes).
@@ -112,16 +119,19 @@ impl Volume {
         Ok(out)
     }
 
-    /// Live and garbage bytes, and what each snapshot alone holds.
-    pub fn space(&self) -> Result<SpaceReport> {
-        let (maps, names) = self.all_maps();
+    /// Every map, their live bitmaps, the SCO sizes and the last uploaded epoch.
+    fn accounting(&self) -> Accounting {
+        let (maps, snaps) = self.all_maps();
         let refs: Vec<&ClusterMap> = maps.iter().collect();
         let live = live_bitmaps(&refs, self.meta.sco_clusters);
-        let (sizes, last_uploaded) = {
-            let st = self.state.lock();
-            (st.sco_sizes.clone(), st.last_uploaded)
-        };
-        let mut rep = SpaceReport::default();
+        let st = self.state.lock();
+        Accounting { maps, snaps, live, sizes: st.sco_sizes.clone(), last_uploaded: st.last_uploaded }
+    }
+
+    /// Live and garbage bytes, and what each snapshot alone holds.
+    pub fn space(&self) -> Result<SpaceReport> {
+        let Accounting { maps, snaps, live, sizes, last_uploaded } = self.accounting();
+        let mut rep = SpaceReport { snapshots: snaps, ..SpaceReport::default() };
         for n in self.sco_objects()?.keys() {
             let total = sizes.get(n).copied().unwrap_or(0) as u64;
             if *n > last_uploaded {
@@ -142,14 +152,14 @@ impl Volume {
                     }
                 });
             }
-            for (m, name) in maps.iter().zip(&names).skip(1) {
+            for (m, snap) in maps.iter().skip(1).zip(rep.snapshots.iter_mut()) {
                 let mut excl = 0u64;
                 m.for_each_mapped(|_, e| {
                     if count.get(&e) == Some(&1) {
                         excl += 1;
                     }
                 });
-                rep.snapshot_exclusive.insert(name.clone(), excl * self.cs);
+                snap.exclusive_bytes = excl * self.cs;
             }
         }
         Ok(rep)
@@ -167,16 +177,9 @@ impl Volume {
         let _one = self.scrub_lock.lock();
         // Only SCOs in the object store are candidates: upload everything sealed first.
         self.flush()?;
-        self.seal()?;
-        self.wait_all_uploaded("before scrubbing")?;
+        self.upload_all("before scrubbing; scrub again later")?;
 
-        let (maps, _) = self.all_maps();
-        let refs: Vec<&ClusterMap> = maps.iter().collect();
-        let live = live_bitmaps(&refs, self.meta.sco_clusters);
-        let (sizes, last_uploaded) = {
-            let st = self.state.lock();
-            (st.sco_sizes.clone(), st.last_uploaded)
-        };
+        let Accounting { maps, live, sizes, last_uploaded, .. } = self.accounting();
         let objects = self.sco_objects()?;
         let mut rep = ScrubReport::default();
         let mut victims = Vec::new();
@@ -221,8 +224,7 @@ impl Volume {
         if !victims.is_empty() {
             self.flush()?;
             crate::fault::point("scrub-after-flush");
-            self.seal()?;
-            self.wait_all_uploaded("for the scrubbed data")?;
+            self.upload_all("of the scrubbed data; scrub again later")?;
             crate::fault::point("scrub-after-upload");
             // Clones and snapshot views open in this process read our maps: move them too.
             for other in self.env.volumes() {
@@ -256,8 +258,8 @@ impl Volume {
         // SCO sizes of objects gone earlier (a crashed scrub) are forgotten too.
         {
             let mut st = self.state.lock();
-            let local: Vec<u64> = st.local.keys().copied().collect();
-            st.sco_sizes.retain(|n, _| *n > last_uploaded || objects.contains_key(n) || local.contains(n));
+            let st = &mut *st;
+            st.sco_sizes.retain(|n, _| *n > last_uploaded || objects.contains_key(n) || st.local.contains_key(n));
         }
         if rep.scos_deleted > 0 {
             // A checkpoint without the deleted SCOs; also prunes TLogs no restart needs.
@@ -275,16 +277,6 @@ impl Volume {
         Ok(rep)
     }
 
-    fn wait_all_uploaded(&self, what: &str) -> Result<()> {
-        if self.wait_uploaded(self.env.opts.drain_timeout) {
-            return Ok(());
-        }
-        Err(Error::StoreTimeout {
-            what: format!("uploads of volume {} {what}; scrub again later", self.name),
-            secs: self.env.opts.drain_timeout.as_secs(),
-        })
-    }
-
     /// Copy `count` live clusters from `from` into the open SCO, log the relocation and
     /// rewrite every map entry that still points at them. Returns the bytes copied.
     fn move_run(
@@ -297,33 +289,15 @@ impl Volume {
         let bytes = (count as u64) << self.shift;
         let mut buf = AlignedBuf::zeroed(bytes as usize);
         self.read_sco(from, &mut buf)?;
-        let mut done = 0u32;
-        while done < count {
-            let (file, index, take) = self.reserve((count - done) as u64)?;
-            let piece = &buf[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
-            let v = [libc::iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
-            let io = file.writev_at(&v, (index as u64) << self.shift);
-            let mut st = self.state.lock();
-            if let Some(l) = st.local.get_mut(&file.number) {
-                l.inflight -= 1;
-            }
-            io.map_err(|e| Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e))?;
-            st.dirty.insert(file.number);
-            let (src, dst) = (from.advance(done), Location::new(file.number, index));
+        self.append_data(&buf, |st, dst, done, take| {
+            let src = from.advance(done);
             // Log and apply in one critical section, so a checkpoint taken at an epoch
             // boundary has either both or neither.
-            self.append_record(&mut st, &Record::Relocate { from: src, count: take, to: dst })?;
-            let mut r = Relocation::default();
-            r.add(src, take, dst);
-            let st = &mut *st;
+            self.append_record(st, &Record::Relocate { from: src, count: take, to: dst })?;
             for i in 0..take {
-                let old = src.advance(i).pack();
-                let new = dst.advance(i).pack();
+                let (old, new) = (src.advance(i).pack(), dst.advance(i).pack());
                 for &c in holders.get(&old).map(|v| v.as_slice()).unwrap_or(&[]) {
-                    if st.map.get(c) == old {
-                        st.map.set(c, new);
-                    }
-                    for m in st.snaps.maps_mut() {
+                    for m in std::iter::once(&mut st.map).chain(st.snaps.maps_mut()) {
                         if m.get(c) == old {
                             m.set(c, new);
                         }
@@ -331,8 +305,8 @@ impl Volume {
                 }
             }
             moved.add(src, take, dst);
-            done += take;
-        }
+            Ok(())
+        })?;
         Ok(bytes)
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::engine::{State, Volume, VolumeEnv};
-use super::iov::{iovec, AlignedBuf};
+use super::iov::AlignedBuf;
 use super::layers::{layer_of, load_layers};
 use super::location::{Location, UNMAPPED};
 use super::map::ClusterMap;
@@ -24,6 +24,19 @@ pub struct Snapshot {
     /// The epoch whose TLog holds the snapshot record (sealed right after it).
     pub epoch: u64,
     pub map: ClusterMap,
+}
+
+impl Snapshot {
+    /// What `snapshot list` shows (exclusive bytes come from the space accounting).
+    pub fn info(&self) -> SnapshotInfo {
+        SnapshotInfo {
+            name: self.name.clone(),
+            id: self.id,
+            created: self.created,
+            epoch: self.epoch,
+            exclusive_bytes: 0,
+        }
+    }
 }
 
 /// Every snapshot of a volume, by id (ids are never reused).
@@ -65,10 +78,6 @@ impl Relocation {
 
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.table.len()
     }
 
     /// The new entry for map entry `e`, if `e` moved.
@@ -149,18 +158,7 @@ impl Volume {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        let st = self.state.lock();
-        st.snaps
-            .list
-            .values()
-            .map(|s| SnapshotInfo {
-                name: s.name.clone(),
-                id: s.id,
-                created: s.created,
-                epoch: s.epoch,
-                exclusive_bytes: 0,
-            })
-            .collect()
+        self.state.lock().snaps.list.values().map(Snapshot::info).collect()
     }
 
     /// The frozen map of snapshot `name`.
@@ -278,10 +276,7 @@ impl Volume {
             copied += bytes as u64;
         }
         self.flush()?;
-        self.seal()?;
-        if !self.wait_uploaded(self.env.opts.drain_timeout) {
-            return Err(Error::StoreTimeout { what: format!("uploading the flattened {}", self.name), secs: 0 });
-        }
+        self.upload_all("after flattening")?;
         self.state.lock().layers.clear();
         tracing::info!(volume = %self.name, copied, "flattened");
         Ok(copied)
@@ -290,39 +285,26 @@ impl Volume {
     /// Write whole clusters from `cluster`, mapping only clusters that are still
     /// unmapped when the data has landed (a guest write in between wins).
     fn write_if_unmapped(&self, cluster: u64, data: &[u8]) -> Result<()> {
-        let n = data.len() as u64 >> self.shift;
-        let mut done = 0u64;
-        while done < n {
-            let (file, index, take) = self.reserve(n - done)?;
-            let piece = &data[(done << self.shift) as usize..((done + take as u64) << self.shift) as usize];
-            let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
-            let io = file.writev_at(&v, (index as u64) << self.shift);
-            let mut st = self.state.lock();
-            if let Some(l) = st.local.get_mut(&file.number) {
-                l.inflight -= 1;
-            }
-            io.map_err(|e| Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e))?;
-            st.dirty.insert(file.number);
-            let mut i = 0u64;
-            while i < take as u64 {
-                if st.map.get(cluster + done + i) != UNMAPPED {
+        self.append_data(data, |st, loc, done, take| {
+            let first = cluster + done as u64;
+            let mut i = 0u32;
+            while i < take {
+                if st.map.get(first + i as u64) != UNMAPPED {
                     i += 1;
                     continue;
                 }
-                let run_start = i;
-                while i < take as u64 && st.map.get(cluster + done + i) == UNMAPPED {
+                let start = i;
+                while i < take && st.map.get(first + i as u64) == UNMAPPED {
                     i += 1;
                 }
-                let loc = Location::new(file.number, index + run_start as u32);
-                let count = (i - run_start) as u32;
-                for k in 0..count {
-                    st.map.set(cluster + done + run_start + k as u64, loc.advance(k).pack());
+                let run = loc.advance(start);
+                for k in 0..i - start {
+                    st.map.set(first + (start + k) as u64, run.advance(k).pack());
                 }
-                self.append_record(&mut st, &Record::Write { cluster: cluster + done + run_start, count, loc })?;
+                self.append_record(st, &Record::Write { cluster: first + start as u64, count: i - start, loc: run })?;
             }
-            done += take as u64;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
