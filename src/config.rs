@@ -44,6 +44,29 @@ pub struct Config {
     pub scrub: ScrubConfig,
     /// S3 connection settings, used when the backend is `s3://BUCKET/PREFIX`.
     pub s3: S3Config,
+    /// How volumes reach their DTL peers.
+    pub dtl: DtlClientConfig,
+}
+
+/// The DTL client side (each volume's peer and mode are set per volume).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DtlClientConfig {
+    /// The shared token: the same file as the server's `--token-file`. Without it the
+    /// client sends an empty token (only an `--insecure` server accepts that).
+    pub token_file: Option<PathBuf>,
+}
+
+impl DtlClientConfig {
+    /// The token (the file's content without surrounding whitespace).
+    pub fn token(&self) -> crate::error::Result<Vec<u8>> {
+        match &self.token_file {
+            None => Ok(Vec::new()),
+            Some(p) => std::fs::read(p)
+                .map(|s| s.trim_ascii().to_vec())
+                .map_err(|e| crate::error::Error::Config(format!("dtl.token_file {}: {e}", p.display()))),
+        }
+    }
 }
 
 /// Defaults for new volumes.

@@ -17,7 +17,9 @@ use crate::backend::url::BackendUrl;
 use crate::backend::{keys, ObjectStore};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
+use crate::local_settings::LocalSettings;
 use crate::units::validate_name;
+use crate::volume::dtl_link::{DtlLink, DtlSettings};
 use crate::volume::read_cache::ReadCache;
 use crate::volume::snapshots::SnapshotInfo;
 use crate::volume::{EngineOptions, ParentRef, Volume, VolumeEnv, VolumeMeta};
@@ -89,6 +91,24 @@ pub struct VolumeInfo {
     pub parent: Option<String>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotInfo>,
+    /// This host's DTL peer of the volume and how well it covers the writes.
+    #[serde(default)]
+    pub dtl: Option<DtlInfo>,
+    #[serde(default)]
+    pub uploads_paused: bool,
+}
+
+/// DTL part of `volume info`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DtlInfo {
+    pub addr: String,
+    /// sync, async or none.
+    pub mode: String,
+    /// in_sync, catching_up, degraded, needs_resync, fenced, closed; `idle` when the
+    /// volume is not served; `off` without a DTL.
+    pub state: String,
+    #[serde(default)]
+    pub detail: String,
 }
 
 impl DataDir {
@@ -169,7 +189,7 @@ impl DataDir {
         Ok(env)
     }
 
-    fn volume_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn volume_dir(&self, name: &str) -> PathBuf {
         self.root.join("volumes").join(name)
     }
 
@@ -229,11 +249,48 @@ impl DataDir {
         Ok(out)
     }
 
-    /// Open a volume for IO.
+    /// Open a volume for IO, with this host's settings (DTL peer, paused uploads).
+    /// Refused when this host's copy is fenced (a newer owner took the volume over).
     pub fn open_volume(&mut self, name: &str, read_only: bool) -> Result<Arc<Volume>> {
         let meta = self.volume_meta(name)?;
+        let dir = self.volume_dir(name);
+        let mut settings = LocalSettings::load(&dir)?;
+        if settings.owner_generation > 0 && settings.owner_generation < meta.generation {
+            tracing::error!(volume = name, local = settings.owner_generation, owner = meta.generation,
+                dir = %dir.display(),
+                "fenced: the volume was taken over by a newer owner; not opening this host's stale copy (remove that dir to serve it from the object store)");
+            return Err(Error::Fenced {
+                volume: name.into(),
+                generation: settings.owner_generation,
+                by: meta.generation,
+            });
+        }
+        if settings.owner_generation != meta.generation {
+            settings.owner_generation = meta.generation;
+            settings.save(&dir)?;
+        }
         let env = self.env()?;
-        Volume::open(env, meta, self.volume_dir(name), read_only)
+        let vol = Volume::open(env, meta, dir, read_only)?;
+        vol.set_uploads_paused(settings.uploads_paused);
+        if let (Some(d), false) = (settings.dtl, read_only) {
+            vol.set_dtl(Some(self.dtl_link(&vol, d)?));
+        }
+        Ok(vol)
+    }
+
+    /// Connect volume `vol` to DTL peer `d` with the configured token.
+    pub fn dtl_link(&self, vol: &Volume, d: DtlSettings) -> Result<DtlLink> {
+        let token = self.config.dtl.token()?;
+        DtlLink::start(d, &token, vol.name(), vol.meta().generation, self.store.as_ref())
+    }
+
+    /// This host's settings of volume `name`.
+    pub fn local_settings(&self, name: &str) -> Result<LocalSettings> {
+        LocalSettings::load(&self.volume_dir(name))
+    }
+
+    pub fn save_local_settings(&self, name: &str, s: &LocalSettings) -> Result<()> {
+        s.save(&self.volume_dir(name))
     }
 
     /// Volumes that read through to `volume` (to its snapshot `snapshot` when given).
@@ -354,7 +411,21 @@ impl DataDir {
             }
         }
         let space = vol.space()?;
+        let settings = self.local_settings(&m.name)?;
+        let dtl = match (vol.dtl_status(), settings.dtl) {
+            (Some((d, state, detail)), _) => {
+                DtlInfo { addr: d.addr, mode: d.mode.to_string(), state: state.into(), detail }
+            }
+            (None, Some(d)) => {
+                DtlInfo { addr: d.addr, mode: d.mode.to_string(), state: "idle".into(), detail: String::new() }
+            }
+            (None, None) => {
+                DtlInfo { addr: String::new(), mode: "none".into(), state: "off".into(), detail: String::new() }
+            }
+        };
         Ok(VolumeInfo {
+            dtl: Some(dtl),
+            uploads_paused: vol.uploads_paused() || settings.uploads_paused,
             garbage_bytes: space.garbage_bytes,
             template: m.template,
             parent: m.parent.as_ref().map(|p| p.to_string()),

@@ -42,6 +42,8 @@ pub enum Error {
     DtlRefused { code: crate::dtl::ErrorCode, message: String },
     #[error("DTL: {0}")]
     Dtl(String),
+    #[error("volume {volume} was taken over by a newer owner{}: this host's copy (generation {generation}) is fenced", if *by > 0 { format!(" (generation {by})") } else { String::new() })]
+    Fenced { volume: String, generation: u32, by: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,8 @@ pub mod dtl;
 pub mod error;
 pub mod fault;
 pub mod frontend;
+pub mod local_settings;
+pub mod takeover;
 pub mod units;
 pub mod volume;
 

@@ -134,6 +134,41 @@ pub enum VolumeCmd {
         /// SCO size [default: from config, 32M]
         #[arg(long)]
         sco_size: Option<String>,
+        /// DTL peer (`logdisk dtl serve` on another host) that keeps un-uploaded writes
+        #[arg(long, value_name = "HOST:PORT")]
+        dtl: Option<String>,
+        /// When writes wait for the DTL: sync (each write), async (each flush), none
+        #[arg(long, value_name = "MODE", requires = "dtl")]
+        dtl_mode: Option<String>,
+    },
+    /// Change this host's settings of a volume (at once when the daemon serves it)
+    Set {
+        name: String,
+        /// DTL peer, or `none` to stop using one
+        #[arg(long, value_name = "HOST:PORT|none")]
+        dtl: Option<String>,
+        /// sync, async or none
+        #[arg(long, value_name = "MODE")]
+        dtl_mode: Option<String>,
+        /// `paused` holds uploads to the object store back (data stays in the local
+        /// write buffer and the DTL); `running` resumes them
+        #[arg(long, value_name = "paused|running")]
+        uploads: Option<String>,
+    },
+    /// Take a volume over after its owner host died: restore it from the object store,
+    /// replay the DTL, fence the old owner
+    Takeover {
+        name: String,
+        /// The DTL server that holds the old owner's writes (it becomes this host's peer)
+        #[arg(long, value_name = "HOST:PORT")]
+        dtl: String,
+        /// DTL mode from now on: sync or async
+        #[arg(long, value_name = "MODE", default_value = "sync")]
+        dtl_mode: String,
+        /// Take over even when the DTL was not in sync, is unreachable, or the object
+        /// store cannot fence (writes may be lost)
+        #[arg(long)]
+        force: bool,
     },
     /// List volumes in the object store
     List {

@@ -12,6 +12,7 @@ use super::args::{Command, SnapshotCmd, VolumeCmd};
 use logdisk::control::protocol::Request;
 use logdisk::datadir::{DataDir, VolumeInfo};
 use logdisk::units::{format_size, parse_size};
+use logdisk::volume::dtl_link::DtlSettings;
 use logdisk::volume::iov::AlignedBuf;
 use logdisk::volume::scrub::ScrubReport;
 use logdisk::volume::snapshots::SnapshotInfo;
@@ -67,11 +68,31 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
     Ok(Some(match cmd {
         Command::Volume(VolumeCmd::List { .. }) => Request::List,
         Command::Volume(VolumeCmd::Info { name, .. }) => Request::Info { volume: name.clone() },
-        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size }) => Request::Create {
+        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size, dtl, dtl_mode }) => Request::Create {
             volume: name.clone(),
             size: parse_size(size)?,
             cluster_size: parse(cluster_size)?,
             sco_size: parse(sco_size)?,
+            dtl: match (dtl.as_deref(), dtl_mode.as_deref()) {
+                (None, _) | (_, Some("none")) => None,
+                (Some(a), m) => Some(DtlSettings { addr: a.to_string(), mode: m.unwrap_or("sync").parse()? }),
+            },
+        },
+        Command::Volume(VolumeCmd::Set { name, dtl, dtl_mode, uploads }) => Request::Set {
+            volume: name.clone(),
+            dtl_addr: dtl.clone(),
+            dtl_mode: dtl_mode.clone(),
+            uploads_paused: match uploads.as_deref() {
+                None => None,
+                Some("paused") => Some(true),
+                Some("running") => Some(false),
+                Some(o) => bail!("--uploads {o:?}: use paused or running"),
+            },
+        },
+        Command::Volume(VolumeCmd::Takeover { name, dtl, dtl_mode, force }) => Request::Takeover {
+            volume: name.clone(),
+            dtl: DtlSettings { addr: dtl.clone(), mode: dtl_mode.parse()? },
+            force: *force,
         },
         Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
         Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
@@ -122,6 +143,30 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
             println!("created volume {} ({}, cluster {})", s("name"), format_size(size), format_size(cs));
         }
         Command::Volume(VolumeCmd::Delete { name }) => println!("deleted volume {name}"),
+        Command::Volume(VolumeCmd::Set { name, .. }) => {
+            let dtl = match (v["dtl"]["addr"].as_str(), v["dtl"]["mode"].as_str()) {
+                (Some(a), Some(m)) => format!("{a} ({m})"),
+                _ => "none".into(),
+            };
+            let uploads = if v["uploads_paused"].as_bool() == Some(true) { "paused" } else { "running" };
+            println!("volume {name}: DTL {dtl}, uploads {uploads}");
+        }
+        Command::Volume(VolumeCmd::Takeover { name, .. }) => {
+            let r = v;
+            println!(
+                "took over volume {name} as owner generation {}: epochs up to {} from the object store, {} DTL entries replayed (epochs {:?}); {}",
+                r["generation"],
+                r["store_upto"],
+                r["dtl_entries"],
+                r["dtl_epochs"].as_array().map(|a| a.len()).unwrap_or(0),
+                if r["uploaded"].as_bool() == Some(true) { "everything is in the object store" } else { "some data is still only local (uploads continue when served)" }
+            );
+            if let Some(f) = r["forced"].as_array().filter(|a| !a.is_empty()) {
+                for x in f {
+                    println!("  forced past: {}", x.as_str().unwrap_or(""));
+                }
+            }
+        }
         Command::Volume(VolumeCmd::SetTemplate { name }) => println!("volume {name} is now a read-only template"),
         Command::Volume(VolumeCmd::Flatten { name }) => println!(
             "flattened {name}: copied {} from its parents; it no longer depends on them",
@@ -224,6 +269,20 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
     }
     if let Some(p) = &info.parent {
         println!("clone of:           {p}");
+    }
+    match &info.dtl {
+        Some(d) if d.state == "off" => println!("DTL:                none"),
+        Some(d) => println!(
+            "DTL:                {} ({}) {}{}",
+            d.addr,
+            d.mode,
+            d.state,
+            if d.detail.is_empty() { String::new() } else { format!(": {}", d.detail) }
+        ),
+        None => {}
+    }
+    if info.uploads_paused {
+        println!("uploads:            PAUSED (volume set {} --uploads running resumes them)", info.name);
     }
     println!("snapshots:          {}", info.snapshots.len());
     for s in &info.snapshots {

@@ -26,7 +26,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 12] = [
+    let series: [(&str, &str, &str, Get); 14] = [
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
@@ -44,6 +44,19 @@ pub fn render(state: &DaemonState) -> String {
         ("write_buffer_bytes", "gauge", "Local data not yet in the object store.", |_, s| s.wb_bytes as f64),
         ("write_buffer_uploaded_bytes", "gauge", "Uploaded data still kept locally (evictable).", |_, s| {
             s.kept_bytes as f64
+        }),
+        ("dtl_degraded", "gauge", "1 while the DTL does not cover every write not yet uploaded.", |v, _| {
+            match v.dtl_status() {
+                Some((_, state, _)) if state != "in_sync" => 1.0,
+                _ => 0.0,
+            }
+        }),
+        ("uploads_paused", "gauge", "1 while uploads are paused by the operator.", |v, _| {
+            if v.uploads_paused() {
+                1.0
+            } else {
+                0.0
+            }
         }),
         ("upload_lag_epochs", "gauge", "Sealed epochs waiting for upload.", |_, s| s.pending_epochs as f64),
         ("upload_failing", "gauge", "1 while the last upload attempt failed.", |_, s| {

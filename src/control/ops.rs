@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use super::protocol::Request;
 use crate::datadir::{DataDir, NEEDS_STORE};
 use crate::error::{Error, Result};
+use crate::local_settings::LocalSettings;
+use crate::volume::dtl_link::{DtlMode, DtlSettings};
 use crate::volume::Volume;
 
 /// Volumes a daemon serves, by name (empty for the CLI).
@@ -41,6 +43,22 @@ fn refuse_served(served: &Served, name: &str, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Apply `volume set --dtl ADDR|none --dtl-mode sync|async|none` to the current settings.
+fn dtl_change(cur: Option<DtlSettings>, addr: Option<&str>, mode: Option<&str>) -> Result<Option<DtlSettings>> {
+    if addr == Some("none") || mode == Some("none") {
+        return Ok(None);
+    }
+    let mode = mode.map(str::parse::<DtlMode>).transpose()?;
+    match (cur, addr) {
+        (_, Some(a)) => Ok(Some(DtlSettings { addr: a.to_string(), mode: mode.unwrap_or(DtlMode::Sync) })),
+        (Some(c), None) => Ok(Some(DtlSettings { mode: mode.unwrap_or(c.mode), ..c })),
+        (None, None) if mode.is_some() => {
+            Err(Error::InvalidArgument("no DTL is set for this volume: give --dtl HOST:PORT".into()))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: T) -> Value {
@@ -75,9 +93,37 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             };
             Ok(to_json(info))
         }
-        Request::Create { volume, size, cluster_size, sco_size } => {
+        Request::Create { volume, size, cluster_size, sco_size, dtl } => {
             let m = dd.create_volume(&volume, size, cluster_size, sco_size)?;
+            if dtl.is_some() {
+                dd.save_local_settings(
+                    &volume,
+                    &LocalSettings { owner_generation: m.generation, dtl, uploads_paused: false },
+                )?;
+            }
             Ok(json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size}))
+        }
+        Request::Set { volume, dtl_addr, dtl_mode, uploads_paused } => {
+            dd.volume_meta(&volume)?;
+            let mut s = dd.local_settings(&volume)?;
+            let old_dtl = s.dtl.clone();
+            s.dtl = dtl_change(s.dtl.take(), dtl_addr.as_deref(), dtl_mode.as_deref())?;
+            if let Some(p) = uploads_paused {
+                s.uploads_paused = p;
+            }
+            if let Some(v) = served.get(&volume) {
+                if s.dtl != old_dtl {
+                    let link = s.dtl.clone().map(|d| dd.dtl_link(v, d)).transpose()?;
+                    v.set_dtl(link);
+                }
+                v.set_uploads_paused(s.uploads_paused);
+            }
+            dd.save_local_settings(&volume, &s)?;
+            Ok(to_json(s))
+        }
+        Request::Takeover { volume, dtl, force } => {
+            refuse_served(served, &volume, "take over")?;
+            Ok(to_json(crate::takeover::takeover(dd, &volume, dtl, force)?))
         }
         Request::Delete { volume } => {
             refuse_served(served, &volume, "delete")?;

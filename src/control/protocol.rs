@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::volume::dtl_link::DtlSettings;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
@@ -10,7 +12,19 @@ pub enum Request {
     /// Facts about one volume.
     Info { volume: String },
     /// Create a volume.
-    Create { volume: String, size: u64, cluster_size: Option<u64>, sco_size: Option<u64> },
+    Create {
+        volume: String,
+        size: u64,
+        cluster_size: Option<u64>,
+        sco_size: Option<u64>,
+        #[serde(default)]
+        dtl: Option<DtlSettings>,
+    },
+    /// Change this host's settings of a volume: DTL peer (`dtl_addr` "none" removes
+    /// it), DTL mode, paused uploads. Takes effect at once on a served volume.
+    Set { volume: String, dtl_addr: Option<String>, dtl_mode: Option<String>, uploads_paused: Option<bool> },
+    /// Take a volume over from its (dead) owner on another host.
+    Takeover { volume: String, dtl: DtlSettings, force: bool },
     /// Which volumes this daemon serves.
     Served,
     /// Delete a volume (refused while served or while clones depend on it).

@@ -445,6 +445,14 @@ impl DtlClient {
         Ok(())
     }
 
+    /// Up to which SCO the server has dropped entries (its trim watermark), on a fresh
+    /// connection.
+    pub fn server_trimmed_upto(&self) -> Result<u64> {
+        self.check_usable()?;
+        let (_, _, trimmed) = handshake(&self.shared.cfg)?;
+        Ok(trimmed)
+    }
+
     /// The owner has re-appended every entry the DTL was missing ([`DtlState::NeedsResync`]):
     /// clear the gap.
     pub fn resynced(&self) {

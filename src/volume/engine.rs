@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::checkpoint::CheckpointData;
+use super::dtl_link::{DtlLink, DtlMode};
 use super::iov::{self, iovec, AlignedBuf};
 use super::layers::Layer;
 use super::location::{Location, UNMAPPED, ZERO};
@@ -156,6 +157,8 @@ pub(crate) struct State {
     pub failed: Option<String>,
     pub closed: bool,
     pub upload_error: Option<String>,
+    /// A newer owner generation holds the volume: no more writes or uploads here.
+    pub fenced: bool,
     pub snaps: Snapshots,
     /// Parent layers of a clone (nearest first): unmapped clusters fall through to them.
     pub layers: Vec<Arc<Layer>>,
@@ -183,6 +186,7 @@ impl State {
             failed: None,
             closed: false,
             upload_error: None,
+            fenced: false,
             snaps: Snapshots::default(),
             layers: Vec::new(),
         }
@@ -251,6 +255,10 @@ pub struct Volume {
     /// End of the previous read: a read starting there is sequential (read-ahead).
     last_read_end: AtomicU64,
     pub counters: Counters,
+    /// The DTL peer that gets a copy of every write not yet uploaded (none when unset).
+    pub(crate) dtl: RwLock<Option<Arc<DtlLink>>>,
+    /// Uploads held back by the operator (`volume set --uploads paused`).
+    pub(crate) uploads_paused: AtomicBool,
 }
 
 /// On a sequential miss, fetch this much beyond the request from the object store.
@@ -294,6 +302,8 @@ impl Volume {
             scrub_lock: Mutex::new(()),
             last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
+            dtl: RwLock::new(None),
+            uploads_paused: AtomicBool::new(false),
         }
     }
 
@@ -388,25 +398,32 @@ impl Volume {
     /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
     fn write_clusters(&self, cluster: u64, iovs: &[iovec]) -> Result<()> {
         let n = iov::total(iovs) >> self.shift;
+        let dtl = self.dtl.read().clone();
         let mut done = 0u64;
         let mut sub = Vec::new();
         while done < n {
             let (file, index, take) = self.reserve(n - done)?;
             let bytes = (take as u64) << self.shift;
-            let io = if done == 0 && take as u64 == n {
-                file.writev_at(iovs, (index as u64) << self.shift)
+            let piece: &[iovec] = if done == 0 && take as u64 == n {
+                iovs
             } else {
                 iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
-                file.writev_at(&sub, (index as u64) << self.shift)
+                &sub
             };
+            let io = file.writev_at(piece, (index as u64) << self.shift);
             let ok = io.is_ok();
+            if let (Some(l), true) = (&dtl, ok) {
+                // The data goes to the peer before the record that maps it.
+                let r = l.send_data(file.number, index, cluster + done, self.cs, piece);
+                self.dtl_result(r)?;
+            }
             self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok)?;
             if let Err(e) = io {
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
             }
             done += take as u64;
         }
-        Ok(())
+        self.dtl_wait(dtl.as_deref(), DtlMode::Sync)
     }
 
     /// Finish a reserved write of `take` clusters at `(sco, index)` for `cluster`: map
@@ -440,6 +457,10 @@ impl Volume {
         let n = len >> self.shift;
         let sco_clusters = self.meta.sco_clusters as u64;
         if offset & mask != 0 || len & mask != 0 || len == 0 || n.div_ceil(sco_clusters) + 1 > MAX_SEGS as u64 {
+            return Ok(false);
+        }
+        if self.dtl.read().is_some() {
+            // Writes to a DTL copy their data from the request: the synchronous path.
             return Ok(false);
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
@@ -559,8 +580,13 @@ impl Volume {
             self.roll(st, true)?;
         }
         let o = st.open.as_mut().expect("open epoch");
+        let start = o.pending.len();
         rec.encode(&mut o.pending);
         o.pending_count += 1;
+        if let Some(l) = &*self.dtl.read() {
+            let r = l.send_record(o.epoch, &o.pending[start..]);
+            self.dtl_result_locked(st, r)?;
+        }
         Ok(())
     }
 
@@ -588,6 +614,10 @@ impl Volume {
                 drop(st);
                 self.env.uploader.notify();
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
+            }
+            if let Some(l) = &*self.dtl.read() {
+                let r = l.send_data(file.number, index, 0, self.cs, &v);
+                self.dtl_result_locked(&mut st, r)?;
             }
             st.dirty.insert(file.number);
             landed(&mut st, Location::new(file.number, index), done, take)?;
@@ -633,7 +663,7 @@ impl Volume {
         if last_full < end {
             self.zero_bytes(last_full, end - last_full)?;
         }
-        Ok(())
+        self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Sync)
     }
 
     fn zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
@@ -701,6 +731,7 @@ impl Volume {
             }
             Ok(sealed)
         })();
+        drop(tlogs);
         match result {
             Ok(sealed) => {
                 if !sealed.is_empty() {
@@ -713,7 +744,8 @@ impl Volume {
                     drop(st);
                     self.env.uploader.notify();
                 }
-                Ok(())
+                // Flushed data is on two hosts: the DTL holds every write before this flush.
+                self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
             }
             Err(e) => {
                 tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");

@@ -44,7 +44,13 @@ impl Volume {
     /// Seal the open epoch (if any) and, when `open_next`, open a new one.
     pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
         if let Some(mut o) = st.open.take() {
+            let start = o.pending.len();
             Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
+            if let Some(l) = &*self.dtl.read() {
+                let r = l.send_record(o.epoch, &o.pending[start..]);
+                // Fenced: the seal still goes to the local TLog; writes stop.
+                let _ = self.dtl_result_locked(st, r);
+            }
             st.sealing.push(PendingBatch {
                 epoch: o.epoch,
                 payload: o.pending,
@@ -107,7 +113,13 @@ impl Volume {
     }
 
     fn take_job(&self) -> Option<Job> {
+        if self.uploads_paused() {
+            return None;
+        }
         let mut st = self.state.lock();
+        if st.fenced {
+            return None;
+        }
         let now = Instant::now();
         let ready = |s: JobState| match s {
             JobState::Waiting => true,
@@ -179,6 +191,8 @@ impl Volume {
                 Ok(())
             }
             Job::Tlog { epoch } => {
+                // The TLog makes the epoch visible to a restart: never after a takeover.
+                self.check_owner()?;
                 let path = self.tlog_path(*epoch);
                 let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
                 let key = keys::tlog(&self.name, gen, *epoch);
@@ -196,21 +210,20 @@ impl Volume {
     /// kept checkpoint needs any more (a restart replays only TLogs after one).
     pub(crate) fn write_checkpoint(&self, cp: &CheckpointData) -> Result<()> {
         let store = &self.env.store;
-        let key = keys::checkpoint(&self.name, cp.epoch);
+        self.check_owner()?;
+        let key = keys::checkpoint(&self.name, self.meta.generation, cp.epoch);
         match store.put(&key, &checkpoint::encode(cp)) {
             Ok(()) | Err(Error::ObjectExists(_)) => {}
             Err(e) => return Err(e),
         }
-        let list = store.list(&keys::checkpoint_prefix(&self.name))?;
-        let mut nums: Vec<u64> = list.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
-        nums.sort_unstable();
-        if nums.len() > 2 {
-            for n in &nums[..nums.len() - 2] {
-                store.delete(&keys::checkpoint(&self.name, *n))?;
+        let cps = super::recovery::valid_checkpoints(store.as_ref(), &self.meta)?;
+        if cps.len() > 2 {
+            for (_, key) in &cps[..cps.len() - 2] {
+                store.delete(key)?;
             }
         }
-        if nums.len() >= 2 {
-            let oldest_kept = nums[nums.len() - 2];
+        if cps.len() >= 2 {
+            let oldest_kept = cps[cps.len() - 2].0;
             for o in store.list(&keys::volume_prefix(&self.name))? {
                 if let Some((_, "tlog", n)) = keys::parse_data_key(&self.name, &o.key) {
                     if n <= oldest_kept {
@@ -314,7 +327,7 @@ impl Volume {
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while !st.uploads.is_empty() && Instant::now() < deadline && st.failed.is_none() {
+        while !st.uploads.is_empty() && Instant::now() < deadline && st.failed.is_none() && !self.uploads_paused() {
             self.progress.wait_for(&mut st, Duration::from_millis(200));
         }
         let drained = st.uploads.is_empty();
@@ -380,11 +393,23 @@ impl UploadSource for Volume {
         }
         let Some(job) = self.take_job() else { return false };
         let res = self.run_job(&job);
+        let trim = match (&job, &res) {
+            (Job::Tlog { epoch }, Ok(())) => Some(*epoch),
+            _ => None,
+        };
         self.finish_job(job, res);
+        if let (Some(epoch), Some(l)) = (trim, self.dtl.read().clone()) {
+            // The epoch is in the object store: the DTL peer may drop it.
+            l.trim(epoch);
+        }
         true
     }
 
     fn tick(&self) {
+        if let Some(l) = self.dtl.read().clone() {
+            let last_uploaded = self.state.lock().last_uploaded;
+            l.tick(self.env.store.as_ref(), last_uploaded);
+        }
         let Some(after) = self.env.opts.seal_after else { return };
         let due = {
             let st = self.state.lock();

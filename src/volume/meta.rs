@@ -85,6 +85,20 @@ impl VolumeMeta {
         self.generations.iter().rev().find(|g| g.first_epoch <= epoch).map(|g| g.gen).unwrap_or(1)
     }
 
+    /// True when object `n` of generation `gen` is the one this record reads (objects a
+    /// fenced older owner wrote after a takeover are not).
+    pub fn owns(&self, gen: u32, n: u64) -> bool {
+        self.gen_of_epoch(n) == gen
+    }
+
+    /// True when a checkpoint as of `epoch` written by generation `gen` (None: written
+    /// before checkpoint keys named their generation) can be trusted: no newer
+    /// generation had started by then (else a fenced owner wrote it).
+    pub fn checkpoint_valid(&self, gen: Option<u32>, epoch: u64) -> bool {
+        let gen = gen.unwrap_or_else(|| self.gen_of_epoch(epoch));
+        self.generations.iter().all(|g| g.gen <= gen || g.first_epoch > epoch)
+    }
+
     /// Load the newest version; `VolumeNotFound` if there is none.
     pub fn load(store: &dyn ObjectStore, name: &str) -> Result<VolumeMeta> {
         let list = store.list(&keys::volume_meta_prefix(name))?;
@@ -137,5 +151,8 @@ mod tests {
         m.generations.push(GenStart { gen: 2, first_epoch: 10 });
         assert_eq!(m.gen_of_epoch(9), 1);
         assert_eq!(m.gen_of_epoch(10), 2);
+        assert!(m.owns(1, 9) && !m.owns(1, 10) && m.owns(2, 10));
+        assert!(m.checkpoint_valid(Some(1), 9) && !m.checkpoint_valid(Some(1), 10));
+        assert!(m.checkpoint_valid(Some(2), 8) && m.checkpoint_valid(Some(2), 12));
     }
 }

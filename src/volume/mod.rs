@@ -2,8 +2,10 @@
 //! pipeline and restart. Knows nothing of virtio.
 
 pub mod checkpoint;
+pub mod dtl_link;
 pub mod engine;
 pub mod epochs;
+pub mod fencing;
 pub mod iov;
 pub mod layers;
 pub mod location;

@@ -108,14 +108,8 @@ impl Replay {
 /// The maps of volume `meta` as the object store alone has them (newest checkpoint plus
 /// every later uploaded TLog). Used for the parent layers of clones.
 pub(crate) fn replay_from_store(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<Replay> {
-    let name = &meta.name;
-    let (cp_epoch, mut replay) = load_checkpoint(store, name, meta.clusters())?;
-    let mut tlogs: BTreeMap<u64, String> = BTreeMap::new();
-    for o in store.list(&keys::volume_prefix(name))? {
-        if let Some((_, "tlog", n)) = keys::parse_data_key(name, &o.key) {
-            tlogs.insert(n, o.key);
-        }
-    }
+    let (cp_epoch, mut replay) = load_checkpoint(store, meta)?;
+    let tlogs = store_objects(store, meta, "tlog")?;
     // Uploads go in order: stop at the first gap.
     for (expect, (e, key)) in (cp_epoch + 1..).zip(tlogs.range(cp_epoch + 1..)) {
         if *e != expect {
@@ -128,14 +122,52 @@ pub(crate) fn replay_from_store(store: &dyn ObjectStore, meta: &VolumeMeta) -> R
     Ok(replay)
 }
 
-/// The newest valid checkpoint of `name` (or an empty state at epoch 0).
-fn load_checkpoint(store: &dyn ObjectStore, name: &str, clusters: u64) -> Result<(u64, Replay)> {
-    let mut cps: Vec<u64> =
-        store.list(&keys::checkpoint_prefix(name))?.iter().filter_map(|o| keys::trailing_number(&o.key)).collect();
+/// Objects of `kind` ("sco", "tlog") of volume `meta` by number, written by the
+/// generation that owns each number (objects of fenced owners are left out).
+pub(crate) fn store_objects(store: &dyn ObjectStore, meta: &VolumeMeta, kind: &str) -> Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for o in store.list(&keys::volume_prefix(&meta.name))? {
+        if let Some((gen, k, n)) = keys::parse_data_key(&meta.name, &o.key) {
+            if k == kind && meta.owns(gen, n) {
+                out.insert(n, o.key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The last epoch the object store holds with every earlier one (newest valid
+/// checkpoint, then uploaded TLogs without a gap).
+pub(crate) fn uploaded_upto(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<u64> {
+    let cp = valid_checkpoints(store, meta)?.last().map(|(e, _)| *e).unwrap_or(0);
+    let tlogs = store_objects(store, meta, "tlog")?;
+    Ok((cp + 1..)
+        .zip(tlogs.range(cp + 1..))
+        .take_while(|(want, (e, _))| want == *e)
+        .last()
+        .map(|(e, _)| e)
+        .unwrap_or(cp))
+}
+
+/// Checkpoint keys of `meta` that a restart may use, oldest first.
+pub(crate) fn valid_checkpoints(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<Vec<(u64, String)>> {
+    let mut cps: Vec<(u64, String)> = store
+        .list(&keys::checkpoint_prefix(&meta.name))?
+        .into_iter()
+        .filter_map(|o| {
+            let (epoch, gen) = keys::parse_checkpoint_key(&o.key)?;
+            meta.checkpoint_valid(gen, epoch).then_some((epoch, o.key))
+        })
+        .collect();
     cps.sort_unstable();
-    for &c in cps.iter().rev() {
-        let key = keys::checkpoint(name, c);
-        match store.get(&key).and_then(|b| checkpoint::decode(&key, &b, clusters)) {
+    Ok(cps)
+}
+
+/// The newest valid checkpoint of `meta` (or an empty state at epoch 0).
+fn load_checkpoint(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<(u64, Replay)> {
+    let (name, clusters) = (&meta.name, meta.clusters());
+    for (_, key) in valid_checkpoints(store, meta)?.iter().rev() {
+        match store.get(key).and_then(|b| checkpoint::decode(key, &b, clusters)) {
             Ok(cp) => return Ok((cp.epoch, Replay::new(cp))),
             Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
         }
@@ -160,16 +192,9 @@ impl Volume {
         let clusters = meta.clusters();
 
         // What the object store holds.
-        let mut remote_tlogs: BTreeMap<u64, String> = BTreeMap::new();
-        let mut max_epoch = 0u64;
-        for o in store.list(&keys::volume_prefix(&name))? {
-            if let Some((_gen, kind, n)) = keys::parse_data_key(&name, &o.key) {
-                max_epoch = max_epoch.max(n);
-                if kind == "tlog" {
-                    remote_tlogs.insert(n, o.key);
-                }
-            }
-        }
+        let remote_tlogs = store_objects(store.as_ref(), &meta, "tlog")?;
+        let remote_scos = store_objects(store.as_ref(), &meta, "sco")?;
+        let mut max_epoch = remote_tlogs.keys().chain(remote_scos.keys()).copied().max().unwrap_or(0);
         // What the local write buffer holds.
         let local_scos = local_numbers(&dir.join("sco"))?;
         let local_tlogs = local_numbers(&dir.join("tlog"))?;
@@ -177,7 +202,7 @@ impl Volume {
             max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
 
         // Newest valid checkpoint.
-        let (cp_epoch, mut replay) = load_checkpoint(store.as_ref(), &name, clusters)?;
+        let (cp_epoch, mut replay) = load_checkpoint(store.as_ref(), &meta)?;
         max_epoch = max_epoch.max(cp_epoch);
 
         // Replay every TLog after the checkpoint, in order.

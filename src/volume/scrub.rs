@@ -112,8 +112,11 @@ impl Volume {
     fn sco_objects(&self) -> Result<BTreeMap<u64, (String, u64)>> {
         let mut out = BTreeMap::new();
         for o in self.env.store.list(&keys::volume_prefix(&self.name))? {
-            if let Some((_, "sco", n)) = keys::parse_data_key(&self.name, &o.key) {
-                out.insert(n, (o.key, o.size));
+            match keys::parse_data_key(&self.name, &o.key) {
+                Some((gen, "sco", n)) if self.meta.owns(gen, n) => {
+                    out.insert(n, (o.key, o.size));
+                }
+                _ => {}
             }
         }
         Ok(out)
@@ -234,6 +237,9 @@ impl Volume {
             }
         }
         // Nothing references the old SCOs any more, in memory or in the object store.
+        if !victims.is_empty() || !dead.is_empty() {
+            self.check_owner()?;
+        }
         let mut unlink = Vec::new();
         for n in victims.iter().chain(&dead) {
             let (key, size) = &objects[n];
