@@ -42,6 +42,11 @@
 #     host 1; takeover without --force must exit non-zero with a message, both while the
 #     DTL server is down and after it is back; then `takeover --force` is run and what it
 #     recovers is reported (the region written before the outage must verify).
+#   6 DTL queue overflow: with uploads paused and the DTL server down, host 1 writes 80 MiB
+#     (more than the DTL client's 64 MiB queue); the server returns. If the state comes
+#     back to in_sync while uploads are still paused, that claim is tested by a failover;
+#     otherwise uploads are resumed, the state must reach in_sync within 60 s, and then
+#     kill -9 / takeover / verify.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -589,12 +594,54 @@ scenario_refusal() {
     fi
 }
 
+# 6
+scenario_overflow() {
+    local n=$1 vol=s6-overflow seed=16 mode=sync t0 t s i seen="" healed=0
+    need_dtl_cli || return 1
+    setup_writer "$n" "$vol" "$mode" || return 1
+    must "write the region" lg_write "$S1" "$seed" 0 "$WRITE_BYTES" || return 1
+    dtl_server_kill9
+    t=$(wait_state 1 "$D1" "$vol" degraded 15) || { fail "not degraded within 15 s of killing the DTL server"; return 1; }
+    # 80 MiB of writes (the region over and over) while the server is down: more than the
+    # client's DTL queue (64 MiB) holds
+    t0=$(ld_now)
+    must "80 MiB of writes while the DTL server is down" \
+        lg --socket "$S1" --rw write --bs "$BS" --iodepth 8 --verify --seed "$seed" --size "$WRITE_BYTES" \
+        --ops 1280 --fsync-every 8 --timeout 10 || return 1
+    must "flush" lg_flush "$S1" "$seed" 0 || return 1
+    say "80 MiB written+flushed while degraded in $(ld_elapsed "$t0" "$(ld_now)")s; state $(dtl_state 1 "$D1" "$vol");" \
+        "queue overflow logged: $(grep -c 'DTL queue full' "$L1")x"
+    dtl_server_start || { fail "cannot restart the DTL server"; return 1; }
+    t0=$(ld_now)
+    for ((i = 0; i < 25; i++)); do
+        s=$(dtl_state 1 "$D1" "$vol")
+        [[ $seen == *" $s"* ]] || seen="$seen $s"
+        [[ $s == in_sync ]] && break
+        sleep 0.2
+    done
+    if [[ $s == in_sync ]]; then
+        note "uploads still paused, DTL back in_sync after $(ld_elapsed "$t0" "$(ld_now)")s (states seen:$seen): the failover below checks that claim"
+    else
+        say "uploads paused, DTL server back for 5 s: state '$s' (seen:$seen); resuming uploads"
+        must "volume set --uploads running" cli 1 "$D1" volume set "$vol" --uploads running || return 1
+        t=$(wait_state 1 "$D1" "$vol" in_sync 60) || { fail "DTL not in_sync 60 s after uploads resumed: $(info 1 "$D1" "$vol" | jq -c .dtl)"; return 1; }
+        healed=1
+        say "uploads resumed: in_sync after ${t}s; $(obj_keys "$vol" | grep -c /sco/) SCO objects in the object store"
+    fi
+    must "final write+flush" lg_flush "$S1" "$seed" 0 || return 1
+    kill9_host "$H1PID"
+    say "kill -9 host 1"
+    takeover_and_verify "$vol" "$mode" "$seed" || return 1
+    [[ $healed = 1 ]] || note "a queue overflow healed without uploads and the failover verified"
+}
+
 run_scenario 0 "baseline: S3 over the veth, kill -9 + restart, export from host 2" scenario_baseline
 run_scenario 1 "sync DTL: kill -9 host 1, takeover on host 2, verify" scenario_failover
 run_scenario 2 "async DTL: kill -9 host 1, takeover on host 2, verify" scenario_failover
 run_scenario 3 "DTL server killed during writes: degraded, in_sync again, then failover" scenario_outage
 run_scenario 4 "stale old owner restarted after takeover is fenced" scenario_stale_owner
 run_scenario 5 "takeover refused when the DTL was not in sync" scenario_refusal
+run_scenario 6 "DTL queue overflow during an outage: in_sync only once healed, then failover" scenario_overflow
 
 echo
 echo "DTL failover results ($(ld_elapsed "$T_START" "$(ld_now)")s in all):"
