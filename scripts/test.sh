@@ -2,7 +2,8 @@
 # Run every logdisk test on this machine: installs what the suite needs (apt packages,
 # SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
 # engine, snapshots/clones/scrub, vhost-user protocol, S3 against a real SeaweedFS), the
-# bounded fuzz run, the QEMU/libvirt config checks, and the real-guest end-to-end tests
+# bounded fuzz run, the two-host DTL failover test (network namespaces, root only), the
+# QEMU/libvirt config checks, and the real-guest end-to-end tests
 # (logdisk; snapshots and clones under a writing guest; the same harness against
 # qemu-storage-daemon). The test guest is built once and cached outside
 # the repo (~/.cache/logdisk, keyed by its inputs).
@@ -44,6 +45,17 @@ fuzz_bounded() {
     fi
 }
 
+# Two hosts in network namespaces (root only): skipped, saying why, where it cannot run.
+dtl_failover() {
+    tests/dtl/failover.sh
+    local rc=$?
+    if [[ $rc = 125 ]]; then
+        echo "DTL failover test skipped (see the reason above): it needs root and 'ip netns'"
+        return 0
+    fi
+    return $rc
+}
+
 if [[ $QUICK = 0 ]]; then
     stage "install test dependencies" scripts/install-test-deps.sh
 fi
@@ -51,6 +63,9 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 stage "build (release)" cargo build --release --workspace --all-targets
 stage "rust tests" cargo test --release --workspace --no-fail-fast
+if [[ $QUICK = 0 ]]; then
+    stage "DTL two-host failover (network namespaces)" dtl_failover
+fi
 if [[ $QUICK = 0 ]]; then
     stage "fuzz request parser (bounded)" fuzz_bounded
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
