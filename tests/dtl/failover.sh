@@ -3,7 +3,7 @@
 #
 #   tests/dtl/failover.sh [--bin PATH] [--loadgen PATH] [--only N[,N...]] [--keep] [--dir DIR]
 #
-# Needs root (network namespaces), iproute2, curl, python3, jq and SeaweedFS `weed`
+# Needs root (network namespaces), iproute2, python3 and SeaweedFS `weed`
 # (scripts/install-test-deps.sh). Exit 0 when every scenario passes, 1 otherwise,
 # 125 when it cannot run here (not root, no `ip netns`).
 #
@@ -74,7 +74,6 @@ source "$HERE/lib.sh"
 why=$(ld_preflight) || { echo "SKIP: $why" >&2; exit 125; }
 [[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
 [[ -x $LOADGEN ]] || { echo "loadgen binary $LOADGEN not found (cargo build --release --workspace)" >&2; exit 125; }
-command -v jq >/dev/null || { echo "jq not found (apt-get install jq)" >&2; exit 125; }
 
 # ------------------------------------------------------------------ sizes and names
 VOL_SIZE=128M VOL_BYTES=$((128 << 20))
@@ -217,10 +216,10 @@ must() {
     rc=$?
     [[ $rc = 0 ]] || fail "$what (exit $rc)"
 }
-info() {  # HOST DATADIR VOL -> compact JSON (empty on error)
-    cli "$1" "$2" volume info "$3" --json 2>>"$SLOG" | jq -c . 2>/dev/null
+info() {  # HOST DATADIR VOL -> JSON on one line (empty on error)
+    cli "$1" "$2" volume info "$3" --json 2>>"$SLOG" | tr -d '\n'
 }
-dtl_state() { info "$1" "$2" "$3" | jq -r '.dtl.state // "none"'; }
+dtl_state() { jget "$(info "$1" "$2" "$3")" dtl.state; }
 
 # wait_state HOST DATADIR VOL STATE SECONDS: polls volume info; prints the seconds it took
 wait_state() {
@@ -279,9 +278,7 @@ lg_verify() {  # SOCKET SEED OFFSET SIZE
 
 # S3 objects of VOL written under generation 1 / any generation
 objs() { ld_s3_count "$BUCKET" "$PREFIX/$1/$2"; }
-obj_keys() {
-    ld_s3 GET "/$BUCKET?list-type=2&prefix=$PREFIX%2F$1%2F" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
-}
+obj_keys() { ld_s3_keys "$BUCKET" "$PREFIX/$1/"; }
 
 kill9_host() {  # PID: kill -9 a daemon
     kill -KILL "$1" 2>/dev/null
@@ -350,9 +347,9 @@ setup_writer() {
     must "volume set --uploads paused (through the control socket)" cli 1 "$D1" volume set "$vol" --uploads paused || return 1
     j=$(info 1 "$D1" "$vol")
     echo "info: $j" >>"$SLOG"
-    [[ $(jq -r .uploads_paused <<<"$j") == true ]] || { fail "volume info: uploads_paused is not true: $j"; return 1; }
-    [[ $(jq -r .dtl.mode <<<"$j") == "$mode" ]] || { fail "volume info: dtl.mode is not $mode: $j"; return 1; }
-    [[ $(jq -r .dtl.addr <<<"$j") == "$DTL_ADDR" ]] || { fail "volume info: dtl.addr is not $DTL_ADDR: $j"; return 1; }
+    [[ $(jget "$j" uploads_paused) == true ]] || { fail "volume info: uploads_paused is not true: $j"; return 1; }
+    [[ $(jget "$j" dtl.mode) == "$mode" ]] || { fail "volume info: dtl.mode is not $mode: $j"; return 1; }
+    [[ $(jget "$j" dtl.addr) == "$DTL_ADDR" ]] || { fail "volume info: dtl.addr is not $DTL_ADDR: $j"; return 1; }
     local t
     t=$(wait_state 1 "$D1" "$vol" in_sync 20) || { fail "DTL not in_sync on host 1 after serve"; return 1; }
     say "host 1 serves $vol (DTL $mode, in_sync after ${t}s), uploads paused"
@@ -373,7 +370,7 @@ takeover_and_verify() {
     say "host 2 serves $vol after $(ld_elapsed "$t0" "$(ld_now)")s"
     j=$(info 2 "$D2" "$vol")
     echo "host 2 info: $j" >>"$SLOG"
-    gen=$(jq -r .generation <<<"$j")
+    gen=$(jget "$j" generation)
     [[ $gen =~ ^[0-9]+$ && $gen -gt 1 ]] || note "host 2's volume info shows generation '$gen' (expected > 1)"
     t0=$(ld_now)
     must "verify read of the whole written region on host 2 (data lost or wrong)" \
@@ -485,7 +482,7 @@ scenario_outage() {
     say "IO goes on while degraded: region B ($((B >> 20)) MiB, 4k write+flush) in $(ld_elapsed "$t0" "$(ld_now)")s"
     j=$(info 1 "$D1" "$vol")
     echo "info: $j" >>"$SLOG"
-    [[ $(jq -r .dtl.state <<<"$j") == degraded ]] || { fail "state is not 'degraded' while the server is still down: $(jq -c .dtl <<<"$j")"; return 1; }
+    [[ $(jget "$j" dtl.state) == degraded ]] || { fail "state is not 'degraded' while the server is still down: $(jget "$j" dtl)"; return 1; }
     t0=$(ld_now)
     dtl_server_start || { fail "cannot restart the DTL server"; return 1; }
     local seen="" s i
@@ -624,7 +621,7 @@ scenario_overflow() {
     else
         say "uploads paused, DTL server back for 5 s: state '$s' (seen:$seen); resuming uploads"
         must "volume set --uploads running" cli 1 "$D1" volume set "$vol" --uploads running || return 1
-        t=$(wait_state 1 "$D1" "$vol" in_sync 60) || { fail "DTL not in_sync 60 s after uploads resumed: $(info 1 "$D1" "$vol" | jq -c .dtl)"; return 1; }
+        t=$(wait_state 1 "$D1" "$vol" in_sync 60) || { fail "DTL not in_sync 60 s after uploads resumed: $(jget "$(info 1 "$D1" "$vol")" dtl)"; return 1; }
         healed=1
         say "uploads resumed: in_sync after ${t}s; $(obj_keys "$vol" | grep -c /sco/) SCO objects in the object store"
     fi

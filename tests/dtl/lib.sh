@@ -13,6 +13,12 @@
 # from `ip netns pids`), then deletes the namespaces (which deletes the veth pair).
 
 LD_PIDS=()
+LD_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# python3 (a pyenv shim resolved to the interpreter: it is called often)
+LD_PY=$(command -v python3 || echo python3)
+if [[ $(head -c 2 "$LD_PY" 2>/dev/null) == '#!' ]] && command -v pyenv >/dev/null; then
+    LD_PY=$(pyenv which python3 2>/dev/null || echo "$LD_PY")
+fi
 NS1="" NS2="" IP1="" IP2="" VETH1="" VETH2=""
 
 ld_log() { printf '[%s %s] %s\n' "$LD_TAG" "$(date +%T)" "$*" >&2; }
@@ -49,7 +55,6 @@ ld_preflight() {
     [[ $(id -u) -eq 0 ]] || { echo "needs root (network namespaces)"; return 1; }
     command -v ip >/dev/null || { echo "ip (iproute2) not found"; return 1; }
     command -v python3 >/dev/null || { echo "python3 not found"; return 1; }
-    command -v curl >/dev/null || { echo "curl not found"; return 1; }
     local probe="ldprobe-$$"
     ip netns add "$probe" 2>/dev/null || { echo "cannot create a network namespace (ip netns add)"; return 1; }
     ip netns del "$probe"
@@ -164,30 +169,43 @@ ld_weed_start() {
     t0=$(ld_now)
     for _ in $(seq 900); do
         ld_alive "$WEED_PID" || { tail -n 30 "$WEED_LOG" >&2; ld_die "weed mini exited during startup"; }
-        [[ $(ld_s3 GET / -o /dev/null -w '%{http_code}') == 200 ]] && break
+        [[ $(ld_s3 status) == 200 ]] && break
         sleep 0.1
     done
-    [[ $(ld_s3 GET / -o /dev/null -w '%{http_code}') == 200 ]] || { tail -n 30 "$WEED_LOG" >&2; ld_die "S3 not ready after 90 s"; }
+    [[ $(ld_s3 status) == 200 ]] || { tail -n 30 "$WEED_LOG" >&2; ld_die "S3 not ready after 90 s"; }
     ld_log "weed mini pid $WEED_PID: S3 at $AWS_ENDPOINT_URL (in $ns) ready in $(ld_elapsed "$t0" "$(ld_now)") s"
 }
 
-# ld_s3 METHOD PATH [curl args...]: a SigV4-signed S3 request from host 2's namespace
+# ld_s3 ARGS...: tests/dtl/s3.py (SigV4-signed S3 calls) run in host 2's namespace
 ld_s3() {
-    local m=$1 p=$2
-    shift 2
-    ip netns exec "$NS2" curl -s --max-time 10 --aws-sigv4 "aws:amz:us-east-1:s3" \
-        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X "$m" "$@" "$AWS_ENDPOINT_URL$p"
+    ip netns exec "$NS2" "$LD_PY" "$LD_LIB_DIR/s3.py" "$@"
 }
 
 ld_bucket_create() {
-    local code
-    code=$(ld_s3 PUT "/$1" -o /dev/null -w '%{http_code}')
-    [[ $code == 200 ]] || ld_die "creating bucket $1: HTTP $code"
+    ld_s3 mkbucket "$1" || ld_die "cannot create bucket $1"
 }
 
-# Number of objects under s3://BUCKET/PREFIX (first page, up to 1000)
-ld_s3_count() {
-    ld_s3 GET "/$1?list-type=2&prefix=${2//\//%2F}" | grep -o '<Key>' | wc -l
+# keys under s3://BUCKET/PREFIX, one a line
+ld_s3_keys() { ld_s3 list "$1" "$2"; }
+# number of objects under s3://BUCKET/PREFIX
+ld_s3_count() { ld_s3 list "$1" "$2" | wc -l; }
+
+# jget JSON PATH: a field of a JSON document (PATH like dtl.state; missing or null: "none";
+# objects and lists as compact JSON, booleans as true/false)
+jget() {
+    "$LD_PY" -c '
+import json, sys
+try:
+    v = json.loads(sys.argv[1])
+    for k in sys.argv[2].split("."):
+        if k:
+            v = v[k]
+except Exception:
+    v = None
+if v is None: print("none")
+elif isinstance(v, bool): print("true" if v else "false")
+elif isinstance(v, (dict, list)): print(json.dumps(v, separators=(",", ":")))
+else: print(v)' "$1" "$2"
 }
 
 # ld_wait_port NS IP PORT TRIES: until a TCP connect from NS succeeds (a try every 0.1 s)
