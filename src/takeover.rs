@@ -139,14 +139,21 @@ pub fn takeover(dd: &mut DataDir, name: &str, dtl: DtlSettings, force: bool) -> 
     }
     let (dtl_entries, dtl_epochs) =
         if reachable { rebuild(&client, store_upto, &dir, meta.cluster_size as u64)? } else { (0, Vec::new()) };
-    client.close();
     LocalSettings { owner_generation: new_gen, dtl: None, uploads_paused: false }.save(&dir)?;
 
     // Normal recovery: the object store up to `store_upto`, then the rebuilt epochs;
     // closing uploads them under the new generation.
     let vol = dd.open_volume(name, false)?;
     let closed = vol.close()?;
+    let uploaded_upto = vol.stats().last_uploaded;
     drop(vol);
+    if reachable && closed.drained {
+        // The old owner's entries are in the object store now.
+        if let Err(e) = client.trim(uploaded_upto) {
+            tracing::warn!(volume = name, error = %e, "cannot trim the DTL after the takeover");
+        }
+    }
+    client.close();
     LocalSettings { owner_generation: new_gen, dtl: Some(dtl), uploads_paused: false }.save(&dir)?;
     let mark = CoverageMark {
         generation: new_gen,

@@ -53,7 +53,11 @@ fn check(vol: &Volume, img: &[u8], what: &str) {
 }
 
 fn create(dd: &mut DataDir, name: &str) {
-    must(dd, &HashMap::new(), Request::Create { volume: name.into(), size: SIZE, cluster_size: None, sco_size: None });
+    must(
+        dd,
+        &HashMap::new(),
+        Request::Create { volume: name.into(), size: SIZE, cluster_size: None, sco_size: None, dtl: None },
+    );
 }
 
 fn snap(dd: &mut DataDir, served: &ops::Served, vol: &str, s: &str) {

@@ -924,6 +924,8 @@ pub struct VolumeStats {
     pub uploaded_stored_bytes: u64,
     pub map_memory_bytes: u64,
     pub upload_error: Option<String>,
+    /// Every epoch up to this one is in the object store.
+    pub last_uploaded: u64,
 }
 
 impl Volume {
@@ -948,6 +950,7 @@ impl Volume {
             uploaded_stored_bytes: self.counters.uploaded_stored_bytes.load(Ordering::Relaxed),
             map_memory_bytes: st.map.memory_bytes(),
             upload_error: st.upload_error.clone(),
+            last_uploaded: st.last_uploaded,
         }
     }
 }

@@ -55,15 +55,14 @@ impl Volume {
     /// Turn a DTL refusal for a fenced generation into fencing; other results pass.
     pub(crate) fn dtl_result(&self, r: Result<()>) -> Result<()> {
         match r {
-            Err(Error::DtlRefused { code: ErrorCode::Fenced, message }) => {
-                let mut st = self.state.lock();
-                self.fence_locked(&mut st, &format!("the DTL server says: {message}"));
-                Err(self.fenced_error(0))
+            Err(e @ Error::DtlRefused { code: ErrorCode::Fenced, .. }) => {
+                self.dtl_result_locked(&mut self.state.lock(), Err(e))
             }
             r => r,
         }
     }
 
+    /// [`Volume::dtl_result`] with the volume lock held.
     pub(crate) fn dtl_result_locked(&self, st: &mut State, r: Result<()>) -> Result<()> {
         match r {
             Err(Error::DtlRefused { code: ErrorCode::Fenced, message }) => {
