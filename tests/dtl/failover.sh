@@ -535,7 +535,7 @@ scenario_stale_owner() {
     after=$(obj_keys "$vol" | sort)
     newkeys=$(comm -13 <(echo "$before") <(echo "$after") | grep -v '^$' || true)
     if [[ -n $newkeys ]]; then
-        note "objects of $vol that appeared while host 1's daemon ran: $(echo $newkeys | head -c 400)"
+        note "objects of $vol that appeared while host 1's daemon ran: $(echo "$newkeys" | tr "\n" " " | head -c 400)"
     fi
     must "verify on host 2 after the old owner's restart attempt" lg_verify "$S2" "$seed" 0 "$WRITE_BYTES" || return 1
     say "host 2 still verifies"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/dtl/failover.sh and benches/dtl-bench.sh (sourced, bash, as root).
 #
 # Two "hosts" on this machine: network namespaces $NS1 and $NS2 joined by a veth pair
