@@ -47,6 +47,10 @@
 #     back to in_sync while uploads are still paused, that claim is tested by a failover;
 #     otherwise uploads are resumed, the state must reach in_sync within 60 s, and then
 #     kill -9 / takeover / verify.
+#   7 partitioned old owner: host 1's daemon keeps running but loses the network (veth end
+#     down); host 2 takes over and verifies; host 1 comes back, writes another pattern and
+#     resumes uploads: it must log "fenced", host 2 must still verify, and after host 2's
+#     clean stop an export from a fresh data dir must hold only host 2's data.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -632,6 +636,36 @@ scenario_overflow() {
     [[ $healed = 1 ]] || note "a queue overflow healed without uploads and the failover verified"
 }
 
+# 7
+scenario_partition() {
+    local n=$1 vol=s7-partition seed=17 mode=sync t0 rc i
+    expect_hash_start "$seed"
+    need_dtl_cli || return 1
+    setup_writer "$n" "$vol" "$mode" || return 1
+    must "pattern write on host 1" lg_write "$S1" "$seed" 0 "$WRITE_BYTES" || return 1
+    must "final write+flush on host 1" lg_flush "$S1" "$seed" 0 || return 1
+    # Host 1 stays up but loses the network (its veth end down): host 2 takes over.
+    ip -n "$NS1" link set "$VETH1" down
+    say "host 1 cut off (its daemon keeps running); takeover on host 2"
+    takeover_and_verify "$vol" "$mode" "$seed" || return 1
+    ip -n "$NS1" link set "$VETH1" up
+    say "host 1 reconnected: it writes 8 MiB with another pattern (seed 99) and resumes uploads"
+    lg --socket "$S1" --rw write --bs "$BS" --iodepth 8 --once --verify --seed 99 --size $((8 << 20)) \
+        --fsync-every 8 --timeout 30 >>"$SLOG" 2>&1
+    rc=$?
+    cli 1 "$D1" volume set "$vol" --uploads running >>"$SLOG" 2>&1
+    for ((i = 0; i < 100; i++)); do grep -qi fenced "$L1" && break; sleep 0.1; done
+    say "old owner's writes after the takeover: loadgen exit $rc; its log: $(grep -i fenced "$L1" | head -n 1 | sed 's/^[^ ]* *//' | cut -c1-220)"
+    grep -qi fenced "$L1" || { fail "host 1 wrote after the takeover (loadgen exit $rc) and never logged 'fenced'"; return 1; }
+    [[ $rc != 0 ]] || note "host 1 completed writes after it was taken over (loadgen exit 0) but logged 'fenced'"
+    sleep 2
+    must "verify on host 2 after the old owner's writes" lg_verify "$S2" "$seed" 0 "$WRITE_BYTES" || return 1
+    ld_stop "$H2PID" 150 || { fail "SIGTERM of host 2's daemon exited non-zero"; return 1; }
+    ld_kill9 "$H1PID"
+    export_check 2 "$SDIR/h3" "$vol" "$seed" || return 1
+    say "(export from a fresh data dir after host 2's clean stop: nothing of host 1's later writes)"
+}
+
 run_scenario 0 "baseline: S3 over the veth, kill -9 + restart, export from host 2" scenario_baseline
 run_scenario 1 "sync DTL: kill -9 host 1, takeover on host 2, verify" scenario_failover
 run_scenario 2 "async DTL: kill -9 host 1, takeover on host 2, verify" scenario_failover
@@ -639,6 +673,7 @@ run_scenario 3 "DTL server killed during writes: degraded, in_sync again, then f
 run_scenario 4 "stale old owner restarted after takeover is fenced" scenario_stale_owner
 run_scenario 5 "takeover refused when the DTL was not in sync" scenario_refusal
 run_scenario 6 "DTL queue overflow during an outage: in_sync only once healed, then failover" scenario_overflow
+run_scenario 7 "partitioned old owner keeps running: fenced once it reconnects" scenario_partition
 
 echo
 echo "DTL failover results ($(ld_elapsed "$T_START" "$(ld_now)")s in all):"
