@@ -154,7 +154,7 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
         Command::Volume(VolumeCmd::Takeover { name, .. }) => {
             let r = v;
             println!(
-                "took over volume {name} as owner generation {}: epochs up to {} from the object store, {} DTL entries replayed (epochs {:?}); {}",
+                "took over volume {name} as owner generation {}: epochs up to {} from the object store, {} DTL entries replayed into {} epochs; {}",
                 r["generation"],
                 r["store_upto"],
                 r["dtl_entries"],
