@@ -377,6 +377,22 @@ impl Weed {
     pub fn freeze(&self) {
         // SAFETY: signalling our own child.
         assert_eq!(unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) }, 0);
+        // The stop is asynchronous: on a loaded machine a thread of the server may still
+        // answer a request after kill() returns. Wait until every thread is stopped.
+        let t0 = Instant::now();
+        while !self.all_threads_stopped() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "weed pid {} did not stop", self.pid);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return false };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('T')).unwrap_or(false))
+                .unwrap_or(true)
+        })
     }
 
     /// Resume a frozen server (SIGCONT).
