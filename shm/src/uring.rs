@@ -100,6 +100,12 @@ impl Uring {
         self.push(e)
     }
 
+    /// Make the eventfd readable, so the worker's loop calls `reap` soon (used to report
+    /// a failure that never reached the kernel).
+    pub fn wake(&self) {
+        let _ = self.eventfd.write(1);
+    }
+
     /// Hand queued operations to the kernel; returns how many were submitted.
     pub fn submit(&mut self) -> io::Result<usize> {
         self.ring.submit()
@@ -118,6 +124,21 @@ impl Uring {
         for cqe in self.ring.completion() {
             n += 1;
             f(Completion { user_data: cqe.user_data(), result: cqe.result() });
+        }
+        self.in_flight = self.in_flight.saturating_sub(n);
+        n
+    }
+}
+
+impl Uring {
+    /// Clear the eventfd and move up to `out.len()` arrived completions into `out`;
+    /// returns how many. Call again while it fills `out`.
+    pub fn reap_into(&mut self, out: &mut [Completion]) -> usize {
+        let _ = self.eventfd.read();
+        let mut n = 0;
+        for cqe in self.ring.completion().take(out.len()) {
+            out[n] = Completion { user_data: cqe.user_data(), result: cqe.result() };
+            n += 1;
         }
         self.in_flight = self.in_flight.saturating_sub(n);
         n

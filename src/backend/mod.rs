@@ -7,6 +7,7 @@ pub mod local;
 pub mod s3;
 pub mod sco_object;
 pub mod sco_reader;
+pub mod upload_buffers;
 pub mod uploader;
 pub mod url;
 

@@ -59,47 +59,69 @@ pub struct ScoIndex {
     pub frames: Vec<FrameEntry>,
 }
 
+/// The most bytes [`encode_into`] writes for `raw_len` bytes of SCO data.
+pub fn max_encoded_len(raw_len: usize, frame_size: usize) -> usize {
+    let n_frames = raw_len.div_ceil(frame_size);
+    // Every frame is stored in at most its raw size, but LZ4 needs room for its worst
+    // case while compressing the last one.
+    let slack = lz4_flex::block::get_maximum_output_size(frame_size.min(raw_len.max(1)));
+    raw_len + slack + n_frames * INDEX_ENTRY_LEN + FOOTER_LEN
+}
+
 /// Encode raw SCO data into the object format.
 pub fn encode(raw: &[u8], frame_size: usize, codec: Codec) -> Vec<u8> {
+    let mut out = vec![0u8; max_encoded_len(raw.len(), frame_size)];
+    let n = encode_into(raw, frame_size, codec, &mut out);
+    out.truncate(n);
+    out
+}
+
+/// Encode raw SCO data into `out` (at least [`max_encoded_len`] bytes); returns the
+/// object's length. Allocates only the index (a few KiB).
+pub fn encode_into(raw: &[u8], frame_size: usize, codec: Codec, out: &mut [u8]) -> usize {
+    assert!(out.len() >= max_encoded_len(raw.len(), frame_size), "encode_into: output buffer too small");
     let n_frames = raw.len().div_ceil(frame_size);
-    let mut out = Vec::with_capacity(raw.len() / 2 + n_frames * INDEX_ENTRY_LEN + FOOTER_LEN);
     let mut index = Vec::with_capacity(n_frames * INDEX_ENTRY_LEN);
+    let mut at = 0usize;
     for chunk in raw.chunks(frame_size) {
-        let offset = out.len() as u64;
+        let offset = at as u64;
         let crc = crc32c::crc32c(chunk);
         let mut used = Codec::None;
         if codec == Codec::Lz4 {
-            let c = lz4_flex::block::compress(chunk);
-            // Store raw unless compression saves at least 1/16.
-            if c.len() < chunk.len() - chunk.len() / 16 {
-                out.extend_from_slice(&c);
-                used = Codec::Lz4;
+            if let Ok(c) = lz4_flex::block::compress_into(chunk, &mut out[at..]) {
+                // Store raw unless compression saves at least 1/16.
+                if c < chunk.len() - chunk.len() / 16 {
+                    at += c;
+                    used = Codec::Lz4;
+                }
             }
         }
         if used == Codec::None {
-            out.extend_from_slice(chunk);
+            out[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
         }
-        let stored_len = out.len() as u64 - offset;
+        let stored_len = at as u64 - offset;
         index.extend_from_slice(&offset.to_le_bytes());
         index.extend_from_slice(&(stored_len as u32).to_le_bytes());
         index.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
         index.push(used as u8);
         index.extend_from_slice(&crc.to_le_bytes());
     }
-    let index_offset = out.len() as u64;
+    let index_offset = at as u64;
     let index_crc = crc32c::crc32c(&index);
-    out.extend_from_slice(&index);
-    let mut footer = Vec::with_capacity(FOOTER_LEN);
-    footer.extend_from_slice(MAGIC);
-    footer.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    footer.extend_from_slice(&(frame_size as u32).to_le_bytes());
-    footer.extend_from_slice(&(n_frames as u32).to_le_bytes());
-    footer.extend_from_slice(&index_offset.to_le_bytes());
-    footer.extend_from_slice(&index_crc.to_le_bytes());
-    let fcrc = crc32c::crc32c(&footer);
-    footer.extend_from_slice(&fcrc.to_le_bytes());
-    out.extend_from_slice(&footer);
-    out
+    out[at..at + index.len()].copy_from_slice(&index);
+    at += index.len();
+    let mut footer = [0u8; FOOTER_LEN];
+    footer[..8].copy_from_slice(MAGIC);
+    footer[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
+    footer[16..20].copy_from_slice(&(frame_size as u32).to_le_bytes());
+    footer[20..24].copy_from_slice(&(n_frames as u32).to_le_bytes());
+    footer[24..32].copy_from_slice(&index_offset.to_le_bytes());
+    footer[32..36].copy_from_slice(&index_crc.to_le_bytes());
+    let fcrc = crc32c::crc32c(&footer[..36]);
+    footer[36..40].copy_from_slice(&fcrc.to_le_bytes());
+    out[at..at + FOOTER_LEN].copy_from_slice(&footer);
+    at + FOOTER_LEN
 }
 
 fn corrupt(key: &str, detail: impl Into<String>) -> Error {

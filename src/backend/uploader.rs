@@ -48,7 +48,10 @@ impl Uploader {
                 let inner = inner.clone();
                 std::thread::Builder::new()
                     .name(format!("upload-{i}"))
-                    .spawn(move || worker(inner, i == 0))
+                    .spawn(move || {
+                        background_priority();
+                        worker(inner, i == 0)
+                    })
                     .expect("spawn upload thread")
             })
             .collect();
@@ -86,8 +89,27 @@ impl Drop for Uploader {
     }
 }
 
+/// Uploads are background work: the guest's IO (queue workers) gets the CPU first and
+/// the write buffer absorbs the difference. Lowers this thread's scheduling priority.
+fn background_priority() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, UPLOAD_NICE) != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the upload thread's priority");
+        }
+    }
+}
+
+/// Nice value of upload threads.
+const UPLOAD_NICE: libc::c_int = 10;
+
+/// How long an idle uploader thread keeps its upload buffers.
+const BUFFERS_IDLE: Duration = Duration::from_secs(5);
+
 fn worker(inner: Arc<Inner>, ticker: bool) {
     let mut last_tick = std::time::Instant::now();
+    let mut idle_since: Option<std::time::Instant> = None;
     while !inner.stop.load(Ordering::SeqCst) {
         // Snapshot the sources, starting at a rotating position for fairness.
         let (sources, seen_wakeups) = {
@@ -116,7 +138,14 @@ fn worker(inner: Arc<Inner>, ticker: bool) {
             }
         }
         drop(sources);
-        if !did {
+        if did {
+            idle_since = None;
+        } else {
+            // Keep the upload buffers across short pauses; free them once idle a while.
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= BUFFERS_IDLE {
+                super::upload_buffers::release();
+            }
             let mut s = inner.shared.lock();
             if s.wakeups == seen_wakeups && !inner.stop.load(Ordering::SeqCst) {
                 inner.cv.wait_for(&mut s, Duration::from_millis(250));

@@ -14,6 +14,7 @@ use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
 use crate::backend::keys;
 use crate::backend::sco_object;
+use crate::backend::upload_buffers;
 use crate::backend::uploader::UploadSource;
 use crate::error::{Error, IoContext, Result};
 
@@ -178,16 +179,24 @@ impl Volume {
         match job {
             Job::Sco { epoch, file, clusters } => {
                 let len = (*clusters as u64) << self.shift;
-                let mut raw = vec![0u8; len as usize];
-                file.read_exact_at(&mut raw, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-                let obj = sco_object::encode(&raw, self.env.opts.frame_size, self.env.opts.codec);
                 let key = keys::sco(&self.name, gen, *epoch);
-                match store.put(&key, &obj) {
-                    Ok(()) | Err(Error::ObjectExists(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                let frame = self.env.opts.frame_size;
+                let obj_len = upload_buffers::with(
+                    len as usize,
+                    sco_object::max_encoded_len(len as usize, frame),
+                    |raw, out| {
+                        // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
+                        let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
+                        file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+                        let n = sco_object::encode_into(raw, frame, self.env.opts.codec, out);
+                        match store.put(&key, &out[..n]) {
+                            Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),
+                            Err(e) => Err(e),
+                        }
+                    },
+                )?;
                 self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
-                self.counters.uploaded_stored_bytes.fetch_add(obj.len() as u64, Ordering::Relaxed);
+                self.counters.uploaded_stored_bytes.fetch_add(obj_len as u64, Ordering::Relaxed);
                 Ok(())
             }
             Job::Tlog { epoch } => {

@@ -207,7 +207,8 @@ impl Volume {
 
         // Replay every TLog after the checkpoint, in order.
         let last_tlog = remote_tlogs.keys().chain(local_tlogs.iter()).copied().max().unwrap_or(0);
-        let mut unsealed_local: Vec<(u64, u64, u32)> = Vec::new(); // (epoch, valid_len, batches)
+        // (epoch, valid TLog length, batches, clusters of its SCO that records reference)
+        let mut unsealed_local: Vec<(u64, u64, u32, u32)> = Vec::new();
         let mut last_uploaded = cp_epoch;
         let mut replayed = 0u64;
         for e in (cp_epoch + 1)..=last_tlog {
@@ -236,7 +237,7 @@ impl Volume {
                     Some((sco, n)) if !p.torn => {
                         replay.sco_sizes.insert(sco, n);
                     }
-                    _ => unsealed_local.push((e, p.valid_len, p.batches)),
+                    _ => unsealed_local.push((e, p.valid_len, p.batches, clusters_written(&p.records, e))),
                 }
             } else if e > last_uploaded {
                 // A gap: an epoch's TLog is neither local nor uploaded.
@@ -262,7 +263,14 @@ impl Volume {
             let path = dir.join("sco").join(format!("{e:016x}"));
             let file = Arc::new(ScoFile::open(&path, e, false, env.opts.direct)?);
             let len = file.file_len()?;
-            let clusters = (len / cs) as u32;
+            // A preallocated SCO file is longer than its data: a sealed SCO's size is in
+            // its seal record; an unsealed one's is what its durable records reference.
+            let unsealed = unsealed_local.iter().find(|u| u.0 == e).map(|u| u.3);
+            let known = state.sco_sizes.get(&e).copied().or(unsealed);
+            let clusters = known.map_or((len / cs) as u32, |k| k.min((len / cs) as u32));
+            if unsealed.is_some() && len > clusters as u64 * cs {
+                file.set_len(clusters as u64 * cs)?;
+            }
             let uploaded = remote_tlogs.contains_key(&e) || e <= cp_epoch;
             let has_tlog = local_tlogs.contains(&e) || uploaded;
             if !has_tlog {
@@ -277,7 +285,7 @@ impl Volume {
             }
             state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded });
         }
-        for (e, valid_len, batches) in unsealed_local {
+        for (e, valid_len, batches, _) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
             let f = OpenOptions::new()
                 .read(true)
@@ -324,4 +332,20 @@ impl Volume {
         env.open_volumes.lock().push(Arc::downgrade(&vol));
         Ok(vol)
     }
+}
+
+/// Clusters of SCO `sco` that `records` place data in (one past the highest index).
+fn clusters_written(records: &[Record], sco: u64) -> u32 {
+    let mut n = 0u32;
+    for r in records {
+        let (loc, count) = match *r {
+            Record::Write { loc, count, .. } => (loc, count),
+            Record::Relocate { to, count, .. } => (to, count),
+            _ => continue,
+        };
+        if loc.sco == sco {
+            n = n.max(loc.index.saturating_add(count));
+        }
+    }
+    n
 }
