@@ -106,6 +106,10 @@ pub struct UploadConfig {
     pub frame_size: ByteSize,
     /// Compression of SCO frames: "lz4" or "none".
     pub compression: String,
+    /// With a local directory store (`file://`) on the same filesystem as the data dir,
+    /// an SCO is uploaded by hard-linking its file into the store (frames stored
+    /// uncompressed, nothing copied). `false`: write a compressed copy.
+    pub link_local: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +293,7 @@ impl Default for UploadConfig {
             checkpoint_every: 16,
             frame_size: ByteSize(64 << 10),
             compression: "lz4".into(),
+            link_local: true,
         }
     }
 }

@@ -183,6 +183,7 @@ impl DataDir {
             seal_after: (c.write_buffer.seal_after_secs > 0)
                 .then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
             drain_timeout: Duration::from_secs(c.upload.drain_timeout_secs),
+            link_local: c.upload.link_local,
         };
         let env = Arc::new(VolumeEnv::new(self.store.clone(), cache, Uploader::start(c.upload.concurrency), opts));
         self.env = Some(env.clone());

@@ -57,9 +57,11 @@ fn import_export_round_trip_and_fresh_data_dir() {
     assert_eq!(v["written_bytes"], (size - (4 << 20)) as u64);
     assert_eq!(v["backend"], backend);
     // Compression is reported for what is in the object store, also from a fresh host.
+    // (The local store links SCO files uncompressed unless told to copy them.)
     let text: Vec<u8> = (0..(8 << 20)).map(|i: usize| b"logdisk compresses text "[i % 24]).collect();
     std::fs::write(d.join("text"), &text).unwrap();
-    ok(d, &["volume", "import", "txt", "text", "--create"]);
+    std::fs::write(d.join("copy.toml"), "[upload]\nlink_local = false\n").unwrap();
+    ok(d, &["volume", "import", "txt", "text", "--create", "--config", "copy.toml"]);
     let info = ok(d, &["--data-dir", "fresh", "volume", "info", "txt", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert!(v["compression_ratio"].as_f64().unwrap() > 10.0, "{info}");

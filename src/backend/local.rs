@@ -141,6 +141,23 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    fn adopts_files(&self) -> bool {
+        true
+    }
+
+    fn adopt_file(&self, key: &str, path: &Path) -> Result<bool> {
+        let dest = self.path(key)?;
+        let parent = dest.parent().expect("key has a parent");
+        fs::create_dir_all(parent).ctx(|| format!("cannot create {}", parent.display()))?;
+        match fs::hard_link(path, &dest) {
+            Ok(()) => fsync_dir(parent).map(|()| true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::ObjectExists(key.to_string())),
+            // Another filesystem (EXDEV), or no hard links here: copy instead.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => Ok(false),
+            Err(e) => Err(Error::io(format!("cannot link object {key}"), e)),
+        }
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let mut f = self.open_existing(key)?;
         let mut v = Vec::new();

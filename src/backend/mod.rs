@@ -40,4 +40,14 @@ pub trait ObjectStore: Send + Sync {
     fn list_children(&self, prefix: &str) -> Result<Vec<String>>;
     /// Remove an object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Make the durable file at `path` the object `key` without copying it (a hard link
+    /// into a local directory store). `Ok(false)`: not possible here — put a copy.
+    /// Fails with `ObjectExists` like `put`. The file must never change afterwards.
+    fn adopt_file(&self, _key: &str, _path: &std::path::Path) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether `adopt_file` may work here (worth preparing a file for it).
+    fn adopts_files(&self) -> bool {
+        false
+    }
 }

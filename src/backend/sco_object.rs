@@ -101,27 +101,49 @@ pub fn encode_into(raw: &[u8], frame_size: usize, codec: Codec, out: &mut [u8]) 
             at += chunk.len();
         }
         let stored_len = at as u64 - offset;
-        index.extend_from_slice(&offset.to_le_bytes());
-        index.extend_from_slice(&(stored_len as u32).to_le_bytes());
-        index.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-        index.push(used as u8);
-        index.extend_from_slice(&crc.to_le_bytes());
+        push_index_entry(&mut index, offset, stored_len as u32, chunk.len() as u32, used, crc);
     }
-    let index_offset = at as u64;
+    let tail = index_and_footer(index, raw.len() as u64, frame_size, at as u64);
+    out[at..at + tail.len()].copy_from_slice(&tail);
+    at + tail.len()
+}
+
+fn push_index_entry(index: &mut Vec<u8>, offset: u64, stored_len: u32, raw_len: u32, codec: Codec, crc: u32) {
+    index.extend_from_slice(&offset.to_le_bytes());
+    index.extend_from_slice(&stored_len.to_le_bytes());
+    index.extend_from_slice(&raw_len.to_le_bytes());
+    index.push(codec as u8);
+    index.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// `index` followed by the footer, for frames ending at `index_offset`.
+fn index_and_footer(mut index: Vec<u8>, raw_len: u64, frame_size: usize, index_offset: u64) -> Vec<u8> {
+    let n_frames = index.len() / INDEX_ENTRY_LEN;
     let index_crc = crc32c::crc32c(&index);
-    out[at..at + index.len()].copy_from_slice(&index);
-    at += index.len();
     let mut footer = [0u8; FOOTER_LEN];
     footer[..8].copy_from_slice(MAGIC);
-    footer[8..16].copy_from_slice(&(raw.len() as u64).to_le_bytes());
+    footer[8..16].copy_from_slice(&raw_len.to_le_bytes());
     footer[16..20].copy_from_slice(&(frame_size as u32).to_le_bytes());
     footer[20..24].copy_from_slice(&(n_frames as u32).to_le_bytes());
     footer[24..32].copy_from_slice(&index_offset.to_le_bytes());
     footer[32..36].copy_from_slice(&index_crc.to_le_bytes());
     let fcrc = crc32c::crc32c(&footer[..36]);
     footer[36..40].copy_from_slice(&fcrc.to_le_bytes());
-    out[at..at + FOOTER_LEN].copy_from_slice(&footer);
-    at + FOOTER_LEN
+    index.extend_from_slice(&footer);
+    index
+}
+
+/// What turns raw SCO data into an object with every frame stored raw: the index and
+/// footer to append after the data, given each frame's crc32c (frames of `frame_size`,
+/// the last one shorter). Lets a local store adopt the SCO file itself as the object.
+pub fn raw_tail(raw_len: u64, frame_size: usize, frame_crcs: &[u32]) -> Vec<u8> {
+    let mut index = Vec::with_capacity(frame_crcs.len() * INDEX_ENTRY_LEN + FOOTER_LEN);
+    for (i, &crc) in frame_crcs.iter().enumerate() {
+        let offset = (i * frame_size) as u64;
+        let len = (raw_len - offset).min(frame_size as u64) as u32;
+        push_index_entry(&mut index, offset, len, len, Codec::None, crc);
+    }
+    index_and_footer(index, raw_len, frame_size, raw_len)
 }
 
 fn corrupt(key: &str, detail: impl Into<String>) -> Error {
@@ -305,6 +327,16 @@ mod tests {
                 assert!(obj.len() < raw.len());
             }
         }
+    }
+
+    #[test]
+    fn raw_data_plus_raw_tail_is_the_uncompressed_object() {
+        let raw = sample();
+        let crcs: Vec<u32> = raw.chunks(65536).map(crc32c::crc32c).collect();
+        let mut adopted = raw.clone();
+        adopted.extend_from_slice(&raw_tail(raw.len() as u64, 65536, &crcs));
+        assert_eq!(adopted, encode(&raw, 65536, Codec::None));
+        parse_object_index("k", &adopted).unwrap();
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct EngineOptions {
     pub checkpoint_every: u64,
     pub seal_after: Option<Duration>,
     pub drain_timeout: Duration,
+    /// Upload SCOs to a local directory store by hard link when it can take them.
+    pub link_local: bool,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +54,7 @@ impl Default for EngineOptions {
             checkpoint_every: 16,
             seal_after: Some(Duration::from_secs(60)),
             drain_timeout: Duration::from_secs(120),
+            link_local: true,
         }
     }
 }

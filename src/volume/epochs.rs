@@ -69,6 +69,13 @@ impl Volume {
                 },
             );
             st.sco_sizes.insert(o.epoch, o.next_index);
+            if o.next_index < self.meta.sco_clusters {
+                // Sealed early (snapshot, timer, shutdown): give back the preallocated
+                // tail. Every reservation lies below next_index: no IO in flight is cut.
+                if let Err(e) = o.sco.set_len((o.next_index as u64) << self.shift) {
+                    tracing::warn!(volume = %self.name, epoch = o.epoch, error = %e, "cannot trim a sealed SCO file");
+                }
+            }
             if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
                 st.checkpoint_due = Some(st.checkpoint_data(o.epoch));
             }
@@ -78,6 +85,7 @@ impl Volume {
         }
         let epoch = st.next_epoch;
         let sco = Arc::new(ScoFile::open(&self.sco_path(epoch), epoch, true, self.env.opts.direct)?);
+        sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         let tpath = self.tlog_path(epoch);
         let tfile = OpenOptions::new()
             .read(true)
@@ -173,6 +181,59 @@ impl Volume {
         None
     }
 
+    /// Upload SCO `epoch` by making its local file the object, when the store is a local
+    /// directory on the same filesystem: the frames stay raw, the index and footer are
+    /// appended to the file, and the store hard-links it. Reads the data once (O_DIRECT,
+    /// in chunks) for the frame checksums; nothing is copied. `None`: not possible here.
+    fn adopt_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<Option<usize>> {
+        let store = &self.env.store;
+        if !self.env.opts.link_local || !store.adopts_files() || len == 0 {
+            return Ok(None);
+        }
+        let frame = self.env.opts.frame_size;
+        let chunk = ((8usize << 20) / frame).max(1) * frame;
+        let mut crcs = Vec::with_capacity((len as usize).div_ceil(frame));
+        upload_buffers::with(chunk, 0, |buf, _| -> Result<()> {
+            let mut off = 0u64;
+            while off < len {
+                let n = (len - off).min(chunk as u64) as usize;
+                let v = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: n }];
+                file.readv_at(&v, off).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+                crcs.extend(buf[..n].chunks(frame).map(crc32c::crc32c));
+                off += n as u64;
+            }
+            Ok(())
+        })?;
+        let tail = sco_object::raw_tail(len, frame, &crcs);
+        // The footer must end the file (a preallocated file may be longer).
+        file.set_len(len + tail.len() as u64)?;
+        file.write_durably_at(&tail, len)?;
+        match store.adopt_file(key, file.path()) {
+            Ok(true) | Err(Error::ObjectExists(_)) => Ok(Some(len as usize + tail.len())),
+            Ok(false) => {
+                file.set_len(len)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Upload SCO `epoch` as an encoded (compressed) copy; returns the object's size.
+    fn encode_and_put_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<usize> {
+        let store = &self.env.store;
+        let frame = self.env.opts.frame_size;
+        upload_buffers::with(len as usize, sco_object::max_encoded_len(len as usize, frame), |raw, out| {
+            // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
+            let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
+            file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+            let n = sco_object::encode_into(raw, frame, self.env.opts.codec, out);
+            match store.put(key, &out[..n]) {
+                Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn run_job(&self, job: &Job) -> Result<()> {
         let store = &self.env.store;
         let gen = self.meta.generation;
@@ -180,21 +241,10 @@ impl Volume {
             Job::Sco { epoch, file, clusters } => {
                 let len = (*clusters as u64) << self.shift;
                 let key = keys::sco(&self.name, gen, *epoch);
-                let frame = self.env.opts.frame_size;
-                let obj_len = upload_buffers::with(
-                    len as usize,
-                    sco_object::max_encoded_len(len as usize, frame),
-                    |raw, out| {
-                        // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
-                        let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
-                        file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-                        let n = sco_object::encode_into(raw, frame, self.env.opts.codec, out);
-                        match store.put(&key, &out[..n]) {
-                            Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),
-                            Err(e) => Err(e),
-                        }
-                    },
-                )?;
+                let obj_len = match self.adopt_sco(&key, *epoch, file, len)? {
+                    Some(n) => n,
+                    None => self.encode_and_put_sco(&key, *epoch, file, len)?,
+                };
                 self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
                 self.counters.uploaded_stored_bytes.fetch_add(obj_len as u64, Ordering::Relaxed);
                 Ok(())

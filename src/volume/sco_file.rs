@@ -85,6 +85,24 @@ impl ScoFile {
         self.buffered.sync_data().ctx(|| format!("cannot sync {}", self.path.display()))
     }
 
+    /// Allocate `len` bytes of disk for the file up front (its size becomes `len`): the
+    /// writes that fill it are then not file-extending writes, which the filesystem
+    /// serialises (one at a time per file). Best effort: tmpfs and friends keep growing
+    /// the file by writes.
+    pub fn preallocate(&self, len: u64) {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::fallocate(self.buffered.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r != 0 {
+            tracing::debug!(path = %self.path.display(), error = %io::Error::last_os_error(), "fallocate failed");
+        }
+    }
+
+    /// Write `data` at `off` through the page cache and fsync the file (data and size).
+    pub fn write_durably_at(&self, data: &[u8], off: u64) -> Result<()> {
+        self.buffered.write_all_at(data, off).ctx(|| format!("cannot write {}", self.path.display()))?;
+        self.buffered.sync_all().ctx(|| format!("cannot sync {}", self.path.display()))
+    }
+
     pub fn set_len(&self, len: u64) -> Result<()> {
         self.buffered.set_len(len).ctx(|| format!("cannot truncate {}", self.path.display()))
     }
