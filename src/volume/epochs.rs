@@ -3,7 +3,6 @@
 //! the TLog that references it), after which local copies become evictable and
 //! metadata checkpoints are written. Also the volume's clean close (seal + drain).
 
-use std::fs::OpenOptions;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,15 +85,9 @@ impl Volume {
         let epoch = st.next_epoch;
         let sco = Arc::new(ScoFile::open(&self.sco_path(epoch), epoch, true, self.env.opts.direct)?);
         sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
-        let tpath = self.tlog_path(epoch);
-        let tfile = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tpath)
-            .ctx(|| format!("cannot create TLog {}", tpath.display()))?;
+        let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch)?;
         st.next_epoch += 1;
-        st.new_tlogs.push(TlogWriter::new(tfile, epoch, 0, 0));
+        st.new_tlogs.push(tlog);
         st.local.insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false });
         st.open = Some(OpenEpoch {
             epoch,

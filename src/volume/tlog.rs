@@ -163,6 +163,17 @@ impl TlogWriter {
         TlogWriter { file, epoch, seq: next_seq, len }
     }
 
+    /// Create the (new, empty) TLog file of `epoch` at `path`.
+    pub fn create(path: &std::path::Path, epoch: u64) -> Result<TlogWriter> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .ctx(|| format!("cannot create TLog {}", path.display()))?;
+        Ok(TlogWriter::new(file, epoch, 0, 0))
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch
     }

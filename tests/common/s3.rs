@@ -79,6 +79,12 @@ pub fn weed_binary() -> PathBuf {
     found
 }
 
+/// The state letter of a /proc `stat` file (R, S, T, Z, ...); `None` if it is gone.
+fn proc_state(stat_path: &str) -> Option<char> {
+    let s = std::fs::read_to_string(stat_path).ok()?;
+    Some(s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()).unwrap_or('?'))
+}
+
 fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
@@ -299,9 +305,7 @@ impl Weed {
 
     fn exited(&self) -> bool {
         // A zombie is still "alive" for kill(0); check /proc for state Z.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false))
-            .unwrap_or(true)
+        proc_state(&format!("/proc/{}/stat", self.pid)).is_none_or(|c| c == 'Z')
     }
 
     fn try_list_buckets(&self) -> bool {
@@ -388,11 +392,8 @@ impl Weed {
 
     fn all_threads_stopped(&self) -> bool {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else { return false };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .map(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('T')).unwrap_or(false))
-                .unwrap_or(true)
-        })
+        // A thread gone meanwhile (no stat) does not answer either.
+        tasks.flatten().all(|t| proc_state(&t.path().join("stat").to_string_lossy()).is_none_or(|c| c == 'T'))
     }
 
     /// Resume a frozen server (SIGCONT).

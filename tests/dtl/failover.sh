@@ -224,6 +224,18 @@ info() {  # HOST DATADIR VOL -> JSON on one line (empty on error)
     cli "$1" "$2" volume info "$3" --json 2>>"$SLOG" | tr -d '\n'
 }
 dtl_state() { jget "$(info "$1" "$2" "$3")" dtl.state; }
+# wait_in_sync HOST DATADIR VOL TRIES: poll the DTL state every 0.2 s until in_sync. Sets the
+# caller's $s (last state) and adds each new state to the caller's $seen.
+wait_in_sync() {
+    local i
+    for ((i = 0; i < $4; i++)); do
+        s=$(dtl_state "$1" "$2" "$3")
+        [[ $seen == *" $s"* ]] || seen="$seen $s"
+        [[ $s == in_sync ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
 
 # wait_state HOST DATADIR VOL STATE SECONDS: polls volume info; prints the seconds it took
 wait_state() {
@@ -489,13 +501,8 @@ scenario_outage() {
     [[ $(jget "$j" dtl.state) == degraded ]] || { fail "state is not 'degraded' while the server is still down: $(jget "$j" dtl)"; return 1; }
     t0=$(ld_now)
     dtl_server_start || { fail "cannot restart the DTL server"; return 1; }
-    local seen="" s i
-    for ((i = 0; i < 300; i++)); do
-        s=$(dtl_state 1 "$D1" "$vol")
-        [[ $seen == *" $s"* ]] || seen="$seen $s"
-        [[ $s == in_sync ]] && break
-        sleep 0.2
-    done
+    local seen="" s
+    wait_in_sync 1 "$D1" "$vol" 300 || true
     [[ $s == in_sync ]] || { fail "DTL state '$s' 60 s after the server came back (wanted in_sync; seen:$seen)"; return 1; }
     say "DTL server back: in_sync after $(ld_elapsed "$t0" "$(ld_now)")s (states seen:$seen)"
     must "final write+flush" lg_flush "$S1" "$seed" 0 || return 1
@@ -614,12 +621,7 @@ scenario_overflow() {
         "queue overflow logged: $(grep -c 'DTL queue full' "$L1")x"
     dtl_server_start || { fail "cannot restart the DTL server"; return 1; }
     t0=$(ld_now)
-    for ((i = 0; i < 25; i++)); do
-        s=$(dtl_state 1 "$D1" "$vol")
-        [[ $seen == *" $s"* ]] || seen="$seen $s"
-        [[ $s == in_sync ]] && break
-        sleep 0.2
-    done
+    wait_in_sync 1 "$D1" "$vol" 25 || true
     if [[ $s == in_sync ]]; then
         note "uploads still paused, DTL back in_sync after $(ld_elapsed "$t0" "$(ld_now)")s (states seen:$seen): the failover below checks that claim"
     else
