@@ -42,7 +42,8 @@ struct Slot {
     failed: bool,
     plan: IoPlan,
     iovs: Vec<libc::iovec>,
-    ranges: [(usize, usize); MAX_SEGS],
+    /// Per plan segment, its range in `iovs`.
+    ranges: Vec<(usize, usize)>,
     mem: Option<Mem>,
 }
 
@@ -121,7 +122,7 @@ impl Inflight {
                 failed: false,
                 plan: IoPlan::default(),
                 iovs: Vec::with_capacity(iov_cap + MAX_SEGS),
-                ranges: [(0, 0); MAX_SEGS],
+                ranges: Vec::with_capacity(MAX_SEGS),
                 mem: None,
             })
             .collect();
@@ -129,7 +130,7 @@ impl Inflight {
         let free = (0..n as u32).rev().collect();
         let groups = (0..n)
             .map(|_| Group {
-                members: Vec::with_capacity(n * MAX_SEGS),
+                members: Vec::with_capacity(MAX_GROUP_IOVS),
                 iovs: Vec::with_capacity(MAX_GROUP_IOVS),
                 len: 0,
             })
@@ -138,10 +139,11 @@ impl Inflight {
             uring,
             slots,
             free,
-            staged: Vec::with_capacity(n * MAX_SEGS),
+            // Grows (once) past this only for reads scattered over many runs.
+            staged: Vec::with_capacity(n * 4),
             groups,
             free_groups: (0..n as u32).rev().collect(),
-            refused: Vec::with_capacity(n * MAX_SEGS),
+            refused: Vec::with_capacity(n * 4),
             warnings: 0,
         })
     }
@@ -191,12 +193,13 @@ impl Inflight {
         slot.pending = 0;
         slot.mem = Some(mem.clone());
         slot.iovs.clear();
+        slot.ranges.clear();
         let src = bufs.iovecs();
         let mut at = 0u64;
-        for (i, seg) in slot.plan.segs().iter().enumerate() {
+        for seg in slot.plan.segs() {
             let start = slot.iovs.len();
             iov::append_sub_range(src, at, seg.len, &mut slot.iovs);
-            slot.ranges[i] = (start, slot.iovs.len());
+            slot.ranges.push((start, slot.iovs.len()));
             at += seg.len;
         }
         for (i, seg) in slot.plan.segs().iter().enumerate() {

@@ -5,6 +5,7 @@
 //! Knows nothing of virtio: the frontend calls it with iovecs into guest memory.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::io::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use super::plan::{IoPlan, MAX_SEGS};
 use super::read_cache::{BlockKey, Fill, ReadCache, BLOCK};
 use super::sco_file::ScoFile;
 use super::snapshots::Snapshots;
+use super::sync_set::SyncSet;
 use super::tlog::{Record, TlogWriter};
 use crate::backend::sco_object::Codec;
 use crate::backend::sco_reader::ScoReader;
@@ -128,7 +130,14 @@ pub(crate) struct LocalSco {
     pub clusters: u32,
     pub inflight: u32,
     pub uploaded: bool,
+    /// Uploaded by hard-linking the file into the object store: the object is this
+    /// inode, so after eviction the open file still reads the SCO's data.
+    pub linked: bool,
 }
+
+/// Most evicted SCO files kept open because the object store holds the same inode
+/// (two descriptors each); older ones are read through the object store.
+pub(crate) const LINKED_MAX: usize = 512;
 
 /// Encoded TLog records waiting to be written by the next flush.
 pub(crate) struct PendingBatch {
@@ -143,6 +152,8 @@ pub(crate) struct State {
     pub open: Option<OpenEpoch>,
     pub next_epoch: u64,
     pub local: BTreeMap<u64, LocalSco>,
+    /// Evicted SCOs whose object is their own (hard-linked) file, still open for reads.
+    pub linked: BTreeMap<u64, Arc<ScoFile>>,
     pub dirty: BTreeSet<u64>,
     pub sealing: Vec<PendingBatch>,
     pub new_tlogs: Vec<TlogWriter>,
@@ -175,6 +186,7 @@ impl State {
             open: None,
             next_epoch,
             local: BTreeMap::new(),
+            linked: BTreeMap::new(),
             dirty: BTreeSet::new(),
             sealing: Vec::new(),
             new_tlogs: Vec::new(),
@@ -240,6 +252,13 @@ pub struct Counters {
     pub uploaded_stored_bytes: AtomicU64,
 }
 
+/// What flushes own, one flush at a time: the open TLog writers and the ring their syncs go on.
+#[derive(Default)]
+pub(crate) struct FlushSide {
+    pub(crate) tlogs: BTreeMap<u64, TlogWriter>,
+    syncs: SyncSet,
+}
+
 pub struct Volume {
     pub(crate) name: String,
     pub(crate) meta: VolumeMeta,
@@ -251,7 +270,7 @@ pub struct Volume {
     pub(crate) read_only: bool,
     pub(crate) state: Mutex<State>,
     pub(crate) progress: Condvar,
-    pub(crate) flush_side: Mutex<BTreeMap<u64, TlogWriter>>,
+    pub(crate) flush_side: Mutex<FlushSide>,
     rmw: Mutex<()>,
     /// One scrub at a time per volume.
     pub(crate) scrub_lock: Mutex<()>,
@@ -300,7 +319,7 @@ impl Volume {
             env,
             state: Mutex::new(state),
             progress: Condvar::new(),
-            flush_side: Mutex::new(BTreeMap::new()),
+            flush_side: Mutex::new(FlushSide::default()),
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
             last_read_end: AtomicU64::new(u64::MAX),
@@ -677,11 +696,11 @@ impl Volume {
 
     // ----- flush -----
 
-    /// Make every write completed before this call durable: fdatasync the SCO data it
-    /// wrote, then write and fdatasync the TLog records (group commit).
+    /// Make every write completed before this call durable: write the TLog records (group
+    /// commit), then fdatasync them and the SCO data they describe, all at once.
     pub fn flush(&self) -> Result<()> {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        let mut tlogs = self.flush_side.lock();
+        let mut side = self.flush_side.lock();
         let (dirty, batches, new_tlogs) = {
             let mut st = self.state.lock();
             if let Some(f) = &st.failed {
@@ -707,13 +726,11 @@ impl Volume {
             }
             (dirty, batches, std::mem::take(&mut st.new_tlogs))
         };
+        let FlushSide { tlogs, syncs } = &mut *side;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
         let result = (|| -> Result<Vec<u64>> {
-            for f in &dirty {
-                f.sync_data()?;
-            }
             let mut touched = BTreeSet::new();
             let mut sealed = Vec::new();
             for b in &batches {
@@ -726,15 +743,24 @@ impl Volume {
                     sealed.push(b.epoch);
                 }
             }
-            for e in &touched {
-                tlogs[e].sync()?;
-            }
+            let fds: Vec<RawFd> = dirty
+                .iter()
+                .map(|f| f.buffered_fd())
+                .chain(touched.iter().map(|e| tlogs[e].raw_fd()))
+                .collect();
+            syncs.sync_all(&fds).map_err(|(i, e)| {
+                let what = match dirty.get(i) {
+                    Some(f) => format!("cannot sync {}", f.path().display()),
+                    None => format!("cannot sync TLog {}", touched.iter().nth(i - dirty.len()).copied().unwrap_or(0)),
+                };
+                Error::io(what, e)
+            })?;
             for e in &sealed {
                 tlogs.remove(e);
             }
             Ok(sealed)
         })();
-        drop(tlogs);
+        drop(side);
         match result {
             Ok(sealed) => {
                 if !sealed.is_empty() {
@@ -816,8 +842,8 @@ impl Volume {
                 if layer > 0 {
                     return (Source::Remote(Some(st.layers[layer - 1].clone()), loc), run);
                 }
-                match st.local.get(&loc.sco) {
-                    Some(l) => (Source::Local(l.file.clone(), loc), run),
+                match st.local.get(&loc.sco).map(|l| &l.file).or_else(|| st.linked.get(&loc.sco)) {
+                    Some(f) => (Source::Local(f.clone(), loc), run),
                     None => (Source::Remote(None, loc), run),
                 }
             }

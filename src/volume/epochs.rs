@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointData};
-use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume};
+use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume, LINKED_MAX};
 use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
 use crate::backend::keys;
@@ -88,7 +88,7 @@ impl Volume {
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch)?;
         st.next_epoch += 1;
         st.new_tlogs.push(tlog);
-        st.local.insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false });
+        st.local.insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
         st.open = Some(OpenEpoch {
             epoch,
             sco,
@@ -235,7 +235,12 @@ impl Volume {
                 let len = (*clusters as u64) << self.shift;
                 let key = keys::sco(&self.name, gen, *epoch);
                 let obj_len = match self.adopt_sco(&key, *epoch, file, len)? {
-                    Some(n) => n,
+                    Some(n) => {
+                        if let Some(l) = self.state.lock().local.get_mut(epoch) {
+                            l.linked = true;
+                        }
+                        n
+                    }
                     None => self.encode_and_put_sco(&key, *epoch, file, len)?,
                 };
                 self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
@@ -356,7 +361,8 @@ impl Volume {
     }
 
     /// Forget local copies of uploaded SCOs, oldest first, while local data exceeds
-    /// three quarters of the write-buffer limit; returns the files to delete.
+    /// three quarters of the write-buffer limit; returns the files to delete. Hard-linked
+    /// ones stay open for reads (see [`State::linked`]).
     fn evict_uploaded(&self, st: &mut State) -> Vec<std::path::PathBuf> {
         let budget = self.env.opts.wb_limit / 4 * 3;
         let mut files = Vec::new();
@@ -366,6 +372,13 @@ impl Volume {
             let l = st.local.remove(&e).unwrap();
             st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
             files.push(l.file.path().to_path_buf());
+            if l.linked {
+                // Unlinking the write-buffer name frees nothing: the object is this inode.
+                st.linked.insert(e, l.file);
+                while st.linked.len() > LINKED_MAX {
+                    st.linked.pop_first();
+                }
+            }
         }
         files
     }

@@ -1,15 +1,16 @@
 //! IO plans: the file ranges a read or write touches, for callers that perform the IO
 //! themselves (the frontend's io_uring). A write plan reserves space in the open SCO and
 //! must be finished with [`crate::volume::Volume::finish_write`]; a plan keeps its files
-//! open until cleared. Fixed size: planning allocates nothing.
+//! open until cleared. Its capacity is reserved once: planning allocates nothing.
 
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use super::sco_file::ScoFile;
 
-/// Most segments in one plan (a write crossing SCO boundaries, a read of several runs).
-pub const MAX_SEGS: usize = 4;
+/// Most segments in one plan (a write crossing SCO boundaries, a read of several runs):
+/// a 1 MiB read of 4 KiB clusters scattered by random writes has 256 runs.
+pub const MAX_SEGS: usize = 256;
 
 /// One contiguous piece of a planned IO.
 #[derive(Debug, Clone, Copy)]
@@ -35,36 +36,34 @@ impl Seg {
 }
 
 pub struct IoPlan {
-    segs: [Seg; MAX_SEGS],
-    keep: [Option<Arc<ScoFile>>; MAX_SEGS],
-    n: usize,
+    segs: Vec<Seg>,
+    /// The files of `segs`, kept open while the IO runs (`None` for zero runs).
+    keep: Vec<Option<Arc<ScoFile>>>,
 }
 
 impl Default for IoPlan {
     fn default() -> Self {
-        IoPlan { segs: [Seg::EMPTY; MAX_SEGS], keep: Default::default(), n: 0 }
+        IoPlan { segs: Vec::with_capacity(MAX_SEGS), keep: Vec::with_capacity(MAX_SEGS) }
     }
 }
 
 impl IoPlan {
     pub fn segs(&self) -> &[Seg] {
-        &self.segs[..self.n]
+        &self.segs
     }
 
     pub fn is_full(&self) -> bool {
-        self.n == MAX_SEGS
+        self.segs.len() >= MAX_SEGS
     }
 
     /// Drop every segment (and the files they kept open).
     pub fn clear(&mut self) {
-        for k in &mut self.keep[..self.n] {
-            *k = None;
-        }
-        self.n = 0;
+        self.segs.clear();
+        self.keep.clear();
     }
 
     pub(crate) fn push_file(&mut self, file: &Arc<ScoFile>, file_offset: u64, len: u64, cluster: u64, index: u32) {
-        self.segs[self.n] = Seg {
+        self.segs.push(Seg {
             fd_direct: file.direct_fd().unwrap_or(-1),
             fd_buffered: file.buffered_fd(),
             file_offset,
@@ -72,13 +71,12 @@ impl IoPlan {
             sco: file.number,
             cluster,
             index,
-        };
-        self.keep[self.n] = Some(file.clone());
-        self.n += 1;
+        });
+        self.keep.push(Some(file.clone()));
     }
 
     pub(crate) fn push_zero(&mut self, len: u64) {
-        self.segs[self.n] = Seg { len, ..Seg::EMPTY };
-        self.n += 1;
+        self.segs.push(Seg { len, ..Seg::EMPTY });
+        self.keep.push(None);
     }
 }

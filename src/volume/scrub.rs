@@ -249,6 +249,7 @@ impl Volume {
             crate::fault::point("scrub-after-first-delete");
             let mut st = self.state.lock();
             st.sco_sizes.remove(n);
+            st.linked.remove(n);
             if let Some(l) = st.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.local.remove(n).expect("present");

@@ -191,6 +191,11 @@ impl TlogWriter {
         Ok(())
     }
 
+    /// The file's descriptor (for a sync issued with others).
+    pub fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        std::os::unix::io::AsRawFd::as_raw_fd(&self.file)
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().ctx(|| format!("cannot sync TLog {}", self.epoch))
     }
