@@ -202,7 +202,7 @@ fn rebuild(client: &DtlClient, after: u64, dir: &Path, cs: u64) -> Result<(u64, 
     let epochs: Vec<u64> = records.keys().copied().collect();
     for (epoch, (payload, count)) in records {
         let path = dir.join("tlog").join(format!("{epoch:016x}"));
-        let mut w = TlogWriter::create(&path, epoch)?;
+        let mut w = TlogWriter::create(&path, epoch, false)?;
         w.write_batch(&payload, count)?;
         w.sync()?;
         // A sealed epoch's SCO has exactly the sealed size (slots never written read as zeroes).

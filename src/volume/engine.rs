@@ -123,7 +123,16 @@ pub(crate) struct OpenEpoch {
     pub pending: Vec<u8>,
     pub pending_count: u32,
     pub opened_at: Instant,
+    /// The SCO file was zero-filled ahead (flushes change no file metadata).
+    pub zeroed: bool,
+    /// Flushes since the epoch opened.
+    pub flushes: u32,
 }
+
+/// A volume whose flushes each cover less than this much written data on average (over
+/// at least [`FLUSHY_MIN`] flushes) writes into zero-filled SCO files.
+const FLUSHY_BYTES: u64 = 256 << 10;
+const FLUSHY_MIN: u32 = 32;
 
 pub(crate) struct LocalSco {
     pub file: Arc<ScoFile>,
@@ -167,6 +176,8 @@ pub(crate) struct State {
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
     pub checkpoint_running: bool,
+    /// Roll to the ready zero-filled spare at the next write (flush-heavy volume).
+    pub roll_to_spare: bool,
     pub last_uploaded: u64,
     pub failed: Option<String>,
     pub closed: bool,
@@ -197,6 +208,7 @@ impl State {
             checkpoint_due: None,
             sco_sizes: BTreeMap::new(),
             checkpoint_running: false,
+            roll_to_spare: false,
             last_uploaded: 0,
             failed: None,
             closed: false,
@@ -271,6 +283,8 @@ pub struct Volume {
     pub(crate) state: Mutex<State>,
     pub(crate) progress: Condvar,
     pub(crate) flush_side: Mutex<FlushSide>,
+    /// Zero-filled SCO file for flush-heavy volumes.
+    pub(crate) spare: super::spare_sco::SpareSco,
     rmw: Mutex<()>,
     /// One scrub at a time per volume.
     pub(crate) scrub_lock: Mutex<()>,
@@ -308,6 +322,7 @@ impl Volume {
         state: State,
     ) -> Volume {
         let cs = meta.cluster_size as u64;
+        let spare = super::spare_sco::SpareSco::new(&dir, (meta.sco_clusters as u64) << cs.trailing_zeros());
         Volume {
             name: meta.name.clone(),
             owner: env.cache.owner_id(&meta.name),
@@ -320,6 +335,7 @@ impl Volume {
             state: Mutex::new(state),
             progress: Condvar::new(),
             flush_side: Mutex::new(FlushSide::default()),
+            spare,
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
             last_read_end: AtomicU64::new(u64::MAX),
@@ -573,7 +589,7 @@ impl Volume {
         }
         let sco_clusters = self.meta.sco_clusters;
         let full = match &st.open {
-            Some(o) => o.next_index >= sco_clusters,
+            Some(o) => o.next_index >= sco_clusters || (st.roll_to_spare && o.next_index > 0),
             None => true,
         };
         if full {
@@ -724,6 +740,18 @@ impl Volume {
                     });
                 }
             }
+            let mut flushy = false;
+            if let Some(o) = st.open.as_mut() {
+                o.flushes = o.flushes.saturating_add(1);
+                let written = (o.next_index as u64) << self.shift;
+                flushy = o.flushes >= FLUSHY_MIN && written < o.flushes as u64 * FLUSHY_BYTES;
+                if flushy && !o.zeroed && self.spare.is_ready() {
+                    st.roll_to_spare = true;
+                }
+            }
+            if flushy {
+                self.spare.prepare();
+            }
             (dirty, batches, std::mem::take(&mut st.new_tlogs))
         };
         let FlushSide { tlogs, syncs } = &mut *side;
@@ -743,20 +771,27 @@ impl Volume {
                     sealed.push(b.epoch);
                 }
             }
+            // A TLog written with O_DIRECT is made durable by the device flush of the SCO
+            // files' fdatasync (same device); otherwise it is synced too.
+            let dev = dirty.first().map(|f| f.dev());
             let fds: Vec<RawFd> = dirty
                 .iter()
                 .map(|f| f.buffered_fd())
-                .chain(touched.iter().map(|e| tlogs[e].raw_fd()))
+                .chain(
+                    touched.iter().filter(|e| !dev.is_some_and(|d| tlogs[*e].covered_by(d))).map(|e| tlogs[e].raw_fd()),
+                )
                 .collect();
             syncs.sync_all(&fds).map_err(|(i, e)| {
                 let what = match dirty.get(i) {
                     Some(f) => format!("cannot sync {}", f.path().display()),
-                    None => format!("cannot sync TLog {}", touched.iter().nth(i - dirty.len()).copied().unwrap_or(0)),
+                    None => format!("cannot sync the TLog of epoch(s) {touched:?}"),
                 };
                 Error::io(what, e)
             })?;
             for e in &sealed {
-                tlogs.remove(e);
+                if let Some(mut w) = tlogs.remove(e) {
+                    w.finish();
+                }
             }
             Ok(sealed)
         })();

@@ -83,12 +83,18 @@ impl Volume {
             return Ok(());
         }
         let epoch = st.next_epoch;
-        let sco = Arc::new(ScoFile::open(&self.sco_path(epoch), epoch, true, self.env.opts.direct)?);
-        sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
-        let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch)?;
+        st.roll_to_spare = false;
+        let path = self.sco_path(epoch);
+        let zeroed = self.spare.take(&path);
+        let sco = Arc::new(ScoFile::open(&path, epoch, true, self.env.opts.direct)?);
+        if !zeroed {
+            sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
+        }
+        let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
         st.next_epoch += 1;
         st.new_tlogs.push(tlog);
-        st.local.insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
+        st.local
+            .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
         st.open = Some(OpenEpoch {
             epoch,
             sco,
@@ -96,6 +102,8 @@ impl Volume {
             pending: Vec::with_capacity(4096),
             pending_count: 0,
             opened_at: Instant::now(),
+            zeroed,
+            flushes: 0,
         });
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod recovery;
 pub mod sco_file;
 pub mod scrub;
 pub mod snapshots;
+pub mod spare_sco;
 pub mod sync_set;
 pub mod tlog;
 

@@ -20,6 +20,8 @@ pub struct ScoFile {
     path: PathBuf,
     buffered: File,
     direct: Option<File>,
+    /// The device the file is on (`st_dev`).
+    dev: u64,
 }
 
 impl ScoFile {
@@ -38,11 +40,18 @@ impl ScoFile {
         } else {
             None
         };
-        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct })
+        let dev = std::os::unix::fs::MetadataExt::dev(
+            &buffered.metadata().ctx(|| format!("cannot stat SCO file {}", path.display()))?,
+        );
+        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev })
     }
 
     pub fn direct_fd(&self) -> Option<i32> {
         self.direct.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    pub fn dev(&self) -> u64 {
+        self.dev
     }
 
     pub fn buffered_fd(&self) -> i32 {
