@@ -356,15 +356,13 @@ pub fn parse(bytes: &[u8], epoch: u64) -> Parsed {
             None => {
                 // Zeroes up to the next sector: padding of a batch written with O_DIRECT.
                 let next = (at.next_multiple_of(SECTOR as usize)).min(bytes.len());
-                if next > at && bytes[at..next].iter().all(|&b| b == 0) {
-                    if next == bytes.len() || parse_batch(&bytes[next..], epoch, batches).is_some() {
-                        let valid = at;
-                        at = next;
-                        if at == bytes.len() {
-                            return Parsed { records, valid_len: valid as u64, batches, torn: false };
-                        }
-                        continue;
-                    }
+                if next > at
+                    && next < bytes.len()
+                    && bytes[at..next].iter().all(|&b| b == 0)
+                    && parse_batch(&bytes[next..], epoch, batches).is_some()
+                {
+                    at = next;
+                    continue;
                 }
                 // Only zeroes after the last batch: the zeroed, not yet used tail.
                 let torn = bytes[at..].iter().any(|&b| b != 0);
