@@ -1,66 +1,26 @@
 //! Object store outage: while every put fails, writes fill the write buffer and are then
 //! throttled (they block, never fail); when the store returns, uploads drain, the
 //! writer finishes, and a fresh host reads every byte from the object store.
-//! The failing store wraps the real local store (fault injection only).
+//! The failing store wraps the real local store (fault injection only); SCOs go to it by
+//! hard link, as by default, and the outage refuses those too.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logdisk::backend::local::LocalStore;
+use common::hooked_store::HookedStore;
 use logdisk::backend::uploader::Uploader;
-use logdisk::backend::{ObjectInfo, ObjectStore};
+use logdisk::backend::ObjectStore;
 use logdisk::volume::read_cache::ReadCache;
 use logdisk::volume::{EngineOptions, Volume, VolumeEnv, VolumeMeta};
-use logdisk::{Error, Result};
-
-struct FlakyStore {
-    inner: LocalStore,
-    down: AtomicBool,
-    refused: AtomicU64,
-}
-
-impl ObjectStore for FlakyStore {
-    fn url(&self) -> String {
-        self.inner.url()
-    }
-    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-        if self.down.load(Ordering::SeqCst) && !key.contains("/meta/volume/") {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Store("503 Service Unavailable (injected)".into()));
-        }
-        self.inner.put(key, data)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn get_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
-        self.inner.get_tail(key, len)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn list_children(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list_children(prefix)
-    }
-    fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key)
-    }
-}
 
 #[test]
 fn outage_throttles_writes_and_loses_nothing() {
     let t = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: LocalStore::open(&t.path().join("objects")).unwrap(),
-        down: AtomicBool::new(true),
-        refused: AtomicU64::new(0),
-    });
+    let store = Arc::new(HookedStore::open(&t.path().join("objects")));
+    store.refuse_writes.store(true, Ordering::SeqCst);
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
     let opts = EngineOptions {
         wb_limit: 1 << 20,
@@ -70,15 +30,7 @@ fn outage_throttles_writes_and_loses_nothing() {
         drain_timeout: Duration::from_secs(30),
         ..EngineOptions::default()
     };
-    let env = Arc::new(VolumeEnv::new(
-        dyn_store.clone(),
-        Arc::new(ReadCache::create(&t.path().join("cache"), 1 << 20, true).unwrap()),
-        Uploader::start(2),
-        opts,
-    ));
-    let mut meta = VolumeMeta::new("v", 8 << 20, 4096, 128 << 10);
-    meta.store_new_version(dyn_store.as_ref(), true).unwrap();
-    let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
+    let (env, vol) = common::small_volume(dyn_store.clone(), t.path(), opts);
 
     let image: Vec<u8> = (0..(6u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let (writer, written) = common::spawn_writer(&vol, &image, Duration::ZERO);
@@ -92,7 +44,7 @@ fn outage_throttles_writes_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(written.load(Ordering::SeqCst), stalled_at, "still throttled");
     // The store comes back: uploads resume, the writer finishes.
-    store.down.store(false, Ordering::SeqCst);
+    store.refuse_writes.store(false, Ordering::SeqCst);
     let t0 = Instant::now();
     writer.join().unwrap();
     assert!(t0.elapsed() < Duration::from_secs(60));

@@ -2,7 +2,7 @@
 //!
 //! The eventfd is registered with the ring, so the worker's epoll loop (vhost-user-backend's
 //! `register_listener`) wakes up when a completion arrives; the worker then calls
-//! [`Uring::reap`]. Submissions and completions happen on the one worker thread, so the ring
+//! [`Uring::reap_into`]. Submissions and completions happen on the one worker thread, so the ring
 //! needs no lock. Buffers are raw iovecs into guest memory: the caller keeps them (and the
 //! guest memory mapping) alive until the matching completion is reaped, which is why the
 //! submission methods are `unsafe`.
@@ -100,7 +100,7 @@ impl Uring {
         self.push(e)
     }
 
-    /// Make the eventfd readable, so the worker's loop calls `reap` soon (used to report
+    /// Make the eventfd readable, so the worker's loop reaps soon (used to report
     /// a failure that never reached the kernel).
     pub fn wake(&self) {
         let _ = self.eventfd.write(1);
@@ -116,21 +116,6 @@ impl Uring {
         self.ring.submit_and_wait(want)
     }
 
-    /// Clear the eventfd and call `f` for each completion that has arrived.
-    pub fn reap(&mut self, mut f: impl FnMut(Completion)) -> usize {
-        // A spurious or already-consumed wakeup reads EAGAIN: fine.
-        let _ = self.eventfd.read();
-        let mut n = 0;
-        for cqe in self.ring.completion() {
-            n += 1;
-            f(Completion { user_data: cqe.user_data(), result: cqe.result() });
-        }
-        self.in_flight = self.in_flight.saturating_sub(n);
-        n
-    }
-}
-
-impl Uring {
     /// Clear the eventfd and move up to `out.len()` arrived completions into `out`;
     /// returns how many. Call again while it fills `out`.
     pub fn reap_into(&mut self, out: &mut [Completion]) -> usize {
@@ -167,6 +152,12 @@ mod tests {
         }
     }
 
+    fn reap_all(ring: &mut Uring, done: &mut Vec<Completion>) {
+        let mut buf = [Completion { user_data: 0, result: 0 }; 8];
+        let n = ring.reap_into(&mut buf);
+        done.extend_from_slice(&buf[..n]);
+    }
+
     fn wait_readable(fd: RawFd) {
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, 5 s timeout.
@@ -195,14 +186,14 @@ mod tests {
         ring.submit().unwrap();
         wait_readable(ring.eventfd());
         let mut done = Vec::new();
-        ring.reap(|c| done.push(c));
+        reap_all(&mut ring, &mut done);
         assert_eq!(done, vec![Completion { user_data: 1, result: 4608 }]);
         assert_eq!(ring.in_flight(), 0);
 
         ring.fdatasync(file.as_raw_fd(), 2).unwrap();
         ring.submit_and_wait(1).unwrap();
         let mut done = Vec::new();
-        ring.reap(|c| done.push(c));
+        reap_all(&mut ring, &mut done);
         assert_eq!(done[0].user_data, 2);
         done[0].io_result().unwrap();
 
@@ -217,7 +208,7 @@ mod tests {
         ring.submit().unwrap();
         wait_readable(ring.eventfd());
         let mut done = Vec::new();
-        ring.reap(|c| done.push(c));
+        reap_all(&mut ring, &mut done);
         assert_eq!(done[0].io_result().unwrap(), 4608);
         assert_eq!(r1, a);
         assert_eq!(r2, b);
@@ -231,7 +222,7 @@ mod tests {
         unsafe { ring.readv(-1, &riovs, 0, 4).unwrap() };
         ring.submit_and_wait(1).unwrap();
         let mut done = Vec::new();
-        ring.reap(|c| done.push(c));
+        reap_all(&mut ring, &mut done);
         assert!(done[0].io_result().is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

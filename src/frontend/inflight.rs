@@ -211,7 +211,7 @@ impl Inflight {
             }
             let direct = seg.fd_direct >= 0 && seg.file_offset.is_multiple_of(512) && iov::aligned(v, 512);
             let fd = if direct { seg.fd_direct } else { seg.fd_buffered };
-            // Capacity is reserved for every segment of every slot: no allocation.
+            // `staged` grows only past its largest batch so far: steady state allocates nothing.
             self.staged.push(Staged { slot: idx, seg: i as u8, fd, offset: seg.file_offset, len: seg.len, write });
             slot.pending += 1;
         }

@@ -134,6 +134,13 @@ pub(crate) struct OpenEpoch {
 const FLUSHY_BYTES: u64 = 256 << 10;
 const FLUSHY_MIN: u32 = 32;
 
+impl OpenEpoch {
+    /// This epoch's flushes each covered little data: later SCOs should be zero-filled.
+    fn flush_heavy(&self, shift: u32) -> bool {
+        self.flushes >= FLUSHY_MIN && ((self.next_index as u64) << shift) < self.flushes as u64 * FLUSHY_BYTES
+    }
+}
+
 pub(crate) struct LocalSco {
     pub file: Arc<ScoFile>,
     pub clusters: u32,
@@ -176,8 +183,6 @@ pub(crate) struct State {
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
     pub checkpoint_running: bool,
-    /// Roll to the ready zero-filled spare at the next write (flush-heavy volume).
-    pub roll_to_spare: bool,
     pub last_uploaded: u64,
     pub failed: Option<String>,
     pub closed: bool,
@@ -208,7 +213,6 @@ impl State {
             checkpoint_due: None,
             sco_sizes: BTreeMap::new(),
             checkpoint_running: false,
-            roll_to_spare: false,
             last_uploaded: 0,
             failed: None,
             closed: false,
@@ -589,7 +593,11 @@ impl Volume {
         }
         let sco_clusters = self.meta.sco_clusters;
         let full = match &st.open {
-            Some(o) => o.next_index >= sco_clusters || (st.roll_to_spare && o.next_index > 0),
+            // A flush-heavy volume moves to the zero-filled spare as soon as it is ready.
+            Some(o) => {
+                o.next_index >= sco_clusters
+                    || (o.next_index > 0 && !o.zeroed && o.flush_heavy(self.shift) && self.spare.is_ready())
+            }
             None => true,
         };
         if full {
@@ -717,7 +725,7 @@ impl Volume {
     pub fn flush(&self) -> Result<()> {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         let mut side = self.flush_side.lock();
-        let (dirty, batches, new_tlogs) = {
+        let (dirty, batches, new_tlogs, flush_heavy) = {
             let mut st = self.state.lock();
             if let Some(f) = &st.failed {
                 return Err(Error::io(
@@ -740,20 +748,15 @@ impl Volume {
                     });
                 }
             }
-            let mut flushy = false;
-            if let Some(o) = st.open.as_mut() {
+            let flush_heavy = st.open.as_mut().is_some_and(|o| {
                 o.flushes = o.flushes.saturating_add(1);
-                let written = (o.next_index as u64) << self.shift;
-                flushy = o.flushes >= FLUSHY_MIN && written < o.flushes as u64 * FLUSHY_BYTES;
-                if flushy && !o.zeroed && self.spare.is_ready() {
-                    st.roll_to_spare = true;
-                }
-            }
-            if flushy {
-                self.spare.prepare();
-            }
-            (dirty, batches, std::mem::take(&mut st.new_tlogs))
+                o.flush_heavy(self.shift)
+            });
+            (dirty, batches, std::mem::take(&mut st.new_tlogs), flush_heavy)
         };
+        if flush_heavy {
+            self.spare.prepare();
+        }
         let FlushSide { tlogs, syncs } = &mut *side;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);

@@ -83,7 +83,6 @@ impl Volume {
             return Ok(());
         }
         let epoch = st.next_epoch;
-        st.roll_to_spare = false;
         let path = self.sco_path(epoch);
         let zeroed = self.spare.take(&path);
         let sco = Arc::new(ScoFile::open(&path, epoch, true, self.env.opts.direct)?);

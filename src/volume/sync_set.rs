@@ -42,57 +42,72 @@ impl SyncSet {
 
     /// fdatasync every fd in `fds`. On failure returns the index of a file that failed.
     pub fn sync_all(&mut self, fds: &[RawFd]) -> Result<(), (usize, io::Error)> {
-        let Some(ring) = self.ring.as_mut().filter(|_| fds.len() > 1) else {
-            return sync_each(fds, 0);
-        };
-        for (base, chunk) in fds.chunks(ROUND).enumerate().map(|(i, c)| (i * ROUND, c)) {
-            for (i, &fd) in chunk.iter().enumerate() {
-                if ring.fdatasync(fd, i as u64).is_err() {
-                    // Cannot queue: drain what was queued, then sync the rest directly.
-                    wait(ring, &mut self.done, i).map_err(|(k, e)| (base + k, e))?;
-                    return sync_each(&fds[base + i..], base + i);
+        for (n, chunk) in fds.chunks(ROUND).enumerate() {
+            let base = n * ROUND;
+            let ring = match self.ring.as_mut() {
+                Some(r) if chunk.len() > 1 => r,
+                _ => {
+                    sync_each(chunk).map_err(|(i, e)| (base + i, e))?;
+                    continue;
+                }
+            };
+            match sync_on_ring(ring, &mut self.done, chunk) {
+                Ok(()) => {}
+                Err(RingError::File(i, e)) => return Err((base + i, e)),
+                Err(RingError::Ring(e)) => {
+                    // Completions may still arrive on it: never use this ring again.
+                    // fdatasync is idempotent, so the whole chunk is synced again directly.
+                    tracing::warn!(error = %e, "io_uring failed during a flush: syncing files one by one");
+                    self.ring = None;
+                    sync_each(chunk).map_err(|(i, e)| (base + i, e))?;
                 }
             }
-            wait(ring, &mut self.done, chunk.len()).map_err(|(k, e)| (base + k, e))?;
         }
         Ok(())
     }
 }
 
-fn sync_each(fds: &[RawFd], base: usize) -> Result<(), (usize, io::Error)> {
+enum RingError {
+    /// The fdatasync of file `.0` failed.
+    File(usize, io::Error),
+    /// The ring itself failed; which files were synced is unknown.
+    Ring(io::Error),
+}
+
+fn sync_each(fds: &[RawFd]) -> Result<(), (usize, io::Error)> {
     for (i, &fd) in fds.iter().enumerate() {
         // SAFETY: fdatasync on a file descriptor the caller keeps open.
         if unsafe { libc::fdatasync(fd) } != 0 {
-            return Err((base + i, io::Error::last_os_error()));
+            return Err((i, io::Error::last_os_error()));
         }
     }
     Ok(())
 }
 
-/// Submit what is queued and collect `n` completions; reports the first failure.
-fn wait(ring: &mut Uring, done: &mut [Completion; ROUND], n: usize) -> Result<(), (usize, io::Error)> {
+/// Queue an fdatasync per fd (at most [`ROUND`], on an idle ring), submit them together
+/// and collect every completion; reports the first failed file.
+fn sync_on_ring(ring: &mut Uring, done: &mut [Completion; ROUND], fds: &[RawFd]) -> Result<(), RingError> {
+    for (i, &fd) in fds.iter().enumerate() {
+        ring.fdatasync(fd, i as u64).map_err(RingError::Ring)?;
+    }
     let mut got = 0;
     let mut first_err = None;
-    while got < n {
+    while got < fds.len() {
         if let Err(e) = ring.submit_and_wait(1) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // The ring is unusable; what was queued may still run, but we cannot tell.
-            return Err((got, e));
+            return Err(RingError::Ring(e));
         }
-        let k = ring.reap_into(&mut done[..n - got]);
+        let k = ring.reap_into(&mut done[..fds.len() - got]);
         for c in &done[..k] {
             if let (Err(e), None) = (c.io_result(), &first_err) {
-                first_err = Some((c.user_data as usize, e));
+                first_err = Some(RingError::File(c.user_data as usize, e));
             }
         }
         got += k;
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_err.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -162,6 +162,8 @@ impl Record {
 pub struct TlogWriter {
     file: File,
     direct: Option<DirectLog>,
+    /// One encoded batch (reused).
+    scratch: Vec<u8>,
     epoch: u64,
     seq: u32,
     len: u64,
@@ -186,7 +188,7 @@ const ZERO_CHUNK: u64 = 1 << 20;
 impl TlogWriter {
     /// Continue a TLog file whose valid content is `len` bytes with `next_seq` batches.
     pub fn new(file: File, epoch: u64, len: u64, next_seq: u32) -> TlogWriter {
-        TlogWriter { file, direct: None, epoch, seq: next_seq, len }
+        TlogWriter { file, direct: None, scratch: Vec::new(), epoch, seq: next_seq, len }
     }
 
     /// Create the (new, empty) TLog file of `epoch` at `path`; `direct`: write batches
@@ -237,19 +239,29 @@ impl TlogWriter {
         if count == 0 {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         encode_batch(&mut buf, self.epoch, self.seq, count, payload);
+        let res = self.write_encoded(&buf);
+        self.scratch = buf;
+        res
+    }
+
+    fn write_encoded(&mut self, buf: &[u8]) -> Result<()> {
         if self.direct.is_some() {
-            if let Err(e) = self.write_direct(&buf) {
-                // Fall back to the page cache (and a sync of this file) from here on.
-                tracing::warn!(epoch = self.epoch, error = %e, "O_DIRECT TLog write failed; writing through the page cache");
-                self.direct = None;
-            } else {
-                self.seq += 1;
-                return Ok(());
+            match self.write_direct(buf) {
+                Ok(()) => {
+                    self.seq += 1;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Fall back to the page cache (and a sync of this file) from here on.
+                    tracing::warn!(epoch = self.epoch, error = %e, "O_DIRECT TLog write failed; writing through the page cache");
+                    self.direct = None;
+                }
             }
         }
-        self.file.write_all_at(&buf, self.len).ctx(|| format!("cannot write TLog {}", self.epoch))?;
+        self.file.write_all_at(buf, self.len).ctx(|| format!("cannot write TLog {}", self.epoch))?;
         self.len += buf.len() as u64;
         self.seq += 1;
         Ok(())
@@ -426,6 +438,14 @@ mod tests {
         let mut w = TlogWriter::create(&path, 5, true).unwrap();
         let dev = std::fs::metadata(&path).unwrap().dev();
         let direct = w.covered_by(dev);
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(t.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the struct for a valid path.
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut sfs) }, 0);
+        #[allow(clippy::unnecessary_cast)]
+        if sfs.f_type as i64 == 0xEF53 {
+            assert!(direct, "ext4 supports O_DIRECT TLog batches");
+        }
         let mut want = Vec::new();
         for i in 0..40u64 {
             let recs: Vec<Record> = (0..=i % 7)
@@ -439,6 +459,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         if direct {
             assert!(bytes.len() >= 1 << 20, "zeroed region: {}", bytes.len());
+            // Every batch starts on a fresh sector: the second one right after the first's.
+            assert_eq!(&bytes[512..516], &MAGIC.to_le_bytes());
+            assert!(bytes[100..512].iter().all(|&b| b == 0), "padding after the first batch");
         }
         // As a crash would leave it: batches, padding, zeroed tail.
         let p = parse(&bytes, 5);

@@ -2,6 +2,7 @@
 //! data patterns.
 #![allow(dead_code)]
 
+pub mod hooked_store;
 pub mod s3;
 
 use std::path::Path;
@@ -117,4 +118,24 @@ pub fn damage_frame_and_check(store: &dyn logdisk::backend::ObjectStore, vol: &l
     // The error reaches a block frontend as an EIO-class io::Error.
     let e: std::io::Error = vol.read_at(12 * 4096, &mut buf).unwrap_err().into();
     assert!(e.to_string().contains("corrupt"), "{e}");
+}
+
+/// A volume `v` of 8 MiB (4 KiB clusters, 128 KiB SCOs) on `store`, with its write buffer
+/// and a 1 MiB read cache under `dir` and two upload threads.
+pub fn small_volume(
+    store: std::sync::Arc<dyn logdisk::backend::ObjectStore>,
+    dir: &Path,
+    opts: logdisk::volume::EngineOptions,
+) -> (std::sync::Arc<logdisk::volume::VolumeEnv>, std::sync::Arc<logdisk::volume::Volume>) {
+    use logdisk::volume::{read_cache::ReadCache, Volume, VolumeEnv, VolumeMeta};
+    let env = std::sync::Arc::new(VolumeEnv::new(
+        store.clone(),
+        std::sync::Arc::new(ReadCache::create(&dir.join("cache"), 1 << 20, true).unwrap()),
+        logdisk::backend::uploader::Uploader::start(2),
+        opts,
+    ));
+    let mut meta = VolumeMeta::new("v", 8 << 20, 4096, 128 << 10);
+    meta.store_new_version(store.as_ref(), true).unwrap();
+    let vol = Volume::open(env.clone(), meta, dir.join("wb"), false).unwrap();
+    (env, vol)
 }
