@@ -26,7 +26,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 14] = [
+    let series: [(&str, &str, &str, Get); 15] = [
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
@@ -40,6 +40,9 @@ pub fn render(state: &DaemonState) -> String {
         ("uploaded_bytes_total", "counter", "Raw SCO bytes uploaded.", |_, s| s.uploaded_bytes as f64),
         ("uploaded_stored_bytes_total", "counter", "Stored (compressed) SCO bytes uploaded.", |_, s| {
             s.uploaded_stored_bytes as f64
+        }),
+        ("upload_frames_read_total", "counter", "SCO frames read back at upload for their checksum.", |_, s| {
+            s.upload_frames_read as f64
         }),
         ("write_buffer_bytes", "gauge", "Local data not yet in the object store.", |_, s| s.wb_bytes as f64),
         ("write_buffer_uploaded_bytes", "gauge", "Uploaded data still kept locally (evictable).", |_, s| {

@@ -202,6 +202,10 @@ impl Inflight {
             slot.ranges.push((start, slot.iovs.len()));
             at += seg.len;
         }
+        if write {
+            // SAFETY: the iovecs point into mapped guest memory checked by the parser.
+            unsafe { slot.plan.checksum_before(&slot.iovs) };
+        }
         for (i, seg) in slot.plan.segs().iter().enumerate() {
             let v = &slot.iovs[slot.ranges[i].0..slot.ranges[i].1];
             if seg.is_zero() {
@@ -455,6 +459,10 @@ impl Inflight {
 fn finish(slot: &mut Slot, target: &dyn BlockTarget, writeback: bool, done: &mut impl FnMut(u16, u32)) {
     let mut ok = !slot.failed;
     if slot.write {
+        if ok {
+            // SAFETY: the iovecs point into guest memory kept mapped by `slot.mem`.
+            unsafe { slot.plan.checksum_after(&slot.iovs) };
+        }
         if let Err(e) = target.finish_write(&mut slot.plan, ok) {
             tracing::warn!("finishing a write: {e}");
             ok = false;

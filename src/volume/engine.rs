@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::checkpoint::CheckpointData;
+use super::cluster_crc;
 use super::dtl_link::{DtlLink, DtlMode};
 use super::iov::{self, iovec, AlignedBuf};
 use super::layers::Layer;
@@ -149,6 +150,8 @@ pub(crate) struct LocalSco {
     /// Uploaded by hard-linking the file into the object store: the object is this
     /// inode, so after eviction the open file still reads the SCO's data.
     pub linked: bool,
+    /// Per cluster, its checksum as written (see `cluster_crc`); taken by the upload.
+    pub crcs: Vec<u64>,
 }
 
 /// Most evicted SCO files kept open because the object store holds the same inode
@@ -266,6 +269,8 @@ pub struct Counters {
     pub throttled: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub uploaded_stored_bytes: AtomicU64,
+    /// Frames read back at upload for their checksum (clusters written without one).
+    pub upload_frames_read: AtomicU64,
 }
 
 /// What flushes own, one flush at a time: the open TLog writers and the ring their syncs go on.
@@ -452,14 +457,19 @@ impl Volume {
                 iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
                 &sub
             };
+            let mut crcs = Vec::with_capacity(take as usize);
+            // SAFETY: `piece` points into the caller's buffers, valid for this call.
+            unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
             let io = file.writev_at(piece, (index as u64) << self.shift);
+            // SAFETY: as above.
+            unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
             let ok = io.is_ok();
             if let (Some(l), true) = (&dtl, ok) {
                 // The data goes to the peer before the record that maps it.
                 let r = l.send_data(file.number, index, cluster + done, self.cs, piece);
                 self.dtl_result(r)?;
             }
-            self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok)?;
+            self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok, &crcs)?;
             if let Err(e) = io {
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
             }
@@ -469,10 +479,26 @@ impl Volume {
     }
 
     /// Finish a reserved write of `take` clusters at `(sco, index)` for `cluster`: map
-    /// them and log the record if the data landed, release the reservation either way.
-    fn commit(&self, st: &mut State, sco: u64, index: u32, cluster: u64, take: u32, ok: bool) -> Result<()> {
+    /// them, keep their checksums (`crcs`, one per cluster, or empty) and log the record
+    /// if the data landed; release the reservation either way.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        st: &mut State,
+        sco: u64,
+        index: u32,
+        cluster: u64,
+        take: u32,
+        ok: bool,
+        crcs: &[u64],
+    ) -> Result<()> {
         if let Some(l) = st.local.get_mut(&sco) {
             l.inflight -= 1;
+            if ok && crcs.len() == take as usize {
+                if let Some(dst) = l.crcs.get_mut(index as usize..index as usize + take as usize) {
+                    dst.copy_from_slice(crcs);
+                }
+            }
         }
         if !ok {
             self.env.uploader.notify();
@@ -507,6 +533,7 @@ impl Volume {
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
+        plan.set_crc_unit(self.cs as usize);
         let cluster = offset >> self.shift;
         let mut done = 0u64;
         while done < n {
@@ -527,8 +554,14 @@ impl Volume {
     pub fn finish_write(&self, plan: &mut IoPlan, ok: bool) -> Result<()> {
         let mut st = self.state.lock();
         let mut res = Ok(());
+        let total: u64 = plan.segs().iter().map(|s| s.len >> self.shift).sum();
+        let all_crcs = if plan.crcs().len() as u64 == total { plan.crcs() } else { &[] };
+        let mut at = 0usize;
         for s in plan.segs() {
-            let r = self.commit(&mut st, s.sco, s.index, s.cluster, (s.len >> self.shift) as u32, ok);
+            let take = (s.len >> self.shift) as u32;
+            let crcs = all_crcs.get(at..at + take as usize).unwrap_or(&[]);
+            at += take as usize;
+            let r = self.commit(&mut st, s.sco, s.index, s.cluster, take, ok, crcs);
             if res.is_ok() {
                 res = r;
             }
@@ -989,6 +1022,8 @@ pub struct VolumeStats {
     pub pending_epochs: u64,
     pub uploaded_bytes: u64,
     pub uploaded_stored_bytes: u64,
+    /// Frames read back at upload for their checksum.
+    pub upload_frames_read: u64,
     pub map_memory_bytes: u64,
     pub upload_error: Option<String>,
     /// Every epoch up to this one is in the object store.
@@ -1015,6 +1050,7 @@ impl Volume {
             pending_epochs: st.uploads.len() as u64,
             uploaded_bytes: self.counters.uploaded_bytes.load(Ordering::Relaxed),
             uploaded_stored_bytes: self.counters.uploaded_stored_bytes.load(Ordering::Relaxed),
+            upload_frames_read: self.counters.upload_frames_read.load(Ordering::Relaxed),
             map_memory_bytes: st.map.memory_bytes(),
             upload_error: st.upload_error.clone(),
             last_uploaded: st.last_uploaded,

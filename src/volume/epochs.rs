@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointData};
+use super::cluster_crc;
 use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume, LINKED_MAX};
 use super::sco_file::ScoFile;
 use super::tlog::{self, Record, TlogWriter};
@@ -92,8 +93,17 @@ impl Volume {
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
         st.next_epoch += 1;
         st.new_tlogs.push(tlog);
-        st.local
-            .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
+        st.local.insert(
+            epoch,
+            LocalSco {
+                file: sco.clone(),
+                clusters: 0,
+                inflight: 0,
+                uploaded: false,
+                linked: false,
+                crcs: vec![cluster_crc::UNKNOWN; self.meta.sco_clusters as usize],
+            },
+        );
         st.open = Some(OpenEpoch {
             epoch,
             sco,
@@ -183,27 +193,56 @@ impl Volume {
 
     /// Upload SCO `epoch` by making its local file the object, when the store is a local
     /// directory on the same filesystem: the frames stay raw, the index and footer are
-    /// appended to the file, and the store hard-links it. Reads the data once (O_DIRECT,
-    /// in chunks) for the frame checksums; nothing is copied. `None`: not possible here.
+    /// appended to the file, and the store hard-links it. Frame checksums come from the
+    /// cluster checksums taken as the data was written; only frames with a cluster
+    /// without one (written before a restart, or whose buffer changed during its write)
+    /// are read back (O_DIRECT, in chunks). Nothing is copied. `None`: not possible here.
     fn adopt_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<Option<usize>> {
         let store = &self.env.store;
         if !self.env.opts.link_local || !store.adopts_files() || len == 0 {
             return Ok(None);
         }
         let frame = self.env.opts.frame_size;
-        let chunk = ((8usize << 20) / frame).max(1) * frame;
-        let mut crcs = Vec::with_capacity((len as usize).div_ceil(frame));
-        upload_buffers::with(chunk, 0, |buf, _| -> Result<()> {
-            let mut off = 0u64;
-            while off < len {
-                let n = (len - off).min(chunk as u64) as usize;
-                let v = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: n }];
-                file.readv_at(&v, off).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-                crcs.extend(buf[..n].chunks(frame).map(crc32c::crc32c));
-                off += n as u64;
-            }
-            Ok(())
-        })?;
+        let cs = 1usize << self.shift;
+        let n_frames = (len as usize).div_ceil(frame);
+        let written = self.state.lock().local.get_mut(&epoch).map(|l| std::mem::take(&mut l.crcs)).unwrap_or_default();
+        let mut crcs: Vec<Option<u32>> = if frame.is_multiple_of(cs) && written.len() as u64 >= len >> self.shift {
+            let per_frame = frame / cs;
+            let combine = cluster_crc::Combiner::new(cs);
+            let clusters = &written[..(len >> self.shift) as usize];
+            clusters.chunks(per_frame).map(|c| combine.all(c)).collect()
+        } else {
+            vec![None; n_frames]
+        };
+        let unknown = crcs.iter().filter(|c| c.is_none()).count();
+        if unknown > 0 {
+            self.counters.upload_frames_read.fetch_add(unknown as u64, Ordering::Relaxed);
+            let chunk = ((8usize << 20) / frame).max(1) * frame;
+            upload_buffers::with(chunk, 0, |buf, _| -> Result<()> {
+                let mut f = 0;
+                while f < n_frames {
+                    if crcs[f].is_some() {
+                        f += 1;
+                        continue;
+                    }
+                    // A run of frames without checksums, read at once.
+                    let mut end = f + 1;
+                    while end < n_frames && crcs[end].is_none() && (end + 1 - f) * frame <= chunk {
+                        end += 1;
+                    }
+                    let off = (f * frame) as u64;
+                    let n = ((end * frame) as u64).min(len) - off;
+                    let v = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: n as usize }];
+                    file.readv_at(&v, off).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+                    for (i, data) in buf[..n as usize].chunks(frame).enumerate() {
+                        crcs[f + i] = Some(crc32c::crc32c(data));
+                    }
+                    f = end;
+                }
+                Ok(())
+            })?;
+        }
+        let crcs: Vec<u32> = crcs.into_iter().map(|c| c.expect("every frame checksummed")).collect();
         let tail = sco_object::raw_tail(len, frame, &crcs);
         // The footer must end the file (a preallocated file may be longer).
         file.set_len(len + tail.len() as u64)?;

@@ -2,6 +2,7 @@
 //! pipeline and restart. Knows nothing of virtio.
 
 pub mod checkpoint;
+pub mod cluster_crc;
 pub mod dtl_link;
 pub mod engine;
 pub mod epochs;

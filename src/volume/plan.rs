@@ -6,6 +6,8 @@
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
+use super::cluster_crc;
+use super::iov::iovec;
 use super::sco_file::ScoFile;
 
 /// Most segments in one plan (a write crossing SCO boundaries, a read of several runs):
@@ -39,11 +41,20 @@ pub struct IoPlan {
     segs: Vec<Seg>,
     /// The files of `segs`, kept open while the IO runs (`None` for zero runs).
     keep: Vec<Option<Arc<ScoFile>>>,
+    /// A write plan's cluster size (0 for reads): its clusters get checksums.
+    crc_unit: usize,
+    /// Per cluster of a write, in order: its checksum (see [`cluster_crc`]).
+    crcs: Vec<u64>,
 }
 
 impl Default for IoPlan {
     fn default() -> Self {
-        IoPlan { segs: Vec::with_capacity(MAX_SEGS), keep: Vec::with_capacity(MAX_SEGS) }
+        IoPlan {
+            segs: Vec::with_capacity(MAX_SEGS),
+            keep: Vec::with_capacity(MAX_SEGS),
+            crc_unit: 0,
+            crcs: Vec::with_capacity(MAX_SEGS),
+        }
     }
 }
 
@@ -60,6 +71,42 @@ impl IoPlan {
     pub fn clear(&mut self) {
         self.segs.clear();
         self.keep.clear();
+        self.crc_unit = 0;
+        self.crcs.clear();
+    }
+
+    /// Checksum each cluster of a planned write from `iovs`, the buffers it writes (all
+    /// segments in order), before the IO starts. Does nothing for a read plan.
+    ///
+    /// # Safety
+    /// Every iovec must point to readable memory of its length for the whole call.
+    pub unsafe fn checksum_before(&mut self, iovs: &[iovec]) {
+        self.crcs.clear();
+        if self.crc_unit > 0 {
+            // SAFETY: forwarded contract.
+            unsafe { cluster_crc::compute(iovs, self.crc_unit, &mut self.crcs) };
+        }
+    }
+
+    /// Checksum the same buffers again once the IO is done: clusters whose buffers
+    /// changed meanwhile lose their checksum.
+    ///
+    /// # Safety
+    /// As for [`IoPlan::checksum_before`].
+    pub unsafe fn checksum_after(&mut self, iovs: &[iovec]) {
+        if self.crc_unit > 0 && !self.crcs.is_empty() {
+            // SAFETY: forwarded contract.
+            unsafe { cluster_crc::recheck(iovs, self.crc_unit, &mut self.crcs) };
+        }
+    }
+
+    pub(crate) fn set_crc_unit(&mut self, cluster_size: usize) {
+        self.crc_unit = cluster_size;
+    }
+
+    /// The checksums of a write plan's clusters (empty if none were computed).
+    pub(crate) fn crcs(&self) -> &[u64] {
+        &self.crcs
     }
 
     pub(crate) fn push_file(&mut self, file: &Arc<ScoFile>, file_offset: u64, len: u64, cluster: u64, index: u32) {

@@ -283,7 +283,7 @@ impl Volume {
             } else {
                 state.wb_bytes += clusters as u64 * cs;
             }
-            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
+            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false, crcs: Vec::new() });
         }
         for (e, valid_len, batches, _) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
