@@ -824,6 +824,11 @@ impl Volume {
                 };
                 Error::io(what, e)
             })?;
+            for e in &touched {
+                if let Some(w) = tlogs.get_mut(e) {
+                    w.synced();
+                }
+            }
             for e in &sealed {
                 if let Some(mut w) = tlogs.remove(e) {
                     w.finish();

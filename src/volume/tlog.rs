@@ -172,8 +172,11 @@ pub struct TlogWriter {
 /// The O_DIRECT side of a TLog writer.
 struct DirectLog {
     file: File,
-    /// Bytes `[0, zeroed_end)` are written (records or zeroes) and the size is durable.
+    /// Bytes `[0, zeroed_end)` are written (records or zeroes); their size and blocks
+    /// are durable unless `grown` (the next flush syncs this file, then calls
+    /// [`TlogWriter::synced`]).
     zeroed_end: u64,
+    grown: bool,
     /// The device the file is on.
     dev: u64,
     /// Sector-aligned staging for one batch.
@@ -224,6 +227,7 @@ impl TlogWriter {
         self.direct = Some(DirectLog {
             file: dfile,
             zeroed_end: meta.len(),
+            grown: false,
             dev: meta.dev(),
             buf: super::iov::AlignedBuf::zeroed(64 << 10),
         });
@@ -273,13 +277,13 @@ impl TlogWriter {
         let padded = (batch.len() as u64).next_multiple_of(SECTOR);
         let end = start + padded;
         if end > d.zeroed_end {
-            // Grow the zeroed region: zeroes through the page cache, then make the new
-            // size and blocks durable, so later batches change no metadata.
+            // Grow the zeroed region: zeroes through the page cache. This flush syncs the
+            // file (with the SCOs, at once) so later batches change no metadata.
             let new_end = (end + ZERO_CHUNK).next_multiple_of(ZERO_CHUNK);
             let zeros = vec![0u8; (new_end - d.zeroed_end) as usize];
             self.file.write_all_at(&zeros, d.zeroed_end)?;
-            self.file.sync_data()?;
             d.zeroed_end = new_end;
+            d.grown = true;
         }
         if d.buf.len() < padded as usize {
             d.buf = super::iov::AlignedBuf::zeroed(padded.next_power_of_two() as usize);
@@ -294,7 +298,14 @@ impl TlogWriter {
     /// True if every batch written so far is made durable by a device cache flush that
     /// starts now, such as an fdatasync of another file on device `dev`.
     pub fn covered_by(&self, dev: u64) -> bool {
-        self.direct.as_ref().is_some_and(|d| d.dev == dev)
+        self.direct.as_ref().is_some_and(|d| d.dev == dev && !d.grown)
+    }
+
+    /// The file was just synced (its grown zeroed region is durable).
+    pub fn synced(&mut self) {
+        if let Some(d) = &mut self.direct {
+            d.grown = false;
+        }
     }
 
     /// The epoch is sealed: cut the zeroed tail so the file holds exactly its batches.
