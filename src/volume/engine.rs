@@ -442,6 +442,12 @@ impl Volume {
         Ok(())
     }
 
+    /// Cluster checksums are taken at write time only for uploads by hard link (see
+    /// `Volume::adopt_sco`); an encoded upload checksums the frames it compresses.
+    pub(crate) fn checksums_wanted(&self) -> bool {
+        self.env.opts.link_local && self.env.store.adopts_files()
+    }
+
     /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
     fn write_clusters(&self, cluster: u64, iovs: &[iovec]) -> Result<()> {
         let n = iov::total(iovs) >> self.shift;
@@ -457,12 +463,17 @@ impl Volume {
                 iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
                 &sub
             };
-            let mut crcs = Vec::with_capacity(take as usize);
-            // SAFETY: `piece` points into the caller's buffers, valid for this call.
-            unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
+            let mut crcs = Vec::new();
+            let checksum = self.checksums_wanted();
+            if checksum {
+                // SAFETY: `piece` points into the caller's buffers, valid for this call.
+                unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
+            }
             let io = file.writev_at(piece, (index as u64) << self.shift);
-            // SAFETY: as above.
-            unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
+            if checksum {
+                // SAFETY: as above.
+                unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
+            }
             let ok = io.is_ok();
             if let (Some(l), true) = (&dtl, ok) {
                 // The data goes to the peer before the record that maps it.
@@ -533,7 +544,9 @@ impl Volume {
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
-        plan.set_crc_unit(self.cs as usize);
+        if self.checksums_wanted() {
+            plan.set_crc_unit(self.cs as usize);
+        }
         let cluster = offset >> self.shift;
         let mut done = 0u64;
         while done < n {

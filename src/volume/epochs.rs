@@ -101,7 +101,11 @@ impl Volume {
                 inflight: 0,
                 uploaded: false,
                 linked: false,
-                crcs: vec![cluster_crc::UNKNOWN; self.meta.sco_clusters as usize],
+                crcs: if self.checksums_wanted() {
+                    vec![cluster_crc::UNKNOWN; self.meta.sco_clusters as usize]
+                } else {
+                    Vec::new()
+                },
             },
         );
         st.open = Some(OpenEpoch {
