@@ -47,16 +47,45 @@ fn verified_objects(store: &dyn ObjectStore) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// A small volume over a local directory store on a real disk (hard links, O_DIRECT).
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+    env: Arc<logdisk::volume::VolumeEnv>,
+    vol: Arc<Volume>,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(logdisk::backend::local::LocalStore::open(&dir.path().join("objects")).unwrap());
+        let (env, vol) = common::small_volume(store.clone(), dir.path(), options());
+        Setup { _dir: dir, store, env, vol }
+    }
+
+    /// Seal, wait for every upload, and return the raw bytes of all SCO objects in order
+    /// (every frame verified).
+    fn upload_all(&self) -> Vec<u8> {
+        self.vol.seal().unwrap();
+        wait_uploaded(&self.vol);
+        verified_objects(self.store.as_ref()).into_iter().flat_map(|(_, raw)| raw).collect()
+    }
+
+    fn finish(self) {
+        self.vol.close().unwrap();
+        self.env.uploader.stop();
+    }
+}
+
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
 }
 
 #[test]
 fn written_clusters_upload_without_reading_back() {
-    let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(logdisk::backend::local::LocalStore::open(&t.path().join("objects")).unwrap());
-    let (env, vol) = common::small_volume(store.clone(), t.path(), options());
+    let v = Setup::new();
+    let vol = &v.vol;
     let image = pattern(3 << 20, 1);
     // Odd-sized writes, so buffers cut clusters at many places.
     let mut at = 0usize;
@@ -68,25 +97,19 @@ fn written_clusters_upload_without_reading_back() {
         vol.write_at(at as u64, &image[at..at + n]).unwrap();
         at += n;
     }
-    vol.seal().unwrap();
-    wait_uploaded(&vol);
+    let raw = v.upload_all();
     assert_eq!(vol.stats().upload_frames_read, 0, "every frame's checksum came from the (small) writes");
-    let objects = verified_objects(store.as_ref());
-    let total: usize = objects.iter().map(|(_, raw)| raw.len()).sum();
-    assert_eq!(total, image.len(), "each cluster written once, all in objects");
+    assert!(raw == image, "each cluster written once, in order, all in objects");
     let mut got = vec![0u8; image.len()];
     vol.read_at(0, &mut got).unwrap();
     assert!(got == image);
-    vol.close().unwrap();
-    env.uploader.stop();
+    v.finish();
 }
 
 #[test]
 fn a_buffer_changed_during_its_write_is_read_back_at_upload() {
-    let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(logdisk::backend::local::LocalStore::open(&t.path().join("objects")).unwrap());
-    let (env, vol) = common::small_volume(store.clone(), t.path(), options());
+    let v = Setup::new();
+    let vol = &v.vol;
     vol.write_at(0, &pattern(64 << 10, 2)).unwrap();
 
     // A planned write of 4 clusters at 64 KiB, performed here as the frontend would;
@@ -110,35 +133,27 @@ fn a_buffer_changed_during_its_write_is_read_back_at_upload() {
     unsafe { plan.checksum_after(&iov) };
     vol.finish_write(&mut plan, true).unwrap();
 
-    vol.seal().unwrap();
-    wait_uploaded(&vol);
-    assert!(vol.stats().upload_frames_read >= 1, "the frame of the changed cluster is read back");
+    let raw = v.upload_all();
+    // 16 KiB frames: the first 4 came from the 64 KiB write, the fifth has the changed cluster.
+    assert_eq!(vol.stats().upload_frames_read, 1, "only the frame of the changed cluster is read back");
     // The object verifies and holds what reached the disk.
-    let objects = verified_objects(store.as_ref());
-    let raw: Vec<u8> = objects.into_iter().flat_map(|(_, r)| r).collect();
     assert_eq!(raw.len(), 80 << 10);
     assert!(raw[64 << 10..] == on_disk[..]);
     let mut got = vec![0u8; 16 << 10];
     vol.read_at(64 << 10, &mut got).unwrap();
     assert!(got == on_disk);
-    vol.close().unwrap();
-    env.uploader.stop();
+    v.finish();
 }
 
 #[test]
 fn large_writes_are_checksummed_by_reading_back() {
-    let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(logdisk::backend::local::LocalStore::open(&t.path().join("objects")).unwrap());
-    let (env, vol) = common::small_volume(store.clone(), t.path(), options());
+    let v = Setup::new();
+    let vol = &v.vol;
     let image = pattern(1 << 20, 4);
     vol.write_at(0, &image).unwrap();
-    vol.seal().unwrap();
-    wait_uploaded(&vol);
+    let raw = v.upload_all();
     // 1 MiB in 16 KiB frames.
     assert_eq!(vol.stats().upload_frames_read, 64, "a 1 MiB write carries no checksums");
-    let raw: Vec<u8> = verified_objects(store.as_ref()).into_iter().flat_map(|(_, r)| r).collect();
     assert!(raw == image);
-    vol.close().unwrap();
-    env.uploader.stop();
+    v.finish();
 }

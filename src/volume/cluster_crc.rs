@@ -24,22 +24,28 @@ pub fn get(v: u64) -> Option<u32> {
     (v & KNOWN != 0).then_some(v as u32)
 }
 
-/// Call `f` with each piece of the bytes of `iovs`, cut at every multiple of `cs` bytes
-/// (`first == true` on the first piece of a cluster).
+/// Call `f` with the crc32c of each whole `cs`-byte cluster of the bytes of `iovs`, in
+/// order, whatever the buffer boundaries (a trailing partial cluster is skipped).
 ///
 /// # Safety
 /// Every iovec must point to readable memory of its length for the whole call.
-unsafe fn for_each_piece(iovs: &[iovec], cs: usize, mut f: impl FnMut(&[u8], bool)) {
-    let mut in_cluster = 0usize;
+unsafe fn for_each_cluster(iovs: &[iovec], cs: usize, mut f: impl FnMut(u32)) {
+    let mut crc = 0u32;
+    let mut filled = 0usize;
     for v in iovs {
         let mut at = 0usize;
         while at < v.iov_len {
-            let n = (v.iov_len - at).min(cs - in_cluster);
+            let n = (v.iov_len - at).min(cs - filled);
             // SAFETY: inside the iovec, readable per the caller's contract.
             let piece = unsafe { std::slice::from_raw_parts((v.iov_base as *const u8).add(at), n) };
-            f(piece, in_cluster == 0);
-            in_cluster = (in_cluster + n) % cs;
+            crc = crc32c::crc32c_append(crc, piece);
+            filled += n;
             at += n;
+            if filled == cs {
+                f(crc);
+                crc = 0;
+                filled = 0;
+            }
         }
     }
 }
@@ -48,52 +54,28 @@ unsafe fn for_each_piece(iovs: &[iovec], cs: usize, mut f: impl FnMut(&[u8], boo
 /// `cs` bytes) to `out`.
 ///
 /// # Safety
-/// As for [`for_each_piece`].
+/// As for [`for_each_cluster`].
 pub unsafe fn compute(iovs: &[iovec], cs: usize, out: &mut Vec<u64>) {
-    let mut crc = 0u32;
-    let mut filled = 0usize;
     // SAFETY: forwarded contract.
-    unsafe {
-        for_each_piece(iovs, cs, |piece, first| {
-            if first {
-                crc = 0;
-                filled = 0;
-            }
-            crc = crc32c::crc32c_append(crc, piece);
-            filled += piece.len();
-            if filled == cs {
-                out.push(known(crc));
-            }
-        });
-    }
+    unsafe { for_each_cluster(iovs, cs, |crc| out.push(known(crc))) };
 }
 
 /// Checksum the data in `iovs` again and mark every cluster whose checksum differs from
 /// `crcs` (computed by [`compute`] before the IO) as unknown.
 ///
 /// # Safety
-/// As for [`for_each_piece`].
+/// As for [`for_each_cluster`].
 pub unsafe fn recheck(iovs: &[iovec], cs: usize, crcs: &mut [u64]) {
-    let mut crc = 0u32;
-    let mut filled = 0usize;
     let mut i = 0usize;
     // SAFETY: forwarded contract.
     unsafe {
-        for_each_piece(iovs, cs, |piece, first| {
-            if first {
-                crc = 0;
-                filled = 0;
-            }
-            crc = crc32c::crc32c_append(crc, piece);
-            filled += piece.len();
-            if filled == cs {
-                if let Some(c) = crcs.get_mut(i) {
-                    if *c != known(crc) {
-                        *c = UNKNOWN;
-                    }
+        for_each_cluster(iovs, cs, |crc| {
+            if let Some(c) = crcs.get_mut(i) {
+                if *c != known(crc) {
+                    *c = UNKNOWN;
                 }
-                i += 1;
             }
+            i += 1;
         });
     }
     // Fewer clusters than checksums: the rest cannot be vouched for.

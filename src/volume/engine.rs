@@ -574,12 +574,11 @@ impl Volume {
     pub fn finish_write(&self, plan: &mut IoPlan, ok: bool) -> Result<()> {
         let mut st = self.state.lock();
         let mut res = Ok(());
-        let total: u64 = plan.segs().iter().map(|s| s.len >> self.shift).sum();
-        let all_crcs = if plan.crcs().len() as u64 == total { plan.crcs() } else { &[] };
         let mut at = 0usize;
         for s in plan.segs() {
             let take = (s.len >> self.shift) as u32;
-            let crcs = all_crcs.get(at..at + take as usize).unwrap_or(&[]);
+            // The plan's checksums run over its segments in order (none if not taken).
+            let crcs = plan.crcs().get(at..at + take as usize).unwrap_or(&[]);
             at += take as usize;
             let r = self.commit(&mut st, s.sco, s.index, s.cluster, take, ok, crcs);
             if res.is_ok() {
