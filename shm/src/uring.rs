@@ -33,6 +33,13 @@ impl Completion {
     }
 }
 
+/// Completion-queue entries per submission-queue entry: room for the completions of
+/// many submitted batches before the kernel has to buffer them (see [`Uring::reap_into`]).
+const CQ_PER_SQ: u32 = 8;
+
+/// The kernel's largest completion queue.
+const MAX_CQ: u32 = 65536;
+
 /// An io_uring with a registered completion eventfd.
 pub struct Uring {
     ring: IoUring,
@@ -41,9 +48,10 @@ pub struct Uring {
 }
 
 impl Uring {
-    /// A ring with room for `entries` submissions (rounded up to a power of two by the kernel).
+    /// A ring with room for `entries` submissions (rounded up to a power of two by the kernel)
+    /// and [`CQ_PER_SQ`] times as many completions.
     pub fn new(entries: u32) -> io::Result<Self> {
-        let ring = IoUring::new(entries)?;
+        let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(CQ_PER_SQ).min(MAX_CQ)).build(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         Ok(Uring { ring, eventfd, in_flight: 0 })
@@ -118,12 +126,29 @@ impl Uring {
 
     /// Clear the eventfd and move up to `out.len()` arrived completions into `out`;
     /// returns how many. Call again while it fills `out`.
+    ///
+    /// More operations can be in flight than the completion queue holds (a read scattered
+    /// over many runs is many operations). The kernel then keeps the extra completions in
+    /// its overflow list and moves them into the queue only on an `io_uring_enter`; the
+    /// eventfd was already signalled for them. So once the queue is drained, an overflow is
+    /// flushed here and reaping goes on. Without that, a worker waiting on the eventfd
+    /// would wait forever for completions that have already happened.
     pub fn reap_into(&mut self, out: &mut [Completion]) -> usize {
         let _ = self.eventfd.read();
         let mut n = 0;
-        for cqe in self.ring.completion().take(out.len()) {
-            out[n] = Completion { user_data: cqe.user_data(), result: cqe.result() };
-            n += 1;
+        loop {
+            for cqe in self.ring.completion().take(out.len() - n) {
+                out[n] = Completion { user_data: cqe.user_data(), result: cqe.result() };
+                n += 1;
+            }
+            if n == out.len() || !self.ring.submission().cq_overflow() {
+                break;
+            }
+            // Enters the kernel with GETEVENTS (the crate adds it when the overflow flag
+            // is set), which flushes the overflow list into the completion queue.
+            if self.ring.submit().is_err() {
+                break;
+            }
         }
         self.in_flight = self.in_flight.saturating_sub(n);
         n
@@ -225,5 +250,52 @@ mod tests {
         reap_all(&mut ring, &mut done);
         assert!(done[0].io_result().is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn completions_beyond_the_completion_queue_are_all_reaped() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("logdisk-shm-uring-ovf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data");
+        std::fs::write(&path, vec![0x5au8; 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // Far more reads in flight than the completion queue holds (8 x CQ_PER_SQ), none
+        // reaped until all have completed: the kernel must buffer the rest.
+        const N: usize = 8 * CQ_PER_SQ as usize * 4;
+        let mut bufs = vec![[0u8; 512]; N];
+        let iovs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut _, iov_len: 512 }).collect();
+        for (i, v) in iovs.iter().enumerate() {
+            // SAFETY: `bufs` and `iovs` outlive every completion, all reaped below.
+            unsafe { ring.readv(file.as_raw_fd(), std::slice::from_ref(v), (i % 8) as u64 * 512, i as u64).unwrap() };
+        }
+        ring.submit().unwrap();
+        wait_readable(ring.eventfd());
+        let mut seen = vec![false; N];
+        let mut buf = [Completion { user_data: 0, result: 0 }; 16];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = 0;
+        // As the worker does: reap while the eventfd says so, each time until a short batch.
+        while got < N && std::time::Instant::now() < deadline {
+            let n = ring.reap_into(&mut buf);
+            for c in &buf[..n] {
+                assert_eq!(c.result, 512, "read {} failed", c.user_data);
+                assert!(!std::mem::replace(&mut seen[c.user_data as usize], true), "completion reaped twice");
+            }
+            got += n;
+            if n < buf.len() && got < N {
+                // Nothing left in the queue: only a new eventfd signal would wake a worker.
+                let mut pfd = libc::pollfd { fd: ring.eventfd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
+                assert_eq!(r, 1, "{got} of {N} completions reaped, then no eventfd signal: the rest are stuck");
+            }
+        }
+        assert_eq!(got, N);
+        assert_eq!(ring.in_flight(), 0);
+        assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 0x5a)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
