@@ -251,6 +251,7 @@ mod tests {
         assert!(done[0].io_result().is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
     #[test]
     fn completions_beyond_the_completion_queue_are_all_reaped() {
         let Some(mut ring) = ring_or_skip() else {

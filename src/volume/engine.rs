@@ -455,9 +455,15 @@ impl Volume {
         self.env.opts.link_local && self.env.store.adopts_files()
     }
 
+    /// Whether a write of `len` bytes (the whole request) takes cluster checksums.
+    fn checksum_write(&self, len: u64) -> bool {
+        self.checksums_wanted() && len <= CHECKSUM_MAX_WRITE
+    }
+
     /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
     fn write_clusters(&self, cluster: u64, iovs: &[iovec]) -> Result<()> {
         let n = iov::total(iovs) >> self.shift;
+        let checksum = self.checksum_write(n << self.shift);
         let dtl = self.dtl.read().clone();
         let mut done = 0u64;
         let mut sub = Vec::new();
@@ -471,7 +477,6 @@ impl Volume {
                 &sub
             };
             let mut crcs = Vec::new();
-            let checksum = self.checksums_wanted() && bytes <= CHECKSUM_MAX_WRITE;
             if checksum {
                 // SAFETY: `piece` points into the caller's buffers, valid for this call.
                 unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
@@ -551,7 +556,7 @@ impl Volume {
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
-        if self.checksums_wanted() && len <= CHECKSUM_MAX_WRITE {
+        if self.checksum_write(len) {
             plan.set_crc_unit(self.cs as usize);
         }
         let cluster = offset >> self.shift;
