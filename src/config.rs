@@ -112,19 +112,53 @@ pub struct UploadConfig {
     pub link_local: bool,
 }
 
+/// When the daemon scrubs, and the space each volume and the embedded store may use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScrubConfig {
-    /// The daemon scrubs every served volume this often (0 = never; `logdisk scrub` runs
-    /// one by hand).
+    /// Backstop: the daemon also scrubs every served volume this often, whatever its
+    /// garbage (0 = never; `logdisk scrub` runs one by hand).
     pub interval_secs: u64,
-    /// Rewrite SCOs whose live fraction is below this.
+    /// Live fraction below which `logdisk scrub` (and the backstop) rewrites an SCO.
     pub threshold: f64,
+    /// Scrub a volume when garbage passes this fraction of the data it keeps (and
+    /// `min_garbage`); a pass goes on until garbage is below half of it.
+    pub garbage_ratio: f64,
+    /// ... and only when garbage is at least this much (default: 4 SCOs' worth).
+    pub min_garbage: Option<ByteSize>,
+    /// Guest writes wait for scrub when a volume's data (live + garbage) passes this
+    /// multiple of its live data: the bound on space amplification, whatever the
+    /// guest's write rate (0 = never throttle for garbage).
+    pub max_space_amp: f64,
+    /// How often the daemon looks at each volume's garbage, milliseconds.
+    pub check_interval_ms: u64,
+    /// Live data a scrub copies per second while guests do IO and space is not short
+    /// (0 = no limit). When idle, or when writes wait for scrub, it copies at full speed.
+    pub rate: ByteSize,
+    /// Each volume's space budget as a multiple of its size (0 = none): near it scrub
+    /// runs harder, at it writes wait for scrub, and when live data alone fills it
+    /// writes fail with "no space".
+    pub volume_budget_factor: f64,
+    /// Space budget of the whole object store in bytes, checked by listing it (0 = none).
+    pub store_budget: ByteSize,
+    /// A write that waited this long for scrub to free space fails with "no space".
+    pub throttle_timeout_secs: u64,
 }
 
 impl Default for ScrubConfig {
     fn default() -> Self {
-        ScrubConfig { interval_secs: 3600, threshold: 0.5 }
+        ScrubConfig {
+            interval_secs: 3600,
+            threshold: 0.5,
+            garbage_ratio: 0.25,
+            min_garbage: None,
+            max_space_amp: 1.4,
+            check_interval_ms: 500,
+            rate: ByteSize(256 << 20),
+            volume_budget_factor: 4.0,
+            store_budget: ByteSize(0),
+            throttle_timeout_secs: 30,
+        }
     }
 }
 
@@ -345,6 +379,23 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.scrub.threshold) {
             return Err(Error::Config("scrub.threshold must be between 0 and 1".into()));
+        }
+        let sc = &self.scrub;
+        if !(0.0..1.0).contains(&sc.garbage_ratio) || sc.garbage_ratio == 0.0 {
+            return Err(Error::Config("scrub.garbage_ratio must be above 0 and below 1".into()));
+        }
+        if sc.max_space_amp != 0.0 && sc.max_space_amp <= 1.0 / (1.0 - sc.garbage_ratio) {
+            return Err(Error::Config(format!(
+                "scrub.max_space_amp {} must be 0 (off) or above 1/(1-garbage_ratio) = {:.2}: writes would wait before scrub starts",
+                sc.max_space_amp,
+                1.0 / (1.0 - sc.garbage_ratio)
+            )));
+        }
+        if sc.volume_budget_factor != 0.0 && sc.volume_budget_factor < 1.5 {
+            return Err(Error::Config("scrub.volume_budget_factor must be 0 (off) or at least 1.5".into()));
+        }
+        if sc.check_interval_ms == 0 || sc.check_interval_ms > 60_000 {
+            return Err(Error::Config("scrub.check_interval_ms must be 1..=60000".into()));
         }
         self.s3.validate()?;
         Ok(())

@@ -96,6 +96,18 @@ pub struct VolumeInfo {
     pub dtl: Option<DtlInfo>,
     #[serde(default)]
     pub uploads_paused: bool,
+    /// Bytes some map (current or snapshot) references.
+    #[serde(default)]
+    pub live_bytes: u64,
+    /// Object-store bytes per live byte.
+    #[serde(default)]
+    pub space_amplification: f64,
+    /// Bytes put to the object store per byte the guests wrote, since the daemon started.
+    #[serde(default)]
+    pub write_amplification: f64,
+    /// The scrubber's view: state (ok, scrubbing, throttled, full), why, budget, passes.
+    #[serde(default)]
+    pub space: Option<crate::volume::space::SpaceFigures>,
 }
 
 /// DTL part of `volume info`.
@@ -184,6 +196,7 @@ impl DataDir {
                 .then(|| Duration::from_secs(c.write_buffer.seal_after_secs)),
             drain_timeout: Duration::from_secs(c.upload.drain_timeout_secs),
             link_local: c.upload.link_local,
+            space_wait: Duration::from_secs(c.scrub.throttle_timeout_secs),
         };
         let env = Arc::new(VolumeEnv::new(self.store.clone(), cache, Uploader::start(c.upload.concurrency), opts));
         self.env = Some(env.clone());
@@ -412,6 +425,14 @@ impl DataDir {
             }
         }
         let space = vol.space()?;
+        let usage = vol.usage();
+        let live_bytes = usage.live * vol.cluster_size();
+        let stored_bytes: u64 = objs.iter().map(|o| o.size).sum();
+        let mut figures = vol.space.figures();
+        figures.live_bytes = live_bytes;
+        figures.garbage_bytes = usage.garbage * vol.cluster_size();
+        figures.log_bytes = usage.log * vol.cluster_size();
+        let guest_bytes = vol.counters.write_bytes.load(std::sync::atomic::Ordering::Relaxed);
         let settings = self.local_settings(&m.name)?;
         let dtl = match (vol.dtl_status(), settings.dtl) {
             (Some((d, state, detail)), _) => {
@@ -440,7 +461,15 @@ impl DataDir {
             read_only: m.read_only,
             backend: self.backend_url(),
             written_bytes: s.mapped_clusters * m.cluster_size as u64,
-            stored_bytes: objs.iter().map(|o| o.size).sum(),
+            stored_bytes,
+            live_bytes,
+            space_amplification: if live_bytes == 0 { 1.0 } else { stored_bytes as f64 / live_bytes as f64 },
+            write_amplification: if guest_bytes == 0 {
+                0.0
+            } else {
+                s.uploaded_stored_bytes as f64 / guest_bytes as f64
+            },
+            space: Some(figures),
             objects: objs.len() as u64,
             pending_upload_bytes: s.wb_bytes,
             compression_ratio: if stored == 0 { 1.0 } else { raw as f64 / stored as f64 },

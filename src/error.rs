@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("volume {volume}: no space: {detail}")]
+    NoSpace { volume: String, detail: String },
     #[error("volume is shut down")]
     ShutDown,
     #[error("DTL server refused ({code}): {message}")]
@@ -62,6 +64,7 @@ impl Error {
                 io::Error::new(io::ErrorKind::InvalidInput, self.to_string())
             }
             Error::ReadOnly(_) => io::Error::new(io::ErrorKind::PermissionDenied, self.to_string()),
+            Error::NoSpace { .. } => io::Error::new(io::ErrorKind::StorageFull, self.to_string()),
             _ => io::Error::other(self.to_string()),
         }
     }

@@ -89,9 +89,9 @@ impl Drop for Uploader {
     }
 }
 
-/// Uploads are background work: the guest's IO (queue workers) gets the CPU first and
+/// Uploads (and scrub) are background work: the guest's IO (queue workers) gets the CPU first and
 /// the write buffer absorbs the difference. Lowers this thread's scheduling priority.
-fn background_priority() {
+pub(crate) fn background_priority() {
     // SAFETY: plain syscalls on the calling thread.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;

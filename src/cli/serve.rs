@@ -17,6 +17,7 @@ use logdisk::datadir::DataDir;
 use logdisk::frontend::volume_target::VolumeTarget;
 use logdisk::frontend::{spawn_device, ServeOptions};
 use logdisk::units::format_size;
+use logdisk::volume::scrubber::Scrubber;
 
 fn resolve_group(g: &str) -> Result<u32> {
     if let Ok(n) = g.parse::<u32>() {
@@ -30,45 +31,6 @@ fn resolve_group(g: &str) -> Result<u32> {
     }
     // SAFETY: non-null group entry.
     Ok(unsafe { (*gr).gr_gid })
-}
-
-/// Scrub every served (writable) volume every `scrub.interval_secs`; returns the stop flag.
-fn start_periodic_scrub(state: &Arc<DaemonState>) -> Arc<std::sync::atomic::AtomicBool> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = Arc::new(AtomicBool::new(false));
-    let cfg = state.data_dir.lock().config().scrub.clone();
-    if cfg.interval_secs == 0 {
-        return stop;
-    }
-    let (st, stop2) = (Arc::downgrade(state), stop.clone());
-    let every = std::time::Duration::from_secs(cfg.interval_secs);
-    let spawned = std::thread::Builder::new().name("scrub".into()).spawn(move || {
-        let mut next = std::time::Instant::now() + every;
-        while !stop2.load(Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            if std::time::Instant::now() < next {
-                continue;
-            }
-            next = std::time::Instant::now() + every;
-            let Some(state) = st.upgrade() else { return };
-            for (name, vol) in state.served.iter().filter(|(_, v)| !v.read_only()) {
-                if stop2.load(Ordering::SeqCst) {
-                    return;
-                }
-                match vol.scrub(cfg.threshold) {
-                    Ok(r) if r.scos_deleted > 0 => {
-                        tracing::info!(volume = %name, deleted = r.scos_deleted, freed = r.freed_bytes, "periodic scrub")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(volume = %name, error = %e, "periodic scrub failed; retried next period"),
-                }
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the periodic scrub");
-    }
-    stop
 }
 
 pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
@@ -120,7 +82,15 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         println!("metrics on http://{local}/metrics");
     }
 
-    let scrubber = start_periodic_scrub(&state);
+    // Garbage-driven scrub of every open writable volume (and the clock as a backstop).
+    let mut scrubber = {
+        let mut dd = state.data_dir.lock();
+        let cfg = dd.config().scrub.clone();
+        let served = Arc::downgrade(&state);
+        let volumes =
+            Box::new(move || served.upgrade().map(|s| s.served.values().cloned().collect()).unwrap_or_default());
+        Scrubber::start(dd.env()?, volumes, cfg, root.clone()).context("cannot start the scrubber")?
+    };
 
     let mut devices = Vec::new();
     for (name, vol) in &order {
@@ -153,7 +123,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         }
     }
     control.stop();
-    scrubber.store(true, std::sync::atomic::Ordering::SeqCst);
+    scrubber.stop();
     let mut failed = false;
     for (name, vol) in &order {
         match vol.close() {

@@ -264,6 +264,32 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
     println!("compression ratio:  {:.2}", info.compression_ratio);
     println!("map memory:         {}", format_size(info.map_memory_bytes));
     println!("garbage:            {} (scrub reclaims it)", format_size(info.garbage_bytes));
+    println!("live:               {}", format_size(info.live_bytes));
+    println!("space amplification: {:.2} (object store / live)", info.space_amplification);
+    if info.write_amplification > 0.0 {
+        println!(
+            "write amplification: {:.2} (put to the store / written by guests, since start)",
+            info.write_amplification
+        );
+    }
+    if let Some(f) = &info.space {
+        let budget =
+            if f.budget_bytes > 0 { format!(", budget {}", format_size(f.budget_bytes)) } else { String::new() };
+        println!("space:              {}{budget}", f.state);
+        if let Some(r) = &f.reason {
+            println!("  why:              {r}");
+        }
+        if f.scrub_passes > 0 || f.throttled_writes > 0 {
+            println!(
+                "scrub:              {} passes, moved {}, freed {} (last pass {}/s); {} writes waited for space",
+                f.scrub_passes,
+                format_size(f.scrub_moved_bytes),
+                format_size(f.scrub_freed_bytes),
+                format_size(f.scrub_rate),
+                f.throttled_writes
+            );
+        }
+    }
     if info.template {
         println!("template:           yes (read-only clone parent)");
     }

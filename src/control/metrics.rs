@@ -74,6 +74,46 @@ pub fn render(state: &DaemonState) -> String {
     for (name, kind, help, get) in series {
         metric(name, kind, help, &mut vols.iter().zip(&stats).map(|((n, v), s)| (label(n), get(v, s))));
     }
+    // Space: the scrubber's last look at each volume (no accounting per scrape).
+    let figures: Vec<_> = vols.iter().map(|(_, v)| v.space.figures()).collect();
+    type Space = fn(&crate::volume::Volume, &crate::volume::space::SpaceFigures) -> f64;
+    let space: [(&str, &str, &str, Space); 11] = [
+        ("live_bytes", "gauge", "Bytes some map (current or snapshot) references.", |_, f| f.live_bytes as f64),
+        ("garbage_bytes", "gauge", "Bytes of the log nothing references (scrub reclaims them).", |_, f| {
+            f.garbage_bytes as f64
+        }),
+        ("log_bytes", "gauge", "Raw bytes of the volume's log, live and garbage.", |_, f| f.log_bytes as f64),
+        ("space_amplification", "gauge", "Log bytes per live byte.", |_, f| f.space_amplification()),
+        ("write_amplification", "gauge", "Bytes put to the object store per byte written by guests.", |v, _| {
+            let w = v.counters.write_bytes.load(Ordering::Relaxed);
+            if w == 0 {
+                0.0
+            } else {
+                v.counters.uploaded_stored_bytes.load(Ordering::Relaxed) as f64 / w as f64
+            }
+        }),
+        ("space_budget_bytes", "gauge", "The volume's space budget (0: none).", |_, f| f.budget_bytes as f64),
+        (
+            "space_state",
+            "gauge",
+            "0 ok, 1 scrubbing, 2 writes wait for scrub, 3 writes fail (no space).",
+            |_, f| match f.state.as_str() {
+                "scrubbing" => 1.0,
+                "throttled" => 2.0,
+                "full" => 3.0,
+                _ => 0.0,
+            },
+        ),
+        ("scrub_passes_total", "counter", "Scrub passes.", |_, f| f.scrub_passes as f64),
+        ("scrub_moved_bytes_total", "counter", "Live bytes scrub copied.", |_, f| f.scrub_moved_bytes as f64),
+        ("scrub_freed_bytes_total", "counter", "Object-store bytes scrub freed.", |_, f| f.scrub_freed_bytes as f64),
+        ("space_throttled_writes_total", "counter", "Guest writes that waited for scrub to free space.", |_, f| {
+            f.throttled_writes as f64
+        }),
+    ];
+    for (name, kind, help, get) in space {
+        metric(name, kind, help, &mut vols.iter().zip(&figures).map(|((n, v), f)| (label(n), get(v, f))));
+    }
     if let Some((_, v)) = vols.first() {
         let (hits, misses) = v.cache_stats();
         metric(

@@ -158,6 +158,16 @@ impl BlkDevice {
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut pending = 0u32;
         loop {
+            if !self.target.write_admitted() {
+                // Space is short: complete what is in flight (scrub waits for those
+                // writes' SCOs), then wait for scrub before taking more requests.
+                self.complete_ring(ws, queue, true);
+                if let Err(e) = self.target.wait_writable() {
+                    if ws.warn.allow() {
+                        tracing::warn!(queue, "{e}");
+                    }
+                }
+            }
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
             let Some(chain) = chain else { break };
             let head = chain.head_index();

@@ -25,6 +25,15 @@ pub trait BlockTarget: Send + Sync + 'static {
     fn read_vectored(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
     /// Write `sum(bufs)` bytes at `offset` from the buffers.
     fn write_vectored(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+    /// Writes may start without waiting (space is not short). Cheap: asked per request.
+    fn write_admitted(&self) -> bool {
+        true
+    }
+    /// Wait until writes may start (scrub freed space); an error when they cannot. The
+    /// caller holds no write in flight (their space could be what is waited for).
+    fn wait_writable(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
     /// Unmap a range: it then reads as zeroes.

@@ -43,6 +43,14 @@ impl BlockTarget for VolumeTarget {
         self.vol.write_iovecs(offset, iov::from_slices(bufs)).map_err(io::Error::from)
     }
 
+    fn write_admitted(&self) -> bool {
+        self.vol.space_admits()
+    }
+
+    fn wait_writable(&self) -> io::Result<()> {
+        self.vol.wait_for_space().map_err(io::Error::from)
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.vol.flush().map_err(io::Error::from)
     }

@@ -25,6 +25,7 @@ use super::plan::{IoPlan, MAX_SEGS};
 use super::read_cache::{BlockKey, Fill, ReadCache, BLOCK};
 use super::sco_file::ScoFile;
 use super::snapshots::Snapshots;
+use super::space::Admit;
 use super::sync_set::SyncSet;
 use super::tlog::{Record, TlogWriter};
 use crate::backend::sco_object::Codec;
@@ -45,6 +46,8 @@ pub struct EngineOptions {
     pub drain_timeout: Duration,
     /// Upload SCOs to a local directory store by hard link when it can take them.
     pub link_local: bool,
+    /// A guest write waits at most this long for scrub to free space.
+    pub space_wait: Duration,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +61,7 @@ impl Default for EngineOptions {
             seal_after: Some(Duration::from_secs(60)),
             drain_timeout: Duration::from_secs(120),
             link_local: true,
+            space_wait: Duration::from_secs(30),
         }
     }
 }
@@ -191,6 +195,9 @@ pub(crate) struct State {
     pub checkpoint_due: Option<CheckpointData>,
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
+    /// Clusters of the volume's log: every SCO kept (sealed, open), live or garbage.
+    /// Grows with each reservation; the scrubber recounts it.
+    pub log_clusters: u64,
     pub checkpoint_running: bool,
     pub last_uploaded: u64,
     pub failed: Option<String>,
@@ -221,6 +228,7 @@ impl State {
             last_checkpoint: 0,
             checkpoint_due: None,
             sco_sizes: BTreeMap::new(),
+            log_clusters: 0,
             checkpoint_running: false,
             last_uploaded: 0,
             failed: None,
@@ -303,6 +311,8 @@ pub struct Volume {
     rmw: Mutex<()>,
     /// One scrub at a time per volume.
     pub(crate) scrub_lock: Mutex<()>,
+    /// Space limits guest writes pass (set by the scrubber) and space figures.
+    pub space: super::space::SpaceGate,
     /// End of the previous read: a read starting there is sequential (read-ahead).
     last_read_end: AtomicU64,
     pub counters: Counters,
@@ -353,6 +363,7 @@ impl Volume {
             spare,
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
+            space: super::space::SpaceGate::default(),
             last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             dtl: RwLock::new(None),
@@ -468,7 +479,7 @@ impl Volume {
         let mut done = 0u64;
         let mut sub = Vec::new();
         while done < n {
-            let (file, index, take) = self.reserve(n - done)?;
+            let (file, index, take) = self.reserve(n - done, true)?;
             let bytes = (take as u64) << self.shift;
             let piece: &[iovec] = if done == 0 && take as u64 == n {
                 iovs
@@ -562,7 +573,7 @@ impl Volume {
         let cluster = offset >> self.shift;
         let mut done = 0u64;
         while done < n {
-            let (file, index, take) = match self.reserve(n - done) {
+            let (file, index, take) = match self.reserve(n - done, true) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = self.finish_write(plan, false);
@@ -633,10 +644,20 @@ impl Volume {
     }
 
     /// Reserve up to `want` clusters at the tail of the open SCO, throttling while the
-    /// write buffer is full and rolling to a new epoch when the SCO is full.
-    pub(crate) fn reserve(&self, want: u64) -> Result<(Arc<ScoFile>, u32, u32)> {
+    /// write buffer is full (and, for `guest` writes, while space is short: see
+    /// [`super::space`]) and rolling to a new epoch when the SCO is full. Scrub and
+    /// flatten copies pass the space gate: they are how space comes back.
+    pub(crate) fn reserve(&self, want: u64, guest: bool) -> Result<(Arc<ScoFile>, u32, u32)> {
         let mut st = self.state.lock();
         self.check_writable(&st)?;
+        if guest {
+            // Waiting for space is the caller's (`wait_for_space`, before it holds any
+            // reservation: an upload, and so scrub, waits for every reservation of an
+            // SCO to finish); here a write only fails when nothing can be freed.
+            if let Admit::Fail(why) = self.space.admit(st.log_clusters, st.map.mapped()) {
+                return Err(Error::NoSpace { volume: self.name.clone(), detail: why });
+            }
+        }
         let mut throttled = false;
         while st.wb_bytes >= self.env.opts.wb_limit {
             if !throttled {
@@ -674,7 +695,64 @@ impl Volume {
         l.inflight += 1;
         l.clusters = index + take;
         st.wb_bytes += (take as u64) << self.shift;
+        st.log_clusters += take as u64;
+        self.space.refresh(st.log_clusters, st.map.mapped());
         Ok((file, index, take))
+    }
+
+    /// Recompute whether writes must wait (after the limits changed) and wake waiters.
+    pub(crate) fn refresh_space(&self) {
+        let st = self.state.lock();
+        self.space.refresh(st.log_clusters, st.map.mapped());
+        drop(st);
+        self.progress.notify_all();
+    }
+
+    /// Writes may go on without waiting for scrub (one atomic load).
+    pub fn space_admits(&self) -> bool {
+        self.space.admits()
+    }
+
+    /// Wait while space is short, until scrub frees some; [`Error::NoSpace`] when nothing
+    /// can be freed or the wait times out. Call it before a write, holding no
+    /// reservation (a frontend first completes the requests it has in flight).
+    pub fn wait_for_space(&self) -> Result<()> {
+        if self.space.admits() {
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        self.wait_for_space_locked(&mut st)
+    }
+
+    fn wait_for_space_locked(&self, st: &mut parking_lot::MutexGuard<'_, State>) -> Result<()> {
+        let start = Instant::now();
+        let timeout = self.env.opts.space_wait;
+        self.space.set_waiting(true);
+        let res = loop {
+            let admit = self.space.admit(st.log_clusters, st.map.mapped());
+            self.space.refresh(st.log_clusters, st.map.mapped());
+            match admit {
+                Admit::Yes => break Ok(()),
+                Admit::Fail(why) => break Err(Error::NoSpace { volume: self.name.clone(), detail: why }),
+                Admit::Wait if start.elapsed() >= timeout => {
+                    break Err(Error::NoSpace {
+                        volume: self.name.clone(),
+                        detail: format!("waited {} s for scrub to free space", timeout.as_secs()),
+                    })
+                }
+                Admit::Wait => {
+                    self.progress.wait_for(st, Duration::from_millis(50));
+                    if let Err(e) = self.check_writable(st) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.space.set_waiting(false);
+        if let Err(e) = &res {
+            tracing::warn!(volume = %self.name, error = %e, "write refused");
+        }
+        res
     }
 
     /// Append a record to the open epoch's pending batch (opening one if needed).
@@ -705,7 +783,7 @@ impl Volume {
         let n = (data.len() as u64 >> self.shift) as u32;
         let mut done = 0u32;
         while done < n {
-            let (file, index, take) = self.reserve((n - done) as u64)?;
+            let (file, index, take) = self.reserve((n - done) as u64, false)?;
             let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
             let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
             let io = file.writev_at(&v, (index as u64) << self.shift);
@@ -1023,7 +1101,9 @@ impl Volume {
 
     // ----- convenience for slices -----
 
+    /// Write `data` at `offset`, first waiting while space is short.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.wait_for_space()?;
         let v = [iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() }];
         self.write_iovecs(offset, &v)
     }

@@ -318,6 +318,7 @@ impl Volume {
                 },
             );
         }
+        state.log_clusters = state.sco_sizes.values().map(|&n| n as u64).sum();
         tracing::info!(
             volume = %name,
             checkpoint = cp_epoch,

@@ -15,6 +15,7 @@ use super::engine::Volume;
 use super::iov::AlignedBuf;
 use super::location::Location;
 use super::map::ClusterMap;
+use super::scrub_policy::{self, Candidate, Goal};
 use super::snapshots::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
@@ -47,6 +48,25 @@ pub struct SpaceReport {
     pub live_bytes: u64,
     /// Every snapshot, with the bytes only it references.
     pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// Live and garbage clusters of a volume's log (see [`Volume::usage`]).
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Clusters of every SCO kept, sealed or open, uploaded or not.
+    pub log: u64,
+    /// Clusters some map references.
+    pub live: u64,
+    /// `log - live`.
+    pub garbage: u64,
+    /// Garbage in uploaded SCOs: what a pass can free without waiting for uploads.
+    pub reclaimable: u64,
+    /// `live` minus the current map's mapped entries (what snapshots hold).
+    pub live_adjust: i64,
+    /// The next epoch to open (ages of SCOs are measured from it).
+    pub newest: u64,
+    /// Uploaded SCOs.
+    pub candidates: Vec<Candidate>,
 }
 
 /// A consistent copy of a volume's maps and what is computed from them.
@@ -168,16 +188,60 @@ impl Volume {
         Ok(rep)
     }
 
+    /// Live and garbage clusters of the volume's whole log (uploaded or not), and the
+    /// uploaded SCOs scrub may rewrite, from the maps and the recorded SCO sizes (no
+    /// object-store request). Also recounts the log the space gate sees.
+    pub fn usage(&self) -> Usage {
+        let (maps, _) = self.all_maps();
+        let mapped = maps[0].mapped();
+        let refs: Vec<&ClusterMap> = maps.iter().collect();
+        let live = live_bitmaps(&refs, self.meta.sco_clusters);
+        drop(refs);
+        drop(maps);
+        let mut st = self.state.lock();
+        let open = st.open.as_ref().map(|o| (o.epoch, o.next_index as u64));
+        let mut u = Usage { newest: st.next_epoch, ..Usage::default() };
+        for (&n, &size) in &st.sco_sizes {
+            let total = size as u64;
+            let l = live.get(&n).map(|b| popcount(b)).unwrap_or(0).min(total);
+            u.log += total;
+            u.live += l;
+            if n <= st.last_uploaded {
+                u.reclaimable += total - l;
+                u.candidates.push(Candidate { sco: n, total, live: l });
+            }
+        }
+        if let Some((e, next)) = open {
+            u.log += next;
+            u.live += live.get(&e).map(|b| popcount(b)).unwrap_or(0).min(next);
+        }
+        u.garbage = u.log - u.live;
+        // Clusters reserved after the maps were copied count as garbage here until the
+        // next look: a small over-estimate, never an under-estimate.
+        st.log_clusters = u.log;
+        u.live_adjust = u.live as i64 - mapped as i64;
+        self.space.refresh(st.log_clusters, st.map.mapped());
+        u
+    }
+
     /// Scrub: rewrite the live data of SCOs whose live fraction is below `threshold`,
     /// delete them and every SCO nothing references. Returns when done.
     pub fn scrub(&self, threshold: f64) -> Result<ScrubReport> {
-        if self.read_only {
-            return Err(Error::ReadOnly(self.name.clone()));
-        }
         if !(0.0..=1.0).contains(&threshold) {
             return Err(Error::InvalidArgument(format!("scrub threshold {threshold} must be between 0 and 1")));
         }
+        self.scrub_pass(&Goal::all_below(threshold), &mut |_| {})
+    }
+
+    /// One scrub pass: delete dead SCOs and rewrite the victims `goal` picks (cost-benefit
+    /// order); `pace(bytes)` is called after each copied run (the scrubber sleeps there
+    /// to leave the disk to guests).
+    pub fn scrub_pass(&self, goal: &Goal, pace: &mut dyn FnMut(u64)) -> Result<ScrubReport> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.name.clone()));
+        }
         let _one = self.scrub_lock.lock();
+        let started = std::time::Instant::now();
         // Only SCOs in the object store are candidates: upload everything sealed first.
         self.flush()?;
         self.upload_all("before scrubbing; scrub again later")?;
@@ -185,17 +249,17 @@ impl Volume {
         let Accounting { maps, live, sizes, last_uploaded, .. } = self.accounting();
         let objects = self.sco_objects()?;
         let mut rep = ScrubReport::default();
-        let mut victims = Vec::new();
-        let mut dead = Vec::new();
-        for (&n, _) in objects.iter().filter(|(n, _)| **n <= last_uploaded) {
-            rep.scos_examined += 1;
-            let total = sizes.get(&n).copied().unwrap_or(0) as u64;
-            match live.get(&n).map(|b| popcount(b)).unwrap_or(0) {
-                0 => dead.push(n),
-                l if (l as f64) < threshold * total as f64 => victims.push(n),
-                _ => {}
-            }
-        }
+        let cands: Vec<Candidate> = objects
+            .keys()
+            .filter(|n| **n <= last_uploaded)
+            .map(|&n| {
+                let total = sizes.get(&n).copied().unwrap_or(0) as u64;
+                Candidate { sco: n, total, live: live.get(&n).map(|b| popcount(b)).unwrap_or(0) }
+            })
+            .collect();
+        rep.scos_examined = cands.len() as u64;
+        let newest = self.state.lock().next_epoch;
+        let (dead, victims) = scrub_policy::choose(&cands, newest, goal);
 
         // Which clusters (in any map) point into each victim: the map rewrite visits
         // only those.
@@ -219,7 +283,9 @@ impl Volume {
             let bitmap = &live[&v];
             let total = sizes.get(&v).copied().unwrap_or(0);
             for (index, count) in runs(bitmap, total) {
-                rep.moved_bytes += self.move_run(Location::new(v, index), count, &holders, &mut moved)?;
+                let b = self.move_run(Location::new(v, index), count, &holders, &mut moved)?;
+                rep.moved_bytes += b;
+                pace(b);
             }
             rep.scos_rewritten += 1;
             crate::fault::point("scrub-after-first-copy");
@@ -248,7 +314,9 @@ impl Volume {
             rep.scos_deleted += 1;
             crate::fault::point("scrub-after-first-delete");
             let mut st = self.state.lock();
-            st.sco_sizes.remove(n);
+            if let Some(c) = st.sco_sizes.remove(n) {
+                st.log_clusters = st.log_clusters.saturating_sub(c as u64);
+            }
             st.linked.remove(n);
             if let Some(l) = st.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
@@ -258,6 +326,12 @@ impl Volume {
                 }
             }
         }
+        // Writers waiting for space look again.
+        {
+            let st = self.state.lock();
+            self.space.refresh(st.log_clusters, st.map.mapped());
+        }
+        self.progress.notify_all();
         // Unlinking a large file takes a while: never under the volume lock.
         for p in unlink {
             let _ = std::fs::remove_file(p);
@@ -280,7 +354,18 @@ impl Volume {
                 st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
             }
         }
-        tracing::info!(volume = %self.name, ?rep, "scrub finished");
+        let secs = started.elapsed().as_secs_f64();
+        self.space.update(|f| {
+            f.scrub_passes += 1;
+            f.scrub_moved_bytes += rep.moved_bytes;
+            f.scrub_freed_bytes += rep.freed_bytes;
+            f.scrub_rate = (rep.freed_bytes as f64 / secs.max(1e-3)) as u64;
+        });
+        if rep.scos_deleted > 0 {
+            tracing::info!(volume = %self.name, ?rep, secs, "scrub pass finished");
+        } else {
+            tracing::debug!(volume = %self.name, ?rep, "scrub pass: nothing to reclaim");
+        }
         Ok(rep)
     }
 

@@ -45,6 +45,9 @@ struct Args {
     /// Block size (512-byte multiple; binary units: 4k, 1M)
     #[arg(long, default_value = "4k", value_parser = parse_size)]
     bs: u64,
+    /// Random patterns: sizes vary from --bs to this (in --bs steps), fio's bsrange
+    #[arg(long, value_parser = parse_size)]
+    bs_max: Option<u64>,
     /// Requests in flight in total, spread over the queues (queues used = min(queues, iodepth))
     #[arg(long, default_value_t = 32)]
     iodepth: usize,
@@ -293,6 +296,10 @@ fn run() -> Result<()> {
     if a.bs == 0 || a.bs % 512 != 0 || a.prefill_bs == 0 || a.prefill_bs % 512 != 0 {
         bail!("--bs and --prefill-bs must be non-zero multiples of 512");
     }
+    let bs_max = a.bs_max.unwrap_or(a.bs);
+    if bs_max < a.bs || bs_max % a.bs != 0 {
+        bail!("--bs-max must be a multiple of --bs");
+    }
     if a.offset % 512 != 0 {
         bail!("--offset must be a multiple of 512");
     }
@@ -321,7 +328,7 @@ fn run() -> Result<()> {
     let mut dev = Device::connect(&a.socket, nq, !a.no_event_idx, Duration::from_secs_f64(a.wait))?;
     let info = dev.info.clone();
     let max_seg = if info.size_max > 0 { u64::from(info.size_max) } else { u64::MAX };
-    if a.bs > max_seg || (a.prefill && a.prefill_bs > max_seg) {
+    if bs_max > max_seg || (a.prefill && a.prefill_bs > max_seg) {
         bail!("block size above the device's size_max ({max_seg} bytes): one data descriptor per request");
     }
     if a.fsync_every > 0 && !info.flush {
@@ -343,7 +350,7 @@ fn run() -> Result<()> {
     }
 
     // Guest memory: rings (64 KiB per queue), headers+status (32 bytes per slot), data.
-    let buf = a.bs.max(if a.prefill { a.prefill_bs } else { 0 }).next_multiple_of(4096);
+    let buf = bs_max.max(if a.prefill { a.prefill_bs } else { 0 }).next_multiple_of(4096);
     let meta_base = nq as u64 * (64 << 10);
     let data_base = (meta_base + (nq * slots * 32) as u64).next_multiple_of(1 << 20);
     let mem_size = (data_base + (nq * slots) as u64 * buf).next_multiple_of(2 << 20);
@@ -378,6 +385,7 @@ fn run() -> Result<()> {
     let base = Spec {
         rw: a.rw,
         bs: a.bs,
+        bs_max,
         offset: a.offset,
         len: size,
         rwmixread: a.rwmixread,

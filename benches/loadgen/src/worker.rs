@@ -50,6 +50,8 @@ impl Rw {
 pub struct Spec {
     pub rw: Rw,
     pub bs: u64,
+    /// Random patterns: each request is 1 to `bs_max / bs` blocks.
+    pub bs_max: u64,
     /// Region (bytes) the IO covers.
     pub offset: u64,
     pub len: u64,
@@ -242,8 +244,11 @@ pub fn run_queue(
                 return false;
             }
         }
+        let blocks =
+            if spec.rw.random() && spec.bs_max > bs { (1 + rng.below(spec.bs_max / bs)).min(blocks_total) } else { 1 };
+        let len = blocks * bs;
         let block = if spec.rw.random() {
-            rng.below(blocks_total)
+            rng.below(blocks_total - blocks + 1)
         } else {
             if spec.once && seq_next >= share {
                 return false;
@@ -264,11 +269,11 @@ pub fn run_queue(
         };
         let a = ctx.slots[slot];
         if !read && spec.verify {
-            stamp(ctx.mem.slice_mut(a.data, bs as usize), spec.seed, sector);
+            stamp(ctx.mem.slice_mut(a.data, len as usize), spec.seed, sector);
         }
         let (t, kind) = if read { (VIRTIO_BLK_T_IN, Kind::Read) } else { (VIRTIO_BLK_T_OUT, Kind::Write) };
-        ctx.vq.push(slot as u16, &a, t, sector, Some((bs as u32, read)));
-        *s = SlotState { kind, sector, len: bs as u32, started: now };
+        ctx.vq.push(slot as u16, &a, t, sector, Some((len as u32, read)));
+        *s = SlotState { kind, sector, len: len as u32, started: now };
         *submitted += 1;
         true
     };

@@ -1,0 +1,304 @@
+//! The scrubber: one background thread per daemon that owns when scrub runs. Every
+//! `scrub.check_interval_ms` it accounts each open writable volume's live and garbage
+//! data, sets the volume's space gate (how much garbage guest writes may leave behind,
+//! the budget, "full"), and runs a bounded scrub pass when garbage passes
+//! `scrub.garbage_ratio`, when a budget or the local disk is near, or when writers wait.
+//! Passes copy at `scrub.rate` while guests do IO and at full speed when the guest is
+//! idle or waiting for space. The clock (`scrub.interval_secs`) stays as a backstop.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::engine::{Volume, VolumeEnv};
+use super::scrub::Usage;
+use super::scrub_policy::Goal;
+use super::space::Limits;
+use crate::config::ScrubConfig;
+use crate::units::format_size;
+
+/// Live data one pass copies at most: 1/32 of the volume's live data, between one and
+/// four SCOs. A pass stays short, so limits are recomputed often and a stop request is
+/// answered soon; and its copies, made before the old SCOs go, overshoot the space
+/// bound by little.
+const PASS_LIVE_FRACTION: u64 = 32;
+const PASS_MAX_SCOS: u64 = 4;
+/// The store is listed (to measure it against `scrub.store_budget`) at most this often.
+const STORE_LIST_EVERY: Duration = Duration::from_secs(5);
+/// Near a budget means above this fraction of it: scrub harder.
+const NEAR: f64 = 0.9;
+/// The local disk is short when less than this fraction (or `DISK_MIN_FREE`) is free.
+const DISK_MIN_FRACTION: f64 = 0.05;
+const DISK_MIN_FREE: u64 = 1 << 30;
+
+/// The running scrubber; [`Scrubber::stop`] (or drop) ends it after the current pass.
+pub struct Scrubber {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the scrubber remembers of one volume.
+struct Watch {
+    next_backstop: Option<Instant>,
+    io_bytes: u64,
+}
+
+/// The store's size against its budget, as of the last listing.
+#[derive(Default)]
+struct StoreUse {
+    used: u64,
+    listed: Option<Instant>,
+}
+
+/// The volumes the scrubber looks after (the daemon's served ones).
+pub type VolumeSource = Box<dyn Fn() -> Vec<Arc<Volume>> + Send>;
+
+struct Run {
+    env: Arc<VolumeEnv>,
+    volumes: VolumeSource,
+    cfg: ScrubConfig,
+    root: PathBuf,
+    stop: Arc<AtomicBool>,
+    watch: HashMap<String, Watch>,
+    store: StoreUse,
+}
+
+impl Scrubber {
+    /// Start looking after the volumes `volumes` returns (read-only ones are skipped);
+    /// `root` is the data dir (its disk is watched).
+    pub fn start(
+        env: Arc<VolumeEnv>,
+        volumes: VolumeSource,
+        cfg: ScrubConfig,
+        root: PathBuf,
+    ) -> std::io::Result<Scrubber> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut run =
+            Run { env, volumes, cfg, root, stop: stop.clone(), watch: HashMap::new(), store: StoreUse::default() };
+        let thread = std::thread::Builder::new().name("scrubber".into()).spawn(move || {
+            crate::backend::uploader::background_priority();
+            run.main();
+        })?;
+        Ok(Scrubber { stop, thread: Some(thread) })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Scrubber {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Run {
+    fn main(&mut self) {
+        let every = Duration::from_millis(self.cfg.check_interval_ms);
+        while !self.stop.load(Ordering::SeqCst) {
+            let busy = self.tick();
+            if busy {
+                continue;
+            }
+            let until = Instant::now() + every;
+            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20).min(every));
+            }
+        }
+    }
+
+    /// One look at every volume; `true` when a pass freed space (look again at once).
+    fn tick(&mut self) -> bool {
+        let vols: Vec<Arc<Volume>> = (self.volumes)().into_iter().filter(|v| !v.read_only()).collect();
+        self.watch.retain(|n, _| vols.iter().any(|v| v.name() == n));
+        let usages: Vec<Usage> = vols.iter().map(|v| v.usage()).collect();
+        let store = self.store_pressure(&vols, &usages);
+        let disk_low = disk_low(&self.root);
+        let mut busy = false;
+        for (v, u) in vols.iter().zip(usages) {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match self.look(v, u, &store, disk_low) {
+                Ok(freed) => busy |= freed,
+                Err(e) => tracing::warn!(volume = %v.name(), error = %e, "scrub failed; retried at the next look"),
+            }
+        }
+        busy
+    }
+
+    /// Measure the store against its budget (listing it at most every few seconds).
+    fn store_pressure(&mut self, vols: &[Arc<Volume>], usages: &[Usage]) -> StorePressure {
+        let budget = self.cfg.store_budget.0;
+        if budget == 0 {
+            return StorePressure::default();
+        }
+        if self.store.listed.is_none_or(|t| t.elapsed() >= STORE_LIST_EVERY) {
+            match self.env.store.list("") {
+                Ok(objs) => {
+                    self.store.used = objs.iter().map(|o| o.size).sum();
+                    self.store.listed = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list the object store to check its budget"),
+            }
+        }
+        let reclaimable: u64 = vols.iter().zip(usages).map(|(v, u)| u.reclaimable * v.cluster_size()).sum();
+        let used = self.store.used;
+        StorePressure {
+            near: used as f64 >= NEAR * budget as f64,
+            short: used >= budget,
+            full: (used >= budget && used.saturating_sub(reclaimable) >= budget).then(|| {
+                format!(
+                    "the object store's budget of {} is reached ({} used) and scrub can free nothing more; delete volumes or snapshots, or raise scrub.store_budget",
+                    format_size(budget),
+                    format_size(used)
+                )
+            }),
+        }
+    }
+
+    /// Set one volume's limits and scrub it if due; `Ok(true)` when space was freed.
+    fn look(&mut self, v: &Arc<Volume>, u: Usage, store: &StorePressure, disk_low: bool) -> crate::error::Result<bool> {
+        let cs = v.cluster_size();
+        let sco = v.meta().sco_clusters as u64;
+        let cfg = &self.cfg;
+        let now = Instant::now();
+        let io = v.counters.read_bytes.load(Ordering::Relaxed) + v.counters.write_bytes.load(Ordering::Relaxed);
+        // interval_secs = 0: no backstop.
+        let backstop = (cfg.interval_secs > 0).then(|| Duration::from_secs(cfg.interval_secs));
+        let w = self
+            .watch
+            .entry(v.name().to_string())
+            .or_insert_with(|| Watch { next_backstop: backstop.map(|b| now + b), io_bytes: io });
+        let guest_active = io != w.io_bytes;
+        w.io_bytes = io;
+
+        let min_garbage = cfg.min_garbage.map_or(4 * sco, |b| b.0 / cs).max(1);
+        let pass_max = (u.live / PASS_LIVE_FRACTION).clamp(sco, PASS_MAX_SCOS * sco);
+        let budget = (cfg.volume_budget_factor > 0.0).then(|| (cfg.volume_budget_factor * v.size() as f64) as u64 / cs);
+        let mut limits = Limits {
+            live_adjust: u.live_adjust,
+            // Room for one pass's copies below the bound.
+            max_garbage: (cfg.max_space_amp > 0.0).then(|| {
+                (((cfg.max_space_amp - 1.0) * u.live as f64) as u64).saturating_sub(pass_max).max(2 * min_garbage)
+            }),
+            max_log: budget,
+            store_short: store.short,
+            full: store.full.clone(),
+        };
+        if let Some(b) = budget {
+            if u.live + 2 * sco >= b {
+                limits.full = Some(format!(
+                    "live data ({}) fills the volume's space budget of {} (scrub.volume_budget_factor {} x its size); delete snapshots or raise the factor",
+                    format_size(u.live * cs),
+                    format_size(b * cs),
+                    cfg.volume_budget_factor
+                ));
+            }
+        }
+        let near_budget = budget.is_some_and(|b| u.log as f64 >= NEAR * b as f64);
+        let pressure = near_budget || store.near || disk_low;
+        let waiting = v.space.writers_waiting();
+        let trigger = u.garbage >= min_garbage && u.garbage as f64 > cfg.garbage_ratio * u.log as f64;
+        v.space.set_limits(&limits);
+        v.refresh_space();
+        let state = match (&limits.full, waiting, trigger || pressure) {
+            (Some(_), _, _) => "full",
+            (None, true, _) => "throttled",
+            (None, false, true) => "scrubbing",
+            _ => "ok",
+        };
+        v.space.update(|f| {
+            f.live_bytes = u.live * cs;
+            f.garbage_bytes = u.garbage * cs;
+            f.log_bytes = u.log * cs;
+            f.budget_bytes = budget.map_or(0, |b| b * cs);
+            f.state = state.into();
+        });
+
+        let scrub_now = match (trigger, pressure, waiting) {
+            (_, _, true) => u.reclaimable > 0,
+            (true, _, _) => true,
+            // Under pressure alone, only when at least an SCO's worth can be freed.
+            (false, true, false) => u.reclaimable >= sco,
+            _ => false,
+        };
+        if !scrub_now && w.next_backstop.is_none_or(|t| now < t) {
+            return Ok(false);
+        }
+        w.next_backstop = backstop.map(|b| now + b);
+        let goal = if scrub_now {
+            // Down to half the trigger (nothing left when space is short).
+            let keep = if pressure || waiting { 0 } else { (cfg.garbage_ratio / 2.0 * u.log as f64) as u64 };
+            Goal {
+                max_live_fraction: if pressure || waiting { 0.98 } else { 0.9 },
+                free_clusters: u.garbage.saturating_sub(keep).max(1),
+                max_moved_clusters: pass_max,
+            }
+        } else {
+            Goal::all_below(cfg.threshold)
+        };
+        let hurry = pressure || waiting || !guest_active || cfg.rate.0 == 0;
+        let mut pace = Pacer::new(if hurry { 0 } else { cfg.rate.0 }, v.clone());
+        let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b))?;
+        if rep.scos_deleted > 0 {
+            tracing::debug!(volume = %v.name(), ?rep, trigger, pressure, waiting, "scrub pass");
+        }
+        Ok(rep.scos_deleted > 0 && scrub_now)
+    }
+}
+
+/// The store budget's state for every volume.
+#[derive(Default)]
+struct StorePressure {
+    near: bool,
+    short: bool,
+    full: Option<String>,
+}
+
+/// Keeps a pass's copying at `rate` bytes per second (0: no limit), unless writers of
+/// the volume start waiting for space.
+struct Pacer {
+    rate: u64,
+    start: Instant,
+    copied: u64,
+    vol: Arc<Volume>,
+}
+
+impl Pacer {
+    fn new(rate: u64, vol: Arc<Volume>) -> Pacer {
+        Pacer { rate, start: Instant::now(), copied: 0, vol }
+    }
+
+    fn copied(&mut self, bytes: u64) {
+        self.copied += bytes;
+        if self.rate == 0 || self.vol.space.writers_waiting() {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.copied as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait.min(Duration::from_millis(250)));
+        }
+    }
+}
+
+/// Free space on the data dir's file system is short.
+fn disk_low(root: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statvfs fills the zeroed struct from a valid NUL-terminated path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return false;
+    }
+    let free = s.f_bavail as u64 * s.f_frsize as u64;
+    let total = s.f_blocks as u64 * s.f_frsize as u64;
+    free < DISK_MIN_FREE.min((total as f64 * 0.2) as u64).max((total as f64 * DISK_MIN_FRACTION) as u64)
+}

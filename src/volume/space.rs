@@ -1,0 +1,205 @@
+//! Space control of one volume. The scrubber's accounting sets the limits; guest writes
+//! pass the gate in `reserve` with a few atomic loads: admitted, wait for scrub to free
+//! space, or fail with "no space". Garbage between two accountings is estimated from
+//! the log's size and the current map's mapped clusters (an overwrite adds one cluster
+//! of log and none of mapped data), corrected by what the last accounting found the
+//! other maps (snapshots) hold. Also the figures `volume info` and the metrics show.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// "No limit" for the atomic limits.
+const NONE: u64 = u64::MAX;
+
+/// What the gate says of a guest write.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Yes,
+    /// Space is short but scrub can free some: wait.
+    Wait,
+    /// Nothing can be freed: fail with this reason.
+    Fail(String),
+}
+
+/// Space figures of a volume, as of the scrubber's last look.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpaceFigures {
+    /// Bytes some map (current, snapshot) references, local or uploaded.
+    pub live_bytes: u64,
+    /// Bytes of the volume's log nothing references any more.
+    pub garbage_bytes: u64,
+    /// Every byte of the volume's log (live + garbage), before compression.
+    pub log_bytes: u64,
+    /// The volume's space budget in bytes (0: none).
+    pub budget_bytes: u64,
+    /// "ok", "scrubbing", "throttled" (writes wait for scrub) or "full" (writes fail).
+    pub state: String,
+    /// Why writes wait or fail, when they do.
+    pub reason: Option<String>,
+    /// Scrub passes run since the daemon started.
+    pub scrub_passes: u64,
+    /// Live bytes scrub copied since the daemon started.
+    pub scrub_moved_bytes: u64,
+    /// Object-store bytes scrub freed since the daemon started.
+    pub scrub_freed_bytes: u64,
+    /// Freed bytes per second of the last pass.
+    pub scrub_rate: u64,
+    /// Guest writes that had to wait for scrub.
+    pub throttled_writes: u64,
+}
+
+impl SpaceFigures {
+    /// Stored (raw) bytes per live byte: 1.0 when there is no garbage.
+    pub fn space_amplification(&self) -> f64 {
+        if self.live_bytes == 0 {
+            1.0
+        } else {
+            self.log_bytes as f64 / self.live_bytes as f64
+        }
+    }
+}
+
+/// Limits and figures of one volume's space, shared by its writers and the scrubber.
+pub struct SpaceGate {
+    /// Exact live clusters minus the current map's mapped clusters at the last
+    /// accounting: what snapshots hold (positive), zero entries of a clone (negative).
+    live_adjust: AtomicI64,
+    /// Writes wait while estimated garbage clusters exceed this.
+    max_garbage: AtomicU64,
+    /// Writes wait while the log (clusters) exceeds this: the budget.
+    max_log: AtomicU64,
+    /// Writes fail at once: nothing can be reclaimed.
+    full: AtomicBool,
+    /// Writes wait: the object store's budget is reached.
+    store_short: AtomicBool,
+    /// The last look (a reservation, the scrubber) found that writes must wait or fail.
+    short: AtomicBool,
+    /// A writer is waiting now (the scrubber then copies at full speed).
+    waiting: AtomicU64,
+    throttled: AtomicU64,
+    figures: Mutex<SpaceFigures>,
+}
+
+impl Default for SpaceGate {
+    fn default() -> Self {
+        SpaceGate {
+            live_adjust: AtomicI64::new(0),
+            max_garbage: AtomicU64::new(NONE),
+            max_log: AtomicU64::new(NONE),
+            full: AtomicBool::new(false),
+            store_short: AtomicBool::new(false),
+            short: AtomicBool::new(false),
+            waiting: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            figures: Mutex::new(SpaceFigures { state: "ok".into(), ..SpaceFigures::default() }),
+        }
+    }
+}
+
+/// The limits the scrubber sets after an accounting (clusters).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    pub live_adjust: i64,
+    pub max_garbage: Option<u64>,
+    pub max_log: Option<u64>,
+    pub store_short: bool,
+    /// Set when writes must fail: the reason.
+    pub full: Option<String>,
+}
+
+impl SpaceGate {
+    /// Estimated garbage clusters of a log of `log` clusters whose current map has
+    /// `mapped` entries.
+    pub(crate) fn estimated_garbage(&self, log: u64, mapped: u64) -> u64 {
+        let live = (mapped as i64).saturating_add(self.live_adjust.load(Ordering::Relaxed)).max(0) as u64;
+        log.saturating_sub(live)
+    }
+
+    /// May a guest write add to a log of `log` clusters (current map: `mapped`)?
+    pub(crate) fn admit(&self, log: u64, mapped: u64) -> Admit {
+        if self.full.load(Ordering::Relaxed) {
+            let why = self.figures.lock().reason.clone().unwrap_or_else(|| "no space".into());
+            return Admit::Fail(why);
+        }
+        let over_garbage = self.estimated_garbage(log, mapped) > self.max_garbage.load(Ordering::Relaxed);
+        if over_garbage || log > self.max_log.load(Ordering::Relaxed) || self.store_short.load(Ordering::Relaxed) {
+            return Admit::Wait;
+        }
+        Admit::Yes
+    }
+
+    /// Record whether a log of `log` clusters (current map: `mapped`) admits writes.
+    pub(crate) fn refresh(&self, log: u64, mapped: u64) {
+        let short = self.admit(log, mapped) != Admit::Yes;
+        if short != self.short.load(Ordering::Relaxed) {
+            self.short.store(short, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes go on without waiting, as of the last look.
+    pub(crate) fn admits(&self) -> bool {
+        !self.short.load(Ordering::Relaxed)
+    }
+
+    /// A writer starts (`true`) or stops waiting.
+    pub(crate) fn set_waiting(&self, on: bool) {
+        if on {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writers are waiting for scrub now.
+    pub fn writers_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn set_limits(&self, l: &Limits) {
+        self.live_adjust.store(l.live_adjust, Ordering::Relaxed);
+        self.max_garbage.store(l.max_garbage.unwrap_or(NONE), Ordering::Relaxed);
+        self.max_log.store(l.max_log.unwrap_or(NONE), Ordering::Relaxed);
+        self.store_short.store(l.store_short, Ordering::Relaxed);
+        let mut f = self.figures.lock();
+        f.reason = l.full.clone();
+        self.full.store(l.full.is_some(), Ordering::Relaxed);
+    }
+
+    /// The figures, with the throttle count.
+    pub fn figures(&self) -> SpaceFigures {
+        let mut f = self.figures.lock().clone();
+        f.throttled_writes = self.throttled.load(Ordering::Relaxed);
+        f
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SpaceFigures)) {
+        f(&mut self.figures.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_waits_on_garbage_and_budget_and_fails_when_full() {
+        let g = SpaceGate::default();
+        assert_eq!(g.admit(1000, 10), Admit::Yes, "no limits: always admitted");
+        // 100 live (90 mapped + 10 held by snapshots), at most 50 garbage.
+        g.set_limits(&Limits { live_adjust: 10, max_garbage: Some(50), ..Limits::default() });
+        assert_eq!(g.estimated_garbage(140, 90), 40);
+        assert_eq!(g.admit(150, 90), Admit::Yes);
+        assert_eq!(g.admit(151, 90), Admit::Wait);
+        // Fresh data (mapped grows with the log) is never held back by garbage.
+        assert_eq!(g.admit(1000, 940), Admit::Yes);
+        g.set_limits(&Limits { max_log: Some(500), ..Limits::default() });
+        assert_eq!(g.admit(501, 501), Admit::Wait);
+        g.set_limits(&Limits { full: Some("budget reached".into()), ..Limits::default() });
+        assert_eq!(g.admit(1, 1), Admit::Fail("budget reached".into()));
+        g.set_limits(&Limits::default());
+        assert_eq!(g.admit(1, 1), Admit::Yes);
+    }
+}
