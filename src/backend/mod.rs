@@ -40,6 +40,10 @@ pub trait ObjectStore: Send + Sync {
     fn list_children(&self, prefix: &str) -> Result<Vec<String>>;
     /// Remove an object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Remove several objects (S3: one DeleteObjects request per 1000 keys).
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
     /// Make the durable file at `path` the object `key` without copying it (a hard link
     /// into a local directory store). `Ok(false)`: not possible here — put a copy.
     /// Fails with `ObjectExists` like `put`. The file must never change afterwards.

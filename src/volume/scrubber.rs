@@ -46,11 +46,14 @@ struct Watch {
     io_bytes: u64,
 }
 
-/// The store's size against its budget, as of the last listing.
+/// The store's size against its budget: the last listing, plus what each volume's log
+/// grew (or shrank) since.
 #[derive(Default)]
 struct StoreUse {
     used: u64,
     listed: Option<Instant>,
+    /// Each volume's log bytes at the listing.
+    logs: HashMap<String, u64>,
 }
 
 /// The volumes the scrubber looks after (the daemon's served ones).
@@ -140,18 +143,24 @@ impl Run {
         if budget == 0 {
             return StorePressure::default();
         }
+        let logs: HashMap<String, u64> =
+            vols.iter().zip(usages).map(|(v, u)| (v.name().to_string(), u.log * v.cluster_size())).collect();
         if self.store.listed.is_none_or(|t| t.elapsed() >= STORE_LIST_EVERY) {
             match self.env.store.list("") {
                 Ok(objs) => {
                     self.store.used = objs.iter().map(|o| o.size).sum();
                     self.store.listed = Some(Instant::now());
+                    self.store.logs = logs.clone();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list the object store to check its budget"),
             }
         }
+        let grown: i64 =
+            logs.iter().map(|(n, l)| *l as i64 - self.store.logs.get(n).copied().unwrap_or(*l) as i64).sum();
+        let used = (self.store.used as i64 + grown).max(0) as u64;
         let reclaimable: u64 = vols.iter().zip(usages).map(|(v, u)| u.reclaimable * v.cluster_size()).sum();
-        let used = self.store.used;
         StorePressure {
+            left: Some(budget.saturating_sub(used)),
             near: used as f64 >= NEAR * budget as f64,
             short: used >= budget,
             full: (used >= budget && used.saturating_sub(reclaimable) >= budget).then(|| {
@@ -189,7 +198,12 @@ impl Run {
             max_garbage: (cfg.max_space_amp > 0.0).then(|| {
                 (((cfg.max_space_amp - 1.0) * u.live as f64) as u64).saturating_sub(pass_max).max(2 * min_garbage)
             }),
-            max_log: budget,
+            // The volume's budget, and what is left of the store's (each volume may
+            // take all of it: the next look corrects).
+            max_log: match (budget, store.left) {
+                (Some(b), Some(l)) => Some(b.min(u.log + l / cs)),
+                (b, l) => b.or(l.map(|l| u.log + l / cs)),
+            },
             store_short: store.short,
             full: store.full.clone(),
         };
@@ -207,21 +221,23 @@ impl Run {
         let pressure = near_budget || store.near || disk_low;
         let waiting = v.space.writers_waiting();
         let trigger = u.garbage >= min_garbage && u.garbage as f64 > cfg.garbage_ratio * u.log as f64;
-        v.space.set_limits(&limits);
-        v.refresh_space();
         let state = match (&limits.full, waiting, trigger || pressure) {
             (Some(_), _, _) => "full",
             (None, true, _) => "throttled",
             (None, false, true) => "scrubbing",
             _ => "ok",
         };
+        // Figures first: a writer refused by the new limits finds them up to date.
         v.space.update(|f| {
             f.live_bytes = u.live * cs;
             f.garbage_bytes = u.garbage * cs;
             f.log_bytes = u.log * cs;
             f.budget_bytes = budget.map_or(0, |b| b * cs);
             f.state = state.into();
+            f.reason = limits.full.clone();
         });
+        v.space.set_limits(&limits);
+        v.refresh_space();
 
         let scrub_now = match (trigger, pressure, waiting) {
             (_, _, true) => u.reclaimable > 0,
@@ -258,6 +274,8 @@ impl Run {
 /// The store budget's state for every volume.
 #[derive(Default)]
 struct StorePressure {
+    /// Bytes left below the budget (None: no budget).
+    left: Option<u64>,
     near: bool,
     short: bool,
     full: Option<String>,

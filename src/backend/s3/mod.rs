@@ -439,6 +439,57 @@ impl ObjectStore for S3Store {
             }
         })
     }
+
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        /// The most keys S3 takes in one DeleteObjects request.
+        const BATCH: usize = 1000;
+        for chunk in keys.chunks(BATCH) {
+            if chunk.len() == 1 {
+                self.delete(&chunk[0])?;
+                continue;
+            }
+            let mut ids = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                let full = self.full_key(k)?;
+                ids.push(
+                    ObjectIdentifier::builder()
+                        .key(full)
+                        .build()
+                        .map_err(|e| Error::Store(format!("delete {k}: {e}")))?,
+                );
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Store(format!("delete of {} objects: {e}", chunk.len())))?;
+            let first = &chunk[0];
+            self.read_op("delete-objects", first, async {
+                let ctx = self.ctx("delete-objects", first, self.read_timeout.as_secs());
+                bump(&self.counters.delete, 1);
+                let out = self
+                    .read
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, &ctx))?;
+                // Quiet mode lists only failures; a missing key is not one.
+                match out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
+                    Some(e) => Err(Error::Store(format!(
+                        "delete of {}: {} {}",
+                        e.key().unwrap_or("?"),
+                        e.code().unwrap_or(""),
+                        e.message().unwrap_or("")
+                    ))),
+                    None => Ok(()),
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
