@@ -54,6 +54,20 @@ fn contract(s: &dyn ObjectStore) {
     // A deleted key can be created again.
     s.put("v/a/1", b"again").unwrap();
     assert_eq!(s.get("v/a/1").unwrap(), b"again");
+    // Batched deletes (DeleteObjects): every key goes, missing ones are no error,
+    // nothing else is touched.
+    let keys: Vec<String> = (0..5).map(|i| format!("v/b/{i}")).collect();
+    for k in &keys {
+        s.put(k, k.as_bytes()).unwrap();
+    }
+    let mut doomed = keys[..4].to_vec();
+    doomed.push("v/b/missing".into());
+    s.delete_many(&doomed).unwrap();
+    let left: Vec<String> = s.list("v/b/").unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(left, vec!["v/b/4".to_string()]);
+    s.delete_many(&[]).unwrap();
+    s.delete("v/b/4").unwrap();
+    s.delete("v/a/1").unwrap();
 }
 
 #[test]
