@@ -3,7 +3,8 @@
 # SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
 # engine, snapshots/clones/scrub, vhost-user protocol, S3 against a real SeaweedFS), the
 # bounded fuzz run, the two-host DTL failover test (network namespaces, root only), the
-# QEMU/libvirt config checks, and the real-guest end-to-end tests
+# QEMU/libvirt config checks, the space bound under sustained overwrites (real daemon and
+# load generator), and the real-guest end-to-end tests
 # (logdisk; snapshots and clones under a writing guest; the same harness against
 # qemu-storage-daemon). The test guest is built once and cached outside
 # the repo (~/.cache/logdisk, keyed by its inputs).
@@ -67,6 +68,7 @@ if [[ $QUICK = 0 ]]; then
     stage "DTL two-host failover (network namespaces)" dtl_failover
 fi
 if [[ $QUICK = 0 ]]; then
+    stage "space stays bounded under overwrites (daemon running, kill -9 restarts)" tests/space/bounded.sh
     stage "fuzz request parser (bounded)" fuzz_bounded
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh

@@ -26,7 +26,13 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 15] = [
+    let series: [(&str, &str, &str, Get); 17] = [
+        ("store_puts_total", "counter", "Objects put to the store (SCOs, TLogs, checkpoints).", |v, _| {
+            v.counters.store_puts.load(Ordering::Relaxed) as f64
+        }),
+        ("store_delete_requests_total", "counter", "Delete requests (one per batch of up to 1000 keys).", |v, _| {
+            v.counters.store_delete_requests.load(Ordering::Relaxed) as f64
+        }),
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),

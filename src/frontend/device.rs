@@ -158,16 +158,6 @@ impl BlkDevice {
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut pending = 0u32;
         loop {
-            if !self.target.write_admitted() {
-                // Space is short: complete what is in flight (scrub waits for those
-                // writes' SCOs), then wait for scrub before taking more requests.
-                self.complete_ring(ws, queue, true);
-                if let Err(e) = self.target.wait_writable() {
-                    if ws.warn.allow() {
-                        tracing::warn!(queue, "{e}");
-                    }
-                }
-            }
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
             let Some(chain) = chain else { break };
             let head = chain.head_index();
@@ -200,9 +190,13 @@ impl BlkDevice {
     /// Complete what the worker's ring has finished (or, with `drain`, everything in
     /// flight), then notify the guest.
     fn complete_ring(&self, ws: &mut WorkerState, queue: usize, drain: bool) {
-        let writeback = self.writeback.load(Ordering::Relaxed);
         let WorkerState { inflight, vring, warn, .. } = ws;
         let (Some(inf), Some(vring)) = (inflight.as_mut(), vring.as_ref()) else { return };
+        self.complete_into(inf, vring, warn, queue, drain);
+    }
+
+    fn complete_into(&self, inf: &mut Inflight, vring: &VringRwLock, warn: &mut WarnLimiter, queue: usize, drain: bool) {
+        let writeback = self.writeback.load(Ordering::Relaxed);
         let mut n = 0;
         let mut done = |head: u16, used: u32| {
             if let Err(e) = vring.add_used(head, used) {
@@ -249,8 +243,20 @@ impl BlkDevice {
         queue: usize,
         head: u16,
     ) -> Option<u32> {
-        let WorkerState { chain, iov, warn, inflight, .. } = ws;
+        let WorkerState { chain, iov, warn, inflight, vring } = ws;
         let mut parsed = parse_request(chain, &**mem, &self.limits, iov);
+        if matches!(parsed, Parsed::Run { op: Op::Write { .. }, .. }) && !self.target.write_admitted() {
+            // Space is short: complete the writes in flight (scrub waits for their
+            // SCOs), then wait for scrub before this write. Reads never wait here.
+            if let (Some(inf), Some(vring)) = (inflight.as_mut(), vring.as_ref()) {
+                self.complete_into(inf, vring, warn, queue, true);
+            }
+            if let Err(e) = self.target.wait_writable() {
+                if warn.allow() {
+                    tracing::warn!(queue, "{e}");
+                }
+            }
+        }
         let mut refused = None;
         if let (Parsed::Run { status_addr, op }, Some(inf)) = (&mut parsed, inflight.as_mut()) {
             let chain = ChainRef { head, status_addr: *status_addr };

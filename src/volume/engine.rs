@@ -275,6 +275,10 @@ impl State {
 /// Counters exported by `info` and metrics.
 #[derive(Default)]
 pub struct Counters {
+    /// Objects put to the store (SCOs, TLogs, checkpoints).
+    pub store_puts: AtomicU64,
+    /// Delete requests sent to the store (a batch of up to 1000 keys is one).
+    pub store_delete_requests: AtomicU64,
     pub reads: AtomicU64,
     pub writes: AtomicU64,
     pub read_bytes: AtomicU64,

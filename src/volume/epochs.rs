@@ -294,6 +294,7 @@ impl Volume {
                     None => self.encode_and_put_sco(&key, *epoch, file, len)?,
                 };
                 self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+                self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
                 self.counters.uploaded_stored_bytes.fetch_add(obj_len as u64, Ordering::Relaxed);
                 Ok(())
             }
@@ -305,12 +306,22 @@ impl Volume {
                 let key = keys::tlog(&self.name, gen, *epoch);
                 tlog::parse_sealed(&key, &bytes, *epoch)?;
                 match store.put(&key, &bytes) {
-                    Ok(()) | Err(Error::ObjectExists(_)) => Ok(()),
+                    Ok(()) | Err(Error::ObjectExists(_)) => {
+                        self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
                     Err(e) => Err(e),
                 }
             }
             Job::Checkpoint(cp) => self.write_checkpoint(cp),
         }
+    }
+
+    /// Delete objects in batches, counting the requests (S3 takes 1000 keys in one).
+    pub(crate) fn delete_objects(&self, keys: &[String]) -> Result<()> {
+        self.env.store.delete_many(keys)?;
+        self.counters.store_delete_requests.fetch_add(keys.len().div_ceil(1000) as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Store a checkpoint, keep the two newest, and delete TLog objects that neither
@@ -320,24 +331,27 @@ impl Volume {
         self.check_owner()?;
         let key = keys::checkpoint(&self.name, self.meta.generation, cp.epoch);
         match store.put(&key, &checkpoint::encode(cp)) {
-            Ok(()) | Err(Error::ObjectExists(_)) => {}
+            Ok(()) | Err(Error::ObjectExists(_)) => {
+                self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => return Err(e),
         }
         let cps = super::recovery::valid_checkpoints(store.as_ref(), &self.meta)?;
         if cps.len() > 2 {
-            for (_, key) in &cps[..cps.len() - 2] {
-                store.delete(key)?;
-            }
+            let old: Vec<String> = cps[..cps.len() - 2].iter().map(|(_, k)| k.clone()).collect();
+            self.delete_objects(&old)?;
         }
         if cps.len() >= 2 {
             let oldest_kept = cps[cps.len() - 2].0;
+            let mut old = Vec::new();
             for o in store.list(&keys::volume_prefix(&self.name))? {
                 if let Some((_, "tlog", n)) = keys::parse_data_key(&self.name, &o.key) {
                     if n <= oldest_kept {
-                        store.delete(&o.key)?;
+                        old.push(o.key);
                     }
                 }
             }
+            self.delete_objects(&old)?;
         }
         tracing::debug!(volume = %self.name, epoch = cp.epoch, "metadata checkpoint written");
         Ok(())

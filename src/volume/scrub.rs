@@ -311,10 +311,10 @@ impl Volume {
         // The first alone (a crash test stops right after it), the rest in one batch
         // (one DeleteObjects request per 1000 on S3).
         if let Some((first, rest)) = gone.split_first() {
-            self.env.store.delete(&objects[first].0)?;
+            self.delete_objects(std::slice::from_ref(&objects[first].0))?;
             crate::fault::point("scrub-after-first-delete");
             let keys: Vec<String> = rest.iter().map(|n| objects[n].0.clone()).collect();
-            self.env.store.delete_many(&keys)?;
+            self.delete_objects(&keys)?;
         }
         for n in &gone {
             let size = objects[n].1;
