@@ -154,7 +154,7 @@ impl Default for ScrubConfig {
             min_garbage: None,
             max_space_amp: 1.4,
             check_interval_ms: 500,
-            rate: ByteSize(256 << 20),
+            rate: ByteSize(64 << 20),
             volume_budget_factor: 4.0,
             store_budget: ByteSize(0),
             throttle_timeout_secs: 30,
