@@ -46,7 +46,7 @@ ld() { "$BIN" --data-dir "$DD" "$@"; }
 start_daemon() { # [config]
     local cfg=()
     [[ -n ${1:-} ]] && cfg=(--config "$1")
-    "$BIN" --data-dir "$DD" "${cfg[@]}" serve --socket "$SOCK" --metrics "127.0.0.1:$PORT" v >>"$WORK/daemon.log" 2>&1 &
+    "$BIN" --data-dir "$DD" "${cfg[@]}" serve --socket "$SOCK" --metrics "127.0.0.1:$PORT" "$VOLUME" >>"$WORK/daemon.log" 2>&1 &
     PID=$!
     for _ in $(seq 100); do [[ -S $SOCK ]] && curl -sf "http://127.0.0.1:$PORT/metrics" >/dev/null && return; sleep 0.1; done
     echo "daemon did not start"; tail "$WORK/daemon.log"; exit 1
@@ -55,6 +55,7 @@ stop_daemon() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=; rm -f "$SOCK
 metric() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk -v m="logdisk_$1{" 'index($0, m) == 1 { print $2 }'; }
 store_bytes() { du -sb "$DD/objects" | cut -f1; }
 
+VOLUME=v
 ld volume create v --size "$SIZE" >/dev/null
 VOL=$(ld volume info v --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
 REGION=$(( VOL * HOT / 100 / 4096 * 4096 ))
@@ -102,14 +103,26 @@ garbage_ratio = 0.95
 max_space_amp = 0
 interval_secs = 0
 TOML
+# A fresh volume: filled, then overwritten with scrub held back.
+VOLUME=w
+ld volume create w --size "$SIZE" >/dev/null
 start_daemon "$WORK/lazy.toml"
+"$LOADGEN" --socket "$SOCK" --rw write --bs 1M --iodepth 8 --once -q >/dev/null
 # Garbage of about 36 % of the live data: above the scrub threshold (a third), below the
 # bound at which writes wait (0.4 minus one pass): the steady state of a busy volume.
 OPS=$(( VOL * 36 / 100 / (34 << 10) ))
 "$LOADGEN" --socket "$SOCK" --rw randwrite --bs 4k --bs-max 64k --iodepth 32 --ops "$OPS" -q >/dev/null
 stop_daemon
 start_daemon
-rate() { "$LOADGEN" --socket "$SOCK" "$@" --time 4 --json -q | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ops"]/r["seconds"]))'; }
+# IOPS; the p99.9 and max latency (µs) go to $WORK/lat.
+rate() {
+    "$LOADGEN" --socket "$SOCK" "$@" --time 4 --json -q | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+l = r["lat_us"]
+print(round(r["ops"] / r["seconds"]))
+print(f"p99.9 {l[\"p99_9\"]:.0f} us, max {l[\"max\"]:.0f} us", file=open(sys.argv[1], "a"))' "$WORK/lat"
+}
 P_BEFORE=$(metric scrub_passes_total)
 R1=$(rate --rw randread --bs 4k --iodepth 32)
 M1=$(rate --rw randrw --bs 4k --iodepth 16)
@@ -123,4 +136,6 @@ echo "scrub passes while measuring: $((P_DURING - P_BEFORE)) (space_state after:
 printf '%-22s %12s %12s %7s\n' job during_scrub after ratio
 printf '%-22s %12s %12s %7s\n' randread-4k-qd32 "$R1" "$R0" "$(python3 -c "print(f'{$R1/$R0:.2f}')")"
 printf '%-22s %12s %12s %7s\n' randrw70-4k-qd16 "$M1" "$M0" "$(python3 -c "print(f'{$M1/$M0:.2f}')")"
+echo "latency (randread during, randrw during, randread after, randrw after):"
+cat "$WORK/lat"
 stop_daemon

@@ -152,7 +152,7 @@ impl Default for ScrubConfig {
             threshold: 0.5,
             garbage_ratio: 0.25,
             min_garbage: None,
-            max_space_amp: 1.4,
+            max_space_amp: 1.45,
             check_interval_ms: 500,
             rate: ByteSize(64 << 20),
             volume_budget_factor: 4.0,

@@ -195,7 +195,14 @@ impl BlkDevice {
         self.complete_into(inf, vring, warn, queue, drain);
     }
 
-    fn complete_into(&self, inf: &mut Inflight, vring: &VringRwLock, warn: &mut WarnLimiter, queue: usize, drain: bool) {
+    fn complete_into(
+        &self,
+        inf: &mut Inflight,
+        vring: &VringRwLock,
+        warn: &mut WarnLimiter,
+        queue: usize,
+        drain: bool,
+    ) {
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut n = 0;
         let mut done = |head: u16, used: u32| {

@@ -83,6 +83,7 @@ impl Scrubber {
             Run { env, volumes, cfg, root, stop: stop.clone(), watch: HashMap::new(), store: StoreUse::default() };
         let thread = std::thread::Builder::new().name("scrubber".into()).spawn(move || {
             crate::backend::uploader::background_priority();
+            lowest_io_priority();
             run.main();
         })?;
         Ok(Scrubber { stop, thread: Some(thread) })
@@ -304,6 +305,29 @@ impl Pacer {
         if let Some(wait) = due.checked_sub(self.start.elapsed()) {
             std::thread::sleep(wait.min(Duration::from_millis(250)));
         }
+    }
+}
+
+/// The scrubber's own reads and writes go at the lowest best-effort IO priority (not the
+/// idle class: writers waiting for space must not starve behind busy guests). Only IO
+/// schedulers that honour priorities (bfq, mq-deadline) see it.
+fn lowest_io_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    const LOWEST_LEVEL: libc::c_long = 7;
+    // SAFETY: plain syscalls on the calling thread.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | LOWEST_LEVEL,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the scrubber's IO priority");
     }
 }
 
