@@ -21,8 +21,11 @@ use super::tlog::Record;
 use crate::backend::keys;
 use crate::error::{Error, IoContext, Result};
 
-/// Largest run of clusters copied at once.
+/// Largest run of clusters in one relocation record.
 const CHUNK_CLUSTERS: u32 = 256;
+/// Clusters of a victim SCO read at once (4 MiB with 4 KiB clusters); its live part is
+/// then copied in one append, so a fragmented SCO costs a few large IOs, not one per run.
+const WINDOW_CLUSTERS: u32 = 1024;
 
 /// What one scrub did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -245,6 +248,7 @@ impl Volume {
         // Only SCOs in the object store are candidates: upload everything sealed first.
         self.flush()?;
         self.upload_all("before scrubbing; scrub again later")?;
+        let t_upload = started.elapsed();
 
         let Accounting { maps, live, sizes, last_uploaded, .. } = self.accounting();
         let objects = self.sco_objects()?;
@@ -282,14 +286,20 @@ impl Volume {
         for &v in &victims {
             let bitmap = &live[&v];
             let total = sizes.get(&v).copied().unwrap_or(0);
-            for (index, count) in runs(bitmap, total) {
-                let b = self.move_run(Location::new(v, index), count, &holders, &mut moved)?;
+            let all = runs(bitmap, total);
+            // Runs grouped into windows: one read per window, one append of its live part.
+            let mut rest = &all[..];
+            while let Some(&(lo, _)) = rest.first() {
+                let n = rest.iter().take_while(|(i, c)| i + c - lo <= WINDOW_CLUSTERS).count().max(1);
+                let b = self.move_window(v, &rest[..n], &holders, &mut moved)?;
                 rep.moved_bytes += b;
                 pace(b);
+                rest = &rest[n..];
             }
             rep.scos_rewritten += 1;
             crate::fault::point("scrub-after-first-copy");
         }
+        let t_copy = started.elapsed();
         if !victims.is_empty() {
             self.flush()?;
             crate::fault::point("scrub-after-flush");
@@ -306,6 +316,7 @@ impl Volume {
         if !victims.is_empty() || !dead.is_empty() {
             self.check_owner()?;
         }
+        let t_settle = started.elapsed();
         let mut unlink = Vec::new();
         let gone: Vec<u64> = victims.iter().chain(&dead).copied().collect();
         // The first alone (a crash test stops right after it), the rest in one batch
@@ -349,6 +360,7 @@ impl Volume {
             let st = &mut *st;
             st.sco_sizes.retain(|n, _| *n > last_uploaded || objects.contains_key(n) || st.local.contains_key(n));
         }
+        let t_delete = started.elapsed();
         if rep.scos_deleted > 0 {
             // A checkpoint without the deleted SCOs; also prunes TLogs no restart needs.
             let cp = {
@@ -362,6 +374,15 @@ impl Volume {
             }
         }
         let secs = started.elapsed().as_secs_f64();
+        tracing::debug!(
+            volume = %self.name,
+            upload_ms = t_upload.as_millis() as u64,
+            copy_ms = (t_copy - t_upload).as_millis() as u64,
+            settle_ms = (t_settle - t_copy).as_millis() as u64,
+            delete_ms = (t_delete - t_settle).as_millis() as u64,
+            checkpoint_ms = (started.elapsed() - t_delete).as_millis() as u64,
+            "scrub pass phases"
+        );
         self.space.update(|f| {
             f.scrub_passes += 1;
             f.scrub_moved_bytes += rep.moved_bytes;
@@ -376,37 +397,58 @@ impl Volume {
         Ok(rep)
     }
 
-    /// Copy `count` live clusters from `from` into the open SCO, log the relocation and
-    /// rewrite every map entry that still points at them. Returns the bytes copied.
-    fn move_run(
+    /// Copy the live `runs` (index, count) of SCO `sco`, which lie within one window, into
+    /// the open SCO: one read of the window, one append of the live clusters packed
+    /// together; log a relocation per run and rewrite every map entry that still points
+    /// at them. Returns the bytes copied.
+    fn move_window(
         &self,
-        from: Location,
-        count: u32,
+        sco: u64,
+        runs: &[(u32, u32)],
         holders: &HashMap<u64, Vec<u64>>,
         moved: &mut Relocation,
     ) -> Result<u64> {
-        let bytes = (count as u64) << self.shift;
-        let mut buf = AlignedBuf::zeroed(bytes as usize);
-        self.read_sco(from, &mut buf)?;
-        self.append_data(&buf, |st, dst, done, take| {
-            let src = from.advance(done);
-            // Log and apply in one critical section, so a checkpoint taken at an epoch
-            // boundary has either both or neither.
-            self.append_record(st, &Record::Relocate { from: src, count: take, to: dst })?;
-            for i in 0..take {
-                let (old, new) = (src.advance(i).pack(), dst.advance(i).pack());
-                for &c in holders.get(&old).map(|v| v.as_slice()).unwrap_or(&[]) {
-                    for m in std::iter::once(&mut st.map).chain(st.snaps.maps_mut()) {
-                        if m.get(c) == old {
-                            m.set(c, new);
+        let (Some(&(lo, _)), Some(&(last, last_n))) = (runs.first(), runs.last()) else { return Ok(0) };
+        let mut window = AlignedBuf::zeroed(((last + last_n - lo) as usize) << self.shift);
+        self.read_sco(Location::new(sco, lo), &mut window)?;
+        let live: u32 = runs.iter().map(|r| r.1).sum();
+        let mut packed = AlignedBuf::zeroed((live as usize) << self.shift);
+        // (source index, count, offset in `packed`), clusters.
+        let mut pieces = Vec::with_capacity(runs.len());
+        let mut at = 0u32;
+        for &(i, n) in runs {
+            let (src, dst) = (((i - lo) as usize) << self.shift, (at as usize) << self.shift);
+            let len = (n as usize) << self.shift;
+            packed[dst..dst + len].copy_from_slice(&window[src..src + len]);
+            pieces.push((i, n, at));
+            at += n;
+        }
+        drop(window);
+        self.append_data(&packed, |st, dst, done, take| {
+            for &(i, n, off) in &pieces {
+                let (a, b) = (off.max(done), (off + n).min(done + take));
+                if a >= b {
+                    continue;
+                }
+                let (src, to, count) = (Location::new(sco, i + (a - off)), dst.advance(a - done), b - a);
+                // Log and apply in one critical section, so a checkpoint taken at an
+                // epoch boundary has either both or neither.
+                self.append_record(st, &Record::Relocate { from: src, count, to })?;
+                for k in 0..count {
+                    let (old, new) = (src.advance(k).pack(), to.advance(k).pack());
+                    for &c in holders.get(&old).map(|v| v.as_slice()).unwrap_or(&[]) {
+                        for m in std::iter::once(&mut st.map).chain(st.snaps.maps_mut()) {
+                            if m.get(c) == old {
+                                m.set(c, new);
+                            }
                         }
                     }
                 }
+                moved.add(src, count, to);
             }
-            moved.add(src, take, dst);
             Ok(())
         })?;
-        Ok(bytes)
+        Ok((live as u64) << self.shift)
     }
 
     /// Read whole clusters from `from` of an uploaded SCO (local copy or object store).

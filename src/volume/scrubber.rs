@@ -82,7 +82,8 @@ impl Scrubber {
         let mut run =
             Run { env, volumes, cfg, root, stop: stop.clone(), watch: HashMap::new(), store: StoreUse::default() };
         let thread = std::thread::Builder::new().name("scrubber".into()).spawn(move || {
-            crate::backend::uploader::background_priority();
+            // Normal CPU priority: when writes wait for scrub, a niced scrubber starves
+            // behind the very guests it must make room for; pacing keeps it in check.
             lowest_io_priority();
             run.main();
         })?;
@@ -262,7 +263,14 @@ impl Run {
         } else {
             Goal::all_below(cfg.threshold)
         };
-        let hurry = pressure || waiting || !guest_active || cfg.rate.0 == 0;
+        // Copies are paced only while that costs the guest nothing: once garbage is
+        // half-way from the trigger to the bound at which writes wait, a paced scrub would
+        // only make the guest wait later.
+        let urgent = limits.max_garbage.is_some_and(|m| {
+            let trigger = (cfg.garbage_ratio * u.log as f64) as u64;
+            u.garbage >= trigger + m.saturating_sub(trigger) / 2
+        });
+        let hurry = pressure || waiting || urgent || !guest_active || cfg.rate.0 == 0;
         let mut pace = Pacer::new(if hurry { 0 } else { cfg.rate.0 }, v.clone());
         let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b))?;
         if rep.scos_deleted > 0 {
