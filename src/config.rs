@@ -141,7 +141,8 @@ pub struct ScrubConfig {
     pub volume_budget_factor: f64,
     /// Space budget of the whole object store in bytes, checked by listing it (0 = none).
     pub store_budget: ByteSize,
-    /// A write that waited this long for scrub to free space fails with "no space".
+    /// A write waiting for space fails with "no space" once scrub has freed nothing for
+    /// this long.
     pub throttle_timeout_secs: u64,
 }
 

@@ -1,6 +1,8 @@
 //! Real `kill -9` of a child process in the middle of writes, discards, flushes, SCO
 //! rolls and uploads; then restart on the same data dir and verify: every cluster holds
-//! its content as of the last flush the child reported, or content of a later op.
+//! its content as of the last flush the child reported, or content of a later op. The
+//! same with scrub passes running beside the writes (SCOs deleted while overwrites that
+//! emptied them are not yet flushed).
 
 mod common;
 
@@ -23,7 +25,9 @@ enum Op {
     Flush,
 }
 
-fn ops() -> impl Iterator<Item = Op> {
+/// The op sequence; with `scrub` a flush comes about every 80 ops instead of 8, so that
+/// much is unflushed when scrub deletes SCOs.
+fn ops(scrub: bool) -> impl Iterator<Item = Op> {
     let mut rng = StdRng::seed_from_u64(SEED);
     std::iter::from_fn(move || {
         let c = rng.gen_range(0..CLUSTERS);
@@ -31,6 +35,7 @@ fn ops() -> impl Iterator<Item = Op> {
         Some(match rng.gen_range(0..100) {
             0..=79 => Op::Write { cluster: c, n },
             80..=87 => Op::Discard { cluster: c, n },
+            _ if scrub && rng.gen_range(0..10) > 0 => Op::Write { cluster: c, n },
             _ => Op::Flush,
         })
     })
@@ -44,8 +49,17 @@ fn crash_child() {
     let mut dd = open_dd(&dir.join("host"), &dir.join("objects"), small_config());
     let name = std::env::var("LOGDISK_CRASH_VOLUME").unwrap();
     let vol = dd.open_volume(&name, false).unwrap();
+    let scrub = std::env::var("LOGDISK_CRASH_SCRUB").is_ok();
+    if scrub {
+        let v = vol.clone();
+        std::thread::spawn(move || loop {
+            // Errors (nothing uploaded yet, say) only mean "try again".
+            let _ = v.scrub(0.9);
+            std::thread::sleep(Duration::from_millis(5));
+        });
+    }
     let mut out = std::io::stdout();
-    for (k, op) in ops().enumerate() {
+    for (k, op) in ops(scrub).enumerate() {
         let tag = k as u64 + 1;
         match op {
             Op::Write { cluster, n } => {
@@ -65,12 +79,23 @@ fn crash_child() {
 
 #[test]
 fn kill_9_during_writes_loses_nothing_flushed() {
+    kill_9_rounds(false);
+}
+
+#[test]
+fn kill_9_during_writes_and_scrub_loses_nothing_flushed() {
+    kill_9_rounds(true);
+}
+
+/// Three rounds of: a child writes (and scrubs, with `scrub`), is killed with -9 after
+/// a while, and the volume reopened must hold every flushed write.
+fn kill_9_rounds(scrub: bool) {
     if std::env::var("LOGDISK_CRASH_CHILD").is_ok() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
     for round in 0..3 {
-        let name = format!("crash{round}");
+        let name = format!("crash{round}{}", if scrub { "-scrub" } else { "" });
         {
             let dd = open_dd(&t.path().join("host"), &t.path().join("objects"), small_config());
             dd.create_volume(&name, SIZE, None, None).unwrap();
@@ -79,6 +104,7 @@ fn kill_9_during_writes_loses_nothing_flushed() {
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env("LOGDISK_CRASH_CHILD", t.path())
             .env("LOGDISK_CRASH_VOLUME", &name)
+            .env(if scrub { "LOGDISK_CRASH_SCRUB" } else { "LOGDISK_CRASH_NO_SCRUB" }, "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -100,16 +126,16 @@ fn kill_9_during_writes_loses_nothing_flushed() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         assert!(flushed > 50, "round {round}: child flushed only {flushed} ops before the kill");
-        verify(t.path(), &name, flushed, round);
+        verify(t.path(), &name, flushed, round, scrub);
     }
 }
 
-fn verify(dir: &std::path::Path, name: &str, flushed: usize, round: u64) {
+fn verify(dir: &std::path::Path, name: &str, flushed: usize, round: u64, scrub: bool) {
     // Expected per cluster: the tag of the last op <= flushed (0 = zero), and every tag a
     // later op may have left there.
     let mut last = vec![0u64; CLUSTERS as usize];
     let mut later: Vec<Vec<u64>> = vec![Vec::new(); CLUSTERS as usize];
-    for (k, op) in ops().take(flushed + 20_000).enumerate() {
+    for (k, op) in ops(scrub).take(flushed + 200_000).enumerate() {
         let tag = k as u64 + 1;
         let (c, n, v) = match op {
             Op::Write { cluster, n } => (cluster, n, tag),

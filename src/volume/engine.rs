@@ -193,6 +193,9 @@ pub(crate) struct State {
     pub kept_bytes: u64,
     pub last_checkpoint: u64,
     pub checkpoint_due: Option<CheckpointData>,
+    /// Take a checkpoint when the open epoch is sealed, whatever `checkpoint_every` says
+    /// (scrub deleted SCOs).
+    pub checkpoint_at_seal: bool,
     /// Clusters of data in every sealed SCO (raw size), by SCO number.
     pub sco_sizes: BTreeMap<u64, u32>,
     /// Clusters of the volume's log: every SCO kept (sealed, open), live or garbage.
@@ -227,6 +230,7 @@ impl State {
             kept_bytes: 0,
             last_checkpoint: 0,
             checkpoint_due: None,
+            checkpoint_at_seal: false,
             sco_sizes: BTreeMap::new(),
             log_clusters: 0,
             checkpoint_running: false,
@@ -729,7 +733,10 @@ impl Volume {
     }
 
     fn wait_for_space_locked(&self, st: &mut parking_lot::MutexGuard<'_, State>) -> Result<()> {
-        let start = Instant::now();
+        // The timeout runs from the last time scrub freed space: writes slowed to what
+        // scrub reclaims go on; they fail only when scrub makes no progress at all.
+        let mut start = Instant::now();
+        let mut mark = self.space.freed_mark();
         let timeout = self.env.opts.space_wait;
         self.space.set_waiting(true);
         let res = loop {
@@ -738,10 +745,14 @@ impl Volume {
             match admit {
                 Admit::Yes => break Ok(()),
                 Admit::Fail(why) => break Err(Error::NoSpace { volume: self.name.clone(), detail: why }),
+                Admit::Wait if self.space.freed_mark() != mark => {
+                    mark = self.space.freed_mark();
+                    start = Instant::now();
+                }
                 Admit::Wait if start.elapsed() >= timeout => {
                     break Err(Error::NoSpace {
                         volume: self.name.clone(),
-                        detail: format!("waited {} s for scrub to free space", timeout.as_secs()),
+                        detail: format!("scrub freed nothing for {} s", timeout.as_secs()),
                     })
                 }
                 Admit::Wait => {

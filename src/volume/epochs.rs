@@ -76,8 +76,11 @@ impl Volume {
                     tracing::warn!(volume = %self.name, epoch = o.epoch, error = %e, "cannot trim a sealed SCO file");
                 }
             }
-            if st.checkpoint_due.is_none() && o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every {
+            if st.checkpoint_due.is_none()
+                && (st.checkpoint_at_seal || o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every)
+            {
                 st.checkpoint_due = Some(st.checkpoint_data(o.epoch));
+                st.checkpoint_at_seal = false;
             }
         }
         if !open_next {
@@ -485,13 +488,24 @@ impl Volume {
         Ok(CloseReport { drained, pending_bytes })
     }
 
-    /// Seal, then wait (up to the drain timeout) until everything is in the object store;
-    /// `why` completes the error message.
+    /// Seal, then wait (up to the drain timeout) until everything written before the
+    /// call is in the object store (writes going on meanwhile are not waited for: under
+    /// sustained writes the upload queue is never empty); `why` completes the error
+    /// message.
     pub fn upload_all(&self, why: &str) -> Result<()> {
+        // Every epoch up to this one is sealed once `seal` returns.
+        let through = self.state.lock().next_epoch.saturating_sub(1);
         self.seal()?;
-        if self.wait_uploaded(self.env.opts.drain_timeout) {
+        let deadline = Instant::now() + self.env.opts.drain_timeout;
+        self.env.uploader.notify();
+        let mut st = self.state.lock();
+        while st.uploads.range(..=through).next().is_some() && Instant::now() < deadline {
+            self.progress.wait_for(&mut st, Duration::from_millis(100));
+        }
+        if st.uploads.range(..=through).next().is_none() {
             return Ok(());
         }
+        drop(st);
         Err(Error::StoreTimeout {
             what: format!("uploads of volume {} {why}", self.name),
             secs: self.env.opts.drain_timeout.as_secs(),

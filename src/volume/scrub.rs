@@ -314,6 +314,10 @@ impl Volume {
         }
         // Nothing references the old SCOs any more, in memory or in the object store.
         if !victims.is_empty() || !dead.is_empty() {
+            // The overwrites that left them dead may still sit in an unflushed TLog
+            // batch: made durable before anything goes, or a crash would bring back map
+            // entries pointing at deleted SCOs.
+            self.flush()?;
             self.check_owner()?;
         }
         let t_settle = started.elapsed();
@@ -345,6 +349,9 @@ impl Volume {
             }
         }
         // Writers waiting for space look again.
+        if rep.scos_deleted > 0 {
+            self.space.note_freed();
+        }
         {
             let st = self.state.lock();
             self.space.refresh(st.log_clusters, st.map.mapped());
@@ -362,16 +369,11 @@ impl Volume {
         }
         let t_delete = started.elapsed();
         if rep.scos_deleted > 0 {
-            // A checkpoint without the deleted SCOs; also prunes TLogs no restart needs.
-            let cp = {
-                let st = self.state.lock();
-                st.checkpoint_data(st.last_uploaded)
-            };
-            if cp.epoch > 0 {
-                self.write_checkpoint(&cp)?;
-                let mut st = self.state.lock();
-                st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
-            }
+            // A checkpoint without the deleted SCOs (it also prunes TLogs no restart
+            // needs), taken when the open epoch is sealed: a checkpoint holds the maps as
+            // of an epoch's end, never entries of an epoch still being written (a crash
+            // could cut those off).
+            self.state.lock().checkpoint_at_seal = true;
         }
         let secs = started.elapsed().as_secs_f64();
         tracing::debug!(
@@ -380,7 +382,6 @@ impl Volume {
             copy_ms = (t_copy - t_upload).as_millis() as u64,
             settle_ms = (t_settle - t_copy).as_millis() as u64,
             delete_ms = (t_delete - t_settle).as_millis() as u64,
-            checkpoint_ms = (started.elapsed() - t_delete).as_millis() as u64,
             "scrub pass phases"
         );
         self.space.update(|f| {

@@ -44,6 +44,9 @@ pub struct Scrubber {
 struct Watch {
     next_backstop: Option<Instant>,
     io_bytes: u64,
+    /// The last pass failed (object store unreachable, say): until one succeeds, guest
+    /// writes are not held back for garbage only scrub could reclaim.
+    failing: bool,
 }
 
 /// The store's size against its budget: the last listing, plus what each volume's log
@@ -184,20 +187,26 @@ impl Run {
         let io = v.counters.read_bytes.load(Ordering::Relaxed) + v.counters.write_bytes.load(Ordering::Relaxed);
         // interval_secs = 0: no backstop.
         let backstop = (cfg.interval_secs > 0).then(|| Duration::from_secs(cfg.interval_secs));
-        let w = self
-            .watch
-            .entry(v.name().to_string())
-            .or_insert_with(|| Watch { next_backstop: backstop.map(|b| now + b), io_bytes: io });
+        let w = self.watch.entry(v.name().to_string()).or_insert_with(|| Watch {
+            next_backstop: backstop.map(|b| now + b),
+            io_bytes: io,
+            failing: false,
+        });
         let guest_active = io != w.io_bytes;
         w.io_bytes = io;
 
+        // Scrub works only on SCOs in the object store: while uploads are paused (or
+        // the last pass failed) it can reclaim nothing, and nothing new reaches the store
+        // either, so guest writes are not held back for garbage (the write buffer's own
+        // limit still bounds the local disk).
+        let can_scrub = !v.uploads_paused() && !w.failing;
         let min_garbage = cfg.min_garbage.map_or(4 * sco, |b| b.0 / cs).max(1);
         let pass_max = (u.live / PASS_LIVE_FRACTION).clamp(sco, PASS_MAX_SCOS * sco);
         let budget = (cfg.volume_budget_factor > 0.0).then(|| (cfg.volume_budget_factor * v.size() as f64) as u64 / cs);
         let mut limits = Limits {
             live_adjust: u.live_adjust,
             // Room for one pass's copies below the bound.
-            max_garbage: (cfg.max_space_amp > 0.0).then(|| {
+            max_garbage: (can_scrub && cfg.max_space_amp > 0.0).then(|| {
                 (((cfg.max_space_amp - 1.0) * u.live as f64) as u64).saturating_sub(pass_max).max(2 * min_garbage)
             }),
             // The volume's budget, and what is left of the store's (each volume may
@@ -241,6 +250,9 @@ impl Run {
         v.space.set_limits(&limits);
         v.refresh_space();
 
+        if v.uploads_paused() {
+            return Ok(false);
+        }
         let scrub_now = match (trigger, pressure, waiting) {
             (_, _, true) => u.reclaimable > 0,
             (true, _, _) => true,
@@ -272,7 +284,9 @@ impl Run {
         });
         let hurry = pressure || waiting || urgent || !guest_active || cfg.rate.0 == 0;
         let mut pace = Pacer::new(if hurry { 0 } else { cfg.rate.0 }, v.clone());
-        let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b))?;
+        let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b));
+        w.failing = rep.is_err();
+        let rep = rep?;
         if rep.scos_deleted > 0 {
             tracing::debug!(volume = %v.name(), ?rep, trigger, pressure, waiting, "scrub pass");
         }

@@ -79,6 +79,9 @@ pub struct SpaceGate {
     /// A writer is waiting now (the scrubber then copies at full speed).
     waiting: AtomicU64,
     throttled: AtomicU64,
+    /// Bumped each time scrub frees space: a waiting writer gives up only after a
+    /// whole timeout without progress.
+    freed: AtomicU64,
     figures: Mutex<SpaceFigures>,
 }
 
@@ -93,6 +96,7 @@ impl Default for SpaceGate {
             short: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
             figures: Mutex::new(SpaceFigures { state: "ok".into(), ..SpaceFigures::default() }),
         }
     }
@@ -151,6 +155,16 @@ impl SpaceGate {
         } else {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Scrub freed space (deleted SCOs).
+    pub(crate) fn note_freed(&self) {
+        self.freed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes whenever scrub frees space.
+    pub(crate) fn freed_mark(&self) -> u64 {
+        self.freed.load(Ordering::Relaxed)
     }
 
     /// Writers are waiting for scrub now.
