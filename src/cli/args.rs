@@ -89,7 +89,7 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("where").required(true).args(["socket", "socket_dir"])))]
+#[command(group(clap::ArgGroup::new("where").args(["socket", "socket_dir"])))]
 pub struct ServeArgs {
     /// Serve one volume on this unix socket
     #[arg(long, value_name = "PATH")]
@@ -118,6 +118,17 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101) at /metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Also export the volumes over NBD (repeatable): unix:PATH (socket mode/group as
+    /// above) or tcp:HOST:PORT (needs --nbd-token-file or --insecure). Export names are
+    /// VOLUME and VOLUME@SNAP; snapshots of served volumes open on demand, read-only
+    #[arg(long, value_name = "unix:PATH|tcp:HOST:PORT")]
+    pub nbd: Vec<String>,
+    /// File holding the token TCP NBD clients must give as TOKEN/EXPORT (export name)
+    #[arg(long, value_name = "FILE")]
+    pub nbd_token_file: Option<PathBuf>,
+    /// Allow NBD over TCP without a token (anyone who reaches the port reads and writes)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]

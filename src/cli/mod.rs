@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod dtl_cmds;
+pub mod nbd_serve;
 pub mod serve;
 pub mod volume_cmds;
 

@@ -34,6 +34,9 @@ fn resolve_group(g: &str) -> Result<u32> {
 }
 
 pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
+    if args.socket.is_none() && args.socket_dir.is_none() && args.nbd.is_empty() {
+        bail!("nothing to serve on: give --socket PATH, --socket-dir DIR or --nbd ADDR");
+    }
     if args.socket.is_some() && args.volumes.len() != 1 {
         bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
     }
@@ -97,7 +100,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         let socket: PathBuf = match (&args.socket, &args.socket_dir) {
             (Some(s), _) => s.clone(),
             (None, Some(d)) => d.join(format!("{name}.sock")),
-            _ => unreachable!("clap requires one"),
+            _ => continue, // NBD only
         };
         let target = Arc::new(VolumeTarget::new(vol.clone(), args.read_only));
         let h = spawn_device(&socket, target, &opts).with_context(|| format!("cannot serve volume {name}"))?;
@@ -105,6 +108,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         println!("serving volume {name} on {}", socket.display());
         devices.push(h);
     }
+    let nbd = super::nbd_serve::start(&args, &order, &state, opts.socket_mode, opts.socket_group)?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -122,6 +126,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
             tracing::warn!(error = %e, "device shutdown");
         }
     }
+    nbd.stop();
     control.stop();
     scrubber.stop();
     let mut failed = false;
