@@ -98,19 +98,17 @@ impl NbdExports {
     }
 }
 
-/// Start one NBD listener per `--nbd` address over the volumes `serve` opened.
-pub fn start(
-    args: &ServeArgs,
-    order: &[(String, Arc<Volume>)],
-    state: &Arc<DaemonState>,
-    socket_mode: u32,
-    socket_group: Option<u32>,
-) -> Result<NbdExports> {
-    if args.nbd.is_empty() {
-        if args.nbd_token_file.is_some() || args.insecure {
-            bail!("--nbd-token-file and --insecure only apply with --nbd");
-        }
-        return Ok(NbdExports { servers: Vec::new() });
+/// The checked `--nbd*` options (checked before any volume is opened).
+pub struct NbdConfig {
+    addrs: Vec<ListenAddr>,
+    opts: NbdOptions,
+}
+
+/// Check the NBD options of `serve`: addresses, token file, TCP only with a token or
+/// `--insecure`.
+pub fn config(args: &ServeArgs, socket_mode: u32, socket_group: Option<u32>) -> Result<NbdConfig> {
+    if args.nbd.is_empty() && (args.nbd_token_file.is_some() || args.insecure) {
+        bail!("--nbd-token-file and --insecure only apply with --nbd");
     }
     let token = match &args.nbd_token_file {
         Some(p) => {
@@ -124,16 +122,39 @@ pub fn start(
         None => None,
     };
     let opts = NbdOptions { socket_mode, socket_group, token, insecure: args.insecure, ..NbdOptions::default() };
+    let mut addrs = Vec::new();
+    for a in &args.nbd {
+        let addr: ListenAddr = a.parse()?;
+        if let ListenAddr::Tcp(t) = &addr {
+            if opts.token.is_none() && !opts.insecure {
+                bail!("NBD over TCP ({t}) needs a token (--nbd-token-file FILE) or --insecure: plain NBD has no authentication");
+            }
+        }
+        addrs.push(addr);
+    }
+    Ok(NbdConfig { addrs, opts })
+}
+
+/// Start one NBD listener per `--nbd` address over the volumes `serve` opened.
+pub fn start(
+    cfg: NbdConfig,
+    order: &[(String, Arc<Volume>)],
+    state: &Arc<DaemonState>,
+    read_only: bool,
+) -> Result<NbdExports> {
+    if cfg.addrs.is_empty() {
+        return Ok(NbdExports { servers: Vec::new() });
+    }
     let mut exports = Exports { fixed: Vec::new(), state: Arc::downgrade(state), dynamic: Mutex::new(HashMap::new()) };
     for (name, vol) in order {
-        let e = exports.export_of(name, vol.clone(), args.read_only);
+        let e = exports.export_of(name, vol.clone(), read_only);
         exports.fixed.push((name.clone(), Arc::new(e)));
     }
     let exports: Arc<dyn ExportSet> = Arc::new(exports);
     let mut servers = Vec::new();
-    for a in &args.nbd {
-        let addr: ListenAddr = a.parse()?;
-        let s = server::start(&addr, exports.clone(), &opts).with_context(|| format!("cannot serve NBD on {a}"))?;
+    for addr in &cfg.addrs {
+        let s =
+            server::start(addr, exports.clone(), &cfg.opts).with_context(|| format!("cannot serve NBD on {addr}"))?;
         println!("serving NBD on {} (exports: {})", s.addr(), exports.names().join(", "));
         servers.push(s);
     }

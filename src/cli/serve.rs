@@ -52,6 +52,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         opts.num_queues = q;
     }
     opts.socket_group = args.socket_group.as_deref().map(resolve_group).transpose()?;
+    let nbd_cfg = super::nbd_serve::config(&args, opts.socket_mode, opts.socket_group)?;
     if let Some(d) = &args.socket_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -108,7 +109,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         println!("serving volume {name} on {}", socket.display());
         devices.push(h);
     }
-    let nbd = super::nbd_serve::start(&args, &order, &state, opts.socket_mode, opts.socket_group)?;
+    let nbd = super::nbd_serve::start(nbd_cfg, &order, &state, args.read_only)?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
