@@ -70,6 +70,7 @@ fi
 if [[ $QUICK = 0 ]]; then
     stage "space stays bounded under overwrites (daemon running, kill -9 restarts)" tests/space/bounded.sh
     stage "NBD export: nbdinfo, nbdcopy, qemu-img, fio, snapshots, bad input" tests/nbd/tools.sh
+    stage "incremental backups: export --since, import --diff onto a fresh store" tests/nbd/incremental.sh
     stage "fuzz request parser (bounded)" fuzz_bounded
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh

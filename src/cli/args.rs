@@ -86,6 +86,16 @@ pub enum SnapshotCmd {
     },
     /// Delete a snapshot; its exclusive data becomes garbage for scrub
     Delete { target: String },
+    /// List the extents that differ between two snapshots of a volume (from the maps;
+    /// no data is read): what `volume export VOL@B FILE --since A` writes
+    Diff {
+        /// VOL@A (the older snapshot)
+        from: String,
+        /// VOL@B
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -204,9 +214,20 @@ pub enum VolumeCmd {
         /// Write the file at this byte offset of the volume (binary units allowed)
         #[arg(long, default_value = "0")]
         offset: String,
+        /// FILE is an incremental backup (`volume export VOL@B FILE --since A`): apply
+        /// its changed extents (data and zeroed ranges)
+        #[arg(long, conflicts_with_all = ["create", "offset"])]
+        diff: bool,
     },
     /// Write the whole volume (or VOL@SNAP) to a raw file (sparse where unwritten)
-    Export { name: String, file: PathBuf },
+    Export {
+        name: String,
+        file: PathBuf,
+        /// Incremental: write only what changed since this older snapshot (VOL@SNAP
+        /// exports only), as a diff file for `volume import --diff`
+        #[arg(long, value_name = "SNAPSHOT")]
+        since: Option<String>,
+    },
     /// Make a volume a read-only template, meant only as a clone parent
     SetTemplate { name: String },
     /// Copy what a clone still reads from its parents so it stands alone
