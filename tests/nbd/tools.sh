@@ -10,22 +10,28 @@
 #   - a snapshot export (named at start, and one taken while the daemon runs, opened on
 #     demand) is read-only and equals the volume as of the snapshot; the
 #     logdisk:changed-since:SNAP context shows exactly the clusters written in between;
+#   - a volume written over vhost-user-blk (the native load generator, verifying) while
+#     a snapshot of it, taken meanwhile, is copied over NBD: the guest's IO goes on and
+#     verifies, the copy equals the snapshot exported offline afterwards;
 #   - TCP: a token is required (TOKEN/EXPORT), a listener without one refuses to start;
 #   - bad input (tests/nbd/badclient.py): garbage, unknown option and export, wrong token,
 #     reads beyond the end and oversized, unknown command, oversized write: error replies
 #     or a closed connection; afterwards the daemon still serves every export unchanged.
 #
-#   tests/nbd/tools.sh [--bin target/release/logdisk]
+#   tests/nbd/tools.sh [--bin target/release/logdisk] [--loadgen target/release/logdisk-loadgen]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/release/logdisk
+LOADGEN=target/release/logdisk-loadgen
 while [[ $# -gt 0 ]]; do
     case $1 in
         --bin) BIN=$2; shift 2 ;;
+        --loadgen) LOADGEN=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 BIN=$(realpath "$BIN")
+LOADGEN=$(realpath "$LOADGEN")
 for t in nbdinfo nbdcopy qemu-img fio python3; do
     command -v "$t" >/dev/null || { echo "missing $t (scripts/install-test-deps.sh installs it)"; exit 1; }
 done
@@ -51,6 +57,7 @@ ld snapshot create sparse@s1 >/dev/null
 ld volume create big --size 256M >/dev/null
 ld volume create q --size 64M >/dev/null
 ld volume create f --size 128M >/dev/null
+ld volume create g --size 256M >/dev/null
 
 echo "--- TCP without a token or --insecure refuses to start"
 if "$BIN" --data-dir "$WORK/other" serve sparse --nbd "tcp:127.0.0.1:$(port)" >"$WORK/notoken.log" 2>&1; then
@@ -61,7 +68,7 @@ grep -q "needs a token" "$WORK/notoken.log" || { cat "$WORK/notoken.log"; fail "
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$TOKEN" >"$WORK/token"
 TCP_PORT=$(port)
-"$BIN" --data-dir "$DD" serve sparse sparse@s1 big q f --nbd "unix:$SOCK" \
+"$BIN" --data-dir "$DD" serve sparse sparse@s1 big q f g --socket-dir "$WORK/socks" --nbd "unix:$SOCK" \
     --nbd "tcp:127.0.0.1:$TCP_PORT" --nbd-token-file "$WORK/token" >"$WORK/daemon.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do [[ -S $SOCK ]] && grep -q "serving NBD on tcp" "$WORK/daemon.log" && break; sleep 0.1; done
@@ -82,7 +89,7 @@ nbdinfo --map "$(uri sparse)" | awk '{print $1, $2, $3}' >"$WORK/map"
 printf '0 104857600 3\n104857600 3145728 0\n108003328 428867584 3\n' | diff - "$WORK/map" \
     || fail "allocation map is not data at 100 MiB + 3 MiB, holes elsewhere"
 nbdinfo "$(uri sparse@s1)" | grep -q "is_read_only: true" || fail "snapshot export not read-only"
-nbdinfo --list "nbd+unix://?socket=$SOCK" | grep -c '^export=' | grep -qx 5 || fail "LIST does not show 5 exports"
+nbdinfo --list "nbd+unix://?socket=$SOCK" | grep -c '^export=' | grep -qx 6 || fail "LIST does not show 6 exports"
 
 echo "--- nbdcopy: 256 MiB random image in and back out"
 head -c 256M /dev/urandom >"$WORK/rand.img"
@@ -139,6 +146,18 @@ printf '0 65536\n209715200 8192\n' | diff - "$WORK/changed" || fail "changed-sin
 echo "changed since s1: $(tr '\n' ' ' <"$WORK/changed")"
 python3 tests/nbd/badclient.py "unix:$SOCK" read-only sparse@s2
 
+echo "--- vhost-user-blk writes (verified) while a snapshot taken meanwhile is copied over NBD"
+"$LOADGEN" --socket "$WORK/socks/g.sock" --wait 20 --rw randwrite --bs 4k --bs-max 64k --iodepth 16 \
+    --time 12 --verify --seed 5 --json -q >"$WORK/lg.json" 2>"$WORK/lg.err" &
+LG=$!
+sleep 4
+ld snapshot create g@live >/dev/null
+nbdcopy "$(uri g@live)" "$WORK/live.img"
+kill -0 $LG 2>/dev/null || fail "the vhost-user writer stopped while the snapshot was copied"
+wait $LG || { cat "$WORK/lg.err"; fail "the vhost-user writer failed (verify)"; }
+python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print('vhost-user writer:', {k: j[k] for k in j if k in ('iops','ops','errors','verified')})" "$WORK/lg.json" 2>/dev/null || true
+[[ $(stat -c %s "$WORK/live.img") = $((256 << 20)) ]] || fail "snapshot copy has the wrong size"
+
 echo "--- TCP with the token"
 nbdinfo "nbd://127.0.0.1:$TCP_PORT/$TOKEN/q" | grep -q "export-size: 67108864" || fail "token export"
 if nbdinfo "nbd://127.0.0.1:$TCP_PORT/q" >/dev/null 2>&1; then fail "TCP without the token was served"; fi
@@ -158,4 +177,8 @@ kill -TERM "$PID"
 wait "$PID" || fail "daemon exited non-zero"
 PID=
 grep -q "NBD server stopped" "$WORK/daemon.log" || fail "no clean NBD shutdown"
+ld volume export g@live "$WORK/live-offline.img" >/dev/null
+cmp "$WORK/live.img" "$WORK/live-offline.img" || fail "the NBD copy taken during IO differs from the snapshot"
+cmp -s "$WORK/live.img" <(head -c $((256 << 20)) /dev/zero) && fail "the snapshot copy is all zeroes: nothing was written before it"
+echo "the NBD copy made while the guest wrote equals the snapshot exported offline"
 echo "PASS: NBD with nbdinfo, nbdcopy, qemu-img, fio; snapshots; token; bad input"
