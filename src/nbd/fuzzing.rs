@@ -135,8 +135,8 @@ pub fn fuzz_nbd(input: &[u8], token: Option<&str>) -> (FuzzPath, usize) {
         Ok(Negotiation::Ended) => return (FuzzPath::HandshakeEnded, out.len()),
         Ok(Negotiation::Transmit(s)) => s,
     };
-    let mut bufs = Buffers::default();
-    let path = match transmit(&mut r, &mut out, &session, &mut bufs) {
+    let bufs = Buffers::default();
+    let path = match transmit(&mut r, &mut out, &session, &bufs, 0) {
         Ok(st) => FuzzPath::Transmitted { structured: session.structured, requests: st.requests },
         Err(_) => FuzzPath::TransmitError { requests: 0 },
     };

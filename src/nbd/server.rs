@@ -67,6 +67,8 @@ pub struct NbdOptions {
     pub max_connections: usize,
     /// Time a client has to finish the handshake.
     pub handshake_timeout: Duration,
+    /// Requests one connection executes at once.
+    pub workers: usize,
 }
 
 impl Default for NbdOptions {
@@ -78,6 +80,7 @@ impl Default for NbdOptions {
             insecure: false,
             max_connections: 64,
             handshake_timeout: Duration::from_secs(30),
+            workers: 4,
         }
     }
 }
@@ -329,8 +332,8 @@ fn connection(
     };
     r.get_ref().set_read_timeout(None)?;
     tracing::info!(export = %session.name, structured = session.structured, contexts = session.contexts.len(), "NBD client connected");
-    let mut bufs = Buffers::default();
-    let res = transmit(&mut r, &mut w, &session, &mut bufs);
+    let bufs = Buffers::default();
+    let res = transmit(&mut r, &mut w, &session, &bufs, o.workers);
     if let Ok(st) = &res {
         tracing::info!(export = %session.name, requests = st.requests, read = st.read_bytes, written = st.written_bytes, errors = st.errors, "NBD client disconnected");
     }
