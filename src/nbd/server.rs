@@ -23,6 +23,9 @@ use super::handshake::{negotiate, Auth, Negotiation};
 use super::transmission::{transmit, Buffers};
 use super::{ExportSet, NbdError};
 
+/// Longest wait for a client to take a reply off the socket.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where a server listens: `unix:PATH` or `tcp:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -108,6 +111,12 @@ impl Sock {
         match self {
             Sock::Unix(s) => s.set_read_timeout(t),
             Sock::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Unix(s) => s.set_write_timeout(t),
+            Sock::Tcp(s) => s.set_write_timeout(t),
         }
     }
 }
@@ -324,6 +333,9 @@ fn connection(
     o: &NbdOptions,
 ) -> Result<(), NbdError> {
     sock.set_read_timeout(Some(o.handshake_timeout))?;
+    // A client that stops reading its replies cannot hold a connection thread (and the
+    // daemon's shutdown) forever.
+    sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut w = sock.try_clone()?;
     let mut r = BufReader::with_capacity(64 * 1024, sock);
     let session = match negotiate(&mut r, &mut w, exports, auth, &shared.stopping)? {
