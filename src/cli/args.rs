@@ -86,10 +86,20 @@ pub enum SnapshotCmd {
     },
     /// Delete a snapshot; its exclusive data becomes garbage for scrub
     Delete { target: String },
+    /// List the extents that differ between two snapshots of a volume (from the maps;
+    /// no data is read): what `volume export VOL@B FILE --since A` writes
+    Diff {
+        /// VOL@A (the older snapshot)
+        from: String,
+        /// VOL@B
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("where").required(true).args(["socket", "socket_dir"])))]
+#[command(group(clap::ArgGroup::new("where").args(["socket", "socket_dir"])))]
 pub struct ServeArgs {
     /// Serve one volume on this unix socket
     #[arg(long, value_name = "PATH")]
@@ -118,6 +128,17 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101) at /metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Also export the volumes over NBD (repeatable): unix:PATH (socket mode/group as
+    /// above) or tcp:HOST:PORT (needs --nbd-token-file or --insecure). Export names are
+    /// VOLUME and VOLUME@SNAP; snapshots of served volumes open on demand, read-only
+    #[arg(long, value_name = "unix:PATH|tcp:HOST:PORT")]
+    pub nbd: Vec<String>,
+    /// File holding the token TCP NBD clients must give as TOKEN/EXPORT (export name)
+    #[arg(long, value_name = "FILE")]
+    pub nbd_token_file: Option<PathBuf>,
+    /// Allow NBD over TCP without a token (anyone who reaches the port reads and writes)
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,9 +214,20 @@ pub enum VolumeCmd {
         /// Write the file at this byte offset of the volume (binary units allowed)
         #[arg(long, default_value = "0")]
         offset: String,
+        /// FILE is an incremental backup (`volume export VOL@B FILE --since A`): apply
+        /// its changed extents (data and zeroed ranges)
+        #[arg(long, conflicts_with_all = ["create", "offset"])]
+        diff: bool,
     },
     /// Write the whole volume (or VOL@SNAP) to a raw file (sparse where unwritten)
-    Export { name: String, file: PathBuf },
+    Export {
+        name: String,
+        file: PathBuf,
+        /// Incremental: write only what changed since this older snapshot (VOL@SNAP
+        /// exports only), as a diff file for `volume import --diff`
+        #[arg(long, value_name = "SNAPSHOT")]
+        since: Option<String>,
+    },
     /// Make a volume a read-only template, meant only as a clone parent
     SetTemplate { name: String },
     /// Copy what a clone still reads from its parents so it stands alone

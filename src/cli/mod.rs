@@ -1,7 +1,9 @@
 //! The binary's edge: parse arguments, set up logging, open the data dir, run a command.
 
 pub mod args;
+pub mod backup;
 pub mod dtl_cmds;
+pub mod nbd_serve;
 pub mod serve;
 pub mod volume_cmds;
 
@@ -67,10 +69,14 @@ pub fn run() -> Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::serve(dd, args),
-        Command::Volume(VolumeCmd::Import { name, file, create, offset }) => {
+        Command::Volume(VolumeCmd::Import { name, file, diff: true, .. }) => backup::import_diff(&mut dd, &name, &file),
+        Command::Volume(VolumeCmd::Import { name, file, create, offset, .. }) => {
             volume_cmds::import(&mut dd, &name, &file, create, &offset)
         }
-        Command::Volume(VolumeCmd::Export { name, file }) => volume_cmds::export(&mut dd, &name, &file),
+        Command::Volume(VolumeCmd::Export { name, file, since: Some(since) }) => {
+            backup::export_since(&mut dd, &name, &since, &file)
+        }
+        Command::Volume(VolumeCmd::Export { name, file, .. }) => volume_cmds::export(&mut dd, &name, &file),
         Command::Dtl(_) => unreachable!("dtl commands run before the data dir is opened"),
         _ => unreachable!("management commands are requests"),
     }

@@ -34,6 +34,9 @@ fn resolve_group(g: &str) -> Result<u32> {
 }
 
 pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
+    if args.socket.is_none() && args.socket_dir.is_none() && args.nbd.is_empty() {
+        bail!("nothing to serve on: give --socket PATH, --socket-dir DIR or --nbd ADDR");
+    }
     if args.socket.is_some() && args.volumes.len() != 1 {
         bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
     }
@@ -49,6 +52,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         opts.num_queues = q;
     }
     opts.socket_group = args.socket_group.as_deref().map(resolve_group).transpose()?;
+    let nbd_cfg = super::nbd_serve::config(&args, opts.socket_mode, opts.socket_group)?;
     if let Some(d) = &args.socket_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
@@ -97,7 +101,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         let socket: PathBuf = match (&args.socket, &args.socket_dir) {
             (Some(s), _) => s.clone(),
             (None, Some(d)) => d.join(format!("{name}.sock")),
-            _ => unreachable!("clap requires one"),
+            _ => continue, // NBD only
         };
         let target = Arc::new(VolumeTarget::new(vol.clone(), args.read_only));
         let h = spawn_device(&socket, target, &opts).with_context(|| format!("cannot serve volume {name}"))?;
@@ -105,6 +109,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         println!("serving volume {name} on {}", socket.display());
         devices.push(h);
     }
+    let nbd = super::nbd_serve::start(nbd_cfg, &order, &state, args.read_only)?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -122,6 +127,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
             tracing::warn!(error = %e, "device shutdown");
         }
     }
+    nbd.stop();
     control.stop();
     scrubber.stop();
     let mut failed = false;

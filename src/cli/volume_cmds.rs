@@ -110,6 +110,14 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
             let (volume, snapshot) = need_snapshot(target)?;
             Request::SnapshotRollback { volume, snapshot, force: *force }
         }
+        Command::Snapshot(SnapshotCmd::Diff { from, to, .. }) => {
+            let (volume, from) = need_snapshot(from)?;
+            let (v2, to) = need_snapshot(to)?;
+            if v2 != volume {
+                bail!("snapshot diff compares two snapshots of one volume, not {volume} and {v2}");
+            }
+            Request::SnapshotDiff { volume, from, to }
+        }
         Command::Clone { source, target } => {
             let (v, snap) = split_target(source);
             if snap == Some("") || v.is_empty() {
@@ -185,6 +193,25 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
             }
         }
         Command::Snapshot(SnapshotCmd::Delete { target }) => println!("deleted snapshot {target}"),
+        Command::Snapshot(SnapshotCmd::Diff { from, to, json }) => {
+            if *json {
+                println!("{}", serde_json::to_string_pretty(v)?);
+            } else {
+                println!("{:>16} {:>14}  CONTENT", "OFFSET", "LENGTH");
+                for e in v["extents"].as_array().into_iter().flatten() {
+                    let kind = if e["data"].as_bool() == Some(true) { "data" } else { "zeroed" };
+                    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+                    println!("{:>16} {:>14}  {kind}", n("offset"), n("length"));
+                }
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                println!(
+                    "{from} -> {to}: {} changed ({} data, {} zeroed)",
+                    format_size(n("changed_bytes")),
+                    format_size(n("data_bytes")),
+                    format_size(n("zeroed_bytes"))
+                );
+            }
+        }
         Command::Snapshot(SnapshotCmd::Rollback { target, .. }) => println!("rolled back to {target}"),
         Command::Clone { target, .. } => println!("created clone {target} of {}", s("parent")),
         Command::Scrub { volume, .. } => {

@@ -150,6 +150,14 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             with_volume(dd, served, &volume, false, |v| v.rollback(&snapshot))?;
             Ok(json!({"rolled_back": format!("{volume}@{snapshot}")}))
         }
+        Request::SnapshotDiff { volume, from, to } => {
+            let (ext, cs) =
+                with_volume(dd, served, &volume, true, |v| Ok((v.snapshot_diff(&from, &to)?, v.cluster_size())))?;
+            let data: u64 = ext.iter().filter(|e| e.data).map(|e| e.length).sum();
+            let zero: u64 = ext.iter().filter(|e| !e.data).map(|e| e.length).sum();
+            Ok(json!({"volume": volume, "from": from, "to": to, "cluster_size": cs, "changed_bytes": data + zero,
+                "data_bytes": data, "zeroed_bytes": zero, "extents": ext}))
+        }
         Request::Clone { source, snapshot, target } => {
             let src = dd.volume_meta(&source)?;
             match &snapshot {

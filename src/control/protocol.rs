@@ -37,6 +37,8 @@ pub enum Request {
     SnapshotDelete { volume: String, snapshot: String },
     /// Make a volume's content a snapshot's (refused while served unless `force`).
     SnapshotRollback { volume: String, snapshot: String, force: bool },
+    /// The extents that differ between two snapshots (from the maps).
+    SnapshotDiff { volume: String, from: String, to: String },
     /// A new volume reading through to a snapshot (or to a template's content).
     Clone { source: String, snapshot: Option<String>, target: String },
     /// Freeze a volume as a read-only clone parent.

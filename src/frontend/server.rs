@@ -337,7 +337,7 @@ fn wait_readable(listener: RawFd, exit: RawFd) -> io::Result<Wake> {
 /// Bind a listening unix socket at `path` with `mode` and `group`, replacing a stale socket
 /// file. The socket is bound in a fresh private directory, given its mode and group there,
 /// and renamed into place, so it is never reachable under its final name with wider access.
-fn bind_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, FrontendError> {
+pub(crate) fn bind_socket(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, FrontendError> {
     let err = |source| FrontendError::Socket { path: path.to_path_buf(), source };
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_socket() => {

@@ -169,6 +169,40 @@ impl ClusterMap {
         changed
     }
 
+    /// Visit, in order, every cluster whose entry differs between `self` and `other`
+    /// (maps of the same volume): `f(cluster)`. Pages and directories the two maps share
+    /// (untouched since one was copied from the other) are skipped without a look.
+    pub fn diff(&self, other: &ClusterMap, mut f: impl FnMut(u64)) {
+        debug_assert_eq!(self.clusters, other.clusters);
+        let empty: [Option<Arc<Page>>; DIR_PAGES] = std::array::from_fn(|_| None);
+        for d in 0..self.dirs.len().min(other.dirs.len()) {
+            let (a, b) = (&self.dirs[d], &other.dirs[d]);
+            match (a, b) {
+                (None, None) => continue,
+                (Some(x), Some(y)) if Arc::ptr_eq(x, y) => continue,
+                _ => {}
+            }
+            let pa = a.as_ref().map_or(&empty, |x| &x.pages);
+            let pb = b.as_ref().map_or(&empty, |x| &x.pages);
+            for p in 0..DIR_PAGES {
+                let (x, y) = (&pa[p], &pb[p]);
+                let base = d as u64 * DIR_CLUSTERS + (p * PAGE_ENTRIES) as u64;
+                match (x, y) {
+                    (None, None) => continue,
+                    (Some(x), Some(y)) if Arc::ptr_eq(x, y) => continue,
+                    _ => {}
+                }
+                for e in 0..PAGE_ENTRIES {
+                    let ea = x.as_ref().map_or(UNMAPPED, |pg| pg.entries[e]);
+                    let eb = y.as_ref().map_or(UNMAPPED, |pg| pg.entries[e]);
+                    if ea != eb {
+                        f(base + e as u64);
+                    }
+                }
+            }
+        }
+    }
+
     /// Heap bytes held by this map's pages (shared pages counted fully).
     pub fn memory_bytes(&self) -> u64 {
         let mut n = (self.dirs.len() * std::mem::size_of::<Option<Arc<Dir>>>()) as u64;
@@ -217,6 +251,23 @@ mod tests {
         e.fill(0, 1 << 18, UNMAPPED);
         assert_eq!(e.mapped(), 0);
         assert_eq!(e.memory_bytes(), before + 16 + std::mem::size_of::<Dir>() as u64);
+    }
+
+    #[test]
+    fn diff_visits_changed_clusters_only() {
+        let mut a = ClusterMap::new(200_000);
+        a.set(3, 10);
+        a.set(70_000, 11);
+        let mut b = a.clone();
+        let mut seen = vec![];
+        a.diff(&b, |c| seen.push(c));
+        assert!(seen.is_empty());
+        b.set(3, 12);
+        b.set(4, ZERO);
+        b.set(70_000, UNMAPPED);
+        b.set(150_000, 13);
+        a.diff(&b, |c| seen.push(c));
+        assert_eq!(seen, vec![3, 4, 70_000, 150_000]);
     }
 
     #[test]

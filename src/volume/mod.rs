@@ -6,6 +6,7 @@ pub mod cluster_crc;
 pub mod dtl_link;
 pub mod engine;
 pub mod epochs;
+pub mod extents;
 pub mod fencing;
 pub mod iov;
 pub mod layers;
