@@ -12,6 +12,7 @@ pub mod error;
 pub mod fault;
 pub mod frontend;
 pub mod local_settings;
+pub mod service;
 pub mod takeover;
 pub mod units;
 pub mod volume;

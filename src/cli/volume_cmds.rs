@@ -118,6 +118,15 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
             Request::Clone { source: v.to_string(), snapshot: snap.map(str::to_string), target: target.clone() }
         }
         Command::Scrub { volume, threshold } => Request::Scrub { volume: volume.clone(), threshold: *threshold },
+        Command::Attach { volume, socket, read_only, num_queues, queue_size } => Request::Attach {
+            volume: volume.clone(),
+            // The daemon runs elsewhere: it gets an absolute path.
+            socket: socket.as_ref().map(|s| std::env::current_dir().map(|d| d.join(s))).transpose()?,
+            read_only: *read_only,
+            num_queues: *num_queues,
+            queue_size: *queue_size,
+        },
+        Command::Detach { volume, force } => Request::Detach { volume: volume.clone(), force: *force },
         _ => return Ok(None),
     }))
 }
@@ -187,6 +196,17 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
         Command::Snapshot(SnapshotCmd::Delete { target }) => println!("deleted snapshot {target}"),
         Command::Snapshot(SnapshotCmd::Rollback { target, .. }) => println!("rolled back to {target}"),
         Command::Clone { target, .. } => println!("created clone {target} of {}", s("parent")),
+        Command::Attach { volume, .. } => println!("attached {volume} on {}", s("socket")),
+        Command::Detach { volume, .. } => {
+            if v["drained"].as_bool() == Some(false) {
+                println!(
+                    "detached {volume}; {} not yet uploaded stays in the local write buffer",
+                    format_size(v["pending_bytes"].as_u64().unwrap_or(0))
+                );
+            } else {
+                println!("detached {volume}");
+            }
+        }
         Command::Scrub { volume, .. } => {
             let r: ScrubReport = serde_json::from_value(v.clone())?;
             println!(
@@ -226,7 +246,7 @@ fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    println!("{:<32} {:>12} {:>8}  NOTES", "NAME", "SIZE", "CLUSTER");
+    println!("{:<32} {:>12} {:>8}  {:<9} {:<9}  NOTES", "NAME", "SIZE", "CLUSTER", "ATTACHED", "CONNECTED");
     for x in v.as_array().into_iter().flatten() {
         let size = x["size"].as_u64().unwrap_or(0);
         let cs = x["cluster_size"].as_u64().unwrap_or(0);
@@ -237,11 +257,25 @@ fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
         if let Some(p) = x["parent"].as_str() {
             notes.push(format!("clone of {p}"));
         }
-        if x["served"].as_bool() == Some(true) {
-            notes.push("served".to_string());
+        if let Some(s) = x["socket"].as_str() {
+            notes.push(format!("socket {s}"));
         }
+        if let Some(e) = x["attach_error"].as_str() {
+            notes.push(format!("attach failed: {e}"));
+        }
+        let yes = |k: &str| if x[k].as_bool() == Some(true) { "yes" } else { "no" };
         let name = x["name"].as_str().unwrap_or("");
-        println!("{:<32} {:>12} {:>8}  {}", name, format_size(size), format_size(cs), notes.join(", "));
+        let size = if size == 0 { "-".to_string() } else { format_size(size) };
+        let cs = if cs == 0 { "-".to_string() } else { format_size(cs) };
+        println!(
+            "{:<32} {:>12} {:>8}  {:<9} {:<9}  {}",
+            name,
+            size,
+            cs,
+            yes("attached"),
+            yes("connected"),
+            notes.join(", ")
+        );
     }
     Ok(())
 }

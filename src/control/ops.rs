@@ -75,7 +75,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
                 .map(|m| {
                     json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only,
                         "template": m.template, "parent": m.parent.map(|p| p.to_string()),
-                        "served": served.contains_key(&m.name)})
+                        "served": served.contains_key(&m.name), "attached": served.contains_key(&m.name)})
                 })
                 .collect();
             Ok(Value::Array(v))
@@ -191,6 +191,9 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             dd.update_meta(&volume, |m| m.parent = None)?;
             Ok(json!({"flattened": volume, "copied_bytes": copied}))
         }
+        Request::Attach { .. } | Request::Detach { .. } => Err(Error::Refused(
+            "attach and detach need the running daemon of this data dir: start `logdisk serve`".into(),
+        )),
         Request::Scrub { volume, threshold } => {
             let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
             Ok(to_json(rep))

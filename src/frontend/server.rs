@@ -53,7 +53,8 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    fn validate(&self) -> Result<(), FrontendError> {
+    /// Check the options (done again by [`spawn_device`]).
+    pub fn validate(&self) -> Result<(), FrontendError> {
         if !(1..=64).contains(&self.num_queues) {
             return Err(FrontendError::InvalidOptions(format!("num_queues must be 1..=64, not {}", self.num_queues)));
         }
