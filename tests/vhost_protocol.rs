@@ -191,7 +191,10 @@ fn features_protocol_features_and_config_space() {
     assert_ne!(f & PROTOCOL_FEATURES_BIT, 0);
     let proto = vm.fe.get_protocol_features().unwrap();
     assert!(proto.contains(
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
     ));
     assert_eq!(vm.fe.get_queue_num().unwrap(), 2);
 

@@ -223,6 +223,16 @@ pub enum VolumeCmd {
     },
     /// Write the whole volume (or VOL@SNAP) to a raw file (sparse where unwritten)
     Export { name: String, file: PathBuf },
+    /// Change a volume's size, served or not: a served volume's guest is told at once
+    /// (snapshots keep their size)
+    Resize {
+        name: String,
+        /// New size with binary units; a multiple of the cluster size
+        size: String,
+        /// Allow a smaller size (drops the data past it; refused while attached)
+        #[arg(long)]
+        shrink: bool,
+    },
     /// Make a volume a read-only template, meant only as a clone parent
     SetTemplate { name: String },
     /// Copy what a clone still reads from its parents so it stands alone

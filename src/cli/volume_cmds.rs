@@ -96,6 +96,9 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
         },
         Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
         Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
+        Command::Volume(VolumeCmd::Resize { name, size, shrink }) => {
+            Request::Resize { volume: name.clone(), size: parse_size(size)?, shrink: *shrink }
+        }
         Command::Volume(VolumeCmd::Flatten { name }) => Request::Flatten { volume: name.clone() },
         Command::Snapshot(SnapshotCmd::List { volume, .. }) => Request::SnapshotList { volume: volume.clone() },
         Command::Snapshot(SnapshotCmd::Create { target }) => {
@@ -177,6 +180,11 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
             }
         }
         Command::Volume(VolumeCmd::SetTemplate { name }) => println!("volume {name} is now a read-only template"),
+        Command::Volume(VolumeCmd::Resize { name, .. }) => println!(
+            "resized volume {name} from {} to {}",
+            format_size(v["old_size"].as_u64().unwrap_or(0)),
+            format_size(v["size"].as_u64().unwrap_or(0))
+        ),
         Command::Volume(VolumeCmd::Flatten { name }) => println!(
             "flattened {name}: copied {} from its parents; it no longer depends on them",
             format_size(v["copied_bytes"].as_u64().unwrap_or(0))

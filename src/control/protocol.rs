@@ -61,6 +61,13 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Change a volume's size (shrinking needs `shrink` and a volume not served).
+    Resize {
+        volume: String,
+        size: u64,
+        #[serde(default)]
+        shrink: bool,
+    },
     /// Reclaim space of SCOs whose live fraction is below `threshold`.
     Scrub { volume: String, threshold: f64 },
 }

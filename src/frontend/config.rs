@@ -110,7 +110,10 @@ pub fn virtio_features(limits: &DeviceLimits) -> u64 {
 
 /// vhost-user protocol features offered to the frontend.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
 }
 
 /// The `struct virtio_blk_config` bytes (little-endian, as virtio 1.x requires).

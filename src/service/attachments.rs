@@ -247,6 +247,19 @@ impl Attachments {
         Ok(Some(report))
     }
 
+    /// Volume `name` changed size: tell its connected hypervisor (errors are logged: the
+    /// new size is recorded either way and a reconnecting hypervisor sees it).
+    pub fn config_changed(&self, name: &str) {
+        let live = self.live.read();
+        let Some(a) = live.get(name) else { return };
+        match a.device.config_changed() {
+            Ok(told) => {
+                tracing::info!(volume = name, size = a.volume.size(), told_hypervisor = told, "capacity changed")
+            }
+            Err(e) => tracing::warn!(volume = name, error = %e, "cannot tell the hypervisor about the new capacity"),
+        }
+    }
+
     /// Socket and connection of attachment `name`.
     pub fn status(&self) -> Vec<Status> {
         let live = self.live.read();

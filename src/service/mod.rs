@@ -41,6 +41,12 @@ impl DaemonState {
                 Ok(json!({"detached": volume, "drained": r.as_ref().is_none_or(|r| r.drained),
                     "pending_bytes": r.map_or(0, |r| r.pending_bytes)}))
             }
+            Request::Resize { volume, size, shrink } => {
+                let v = ops::run(&mut dd, &self.served(), Request::Resize { volume: volume.clone(), size, shrink })?;
+                // A served volume's guest learns the new capacity at once.
+                self.attachments.config_changed(&volume);
+                Ok(v)
+            }
             Request::List => {
                 let mut v = ops::run(&mut dd, &self.served(), Request::List)?;
                 self.add_status(&mut v);
