@@ -57,8 +57,13 @@ struct Daemon {
 impl Daemon {
     /// Start `logdisk serve ARGS` and wait until its control socket and `sockets` exist.
     fn start(data: &Path, args: &[&str], sockets: &[PathBuf]) -> Daemon {
+        Self::start_env(data, args, sockets, &[])
+    }
+
+    fn start_env(data: &Path, args: &[&str], sockets: &[PathBuf], env: &[(&str, &Path)]) -> Daemon {
         let _ = std::fs::remove_file(data.join("control.sock"));
         let child = Command::new(env!("CARGO_BIN_EXE_logdisk"))
+            .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data)
             .arg("serve")
@@ -390,4 +395,31 @@ fn bad_requests_get_one_line_and_leave_the_daemon_serving() {
     ok(&data, &["attach", "b"]);
     drop(vm);
     d.stop();
+}
+
+#[test]
+fn systemd_ready_once_sockets_listen_and_stopping_on_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, socks) = (t.path().join("data"), t.path().join("socks"));
+    ok(&data, &["volume", "create", "n", "--size", "64M"]);
+    let ns = t.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&ns).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let d = Daemon::start_env(&data, &["--socket-dir", socks.to_str().unwrap(), "n"], &[], &[("NOTIFY_SOCKET", &ns)]);
+    let mut buf = [0u8; 512];
+    let n = rx.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("READY=1\n") && msg.contains("serving 1 volume"), "{msg:?}");
+    // Ready means the volume's socket already accepts a hypervisor.
+    let mut vm = Vm::connect(&sock(&socks, "n"), 1, true);
+    write_block(&mut vm, 0, 5);
+    drop(vm);
+    let pid = d.pid();
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let n = rx.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("STOPPING=1"), "{msg:?}");
+    let mut d = d;
+    assert!(d.child.wait().unwrap().success());
 }

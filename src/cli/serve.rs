@@ -15,6 +15,7 @@ use super::args::ServeArgs;
 use logdisk::control::server::ControlServer;
 use logdisk::datadir::DataDir;
 use logdisk::frontend::ServeOptions;
+use logdisk::service::notify::notify;
 use logdisk::service::{AttachRequest, Attachments, DaemonState, Defaults};
 use logdisk::volume::scrubber::Scrubber;
 
@@ -96,8 +97,12 @@ pub fn serve(dd: DataDir, args: ServeArgs) -> Result<()> {
     };
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // Every attached socket listens and the control socket answers.
+    let n = state.served().len();
+    notify(&format!("READY=1\nSTATUS=serving {n} volume{}", if n == 1 { "" } else { "s" }));
 
     let sig = signals.forever().next().unwrap_or(SIGTERM);
+    notify("STOPPING=1\nSTATUS=stopping: finishing in-flight requests, flushing, draining uploads");
     tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
     // A second signal during the drain exits at once (what is not uploaded stays local).
     std::thread::spawn(move || {
@@ -136,6 +141,10 @@ fn attach_at_start(state: &DaemonState, args: &ServeArgs) -> Result<()> {
     recorded.retain(|s| !named.iter().any(|n| **n == s.name));
     recorded.sort_by_key(|s| s.name.contains('@'));
     for spec in recorded {
+        // After a reboot a socket dir on tmpfs (/run) is gone: make it again.
+        if let Some(dir) = spec.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         match state.attachments.attach_spec(&mut dd, &spec) {
             Ok(()) => println!("serving volume {} on {}", spec.name, spec.socket.display()),
             Err(e) => {
