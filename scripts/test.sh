@@ -75,6 +75,8 @@ if [[ $QUICK = 0 ]]; then
     stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
     stage "guest: snapshot while writing, clone, snapshot served read-only, scrub" \
         tests/guest/snapshot-e2e.sh --bin target/release/logdisk
+    stage "guest: online resize seen without a reboot, resize2fs, kill -9 restart, fresh data dir" \
+        tests/guest/resize-e2e.sh --bin target/release/logdisk
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
 fi
 
