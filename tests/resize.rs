@@ -209,3 +209,48 @@ fn resize_without_a_daemon_grow_then_shrink() {
     assert!(got[..4 << 20] == img[..4 << 20]);
     assert!(got[4 << 20..].iter().all(|&b| b == 0), "data past a shrink is gone");
 }
+
+/// A crash after a resize's TLog record but before its volume record, with no checkpoint:
+/// a fresh host replays the whole log from the creation size, the snapshot taken before
+/// keeps the old size, the data past the old end is there and the record is finished.
+#[test]
+fn resize_replayed_from_the_log_alone() {
+    use common::{open_dd, small_config};
+    let t = tempfile::tempdir().unwrap();
+    let backend = t.path().join("objects");
+    let mut cfg = small_config();
+    cfg.upload.checkpoint_every = 1000; // no checkpoint: replay from the first TLog
+    {
+        let mut dd = open_dd(&t.path().join("a"), &backend, cfg.clone());
+        dd.create_volume("v", 4 << 20, None, None).unwrap();
+        let vol = dd.open_volume("v", false).unwrap();
+        vol.write_at(0, &[1u8; 4096]).unwrap();
+        vol.create_snapshot("small").unwrap();
+        vol.resize(8 << 20).unwrap();
+        vol.write_at(6 << 20, &[2u8; 4096]).unwrap();
+        assert!(vol.write_at(8 << 20, &[3u8; 4096]).is_err(), "past the new end");
+        vol.flush().unwrap();
+        vol.seal().unwrap();
+        assert!(vol.wait_uploaded(Duration::from_secs(30)));
+        // No close (no final checkpoint) and no new volume record: as after a crash.
+    }
+    assert!(
+        !backend.join("v/meta/checkpoint").exists()
+            || std::fs::read_dir(backend.join("v/meta/checkpoint")).unwrap().count() == 0
+    );
+    let mut dd = open_dd(&t.path().join("b"), &backend, cfg);
+    assert_eq!(dd.volume_meta("v").unwrap().size, 4 << 20);
+    let vol = dd.open_volume("v", false).unwrap();
+    assert_eq!(vol.size(), 8 << 20);
+    assert_eq!(dd.volume_meta("v").unwrap().size, 8 << 20, "the volume record is finished at open");
+    let mut b = vec![0u8; 4096];
+    vol.read_at(6 << 20, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 2));
+    vol.read_at(0, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 1));
+    let view = dd.open_snapshot_view("v", "small", Some(&vol)).unwrap();
+    assert_eq!(view.size(), 4 << 20, "the snapshot keeps its size");
+    view.read_at(0, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 1));
+    vol.close().unwrap();
+}
