@@ -163,6 +163,13 @@ pub struct Req {
 
 impl Vm {
     pub fn connect(socket: &Path, queues: usize, event_idx: bool) -> Vm {
+        Self::connect_with(socket, queues, event_idx, false)
+    }
+
+    /// With `mem_slots`, memory is given region by region with ADD_MEM_REG (protocol
+    /// feature CONFIGURE_MEM_SLOTS), and only the first region (rings and the buffers
+    /// `alloc` hands out); otherwise all of it with SET_MEM_TABLE.
+    pub fn connect_with(socket: &Path, queues: usize, event_idx: bool, mem_slots: bool) -> Vm {
         let mut fe = Frontend::connect(socket, queues as u64).unwrap();
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
@@ -177,7 +184,12 @@ impl Vm {
 
         let mem = guest_memory();
         let infos: Vec<_> = mem.iter().map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).collect();
-        fe.set_mem_table(&infos).unwrap();
+        if mem_slots {
+            assert!(fe.get_max_mem_slots().unwrap() >= 8, "memory slots");
+            fe.add_mem_region(&infos[0]).unwrap();
+        } else {
+            fe.set_mem_table(&infos).unwrap();
+        }
         // The rings live in the first region.
         let uaddr = mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
 
