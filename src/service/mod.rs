@@ -37,7 +37,8 @@ impl DaemonState {
                 Ok(serde_json::to_value(spec).expect("serializable"))
             }
             Request::Detach { volume, force } => {
-                drop(dd);
+                // The data dir stays held until the volume is closed, so the same volume
+                // cannot be attached (opened twice) while it closes.
                 let r = self.attachments.detach(&volume, force)?;
                 Ok(json!({"detached": volume, "drained": r.as_ref().is_none_or(|r| r.drained),
                     "pending_bytes": r.map_or(0, |r| r.pending_bytes)}))

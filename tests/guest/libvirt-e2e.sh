@@ -28,7 +28,9 @@ done
 [[ $(id -u) = 0 ]] || { echo "needs root (private mount namespace for libvirtd)" >&2; exit 125; }
 
 T=$(mktemp -d /tmp/logdisk-libvirt-e2e.XXXXXX)
-DAEMON= LIBVIRTD= DOM=logdisk-e2e-$$
+DAEMON=''
+LIBVIRTD=''
+DOM=logdisk-e2e-$$
 URI="qemu:///system?socket=$T/lv/run/libvirt-sock"
 vsh() { virsh -q -c "$URI" "$@"; }
 cleanup() {
@@ -116,8 +118,8 @@ for v in vm1 vm2; do
     [[ $ok = 1 ]] || fail "detach $v after destroy"
 done
 kill -TERM "$DAEMON"; wait "$DAEMON" || fail "daemon exit"; DAEMON=
-for pair in "vm1 A" "vm2 B"; do
-    set -- $pair
+for pair in vm1:A vm2:B; do
+    set -- "${pair%:*}" "${pair#*:}"
     ld volume export "$1" "$T/$1.raw" >/dev/null
     got=$(head -c $((4 << 20)) "$T/$1.raw" | sha256sum | cut -d' ' -f1)
     want=$(grep -a "^SUM-$2 " "$T/console.log" | tr -d '\r' | cut -d' ' -f2)
