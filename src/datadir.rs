@@ -285,6 +285,15 @@ impl DataDir {
         }
         let env = self.env()?;
         let vol = Volume::open(env, meta, dir, read_only)?;
+        if vol.size() != vol.meta().size && !read_only {
+            // A resize's TLog record is durable before its volume record: finish it.
+            tracing::warn!(volume = name, size = vol.size(), "recording the size of an interrupted resize");
+            let size = vol.size();
+            self.update_meta(name, |m| {
+                m.initial_size.get_or_insert(m.size);
+                m.size = size;
+            })?;
+        }
         vol.set_uploads_paused(settings.uploads_paused);
         if let (Some(d), false) = (settings.dtl, read_only) {
             vol.set_dtl(Some(self.dtl_link(&vol, d)?));
@@ -453,7 +462,7 @@ impl DataDir {
             parent: m.parent.as_ref().map(|p| p.to_string()),
             snapshots: space.snapshots,
             name: m.name.clone(),
-            size: m.size,
+            size: vol.size(),
             cluster_size: m.cluster_size,
             sco_size: m.sco_clusters as u64 * m.cluster_size as u64,
             created: m.created,

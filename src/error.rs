@@ -8,6 +8,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A management request that cannot be done in the current state (the message says
+    /// why: already attached, socket in use, a hypervisor is connected, ...).
+    #[error("{0}")]
+    Refused(String),
     #[error("volume {0} not found")]
     VolumeNotFound(String),
     #[error("volume {0} already exists")]

@@ -13,6 +13,7 @@ pub mod fault;
 pub mod frontend;
 pub mod local_settings;
 pub mod nbd;
+pub mod service;
 pub mod takeover;
 pub mod units;
 pub mod volume;

@@ -6,31 +6,30 @@
 //! eventfds and reads completions back from the used rings. The device serves a real temp
 //! file through a test-only `BlockTarget` (pread/pwrite).
 
+mod common;
+
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::vhost::{Vm, Vq, MEM_SIZE, QSIZE};
 use logdisk::frontend::target::BlockTarget;
 use logdisk::frontend::{spawn_device, DeviceHandle, FrontendError, ServeOptions};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::vhost_user::VhostUserFrontend;
+use vhost::VhostBackend;
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const DISK_SIZE: u64 = 16 << 20;
-const MEM_SIZE: usize = 8 << 20;
-const QSIZE: u16 = 256;
 const SERIAL: &str = "logdisk-test-serial-0123"; // longer than 20: truncated by GET_ID
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
 
@@ -110,282 +109,8 @@ impl BlockTarget for FileTarget {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Guest memory and a driver-side split virtqueue.
-
-/// Guest RAM: two guest-adjacent regions of `MEM_SIZE / 2`, each its own memfd and so its
-/// own mapping (like RAM split around a PCI hole), so buffers can straddle regions.
-fn guest_memory() -> GuestMemoryMmap<()> {
-    let half = MEM_SIZE / 2;
-    let region = |base: u64| {
-        // SAFETY: plain memfd_create with a static NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"logdisk-guest".as_ptr(), 0) };
-        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-        // SAFETY: `fd` is a fresh fd that we own.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(half as u64).unwrap();
-        (GuestAddress(base), half, Some(FileOffset::new(file, 0)))
-    };
-    GuestMemoryMmap::from_ranges_with_files(&[region(0), region(half as u64)]).unwrap()
-}
-
-/// Queue `q`'s rings live at `q * 0x10000`; data buffers from 1 MiB on.
-fn ring_base(q: usize) -> u64 {
-    q as u64 * 0x10000
-}
-
-/// A driver-side split virtqueue in guest memory.
-struct Vq {
-    base: u64,
-    size: u16,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-    kick: EventFd,
-    call: EventFd,
-}
-
-impl Vq {
-    fn desc_addr(&self) -> u64 {
-        self.base
-    }
-    fn avail_addr(&self) -> u64 {
-        self.base + 0x1000
-    }
-    fn used_addr(&self) -> u64 {
-        self.base + 0x2000
-    }
-    /// `used_event` lives after the avail ring.
-    fn used_event_addr(&self) -> u64 {
-        self.avail_addr() + 4 + 2 * u64::from(self.size)
-    }
-    /// `avail_event` lives after the used ring.
-    fn avail_event_addr(&self) -> u64 {
-        self.used_addr() + 4 + 8 * u64::from(self.size)
-    }
-
-    /// Write a chain with explicit `(addr, len, flags, next)` entries (`next == None` means
-    /// "the next slot"); returns the head index. Does not publish it.
-    fn write_raw_chain(&mut self, mem: &GuestMemoryMmap<()>, descs: &[(u64, u32, u16, Option<u16>)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, flags, next)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % self.size;
-            let last = i + 1 == descs.len();
-            let next_idx = next.unwrap_or((idx + 1) % self.size);
-            let flags = if last && next.is_none() { *flags } else { *flags | VRING_DESC_F_NEXT as u16 };
-            let a = self.desc_addr() + 16 * u64::from(idx);
-            mem.write_obj(*addr, GuestAddress(a)).unwrap();
-            mem.write_obj(*len, GuestAddress(a + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(a + 12)).unwrap();
-            mem.write_obj(next_idx, GuestAddress(a + 14)).unwrap();
-        }
-        self.next_desc = (head + descs.len() as u16) % self.size;
-        head
-    }
-
-    /// Add a chain of `(addr, len, device_writable)` buffers; returns its head index.
-    fn add(&mut self, mem: &GuestMemoryMmap<()>, bufs: &[(u64, u32, bool)]) -> u16 {
-        let raw: Vec<_> =
-            bufs.iter().map(|(a, l, w)| (*a, *l, if *w { VRING_DESC_F_WRITE as u16 } else { 0 }, None)).collect();
-        let head = self.write_raw_chain(mem, &raw);
-        self.publish(mem, head);
-        head
-    }
-
-    fn publish(&mut self, mem: &GuestMemoryMmap<()>, head: u16) {
-        let slot = self.avail_addr() + 4 + 2 * u64::from(self.avail_idx % self.size);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        std::sync::atomic::fence(Ordering::SeqCst);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail_addr() + 2)).unwrap();
-    }
-
-    fn kick(&self) {
-        self.kick.write(1).unwrap();
-    }
-
-    fn used_idx(&self, mem: &GuestMemoryMmap<()>) -> u16 {
-        mem.read_obj(GuestAddress(self.used_addr() + 2)).unwrap()
-    }
-
-    /// Wait for `n` more used entries; return them as `(id, len)`.
-    fn wait_used(&mut self, mem: &GuestMemoryMmap<()>, n: u16) -> Vec<(u32, u32)> {
-        let target = self.used_seen.wrapping_add(n);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.used_idx(mem) != target {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for used entries: have {}, want {}",
-                self.used_idx(mem),
-                target
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let mut out = Vec::new();
-        while self.used_seen != target {
-            let e = self.used_addr() + 4 + 8 * u64::from(self.used_seen % self.size);
-            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
-
-/// The test hypervisor: a connected, configured frontend with guest memory and queues.
-struct Vm {
-    fe: Frontend,
-    mem: GuestMemoryMmap<()>,
-    vqs: Vec<Vq>,
-    features: u64,
-    /// Next free data buffer address (bump allocator; reset with `reset_bufs`).
-    next_buf: u64,
-}
-
-struct Req {
-    q: usize,
-    head: u16,
-    status: u64,
-}
-
-impl Vm {
-    fn connect(socket: &Path, queues: usize, event_idx: bool) -> Vm {
-        let mut fe = Frontend::connect(socket, queues as u64).unwrap();
-        fe.set_owner().unwrap();
-        let offered = fe.get_features().unwrap();
-        let mut features = offered;
-        if !event_idx {
-            features &= !(1 << VIRTIO_RING_F_EVENT_IDX);
-        }
-        fe.set_features(features).unwrap();
-        let proto = fe.get_protocol_features().unwrap();
-        fe.set_protocol_features(proto).unwrap();
-        fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
-
-        let mem = guest_memory();
-        let infos: Vec<_> = mem.iter().map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).collect();
-        fe.set_mem_table(&infos).unwrap();
-        // The rings live in the first region.
-        let uaddr = mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
-
-        let mut vqs = Vec::new();
-        for q in 0..queues {
-            let vq = Vq {
-                base: ring_base(q),
-                size: QSIZE,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
-                call: EventFd::new(EFD_NONBLOCK).unwrap(),
-            };
-            fe.set_vring_num(q, QSIZE).unwrap();
-            let cfg = VringConfigData {
-                queue_max_size: QSIZE,
-                queue_size: QSIZE,
-                flags: 0,
-                desc_table_addr: uaddr + vq.desc_addr(),
-                used_ring_addr: uaddr + vq.used_addr(),
-                avail_ring_addr: uaddr + vq.avail_addr(),
-                log_addr: None,
-            };
-            fe.set_vring_addr(q, &cfg).unwrap();
-            fe.set_vring_base(q, 0).unwrap();
-            fe.set_vring_call(q, &vq.call).unwrap();
-            fe.set_vring_kick(q, &vq.kick).unwrap();
-            fe.set_vring_enable(q, true).unwrap();
-            vqs.push(vq);
-        }
-        Vm { fe, mem, vqs, features, next_buf: 1 << 20 }
-    }
-
-    fn alloc(&mut self, len: u64) -> u64 {
-        let a = self.next_buf;
-        self.next_buf = (self.next_buf + len + 63) & !63;
-        assert!(self.next_buf < MEM_SIZE as u64, "test guest memory exhausted");
-        a
-    }
-
-    fn reset_bufs(&mut self) {
-        self.next_buf = 1 << 20;
-    }
-
-    fn header(&mut self, req_type: u32, sector: u64) -> u64 {
-        let a = self.alloc(16);
-        self.mem.write_obj(req_type, GuestAddress(a)).unwrap();
-        self.mem.write_obj(0u32, GuestAddress(a + 4)).unwrap();
-        self.mem.write_obj(sector, GuestAddress(a + 8)).unwrap();
-        a
-    }
-
-    fn status_buf(&mut self) -> u64 {
-        let a = self.alloc(1);
-        self.mem.write_obj(0xffu8, GuestAddress(a)).unwrap();
-        a
-    }
-
-    /// Queue a request with `middle` data descriptors between header and status.
-    fn submit(&mut self, q: usize, req_type: u32, sector: u64, middle: &[(u64, u32, bool)]) -> Req {
-        let hdr = self.header(req_type, sector);
-        let status = self.status_buf();
-        let mut bufs = vec![(hdr, 16, false)];
-        bufs.extend_from_slice(middle);
-        bufs.push((status, 1, true));
-        let head = self.vqs[q].add(&self.mem, &bufs);
-        Req { q, head, status }
-    }
-
-    /// Kick, wait for one completion, return `(status, used_len)`.
-    fn complete(&mut self, r: &Req) -> (u8, u32) {
-        self.vqs[r.q].kick();
-        let used = self.vqs[r.q].wait_used(&self.mem, 1);
-        assert_eq!(used[0].0, u32::from(r.head), "completion for another chain");
-        let st: u8 = self.mem.read_obj(GuestAddress(r.status)).unwrap();
-        (st, used[0].1)
-    }
-
-    fn write(&mut self, q: usize, sector: u64, data: &[u8]) -> (u8, u32) {
-        let buf = self.alloc(data.len() as u64);
-        self.mem.write_slice(data, GuestAddress(buf)).unwrap();
-        let r = self.submit(q, VIRTIO_BLK_T_OUT, sector, &[(buf, data.len() as u32, false)]);
-        self.complete(&r)
-    }
-
-    fn read(&mut self, q: usize, sector: u64, len: usize) -> (u8, u32, Vec<u8>) {
-        let buf = self.alloc(len as u64);
-        self.mem.write_slice(&vec![0xeeu8; len], GuestAddress(buf)).unwrap();
-        let r = self.submit(q, VIRTIO_BLK_T_IN, sector, &[(buf, len as u32, true)]);
-        let (st, used) = self.complete(&r);
-        let mut out = vec![0u8; len];
-        self.mem.read_slice(&mut out, GuestAddress(buf)).unwrap();
-        (st, used, out)
-    }
-
-    fn simple(&mut self, q: usize, req_type: u32, sector: u64) -> (u8, u32) {
-        let r = self.submit(q, req_type, sector, &[]);
-        self.complete(&r)
-    }
-
-    /// A discard or write-zeroes request with the given `(sector, num_sectors, flags)`.
-    fn ranges(&mut self, q: usize, req_type: u32, segs: &[(u64, u32, u32)]) -> (u8, u32) {
-        let buf = self.alloc(16 * segs.len() as u64);
-        for (i, (s, n, f)) in segs.iter().enumerate() {
-            let a = buf + 16 * i as u64;
-            self.mem.write_obj(*s, GuestAddress(a)).unwrap();
-            self.mem.write_obj(*n, GuestAddress(a + 8)).unwrap();
-            self.mem.write_obj(*f, GuestAddress(a + 12)).unwrap();
-        }
-        let r = self.submit(q, req_type, 0, &[(buf, 16 * segs.len() as u32, false)]);
-        self.complete(&r)
-    }
-
-    fn config(&mut self) -> Vec<u8> {
-        let (_, data) = self.fe.get_config(0, 60, VhostUserConfigFlags::empty(), &[0u8; 60]).unwrap();
-        data
-    }
-}
+// The test hypervisor (guest memory, split virtqueues, a vhost-user frontend) is in
+// tests/common/vhost.rs.
 
 // ---------------------------------------------------------------------------------------
 // Fixtures.
@@ -466,7 +191,11 @@ fn features_protocol_features_and_config_space() {
     assert_ne!(f & PROTOCOL_FEATURES_BIT, 0);
     let proto = vm.fe.get_protocol_features().unwrap();
     assert!(proto.contains(
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     ));
     assert_eq!(vm.fe.get_queue_num().unwrap(), 2);
 
@@ -1037,4 +766,40 @@ fn volume_target_many_requests_in_flight_through_the_ring() {
     drop(vm);
     handle.shutdown().unwrap();
     vol.close().unwrap();
+}
+
+/// CONFIGURE_MEM_SLOTS: memory added with ADD_MEM_REG (no SET_MEM_TABLE); a second region
+/// added, used, removed: a chain pointing into the removed region gets an error status
+/// and the device keeps serving the first.
+#[test]
+fn memory_slots_add_and_remove_regions() {
+    let fx = Fixture::new(false, 1);
+    let mut vm = Vm::connect_with(&fx.socket, 1, true, true);
+    let proto = vm.fe.get_protocol_features().unwrap();
+    assert!(proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
+    let second = vm.mem.iter().nth(1).map(|r| vhost::VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).unwrap();
+    let hi = (MEM_SIZE / 2) as u64 + 0x1000; // a buffer in the second region
+    let data = pattern(7, 4096);
+    // IO in the first region.
+    assert_eq!(vm.write(0, 8, &data).0, OK);
+    assert_eq!(vm.read(0, 8, 4096).2, data);
+    // Not yet added: a buffer in the second region is refused.
+    let io_at = |vm: &mut Vm, t: u32, sector: u64, addr: u64| {
+        let r = vm.submit(0, t, sector, &[(addr, 4096, t == VIRTIO_BLK_T_IN)]);
+        vm.complete(&r).0
+    };
+    vm.mem.write_slice(&pattern(9, 4096), GuestAddress(hi)).unwrap();
+    assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_OUT, 16, hi), IOERR);
+    vm.fe.add_mem_region(&second).unwrap();
+    assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_OUT, 16, hi), OK);
+    vm.mem.write_slice(&[0u8; 4096], GuestAddress(hi)).unwrap();
+    assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_IN, 16, hi), OK);
+    let mut got = vec![0u8; 4096];
+    vm.mem.read_slice(&mut got, GuestAddress(hi)).unwrap();
+    assert_eq!(got, pattern(9, 4096), "IO in the added region");
+    assert_eq!(vm.read(0, 8, 4096).2, data, "and in the first");
+    vm.fe.remove_mem_region(&second).unwrap();
+    assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_IN, 16, hi), IOERR, "a chain into a removed region");
+    assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_OUT, 24, hi), IOERR);
+    assert_eq!(vm.read(0, 16, 4096).2, pattern(9, 4096), "the device keeps serving");
 }

@@ -62,6 +62,32 @@ pub enum Command {
         #[arg(long, default_value_t = 0.5)]
         threshold: f64,
     },
+    /// Serve a volume (or VOL@SNAP, read-only) on the running daemon: opens it and creates
+    /// its socket (default <socket-dir>/<VOL>.sock), ready for a hypervisor
+    Attach {
+        /// VOL or VOL@SNAP
+        volume: String,
+        /// Socket path [default: <socket-dir of the daemon>/<VOL>.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Serve read-only (VIRTIO_BLK_F_RO)
+        #[arg(long)]
+        read_only: bool,
+        /// Virtqueues [default: the daemon's --num-queues]
+        #[arg(long)]
+        num_queues: Option<u16>,
+        /// Virtqueue size [default: the daemon's --queue-size]
+        #[arg(long)]
+        queue_size: Option<u16>,
+    },
+    /// Stop serving a volume: in-flight IO finishes, the volume is flushed and closed and
+    /// its socket removed (its data is untouched)
+    Detach {
+        volume: String,
+        /// Detach even while a hypervisor is connected (it is disconnected)
+        #[arg(long)]
+        force: bool,
+    },
     /// Distributed Transaction Log: `dtl serve` keeps other hosts' un-uploaded writes
     #[command(subcommand)]
     Dtl(super::dtl_cmds::DtlCmd),
@@ -104,16 +130,17 @@ pub struct ServeArgs {
     /// Serve one volume on this unix socket
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Serve every named volume on DIR/VOLUME.sock
+    /// Serve every named (and later attached) volume on DIR/VOLUME.sock
     #[arg(long, value_name = "DIR")]
     pub socket_dir: Option<PathBuf>,
-    /// Volumes to serve
-    #[arg(required = true, value_name = "VOLUME")]
+    /// Volumes to attach now (besides those recorded by earlier runs; `logdisk attach`
+    /// adds more while it runs)
+    #[arg(value_name = "VOLUME")]
     pub volumes: Vec<String>,
-    /// Serve read-only (VIRTIO_BLK_F_RO)
+    /// Serve the named volumes read-only (VIRTIO_BLK_F_RO)
     #[arg(long)]
     pub read_only: bool,
-    /// Virtqueues per device [default: one per core, at most 4]
+    /// Virtqueues per device (default of later attaches too) [default: one per core, at most 4]
     #[arg(long)]
     pub num_queues: Option<u16>,
     /// Virtqueue size
@@ -227,6 +254,16 @@ pub enum VolumeCmd {
         /// exports only), as a diff file for `volume import --diff`
         #[arg(long, value_name = "SNAPSHOT")]
         since: Option<String>,
+    },
+    /// Change a volume's size, served or not: a served volume's guest is told at once
+    /// (snapshots keep their size)
+    Resize {
+        name: String,
+        /// New size with binary units; a multiple of the cluster size
+        size: String,
+        /// Allow a smaller size (drops the data past it; refused while attached)
+        #[arg(long)]
+        shrink: bool,
     },
     /// Make a volume a read-only template, meant only as a clone parent
     SetTemplate { name: String },

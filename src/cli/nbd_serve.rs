@@ -30,7 +30,7 @@ struct Exports {
 fn changed_fn(state: Weak<DaemonState>, volume: String, snap: String) -> logdisk::nbd::volume_export::ChangedFn {
     Box::new(move |since: &str| {
         let st = state.upgrade().ok_or(logdisk::Error::ShutDown)?;
-        if let Some(live) = st.served.get(&volume) {
+        if let Some(live) = st.served().get(&volume) {
             return live.snapshot_diff(since, &snap);
         }
         let mut dd = st.data_dir.lock();
@@ -60,11 +60,16 @@ impl ExportSet for Exports {
         if let Some((_, e)) = self.fixed.iter().find(|(n, _)| n == name) {
             return Ok(e.clone());
         }
-        let (v, Some(snap)) = split_target(name) else {
-            return Err(format!("no export {name:?} here (see NBD_OPT_LIST)"));
-        };
         let state = self.state.upgrade().ok_or("the daemon is shutting down")?;
-        let live = state.served.get(v).filter(|l| !l.read_only()).cloned();
+        let served = state.served();
+        let (v, Some(snap)) = split_target(name) else {
+            // A volume attached (`logdisk attach`) after the NBD listener started.
+            return match served.get(name) {
+                Some(vol) => Ok(Arc::new(self.export_of(name, vol.clone(), vol.read_only()))),
+                None => Err(format!("no export {name:?} here (see NBD_OPT_LIST)")),
+            };
+        };
+        let live = served.get(v).filter(|l| !l.read_only()).cloned();
         let Some(live) = live else {
             return Err(format!("volume {v} is not served writable here, so {name} cannot be opened on demand"));
         };

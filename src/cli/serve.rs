@@ -1,9 +1,11 @@
-//! `logdisk serve`: open the volumes, serve each on its vhost-user-blk socket, answer
-//! the control socket, and on SIGTERM/SIGINT finish in-flight requests, flush, drain
-//! uploads (bounded) and exit 0.
+//! `logdisk serve`: the host service. Attaches the volumes recorded by earlier runs and
+//! those named on the command line, answers the control socket (attach, detach and every
+//! management request while it runs), exports over NBD with `--nbd` (`nbd_serve.rs`), and
+//! on SIGTERM/SIGINT finishes in-flight requests, flushes, drains uploads (bounded) and
+//! exits 0.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -12,12 +14,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::args::ServeArgs;
-use logdisk::control::server::{ControlServer, DaemonState};
+use logdisk::control::server::ControlServer;
 use logdisk::datadir::DataDir;
-use logdisk::frontend::volume_target::VolumeTarget;
-use logdisk::frontend::{spawn_device, ServeOptions};
-use logdisk::units::format_size;
+use logdisk::frontend::ServeOptions;
+use logdisk::service::notify::notify;
+use logdisk::service::{AttachRequest, Attachments, DaemonState, Defaults};
 use logdisk::volume::scrubber::Scrubber;
+use logdisk::volume::Volume;
 
 fn resolve_group(g: &str) -> Result<u32> {
     if let Ok(n) = g.parse::<u32>() {
@@ -33,87 +36,92 @@ fn resolve_group(g: &str) -> Result<u32> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
-pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
-    if args.socket.is_none() && args.socket_dir.is_none() && args.nbd.is_empty() {
-        bail!("nothing to serve on: give --socket PATH, --socket-dir DIR or --nbd ADDR");
-    }
-    if args.socket.is_some() && args.volumes.len() != 1 {
-        bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
-    }
-    let mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+/// The daemon-wide defaults from the command line.
+fn defaults(args: &ServeArgs) -> Result<Defaults> {
+    let socket_mode = u32::from_str_radix(args.socket_mode.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .with_context(|| format!("bad --socket-mode {:?}: use octal such as 0600", args.socket_mode))?;
-    let mut opts = ServeOptions { queue_size: args.queue_size, socket_mode: mode, ..ServeOptions::default() };
+    let mut num_queues = ServeOptions::default().num_queues;
     if let Some(q) = args.num_queues {
         if q == 0 || q > 64 {
             bail!("--num-queues must be 1..=64");
         }
-        opts.num_queues = q;
+        num_queues = q;
     }
-    opts.socket_group = args.socket_group.as_deref().map(resolve_group).transpose()?;
-    let nbd_cfg = super::nbd_serve::config(&args, opts.socket_mode, opts.socket_group)?;
-    if let Some(d) = &args.socket_dir {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    let socket_dir = match &args.socket_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            Some(absolute(d)?)
+        }
+        None => None,
+    };
+    Ok(Defaults {
+        socket_dir,
+        socket_mode,
+        socket_group: args.socket_group.as_deref().map(resolve_group).transpose()?,
+        num_queues,
+        queue_size: args.queue_size,
+    })
+}
+
+pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
+    if args.socket.is_some() && args.volumes.len() != 1 {
+        bail!("--socket serves exactly one volume; use --socket-dir DIR for several");
     }
+    // Named volumes with no vhost-user socket are served over NBD only.
+    let nbd_only = args.socket.is_none() && args.socket_dir.is_none() && !args.nbd.is_empty();
+    if !args.volumes.is_empty() && args.socket.is_none() && args.socket_dir.is_none() && !nbd_only {
+        bail!("give --socket-dir DIR (or --socket PATH for one volume, or --nbd ADDR) to serve the named volumes");
+    }
+    let defaults = defaults(&args)?;
+    let nbd_cfg = super::nbd_serve::config(&args, defaults.socket_mode, defaults.socket_group)?;
     // Catch signals before anything is served, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
 
-    let mut served = HashMap::new();
-    let mut order = Vec::new();
-    // Volumes first, then snapshot views (VOL@SNAP, always read-only), which may read
-    // a snapshot of a volume served here.
-    let (views, plain): (Vec<&String>, Vec<&String>) = args.volumes.iter().partition(|n| n.contains('@'));
-    for name in plain.into_iter().chain(views) {
-        if served.contains_key(name) {
-            bail!("volume {name} named twice");
-        }
-        let vol = match super::volume_cmds::split_target(name) {
-            (v, Some(snap)) => {
-                let live = served.get(v).cloned();
-                dd.open_snapshot_view(v, snap, live.as_ref())?
-            }
-            (v, None) => dd.open_volume(v, args.read_only)?,
-        };
-        served.insert(name.clone(), vol.clone());
-        order.push((name.clone(), vol));
-    }
     let root = dd.root().to_path_buf();
-    let state = Arc::new(DaemonState { data_dir: Mutex::new(dd), served });
+    let attachments = Attachments::new(&root, defaults)?;
+    let unattached = if nbd_only { open_unattached(&mut dd, &args)? } else { Vec::new() };
+    let state = Arc::new(DaemonState {
+        data_dir: Mutex::new(dd),
+        attachments,
+        unattached: unattached.iter().cloned().collect::<HashMap<_, _>>(),
+    });
+    attach_at_start(&state, &args, nbd_only)?;
+    // NBD exports of the named volumes (attached or not); others attached later resolve
+    // by name.
+    let named: Vec<(String, Arc<Volume>)> = {
+        let served = state.served();
+        args.volumes.iter().filter_map(|n| served.get(n).map(|v| (n.clone(), v.clone()))).collect()
+    };
+    let nbd = super::nbd_serve::start(nbd_cfg, &named, &state, args.read_only)?;
+    drop(named);
+
     let mut control = ControlServer::start(&root, state.clone())?;
     if let Some(addr) = &args.metrics {
         let local = logdisk::control::metrics::start(addr, state.clone())?;
         println!("metrics on http://{local}/metrics");
     }
-
-    // Garbage-driven scrub of every open writable volume (and the clock as a backstop).
+    // Garbage-driven scrub of every attached writable volume (and the clock as a backstop).
     let mut scrubber = {
         let mut dd = state.data_dir.lock();
         let cfg = dd.config().scrub.clone();
-        let served = Arc::downgrade(&state);
-        let volumes =
-            Box::new(move || served.upgrade().map(|s| s.served.values().cloned().collect()).unwrap_or_default());
+        let weak = Arc::downgrade(&state);
+        let volumes = Box::new(move || weak.upgrade().map(|s| s.served().into_values().collect()).unwrap_or_default());
         Scrubber::start(dd.env()?, volumes, cfg, root.clone()).context("cannot start the scrubber")?
     };
-
-    let mut devices = Vec::new();
-    for (name, vol) in &order {
-        let socket: PathBuf = match (&args.socket, &args.socket_dir) {
-            (Some(s), _) => s.clone(),
-            (None, Some(d)) => d.join(format!("{name}.sock")),
-            _ => continue, // NBD only
-        };
-        let target = Arc::new(VolumeTarget::new(vol.clone(), args.read_only));
-        let h = spawn_device(&socket, target, &opts).with_context(|| format!("cannot serve volume {name}"))?;
-        tracing::info!(volume = %name, socket = %socket.display(), size = %format_size(vol.size()), queues = opts.num_queues, "serving");
-        println!("serving volume {name} on {}", socket.display());
-        devices.push(h);
-    }
-    let nbd = super::nbd_serve::start(nbd_cfg, &order, &state, args.read_only)?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // Every attached socket listens and the control socket answers.
+    let n = state.served().len();
+    notify(&format!("READY=1\nSTATUS=serving {n} volume{}", if n == 1 { "" } else { "s" }));
 
     let sig = signals.forever().next().unwrap_or(SIGTERM);
+    notify("STOPPING=1\nSTATUS=stopping: finishing in-flight requests, flushing, draining uploads");
     tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
     // A second signal during the drain exits at once (what is not uploaded stays local).
     std::thread::spawn(move || {
@@ -122,31 +130,89 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
             std::process::exit(1);
         }
     });
-    for d in devices {
-        if let Err(e) = d.shutdown() {
-            tracing::warn!(error = %e, "device shutdown");
-        }
-    }
+    // No new management requests, then stop the scrubber, then the devices and volumes.
     nbd.stop();
     control.stop();
     scrubber.stop();
-    let mut failed = false;
-    for (name, vol) in &order {
-        match vol.close() {
-            Ok(r) if r.drained => tracing::info!(volume = %name, "flushed and uploaded"),
-            Ok(r) => {
-                tracing::warn!(volume = %name, pending = %format_size(r.pending_bytes), "flushed; not all uploaded (kept locally, uploaded on next start)")
+    let mut failed = state.attachments.shutdown_all();
+    for (name, vol) in &unattached {
+        if let Err(e) = vol.close() {
+            tracing::error!(volume = %name, error = %e, "close failed");
+            failed.push(name.clone());
+        }
+    }
+    drop(unattached);
+    drop(state);
+    if !failed.is_empty() {
+        bail!("some volumes failed to close cleanly: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Open the named volumes (volumes first, then `VOL@SNAP` views) for NBD only.
+fn open_unattached(dd: &mut DataDir, args: &ServeArgs) -> Result<Vec<(String, Arc<Volume>)>> {
+    let mut open: Vec<(String, Arc<Volume>)> = Vec::new();
+    let (views, plain): (Vec<&String>, Vec<&String>) = args.volumes.iter().partition(|n| n.contains('@'));
+    for name in plain.into_iter().chain(views) {
+        if open.iter().any(|(n, _)| n == name) {
+            bail!("volume {name} named twice");
+        }
+        let vol = match super::volume_cmds::split_target(name) {
+            (v, Some(snap)) => {
+                let live = open.iter().find(|(n, _)| n == v).map(|(_, l)| l.clone());
+                dd.open_snapshot_view(v, snap, live.as_ref())?
             }
+            (v, None) => dd.open_volume(v, args.read_only)?,
+        };
+        open.push((name.clone(), vol));
+    }
+    Ok(open)
+}
+
+/// Attach the recorded volumes (a failure is logged, and shown by `volume list`; the
+/// others are served) and then the named ones (a failure ends the start, as before).
+fn attach_at_start(state: &DaemonState, args: &ServeArgs, nbd_only: bool) -> Result<()> {
+    let mut dd = state.data_dir.lock();
+    let named: Vec<&String> = {
+        // Volumes first, then snapshot views (VOL@SNAP), which may read a snapshot of a
+        // volume served here.
+        let (views, plain): (Vec<&String>, Vec<&String>) = args.volumes.iter().partition(|n| n.contains('@'));
+        plain.into_iter().chain(views).collect()
+    };
+    for (i, n) in named.iter().enumerate() {
+        if named[..i].contains(n) {
+            bail!("volume {n} named twice");
+        }
+    }
+    let mut recorded = state.attachments.recorded();
+    recorded.retain(|s| !named.iter().any(|n| **n == s.name));
+    recorded.sort_by_key(|s| s.name.contains('@'));
+    for spec in recorded {
+        // After a reboot a socket dir on tmpfs (/run) is gone: make it again.
+        if let Some(dir) = spec.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match state.attachments.attach_spec(&mut dd, &spec) {
+            Ok(()) => println!("serving volume {} on {}", spec.name, spec.socket.display()),
             Err(e) => {
-                tracing::error!(volume = %name, error = %e, "close failed");
-                failed = true;
+                tracing::error!(volume = %spec.name, error = %e, "cannot attach a recorded volume");
+                state.attachments.mark_failed(&spec.name, e.to_string());
             }
         }
     }
-    drop(order);
-    drop(state);
-    if failed {
-        bail!("some volumes failed to close cleanly");
+    if nbd_only {
+        return Ok(()); // opened by `open_unattached`
+    }
+    for name in named {
+        let req = AttachRequest {
+            name: name.clone(),
+            socket: args.socket.as_deref().map(absolute).transpose()?,
+            read_only: args.read_only,
+            num_queues: None,
+            queue_size: None,
+        };
+        let spec = state.attachments.attach(&mut dd, &req).with_context(|| format!("cannot serve volume {name}"))?;
+        println!("serving volume {name} on {}", spec.socket.display());
     }
     Ok(())
 }

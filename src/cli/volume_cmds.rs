@@ -96,6 +96,9 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
         },
         Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
         Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
+        Command::Volume(VolumeCmd::Resize { name, size, shrink }) => {
+            Request::Resize { volume: name.clone(), size: parse_size(size)?, shrink: *shrink }
+        }
         Command::Volume(VolumeCmd::Flatten { name }) => Request::Flatten { volume: name.clone() },
         Command::Snapshot(SnapshotCmd::List { volume, .. }) => Request::SnapshotList { volume: volume.clone() },
         Command::Snapshot(SnapshotCmd::Create { target }) => {
@@ -126,6 +129,15 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
             Request::Clone { source: v.to_string(), snapshot: snap.map(str::to_string), target: target.clone() }
         }
         Command::Scrub { volume, threshold } => Request::Scrub { volume: volume.clone(), threshold: *threshold },
+        Command::Attach { volume, socket, read_only, num_queues, queue_size } => Request::Attach {
+            volume: volume.clone(),
+            // The daemon runs elsewhere: it gets an absolute path.
+            socket: socket.as_ref().map(|s| std::env::current_dir().map(|d| d.join(s))).transpose()?,
+            read_only: *read_only,
+            num_queues: *num_queues,
+            queue_size: *queue_size,
+        },
+        Command::Detach { volume, force } => Request::Detach { volume: volume.clone(), force: *force },
         _ => return Ok(None),
     }))
 }
@@ -176,6 +188,11 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
             }
         }
         Command::Volume(VolumeCmd::SetTemplate { name }) => println!("volume {name} is now a read-only template"),
+        Command::Volume(VolumeCmd::Resize { name, .. }) => println!(
+            "resized volume {name} from {} to {}",
+            format_size(v["old_size"].as_u64().unwrap_or(0)),
+            format_size(v["size"].as_u64().unwrap_or(0))
+        ),
         Command::Volume(VolumeCmd::Flatten { name }) => println!(
             "flattened {name}: copied {} from its parents; it no longer depends on them",
             format_size(v["copied_bytes"].as_u64().unwrap_or(0))
@@ -214,6 +231,17 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
         }
         Command::Snapshot(SnapshotCmd::Rollback { target, .. }) => println!("rolled back to {target}"),
         Command::Clone { target, .. } => println!("created clone {target} of {}", s("parent")),
+        Command::Attach { volume, .. } => println!("attached {volume} on {}", s("socket")),
+        Command::Detach { volume, .. } => {
+            if v["drained"].as_bool() == Some(false) {
+                println!(
+                    "detached {volume}; {} not yet uploaded stays in the local write buffer",
+                    format_size(v["pending_bytes"].as_u64().unwrap_or(0))
+                );
+            } else {
+                println!("detached {volume}");
+            }
+        }
         Command::Scrub { volume, .. } => {
             let r: ScrubReport = serde_json::from_value(v.clone())?;
             println!(
@@ -253,7 +281,7 @@ fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(());
     }
-    println!("{:<32} {:>12} {:>8}  NOTES", "NAME", "SIZE", "CLUSTER");
+    println!("{:<32} {:>12} {:>8}  {:<9} {:<9}  NOTES", "NAME", "SIZE", "CLUSTER", "ATTACHED", "CONNECTED");
     for x in v.as_array().into_iter().flatten() {
         let size = x["size"].as_u64().unwrap_or(0);
         let cs = x["cluster_size"].as_u64().unwrap_or(0);
@@ -264,11 +292,25 @@ fn print_list(v: &serde_json::Value, json: bool) -> Result<()> {
         if let Some(p) = x["parent"].as_str() {
             notes.push(format!("clone of {p}"));
         }
-        if x["served"].as_bool() == Some(true) {
-            notes.push("served".to_string());
+        if let Some(s) = x["socket"].as_str() {
+            notes.push(format!("socket {s}"));
         }
+        if let Some(e) = x["attach_error"].as_str() {
+            notes.push(format!("attach failed: {e}"));
+        }
+        let yes = |k: &str| if x[k].as_bool() == Some(true) { "yes" } else { "no" };
         let name = x["name"].as_str().unwrap_or("");
-        println!("{:<32} {:>12} {:>8}  {}", name, format_size(size), format_size(cs), notes.join(", "));
+        let size = if size == 0 { "-".to_string() } else { format_size(size) };
+        let cs = if cs == 0 { "-".to_string() } else { format_size(cs) };
+        println!(
+            "{:<32} {:>12} {:>8}  {:<9} {:<9}  {}",
+            name,
+            size,
+            cs,
+            yes("attached"),
+            yes("connected"),
+            notes.join(", ")
+        );
     }
     Ok(())
 }

@@ -19,8 +19,9 @@ pub fn render(state: &DaemonState) -> String {
             out.push_str(&format!("logdisk_{name}{labels} {v}\n"));
         }
     };
+    let served = state.served();
     let vols: Vec<_> = {
-        let mut v: Vec<_> = state.served.iter().collect();
+        let mut v: Vec<_> = served.iter().collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v
     };

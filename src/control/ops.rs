@@ -75,7 +75,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
                 .map(|m| {
                     json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size, "read_only": m.read_only,
                         "template": m.template, "parent": m.parent.map(|p| p.to_string()),
-                        "served": served.contains_key(&m.name)})
+                        "served": served.contains_key(&m.name), "attached": served.contains_key(&m.name)})
                 })
                 .collect();
             Ok(Value::Array(v))
@@ -199,6 +199,39 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             dd.update_meta(&volume, |m| m.parent = None)?;
             Ok(json!({"flattened": volume, "copied_bytes": copied}))
         }
+        Request::Resize { volume, size, shrink } => {
+            let m = dd.volume_meta(&volume)?;
+            let cs = m.cluster_size as u64;
+            if size == 0 || !size.is_multiple_of(cs) {
+                return Err(Error::InvalidArgument(format!(
+                    "size {size} of volume {volume} must be a positive multiple of its cluster size {cs}"
+                )));
+            }
+            if m.read_only || m.template {
+                return Err(Error::ReadOnly(volume));
+            }
+            if size < m.size && !shrink {
+                return Err(Error::Refused(format!(
+                    "{size} is smaller than volume {volume} ({} bytes): shrinking drops the data past the new end; add --shrink",
+                    m.size
+                )));
+            }
+            if size < m.size {
+                refuse_served(served, &volume, "shrink")?;
+            }
+            let old = m.size;
+            if size != old {
+                with_volume(dd, served, &volume, false, |v| v.resize(size))?;
+                dd.update_meta(&volume, |m| {
+                    m.initial_size.get_or_insert(m.size);
+                    m.size = size;
+                })?;
+            }
+            Ok(json!({"name": volume, "old_size": old, "size": size}))
+        }
+        Request::Attach { .. } | Request::Detach { .. } => Err(Error::Refused(
+            "attach and detach need the running daemon of this data dir: start `logdisk serve`".into(),
+        )),
         Request::Scrub { volume, threshold } => {
             let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
             Ok(to_json(rep))

@@ -45,6 +45,31 @@ pub enum Request {
     SetTemplate { volume: String },
     /// Copy what a clone still reads from its parents, then drop them.
     Flatten { volume: String },
+    /// Serve a volume (or `VOL@SNAP`, read-only) on a socket of the running daemon.
+    Attach {
+        volume: String,
+        #[serde(default)]
+        socket: Option<std::path::PathBuf>,
+        #[serde(default)]
+        read_only: bool,
+        #[serde(default)]
+        num_queues: Option<u16>,
+        #[serde(default)]
+        queue_size: Option<u16>,
+    },
+    /// Stop serving a volume (refused while a hypervisor is connected unless `force`).
+    Detach {
+        volume: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Change a volume's size (shrinking needs `shrink` and a volume not served).
+    Resize {
+        volume: String,
+        size: u64,
+        #[serde(default)]
+        shrink: bool,
+    },
     /// Reclaim space of SCOs whose live fraction is below `threshold`.
     Scrub { volume: String, threshold: f64 },
 }

@@ -1,7 +1,6 @@
 //! Daemon side of the control socket: a thread accepting connections, one request
 //! per line, answered from the daemon's data dir and served volumes.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -11,18 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use super::protocol::{Request, Response};
-use crate::datadir::DataDir;
 use crate::error::{IoContext, Result};
-use crate::volume::Volume;
-
-/// What the control server answers from.
-pub struct DaemonState {
-    pub data_dir: Mutex<DataDir>,
-    pub served: HashMap<String, Arc<Volume>>,
-}
+pub use crate::service::DaemonState;
 
 pub struct ControlServer {
     path: PathBuf,
@@ -98,8 +88,7 @@ fn handle(s: UnixStream, state: &DaemonState) {
 }
 
 fn answer(req: Request, state: &DaemonState) -> Response {
-    let mut dd = state.data_dir.lock();
-    match super::ops::run(&mut dd, &state.served, req) {
+    match state.answer(req) {
         Ok(v) => Response::ok(v),
         Err(e) => Response::err(e.to_string()),
     }

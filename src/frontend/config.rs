@@ -110,7 +110,14 @@ pub fn virtio_features(limits: &DeviceLimits) -> u64 {
 
 /// vhost-user protocol features offered to the frontend.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::BACKEND_REQ
+        // GET_MAX_MEM_SLOTS / ADD_MEM_REG / REM_MEM_REG (memory hot-plug, many regions):
+        // vhost-user-backend maps each region; requests are bounds-checked against the
+        // memory current when they are parsed, and a request in flight keeps its memory.
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// The `struct virtio_blk_config` bytes (little-endian, as virtio 1.x requires).

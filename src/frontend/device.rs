@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
@@ -43,6 +44,8 @@ struct WorkerState {
     inflight: Option<Inflight>,
     /// The worker's queue, kept for completing requests from the ring.
     vring: Option<VringRwLock>,
+    /// The limits requests are checked against (capacity refreshed after a resize).
+    limits: DeviceLimits,
 }
 
 /// Logs the first few guest-caused warnings, then one in 1000, so a hostile guest cannot
@@ -71,6 +74,10 @@ pub struct BlkDevice {
     /// Exit eventfds that vhost-user-backend registers with its epoll and never closes;
     /// closed by [`BlkDevice::close_leaked_fds`] once the daemon and its workers are gone.
     exit_fds: Mutex<Vec<RawFd>>,
+    /// Capacity in sectors now (grows with an online resize).
+    capacity: AtomicU64,
+    /// The backend-to-frontend channel (BACKEND_REQ), to announce config changes.
+    backend_req: Mutex<Option<Backend>>,
 }
 
 impl BlkDevice {
@@ -92,10 +99,13 @@ impl BlkDevice {
                     warn: WarnLimiter { count: 0 },
                     inflight,
                     vring: None,
+                    limits: limits.clone(),
                 })
             })
             .collect();
         BlkDevice {
+            capacity: AtomicU64::new(limits.capacity_sectors),
+            backend_req: Mutex::new(None),
             target,
             limits,
             serial,
@@ -124,7 +134,20 @@ impl BlkDevice {
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_SPACE_LEN] {
-        config::config_space(&self.limits, self.writeback.load(Ordering::Relaxed))
+        let mut limits = self.limits.clone();
+        limits.capacity_sectors = self.capacity.load(Ordering::Acquire);
+        config::config_space(&limits, self.writeback.load(Ordering::Relaxed))
+    }
+
+    /// The target changed size: serve and advertise the new capacity, and tell the
+    /// frontend (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG; QEMU raises a config interrupt).
+    /// Returns whether the frontend was told (it must have negotiated BACKEND_REQ).
+    pub fn config_changed(&self) -> io::Result<bool> {
+        let sectors = self.target.size() / config::SECTOR_SIZE;
+        self.capacity.store(sectors, Ordering::Release);
+        let Some(backend) = self.backend_req.lock().clone() else { return Ok(false) };
+        backend.handle_config_change()?;
+        Ok(true)
     }
 
     /// Process everything available on `vring`, honouring EVENT_IDX.
@@ -153,6 +176,10 @@ impl BlkDevice {
     }
 
     fn process_queue(&self, vring: &VringRwLock, ws: &mut WorkerState, queue: usize) {
+        let capacity = self.capacity.load(Ordering::Acquire);
+        if ws.limits.capacity_sectors != capacity {
+            ws.limits.capacity_sectors = capacity;
+        }
         let atomic = self.mem.read().clone();
         let mem = atomic.memory();
         let writeback = self.writeback.load(Ordering::Relaxed);
@@ -250,8 +277,8 @@ impl BlkDevice {
         queue: usize,
         head: u16,
     ) -> Option<u32> {
-        let WorkerState { chain, iov, warn, inflight, vring } = ws;
-        let mut parsed = parse_request(chain, &**mem, &self.limits, iov);
+        let WorkerState { chain, iov, warn, inflight, vring, limits } = ws;
+        let mut parsed = parse_request(chain, &**mem, limits, iov);
         if matches!(parsed, Parsed::Run { op: Op::Write { .. }, .. }) && !self.target.write_admitted() {
             // Space is short: complete the writes in flight (scrub waits for their
             // SCOs), then wait for scrub before this write. Reads never wait here.
@@ -355,6 +382,10 @@ impl VhostUserBackend for BlkDevice {
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         config::protocol_features()
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        *self.backend_req.lock() = Some(backend);
     }
 
     fn reset_device(&self) {

@@ -53,7 +53,8 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    fn validate(&self) -> Result<(), FrontendError> {
+    /// Check the options (done again by [`spawn_device`]).
+    pub fn validate(&self) -> Result<(), FrontendError> {
         if !(1..=64).contains(&self.num_queues) {
             return Err(FrontendError::InvalidOptions(format!("num_queues must be 1..=64, not {}", self.num_queues)));
         }
@@ -82,6 +83,8 @@ struct Shared {
 struct ConnState {
     shutdown: bool,
     conn: Option<ShutdownHandle>,
+    /// The connected hypervisor's device.
+    device: Option<Arc<BlkDevice>>,
 }
 
 /// A device being served on one socket. Dropping it shuts it down (errors are logged).
@@ -107,6 +110,17 @@ impl DeviceHandle {
     /// True while a hypervisor is connected.
     pub fn is_connected(&self) -> bool {
         self.shared.state.lock().conn.is_some()
+    }
+
+    /// The target changed size: the connected hypervisor (if any) sees the new capacity
+    /// and is told with a config-change message; the next connection sees it anyway.
+    /// Returns whether a hypervisor was told.
+    pub fn config_changed(&self) -> io::Result<bool> {
+        let device = self.shared.state.lock().device.clone();
+        match device {
+            Some(d) => d.config_changed(),
+            None => Ok(false),
+        }
     }
 
     /// Stop accepting, disconnect the hypervisor if one is connected (requests being
@@ -171,7 +185,7 @@ pub fn spawn_device(
     let exit = EventFd::new(EFD_NONBLOCK).map_err(sock_err)?;
     let exit_thread = exit.try_clone().map_err(sock_err)?;
     let shared = Arc::new(Shared {
-        state: Mutex::new(ConnState { shutdown: false, conn: None }),
+        state: Mutex::new(ConnState { shutdown: false, conn: None, device: None }),
         connections: AtomicU64::new(0),
     });
     let server = Server {
@@ -287,10 +301,15 @@ impl Server {
                 daemon.request_shutdown();
             } else {
                 st.conn = daemon.shutdown_handle();
+                st.device = Some(device.clone());
             }
         }
         let result = daemon.wait();
-        self.shared.state.lock().conn = None;
+        {
+            let mut st = self.shared.state.lock();
+            st.conn = None;
+            st.device = None;
+        }
         // Dropping the daemon stops its workers (after the request each is executing) and
         // joins them; then finish what is still in flight on the rings.
         drop(daemon);

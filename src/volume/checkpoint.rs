@@ -3,13 +3,14 @@
 //! only later TLogs. Stored as `<volume>/meta/checkpoint/<epoch>`: LZ4 of
 //!
 //! ```text
-//! magic "LDCKPT03" | epoch u64 | clusters u64 | map | n_scos u64 | (sco u64, clusters u32)*
-//! | next_snap_id u32 | n_snaps u32 | (id u32, created u64, epoch u64, name_len u8, name, map)*
-//! | crc32c u32
+//! magic "LDCKPT04" | epoch u64 | clusters u64 | map | n_scos u64 | (sco u64, clusters u32)*
+//! | next_snap_id u32 | n_snaps u32
+//! | (id u32, created u64, epoch u64, name_len u8, name, clusters u64, map)* | crc32c u32
 //! map: n_runs u64 | (cluster u64, count u32, first entry u64)*
 //! ```
 //! A run's locations are consecutive in one SCO, or it repeats the ZERO marker.
-//! Version 2 (no snapshot section) still decodes.
+//! Each snapshot keeps its own size (a volume may have been resized since). Versions 2
+//! (no snapshot section) and 3 (snapshots of the volume's size) still decode.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,10 @@ use super::snapshots::{Snapshot, Snapshots};
 use crate::error::{Error, Result};
 
 const MAGIC_V2: &[u8; 8] = b"LDCKPT02";
-const MAGIC: &[u8; 8] = b"LDCKPT03";
+const MAGIC_V3: &[u8; 8] = b"LDCKPT03";
+const MAGIC: &[u8; 8] = b"LDCKPT04";
+/// Largest map a checkpoint may declare (as `create_volume` allows).
+const MAX_CLUSTERS: u64 = 1 << 40;
 
 /// What a checkpoint holds.
 pub struct CheckpointData {
@@ -77,6 +81,7 @@ pub fn encode(cp: &CheckpointData) -> Vec<u8> {
         out.extend_from_slice(&s.epoch.to_le_bytes());
         out.push(s.name.len() as u8);
         out.extend_from_slice(s.name.as_bytes());
+        out.extend_from_slice(&s.map.clusters().to_le_bytes());
         encode_map(&s.map, &mut out);
     }
     let crc = crc32c::crc32c(&out);
@@ -134,23 +139,22 @@ fn decode_map(c: &mut Cursor, clusters: u64) -> std::result::Result<ClusterMap, 
     Ok(map)
 }
 
-/// Decode a checkpoint of a volume with `clusters` clusters.
-pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<CheckpointData> {
+/// Decode a checkpoint (its maps have the sizes it records).
+pub fn decode(key: &str, bytes: &[u8]) -> Result<CheckpointData> {
     let bad = |d: &str| Error::Corrupt { key: key.to_string(), detail: d.to_string() };
     let raw = lz4_flex::block::decompress_size_prepended(bytes).map_err(|_| bad("cannot decompress checkpoint"))?;
-    if raw.len() < 36 || (&raw[..8] != MAGIC && &raw[..8] != MAGIC_V2) {
+    if raw.len() < 36 || ![MAGIC, MAGIC_V3, MAGIC_V2].contains(&&raw[..8].try_into().unwrap()) {
         return Err(bad("bad checkpoint header"));
     }
     let v2 = &raw[..8] == MAGIC_V2;
+    let v4 = &raw[..8] == MAGIC;
     let body = &raw[..raw.len() - 4];
     if crc32c::crc32c(body) != u32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap()) {
         return Err(bad("checkpoint checksum mismatch"));
     }
     let mut c = Cursor { b: body, at: 8 };
     let epoch = c.u64().ok_or_else(|| bad("checkpoint length mismatch"))?;
-    if c.u64() != Some(clusters) {
-        return Err(bad("checkpoint is for a different volume size"));
-    }
+    let clusters = c.u64().filter(|n| (1..MAX_CLUSTERS).contains(n)).ok_or_else(|| bad("bad checkpoint size"))?;
     let map = decode_map(&mut c, clusters).map_err(bad)?;
     let short = || bad("checkpoint length mismatch");
     let n_scos = c.u64().ok_or_else(short)?;
@@ -169,7 +173,12 @@ pub fn decode(key: &str, bytes: &[u8], clusters: u64) -> Result<CheckpointData> 
             };
             let name = c.take(len as usize).ok_or_else(short)?;
             let name = String::from_utf8(name.to_vec()).map_err(|_| bad("bad snapshot name"))?;
-            let smap = decode_map(&mut c, clusters).map_err(bad)?;
+            let s_clusters = if v4 {
+                c.u64().filter(|n| (1..MAX_CLUSTERS).contains(n)).ok_or_else(|| bad("bad snapshot size"))?
+            } else {
+                clusters
+            };
+            let smap = decode_map(&mut c, s_clusters).map_err(bad)?;
             snaps.insert(Snapshot { id, name, created, epoch: s_epoch, map: smap });
         }
     }
@@ -204,7 +213,7 @@ mod tests {
         let sizes = BTreeMap::from([(3u64, 1000u32), (8, 3), (9, 2)]);
         let cp = CheckpointData { epoch: 42, map: m, snaps, sco_sizes: sizes.clone() };
         let b = encode(&cp);
-        let d = decode("k", &b, 100_000).unwrap();
+        let d = decode("k", &b).unwrap();
         assert_eq!(d.epoch, 42);
         assert_eq!(d.sco_sizes, sizes);
         assert_eq!(entries(&d.map), entries(&cp.map));
@@ -212,10 +221,27 @@ mod tests {
         assert_eq!((s.id, s.created, s.epoch), (2, 77, 5));
         assert_eq!(entries(&s.map), entries(&cp.snaps.list[&2].map));
         assert_eq!(d.snaps.next_id, 3);
-        assert!(decode("k", &b, 99_999).is_err());
+        assert_eq!((d.map.clusters(), s.map.clusters()), (100_000, 100_000));
         let mut bad = b.clone();
         let n = bad.len();
         bad[n - 1] ^= 1;
-        assert!(decode("k", &bad, 100_000).is_err());
+        assert!(decode("k", &bad).is_err());
+    }
+
+    #[test]
+    fn snapshots_keep_their_size() {
+        let mut m = ClusterMap::new(1000);
+        m.set(999, Location::new(1, 0).pack());
+        let mut snaps = Snapshots::default();
+        snaps.insert(Snapshot { id: 1, name: "small".into(), created: 1, epoch: 1, map: m.clone() });
+        m.resize(5000);
+        m.set(4999, Location::new(1, 1).pack());
+        let cp = CheckpointData { epoch: 2, map: m, snaps, sco_sizes: BTreeMap::new() };
+        let d = decode("k", &encode(&cp)).unwrap();
+        assert_eq!(d.map.clusters(), 5000);
+        assert_eq!(entries(&d.map), entries(&cp.map));
+        let s = d.snaps.by_name("small").unwrap();
+        assert_eq!(s.map.clusters(), 1000);
+        assert_eq!(entries(&s.map), vec![(999, Location::new(1, 0).pack())]);
     }
 }

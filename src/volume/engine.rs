@@ -305,6 +305,8 @@ pub(crate) struct FlushSide {
 pub struct Volume {
     pub(crate) name: String,
     pub(crate) meta: VolumeMeta,
+    /// Size in bytes (the current map's; changed by `resize`).
+    size: AtomicU64,
     pub(crate) cs: u64,
     pub(crate) shift: u32,
     pub(crate) dir: PathBuf,
@@ -357,6 +359,7 @@ impl Volume {
         let cs = meta.cluster_size as u64;
         let spare = super::spare_sco::SpareSco::new(&dir, (meta.sco_clusters as u64) << cs.trailing_zeros());
         Volume {
+            size: AtomicU64::new(state.map.clusters() << cs.trailing_zeros()),
             name: meta.name.clone(),
             owner: env.cache.owner_id(&meta.name),
             cs,
@@ -384,7 +387,31 @@ impl Volume {
     }
 
     pub fn size(&self) -> u64 {
-        self.meta.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Grow (or shrink: the data past the new end is dropped) to `size` bytes, a
+    /// positive multiple of the cluster size. The change is a TLog record, made durable
+    /// before this returns; snapshots keep their size. Reads and writes may run
+    /// meanwhile: they see the old or the new size.
+    pub fn resize(&self, size: u64) -> Result<()> {
+        if size == 0 || !size.is_multiple_of(self.cs) || size / self.cs >= 1 << 40 {
+            return Err(Error::InvalidArgument(format!(
+                "size {size} must be a positive multiple of the cluster size {}",
+                self.cs
+            )));
+        }
+        {
+            let mut st = self.state.lock();
+            self.check_writable(&st)?;
+            let clusters = size >> self.shift;
+            self.append_record(&mut st, &Record::Resize { clusters })?;
+            st.map.resize(clusters);
+            self.size.store(size, Ordering::Release);
+        }
+        self.flush()?;
+        tracing::info!(volume = %self.name, size, "resized");
+        Ok(())
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -400,8 +427,9 @@ impl Volume {
     }
 
     fn check_range(&self, op: &'static str, offset: u64, len: u64) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.meta.size) {
-            return Err(Error::OutOfRange { op, offset, len, size: self.meta.size });
+        let size = self.size();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::OutOfRange { op, offset, len, size });
         }
         Ok(())
     }

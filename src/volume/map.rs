@@ -54,8 +54,12 @@ impl ClusterMap {
         (d, r / PAGE_ENTRIES, r % PAGE_ENTRIES)
     }
 
+    /// The entry of `cluster`; UNMAPPED beyond the map's end (a snapshot or parent map
+    /// smaller than the volume that reads through it).
     pub fn get(&self, cluster: u64) -> u64 {
-        debug_assert!(cluster < self.clusters);
+        if cluster >= self.clusters {
+            return UNMAPPED;
+        }
         let (d, p, e) = Self::split(cluster);
         match &self.dirs[d] {
             Some(dir) => match &dir.pages[p] {
@@ -64,6 +68,15 @@ impl ClusterMap {
             },
             None => UNMAPPED,
         }
+    }
+
+    /// Grow or shrink to `clusters` (entries beyond a new, smaller end are dropped).
+    pub fn resize(&mut self, clusters: u64) {
+        if clusters < self.clusters {
+            self.fill(clusters, self.clusters - clusters, UNMAPPED);
+        }
+        self.dirs.resize(clusters.div_ceil(DIR_CLUSTERS) as usize, None);
+        self.clusters = clusters;
     }
 
     /// Set an entry; returns the old one.

@@ -57,6 +57,10 @@ pub struct VolumeMeta {
     pub parent: Option<ParentRef>,
     /// Version of this record (its key).
     pub version: u64,
+    /// Size at creation, set by the first resize: the size a replay of the whole log
+    /// starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_size: Option<u64>,
 }
 
 impl VolumeMeta {
@@ -73,6 +77,7 @@ impl VolumeMeta {
             template: false,
             parent: None,
             version: 1,
+            initial_size: None,
         }
     }
 

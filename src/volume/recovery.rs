@@ -92,7 +92,15 @@ impl Replay {
             Record::Rollback { id } => {
                 // Pending relocations of this TLog apply to the snapshot's map too.
                 let s = self.snaps.list.get(&id).ok_or_else(|| bad("names an unknown snapshot"))?;
+                // The volume keeps its size; the snapshot's content is what fits.
                 *map = s.map.clone();
+                map.resize(clusters);
+            }
+            Record::Resize { clusters: n } => {
+                if n == 0 || n >= 1 << 40 {
+                    return Err(bad("has a bad size"));
+                }
+                map.resize(n);
             }
             Record::Relocate { from, count, to } => {
                 if from.index as u64 + count as u64 > MAX_CLUSTERS_PER_SCO {
@@ -165,9 +173,11 @@ pub(crate) fn valid_checkpoints(store: &dyn ObjectStore, meta: &VolumeMeta) -> R
 
 /// The newest valid checkpoint of `meta` (or an empty state at epoch 0).
 fn load_checkpoint(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<(u64, Replay)> {
-    let (name, clusters) = (&meta.name, meta.clusters());
+    // Without a checkpoint the log is replayed from its start: at the size the volume was
+    // created with (its Resize records change it).
+    let (name, clusters) = (&meta.name, meta.initial_size.unwrap_or(meta.size) / meta.cluster_size as u64);
     for (_, key) in valid_checkpoints(store, meta)?.iter().rev() {
-        match store.get(key).and_then(|b| checkpoint::decode(key, &b, clusters)) {
+        match store.get(key).and_then(|b| checkpoint::decode(key, &b)) {
             Ok(cp) => return Ok((cp.epoch, Replay::new(cp))),
             Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
         }

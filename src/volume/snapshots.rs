@@ -193,8 +193,10 @@ impl Volume {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
             let s = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
-            let (id, map) = (s.id, s.map.clone());
+            let (id, mut map) = (s.id, s.map.clone());
             self.append_record(&mut st, &Record::Rollback { id })?;
+            // The volume keeps its size; the snapshot's content is what fits.
+            map.resize(st.map.clusters());
             st.map = map;
         }
         self.flush()?;
@@ -207,9 +209,12 @@ impl Volume {
     pub fn open_view(env: Arc<VolumeEnv>, meta: VolumeMeta, label: &str, map: ClusterMap) -> Result<Arc<Volume>> {
         let mut layers = vec![layer_of(&env, &meta, map)];
         layers.extend(load_layers(&env, &meta)?);
-        let mut st = State::empty(meta.clusters(), 1);
+        // A snapshot keeps the size the volume had when it was taken.
+        let clusters = layers[0].map.clusters();
+        let mut st = State::empty(clusters, 1);
         st.layers = layers;
         let mut vmeta = meta;
+        vmeta.size = clusters * vmeta.cluster_size as u64;
         vmeta.name = label.to_string();
         vmeta.read_only = true;
         let vol = Arc::new(Volume::new_internal(vmeta, std::path::PathBuf::new(), env.clone(), true, st));
@@ -246,7 +251,7 @@ impl Volume {
             }
         }
         const RUN: u64 = 256;
-        let clusters = self.meta.clusters();
+        let clusters = self.size() / self.cs;
         let mut buf = AlignedBuf::zeroed((RUN * self.cs) as usize);
         let mut copied = 0u64;
         let mut c = 0u64;

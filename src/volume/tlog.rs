@@ -42,6 +42,9 @@ pub enum Record {
     /// Scrub moved `count` clusters from `from` to `to`: every map entry (current map
     /// and every snapshot) equal to `from + i` becomes `to + i`.
     Relocate { from: Location, count: u32, to: Location },
+    /// The volume has `clusters` clusters from here on (grown, or shrunk: clusters beyond
+    /// the end are dropped). Snapshots keep the size they had.
+    Resize { clusters: u64 },
 }
 
 /// A snapshot name stored inline (1..=64 bytes), so records stay `Copy`.
@@ -114,6 +117,10 @@ impl Record {
                 out.extend_from_slice(&count.to_le_bytes());
                 out.extend_from_slice(&to.pack().to_le_bytes());
             }
+            Record::Resize { clusters } => {
+                out.push(8);
+                out.extend_from_slice(&clusters.to_le_bytes());
+            }
         }
     }
 
@@ -145,6 +152,7 @@ impl Record {
                 let to = Location::unpack(u64_at(13)?)?;
                 Some((Record::Relocate { from, count: u32_at(9)?, to }, 21))
             }
+            8 => Some((Record::Resize { clusters: u64_at(1)? }, 9)),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod hooked_store;
 pub mod s3;
+pub mod vhost;
 
 use std::path::Path;
 
