@@ -7,42 +7,18 @@ mod common;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::cli::{fails, logdisk, ok};
 use common::fill_pattern;
 use common::vhost::Vm;
 use logdisk::control::protocol::Request;
 use virtio_bindings::bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
 
 const OK: u8 = VIRTIO_BLK_S_OK as u8;
-
-fn logdisk(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_logdisk"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let o = logdisk(data, args);
-    assert!(o.status.success(), "logdisk {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Run a command that must fail with one line containing `needle`.
-fn fails(data: &Path, args: &[&str], needle: &str) {
-    let o = logdisk(data, args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "logdisk {args:?} should fail");
-    assert!(err.contains(needle), "logdisk {args:?}: stderr {err:?} lacks {needle:?}");
-    assert_eq!(err.trim().lines().count(), 1, "one line of error: {err:?}");
-}
 
 fn is_socket(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())

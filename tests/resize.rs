@@ -6,11 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::cli::{fails, ok};
 use common::fill_pattern;
 use common::vhost::Vm;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -21,30 +22,6 @@ const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const OLD: u64 = 64 << 20;
 const NEW: u64 = 128 << 20;
-
-fn logdisk(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_logdisk"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let o = logdisk(data, args);
-    assert!(o.status.success(), "logdisk {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(data: &Path, args: &[&str], needle: &str) {
-    let o = logdisk(data, args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "logdisk {args:?} should fail");
-    assert!(err.contains(needle), "logdisk {args:?}: stderr {err:?} lacks {needle:?}");
-    assert_eq!(err.trim().lines().count(), 1, "one line of error: {err:?}");
-}
 
 fn serve(data: &Path, args: &[&str], sockets: &[PathBuf]) -> Child {
     let _ = std::fs::remove_file(data.join("control.sock"));

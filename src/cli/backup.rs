@@ -7,14 +7,14 @@
 //! (data, or zeroed since A), then the trailer's length (u64 little-endian) and the magic
 //! `LDDIFF01`. Its allocated size is the changed data plus a block or two of trailer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::volume_cmds::split_target;
+use super::volume_cmds::{create_output, split_target};
 use logdisk::datadir::DataDir;
 use logdisk::units::format_size;
 use logdisk::volume::extents::ChangedExtent;
@@ -52,12 +52,7 @@ pub fn export_since(dd: &mut DataDir, name: &str, since: &str, path: &Path) -> R
     let extents = diff?;
     let view = dd.open_snapshot_view(v, to, None)?;
     let size = view.size();
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let out = create_output(path)?;
     let mut buf = AlignedBuf::zeroed(CHUNK as usize);
     for e in extents.iter().filter(|e| e.data) {
         let mut off = e.offset;

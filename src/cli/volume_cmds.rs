@@ -444,17 +444,22 @@ fn write_sparse(vol: &Volume, off: u64, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Create (or truncate) the output file of an export.
+pub(super) fn create_output(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
 pub fn export(dd: &mut DataDir, name: &str, path: &Path) -> Result<()> {
     let vol = match split_target(name) {
         (v, Some(snap)) => dd.open_snapshot_view(v, snap, None)?,
         (v, None) => dd.open_volume(v, true)?,
     };
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let out = create_output(path)?;
     let size = vol.size();
     let pb = progress(size, "export");
     let mut buf = AlignedBuf::zeroed(CHUNK);

@@ -2,6 +2,7 @@
 //! data patterns.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod hooked_store;
 pub mod s3;
 pub mod vhost;

@@ -10,18 +10,7 @@
 # Needs root, unshare(1), libvirt-daemon + libvirt-daemon-driver-qemu (9.0 on bookworm).
 # Usage: tests/guest/libvirt-e2e.sh [--bin PATH] [--keep]
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BIN=${LOGDISK_BIN:-$ROOT/target/release/logdisk}
-KEEP=0
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --bin) BIN=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        *) echo "usage: $0 [--bin PATH] [--keep]" >&2; exit 125 ;;
-    esac
-done
-[[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
+source "$(dirname "$0")/e2e-args.sh" "$@"
 for t in libvirtd virsh unshare cpio gzip; do
     command -v "$t" >/dev/null || { echo "$t not found (scripts/install-test-deps.sh)" >&2; exit 125; }
 done

@@ -9,18 +9,7 @@
 #   3. a fresh data dir on the same object store: boot 3 checks the same.
 # Usage: tests/guest/resize-e2e.sh [--bin PATH] [--keep]
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BIN=${LOGDISK_BIN:-$ROOT/target/release/logdisk}
-KEEP=0
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --bin) BIN=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        *) echo "usage: $0 [--bin PATH] [--keep]" >&2; exit 125 ;;
-    esac
-done
-[[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
+source "$(dirname "$0")/e2e-args.sh" "$@"
 RESIZE2FS=$(command -v resize2fs || echo /usr/sbin/resize2fs)
 [[ -x $RESIZE2FS ]] || { echo "resize2fs not found (e2fsprogs)" >&2; exit 125; }
 

@@ -9,18 +9,7 @@
 #   4. offline: scrub the volume; exports of vm, vm@live and c are unchanged by it.
 # Usage: tests/guest/snapshot-e2e.sh [--bin PATH] [--keep]
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BIN=${LOGDISK_BIN:-$ROOT/target/release/logdisk}
-KEEP=0
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --bin) BIN=$2; shift 2 ;;
-        --keep) KEEP=1; shift ;;
-        *) echo "usage: $0 [--bin PATH] [--keep]" >&2; exit 125 ;;
-    esac
-done
-[[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
+source "$(dirname "$0")/e2e-args.sh" "$@"
 
 T=$(mktemp -d /tmp/logdisk-snap-e2e.XXXXXX)
 DAEMON=
