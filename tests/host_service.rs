@@ -317,6 +317,15 @@ fn kill9_then_restart_with_no_arguments_serves_the_same_volumes() {
     let d = Daemon::start(&data, &[], &sockets[..4]);
     assert!(!sock(&socks, "r4").exists());
     d.stop();
+    // A volume named at start on a recorded volume's socket takes it over (scripts
+    // that serve one volume after another on one socket keep working).
+    let d = Daemon::start(&data, &["--socket", other.to_str().unwrap(), "r4"], &sockets[..4]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&ok(&data, &["volume", "list", "--json"])).unwrap();
+    let on_other: Vec<&serde_json::Value> =
+        list.iter().filter(|r| r["attached"] == true && r["socket"] == other.to_str().unwrap()).collect();
+    assert_eq!(on_other.len(), 1, "{list:?}");
+    assert_eq!(on_other[0]["name"], "r4");
+    d.stop();
 }
 
 #[test]

@@ -184,8 +184,20 @@ fn attach_at_start(state: &DaemonState, args: &ServeArgs, nbd_only: bool) -> Res
             bail!("volume {n} named twice");
         }
     }
+    // The sockets the named volumes take: a recorded attachment on one of them gives way
+    // (a script serving another volume on the same socket replaces the old one).
+    let claimed: Vec<PathBuf> = match (&args.socket, &state.attachments.defaults().socket_dir) {
+        (Some(s), _) => vec![absolute(s)?],
+        (None, Some(d)) => named.iter().map(|n| d.join(format!("{n}.sock"))).collect(),
+        (None, None) => Vec::new(),
+    };
     let mut recorded = state.attachments.recorded();
     recorded.retain(|s| !named.iter().any(|n| **n == s.name));
+    for s in recorded.iter().filter(|s| claimed.contains(&s.socket)) {
+        tracing::info!(volume = %s.name, socket = %s.socket.display(), "recorded attachment replaced by a volume named at start");
+        state.attachments.forget(&s.name)?;
+    }
+    recorded.retain(|s| !claimed.contains(&s.socket));
     recorded.sort_by_key(|s| s.name.contains('@'));
     for spec in recorded {
         // After a reboot a socket dir on tmpfs (/run) is gone: make it again.

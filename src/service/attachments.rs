@@ -204,6 +204,15 @@ impl Attachments {
         Ok(())
     }
 
+    /// Drop `name` from the record (a volume named at start takes its socket).
+    pub fn forget(&self, name: &str) -> Result<()> {
+        let mut wanted = self.wanted.lock();
+        if wanted.remove(name).is_some() {
+            record::save(&self.root, &wanted)?;
+        }
+        Ok(())
+    }
+
     /// Note that recorded attachment `name` could not be brought back (shown by list).
     pub fn mark_failed(&self, name: &str, why: String) {
         self.failed.lock().insert(name.to_string(), why);
