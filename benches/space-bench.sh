@@ -121,7 +121,7 @@ import json, sys
 r = json.load(sys.stdin)
 l = r["lat_us"]
 print(round(r["ops"] / r["seconds"]))
-print(f"p99.9 {l[\"p99_9\"]:.0f} us, max {l[\"max\"]:.0f} us", file=open(sys.argv[1], "a"))' "$WORK/lat"
+print("p99.9 %.0f us, max %.0f us" % (l["p99_9"], l["max"]), file=open(sys.argv[1], "a"))' "$WORK/lat"
 }
 P_BEFORE=$(metric scrub_passes_total)
 R1=$(rate --rw randread --bs 4k --iodepth 32)
