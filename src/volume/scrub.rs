@@ -84,20 +84,36 @@ struct Accounting {
 }
 
 /// Live clusters of each SCO as bitmaps (bit i = cluster index i is referenced).
+///
+/// This walks every mapped cluster of every map (the scrubber does it each
+/// `check_interval_ms`), so the per-cluster step is kept to a bit set: bitmaps live in a
+/// vector and the last SCO hit is remembered, which spares the hash lookup for runs of
+/// clusters in the same SCO (what sequential writes and scrub copies leave behind).
 fn live_bitmaps(maps: &[&ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
     let words = (sco_clusters as usize).div_ceil(64);
-    let mut live: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut slots: HashMap<u64, usize> = HashMap::new();
+    let mut bitmaps: Vec<(u64, Vec<u64>)> = Vec::new();
+    let mut last: Option<(u64, usize)> = None;
     for m in maps {
         m.for_each_mapped(|_, e| {
-            if let Some(l) = Location::unpack(e) {
-                let b = live.entry(l.sco).or_insert_with(|| vec![0u64; words]);
-                if let Some(w) = b.get_mut(l.index as usize / 64) {
-                    *w |= 1 << (l.index % 64);
+            let Some(l) = Location::unpack(e) else { return };
+            let slot = match last {
+                Some((sco, slot)) if sco == l.sco => slot,
+                _ => {
+                    let slot = *slots.entry(l.sco).or_insert_with(|| {
+                        bitmaps.push((l.sco, vec![0u64; words]));
+                        bitmaps.len() - 1
+                    });
+                    last = Some((l.sco, slot));
+                    slot
                 }
+            };
+            if let Some(w) = bitmaps[slot].1.get_mut(l.index as usize / 64) {
+                *w |= 1 << (l.index % 64);
             }
         });
     }
-    live
+    bitmaps.into_iter().collect()
 }
 
 fn popcount(b: &[u64]) -> u64 {
