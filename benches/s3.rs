@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/s3.rs"]
 mod harness;
+#[path = "s3/sustained.rs"]
+mod sustained;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,13 @@ fn main() {
     }
     let raw_get = rate(n_raw * (8 << 20), t0.elapsed());
     eprintln!("raw PUT 8 MiB x4 parallel: {raw_put:.1} MiB/s; raw ranged GET 1 MiB sequential: {raw_get:.1} MiB/s");
+
+    // Sustained writes into a small write buffer: the guest's rate must settle at the
+    // upload rate without long stalls. Paced and unpaced alternate (same server, same run).
+    let wb_mib: u64 = std::env::var("LOGDISK_MEASURE_WB_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(128);
+    for pace in [true, false, true, false] {
+        sustained::run(&store, wb_mib, pace, raw_put);
+    }
 
     // Mixed dataset in 4 MiB chunks: random, zeros, text, text.
     let size = mib << 20;

@@ -82,6 +82,9 @@ pub struct VolumeDefaults {
 pub struct WriteBufferConfig {
     /// Writes throttle when un-uploaded data in the write buffer reaches this.
     pub limit: ByteSize,
+    /// Slow guest writes smoothly to the upload rate once the buffer is half full,
+    /// instead of stopping them at the limit (see src/volume/write_pacer.rs).
+    pub pace: bool,
     /// Seal the open SCO after this many seconds without sealing (0 = only when full).
     pub seal_after_secs: u64,
 }
@@ -310,7 +313,7 @@ impl Default for VolumeDefaults {
 
 impl Default for WriteBufferConfig {
     fn default() -> Self {
-        WriteBufferConfig { limit: ByteSize(4 << 30), seal_after_secs: 60 }
+        WriteBufferConfig { limit: ByteSize(4 << 30), pace: true, seal_after_secs: 60 }
     }
 }
 

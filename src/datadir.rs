@@ -189,6 +189,7 @@ impl DataDir {
         let opts = EngineOptions {
             direct: c.io.direct,
             wb_limit: c.write_buffer.limit.0,
+            pace_writes: c.write_buffer.pace,
             frame_size: c.upload.frame_size.0 as usize,
             codec: Codec::parse(&c.upload.compression)?,
             checkpoint_every: c.upload.checkpoint_every.max(1),

@@ -27,7 +27,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 17] = [
+    let series: [(&str, &str, &str, Get); 19] = [
         ("store_puts_total", "counter", "Objects put to the store (SCOs, TLogs, checkpoints).", |v, _| {
             v.counters.store_puts.load(Ordering::Relaxed) as f64
         }),
@@ -43,6 +43,12 @@ pub fn render(state: &DaemonState) -> String {
         ("flushes_total", "counter", "Flushes.", |v, _| v.counters.flushes.load(Ordering::Relaxed) as f64),
         ("throttled_total", "counter", "Writes that waited for a full write buffer.", |v, _| {
             v.counters.throttled.load(Ordering::Relaxed) as f64
+        }),
+        ("paced_total", "counter", "Guest writes slowed down as the write buffer filled.", |v, _| {
+            v.counters.paced.load(Ordering::Relaxed) as f64
+        }),
+        ("paced_seconds_total", "counter", "Time guest writes waited for the pacer.", |v, _| {
+            v.counters.paced_us.load(Ordering::Relaxed) as f64 / 1e6
         }),
         ("uploaded_bytes_total", "counter", "Raw SCO bytes uploaded.", |_, s| s.uploaded_bytes as f64),
         ("uploaded_stored_bytes_total", "counter", "Stored (compressed) SCO bytes uploaded.", |_, s| {

@@ -39,6 +39,8 @@ use crate::error::{Error, Result};
 pub struct EngineOptions {
     pub direct: bool,
     pub wb_limit: u64,
+    /// Pace guest writes to the upload rate above half the limit ([`super::write_pacer`]).
+    pub pace_writes: bool,
     pub frame_size: usize,
     pub codec: Codec,
     pub checkpoint_every: u64,
@@ -55,6 +57,7 @@ impl Default for EngineOptions {
         EngineOptions {
             direct: true,
             wb_limit: 4 << 30,
+            pace_writes: true,
             frame_size: 64 << 10,
             codec: Codec::Lz4,
             checkpoint_every: 16,
@@ -289,6 +292,9 @@ pub struct Counters {
     pub write_bytes: AtomicU64,
     pub flushes: AtomicU64,
     pub throttled: AtomicU64,
+    /// Guest writes the pacer slowed down, and the microseconds they waited in all.
+    pub paced: AtomicU64,
+    pub paced_us: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub uploaded_stored_bytes: AtomicU64,
     /// Frames read back at upload for their checksum (clusters written without one).
@@ -323,6 +329,8 @@ pub struct Volume {
     pub(crate) scrub_lock: Mutex<()>,
     /// Space limits guest writes pass (set by the scrubber) and space figures.
     pub space: super::space::SpaceGate,
+    /// Slows guest writes as the write buffer fills (see [`super::write_pacer`]).
+    pub(crate) pacer: super::write_pacer::WritePacer,
     /// End of the previous read: a read starting there is sequential (read-ahead).
     last_read_end: AtomicU64,
     pub counters: Counters,
@@ -375,6 +383,7 @@ impl Volume {
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
             space: super::space::SpaceGate::default(),
+            pacer: super::write_pacer::WritePacer::new(),
             last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             dtl: RwLock::new(None),
@@ -692,6 +701,15 @@ impl Volume {
             // SCO to finish); here a write only fails when nothing can be freed.
             if let Admit::Fail(why) = self.space.admit(st.log_clusters, st.map.mapped()) {
                 return Err(Error::NoSpace { volume: self.name.clone(), detail: why });
+            }
+        }
+        if guest && self.env.opts.pace_writes {
+            let pause = self.pacer.pause(want << self.shift, st.wb_bytes, self.env.opts.wb_limit);
+            if !pause.is_zero() {
+                self.counters.paced.fetch_add(1, Ordering::Relaxed);
+                self.counters.paced_us.fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
+                parking_lot::MutexGuard::unlocked(&mut st, || std::thread::sleep(pause));
+                self.check_writable(&st)?;
             }
         }
         let mut throttled = false;

@@ -381,6 +381,7 @@ impl Volume {
                 if let Some(l) = st.local.get_mut(&epoch) {
                     l.uploaded = true;
                     st.wb_bytes = st.wb_bytes.saturating_sub(bytes);
+                    self.pacer.drained(bytes);
                     st.kept_bytes += bytes;
                 }
                 unlink.push(self.tlog_path(epoch));
