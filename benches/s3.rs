@@ -20,6 +20,11 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use harness::shared;
 
 fn main() {
+    // RUST_LOG=logdisk=debug shows the engine's throttle and upload events.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     use logdisk::backend::s3::S3Store;
     use logdisk::backend::uploader::Uploader;
     use logdisk::backend::ObjectStore;

@@ -88,6 +88,8 @@ pub fn run(store: &Arc<dyn ObjectStore>, wb_mib: u64, pace: bool, raw_put: f64) 
     let settled = &all[fill_point..];
     let settled_secs = (settled.last().unwrap().0 - settled[0].0).as_secs_f64();
     let settled_rate = (settled.len() as u64 * CHUNK) as f64 / (1 << 20) as f64 / settled_secs;
+    let worst = settled.iter().max_by_key(|x| x.1).unwrap();
+    eprintln!("  longest write: {:.1} ms, completed {:.2?} after the start", worst.1 as f64 / 1000.0, worst.0);
     let mut lats: Vec<u32> = settled.iter().map(|x| x.1).collect();
     lats.sort_unstable();
     let mib = (size >> 20) as f64;

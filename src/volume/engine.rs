@@ -712,16 +712,19 @@ impl Volume {
                 self.check_writable(&st)?;
             }
         }
-        let mut throttled = false;
+        let mut throttled = None;
         while st.wb_bytes >= self.env.opts.wb_limit {
-            if !throttled {
-                throttled = true;
+            if throttled.is_none() {
+                throttled = Some(Instant::now());
                 self.counters.throttled.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(volume = %self.name, "write buffer full: throttling writes until uploads catch up");
             }
             self.env.uploader.notify();
             self.progress.wait_for(&mut st, Duration::from_millis(100));
             self.check_writable(&st)?;
+        }
+        if let Some(t) = throttled {
+            tracing::debug!(volume = %self.name, waited_ms = t.elapsed().as_millis() as u64, "write buffer throttle released");
         }
         let sco_clusters = self.meta.sco_clusters;
         let full = match &st.open {

@@ -30,6 +30,8 @@ const MIN_DRAIN_RATE: f64 = (16 << 20) as f64;
 const DRAIN_ALPHA: f64 = 0.25;
 /// A gap between drain samples this long is idleness, not a slow store: no sample.
 const IDLE_GAP: Duration = Duration::from_secs(5);
+/// Drain samples are taken over at least this long.
+const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// Longest single pause (the clock keeps the debt; the next write pays the rest).
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
@@ -37,8 +39,10 @@ const MAX_PAUSE: Duration = Duration::from_millis(100);
 struct Clock {
     /// Smoothed drain rate, bytes per second.
     drain_rate: f64,
-    /// When the last drain sample was taken.
+    /// When the current sample period started.
     last_drain: Option<Instant>,
+    /// Bytes drained since then.
+    drained_since: u64,
     /// The earliest time the next paced write may start.
     next: Instant,
 }
@@ -57,19 +61,39 @@ impl Default for WritePacer {
 
 impl WritePacer {
     pub fn new() -> Self {
-        WritePacer { clock: Mutex::new(Clock { drain_rate: MIN_DRAIN_RATE, last_drain: None, next: Instant::now() }) }
+        WritePacer {
+            clock: Mutex::new(Clock {
+                drain_rate: MIN_DRAIN_RATE,
+                last_drain: None,
+                drained_since: 0,
+                next: Instant::now(),
+            }),
+        }
     }
 
-    /// Uploads confirmed `bytes` of the write buffer in the object store.
+    /// Uploads confirmed `bytes` of the write buffer in the object store. Completions
+    /// come in bursts (several SCO uploads finish together), so bytes are summed and a
+    /// rate sample is taken once per [`SAMPLE_PERIOD`].
     pub fn drained(&self, bytes: u64) {
         let now = Instant::now();
         let mut c = self.clock.lock();
-        if let Some(last) = c.last_drain.filter(|l| now.duration_since(*l) < IDLE_GAP) {
-            let secs = now.duration_since(last).as_secs_f64().max(1e-3);
-            let sample = bytes as f64 / secs;
-            c.drain_rate = (c.drain_rate * (1.0 - DRAIN_ALPHA) + sample * DRAIN_ALPHA).max(MIN_DRAIN_RATE);
+        match c.last_drain {
+            Some(last) if now.duration_since(last) < IDLE_GAP => {
+                c.drained_since += bytes;
+                let secs = now.duration_since(last).as_secs_f64();
+                if secs >= SAMPLE_PERIOD.as_secs_f64() {
+                    let sample = c.drained_since as f64 / secs;
+                    c.drain_rate = (c.drain_rate * (1.0 - DRAIN_ALPHA) + sample * DRAIN_ALPHA).max(MIN_DRAIN_RATE);
+                    c.drained_since = 0;
+                    c.last_drain = Some(now);
+                }
+            }
+            // First completion, or the first after idleness: the period starts here.
+            _ => {
+                c.drained_since = 0;
+                c.last_drain = Some(now);
+            }
         }
-        c.last_drain = Some(now);
     }
 
     /// The smoothed drain rate in bytes per second.
@@ -136,14 +160,18 @@ mod tests {
     }
 
     #[test]
-    fn drain_samples_raise_the_estimate_and_it_never_falls_below_the_floor() {
+    fn a_burst_of_completions_is_one_sample_over_its_period() {
         let p = WritePacer::new();
-        p.drained(32 << 20);
-        std::thread::sleep(Duration::from_millis(20));
-        p.drained(32 << 20);
-        assert!(p.drain_rate() > MIN_DRAIN_RATE as u64);
-        std::thread::sleep(Duration::from_millis(50));
+        p.drained(32 << 20); // starts the period
+        for _ in 0..4 {
+            p.drained(32 << 20); // a burst: no sample yet
+        }
+        assert_eq!(p.drain_rate(), MIN_DRAIN_RATE as u64);
+        std::thread::sleep(SAMPLE_PERIOD);
         p.drained(0);
-        assert!(p.drain_rate() >= MIN_DRAIN_RATE as u64);
+        // 128 MiB over about a second, weighted in: well above the floor, far below the
+        // burst's instantaneous rate.
+        let r = p.drain_rate();
+        assert!(r > MIN_DRAIN_RATE as u64 && r < (64 << 20), "{r}");
     }
 }
