@@ -29,7 +29,7 @@ for t in debugfs e2fsck strip; do
 done
 export PATH=$PATH:/usr/sbin
 FLUSHES=${POWERLOSS_FLUSHES:-2000}
-POINTS=${POWERLOSS_POINTS:-40}
+POINTS=${POWERLOSS_POINTS:-24}
 SEED=${POWERLOSS_SEED:-1}
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
@@ -43,24 +43,26 @@ fail() { echo "POWERLOSS E2E FAILED: $*" >&2; exit 1; }
 strip -o "$T/logdisk" "$BIN"
 strip -o "$T/logdisk-loadgen" "$LOADGEN"
 rm -f "$T/nvme.img" "$T/log.img" "$T/journal.img"
-truncate -s 512M "$T/nvme.img"
+truncate -s 256M "$T/nvme.img"
 truncate -s 4G "$T/log.img"
 truncate -s 64M "$T/journal.img"
-drive() { echo "-drive" "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"; }
-# shellcheck disable=SC2046
+QEXTRA=()
+drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"); }
+drive "$T/nvme.img" nvme    # vda: the "host NVMe" under dm-log-writes
+drive "$T/log.img" logw     # vdb: the log
+drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end
 say "guest run: $FLUSHES flushes"
 "$HERE/run-guest.sh" --script "$HERE/powerloss-guest.sh" --mem 1G --timeout 1200 \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
     --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" \
-    --log "$T/guest.log" -- $(drive "$T/nvme.img" nvme) $(drive "$T/log.img" logw) \
-    $(drive "$T/journal.img" journal) >/dev/null || { tail -n 40 "$T/guest.log"; fail "guest run"; }
+    --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null || { tail -n 40 "$T/guest.log"; fail "guest run"; }
 grep -q POWERLOSS-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 grep -E '^\[powerloss-guest|^powerloss:|POWERLOSS-JOURNAL' "$T/guest.log" | tr -d '\r'
 tr -d '\0' <"$T/journal.img" >"$T/journal.txt"
 tail -n 1 "$T/journal.txt" | grep -qx E || fail "journal incomplete"
 
 say "replay: $POINTS points"
-"$REPLAY" --log "$T/log.img" --dev-size 512M --journal "$T/journal.txt" --seed "$SEED" \
+"$REPLAY" --log "$T/log.img" --dev-size 256M --journal "$T/journal.txt" --seed "$SEED" \
     --logdisk "$T/logdisk" --config "$HERE/powerloss.toml" --volume vm --work "$T/replay" --points "$POINTS" \
     || fail "replay checker reported violations (see above)"
 say "PASS"

@@ -34,27 +34,33 @@ while [ ! -S /tmp/vm.sock ]; do n=$((n + 1)); [ $n -le 300 ] || fail "daemon soc
 dmsetup message logw 0 mark ready || fail "first mark"
 say "serving; workload: $FLUSHES flushes"
 logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 16k \
-    --fsync-every 6 --flushes "$FLUSHES" --seed "$SEED" --journal /tmp/journal \
+    --fsync-every 4 --flushes "$FLUSHES" --seed "$SEED" --journal /tmp/journal \
     --dm-mark logw --timeout 120 >/tmp/loadgen.out 2>&1 &
 LG=$!
+# Management operations while the client writes, each bounded in time (a hang is reported).
+op() { # NAME CMD...
+    name=$1; shift
+    if timeout 60 "$@" >>/tmp/ops.log 2>&1; then echo "$name ok" >>/tmp/ops; else echo "$name FAILED $?" >>/tmp/ops; fi
+}
 i=0
 while kill -0 $LG 2>/dev/null; do
-    sleep 2
+    sleep 3
     i=$((i + 1))
     kill -0 $LG 2>/dev/null || break
-    $L snapshot create "vm@s$i" >/dev/null 2>&1 && echo "snapshot s$i" >>/tmp/ops
-    if [ $((i % 3)) = 0 ]; then $L scrub vm --threshold 0.9 >>/tmp/ops 2>&1 && echo "scrub $i" >>/tmp/ops; fi
-    if [ $i -gt 2 ]; then $L snapshot delete "vm@s$((i - 2))" >/dev/null 2>&1 && echo "delete s$((i - 2))" >>/tmp/ops; fi
+    op snapshot $L snapshot create "vm@s$i"
+    [ $i -gt 2 ] && op delete $L snapshot delete "vm@s$((i - 2))"
+    [ $((i % 5)) = 0 ] && op scrub $L scrub vm
+    [ $((i % 5)) = 0 ] && say "progress: $(tail -n 1 /tmp/loadgen.out), fs $(df -k /mnt/nvme | awk 'NR==2 {print $3}') KiB used, ops: $(sort /tmp/ops | uniq -c | tr '\n' ' ')"
 done
 wait $LG
 LGRC=$?
 cat /tmp/loadgen.out
-say "ops: $(grep -c '^snapshot' /tmp/ops 2>/dev/null) snapshots, $(grep -c '^scrub' /tmp/ops 2>/dev/null) scrubs, $(grep -c '^delete' /tmp/ops 2>/dev/null) snapshot deletes"
+say "ops while writing: $(sort /tmp/ops | uniq -c | tr '\n' ' ')"
+grep -q FAILED /tmp/ops && { tail -n 20 /tmp/ops.log; fail "a management operation failed or hung"; }
 [ $LGRC = 0 ] || fail "loadgen exited $LGRC"
 kill -TERM $DAEMON
 wait $DAEMON || fail "daemon exit on SIGTERM"
-say "daemon log: $(grep -ci 'seal' /tmp/daemon.log) seal lines, $(grep -ci 'checkpoint' /tmp/daemon.log) checkpoint lines, $(grep -ci 'upload' /tmp/daemon.log) upload lines"
-say "objects: $(find $DD/objects -type f | wc -l) files, data dir $(du -sk $DD | cut -f1) KiB"
+say "store: $(find $DD/objects -path '*/sco/*' -type f | wc -l) SCOs, $(find $DD/objects -path '*/tlog/*' -type f | wc -l) TLogs, $(find $DD/objects -type f | wc -l) objects in all; data dir $(du -sk $DD | cut -f1) KiB; daemon log: $(grep -ci checkpoint /tmp/daemon.log) lines on checkpoints, $(grep -ci scrub /tmp/daemon.log) on scrub"
 umount /mnt/nvme || fail "umount"
 dmsetup remove logw || fail "dmsetup remove"
 dd if=/tmp/journal of=/dev/vdc bs=1M conv=fsync 2>/dev/null || fail "journal to vdc"

@@ -38,11 +38,15 @@ use crate::point::{Kind, Point};
 )]
 struct Args {
     /// The dm-log-writes log device image
-    #[arg(long)]
-    log: PathBuf,
+    #[arg(long, required_unless_present = "volume_image")]
+    log: Option<PathBuf>,
     /// Size of the logged device (e.g. 512M)
-    #[arg(long, value_parser = parse_size)]
-    dev_size: u64,
+    #[arg(long, value_parser = parse_size, required_unless_present = "volume_image")]
+    dev_size: Option<u64>,
+    /// No log: check this exported volume against the journal, every write acknowledged
+    /// before the last completed flush required (device-fault tests)
+    #[arg(long)]
+    volume_image: Option<PathBuf>,
     /// The client's journal (logdisk-loadgen --journal)
     #[arg(long)]
     journal: PathBuf,
@@ -50,8 +54,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// logdisk binary that opens the volume
-    #[arg(long)]
-    logdisk: PathBuf,
+    #[arg(long, required_unless_present = "volume_image")]
+    logdisk: Option<PathBuf>,
     /// logdisk configuration file (as in the run)
     #[arg(long)]
     config: Option<PathBuf>,
@@ -62,8 +66,8 @@ struct Args {
     #[arg(long, default_value = "/ld")]
     data_dir: String,
     /// Work directory (images, copies)
-    #[arg(long)]
-    work: PathBuf,
+    #[arg(long, required_unless_present = "volume_image")]
+    work: Option<PathBuf>,
     /// "all", or how many points to check (spread over marks, FLUSH/FUA entries and points between)
     #[arg(long, default_value = "40")]
     points: String,
@@ -147,8 +151,14 @@ fn main() {
 fn run() -> Result<u64> {
     let a = Args::parse();
     let t0 = Instant::now();
-    let log = Log::open(&a.log)?;
     let mut model = Model::load(&a.journal, a.seed)?;
+    if let Some(img) = &a.volume_image {
+        return check_image(&mut model, img);
+    }
+    let (Some(log), Some(dev_size), Some(logdisk), Some(work)) = (&a.log, a.dev_size, &a.logdisk, &a.work) else {
+        bail!("--log, --dev-size, --logdisk and --work are needed");
+    };
+    let log = Log::open(log)?;
     let all = candidates(&log, &a.start_mark)?;
     let count = |f: fn(&Kind) -> bool| all.iter().filter(|p| f(&p.kind)).count();
     println!(
@@ -164,15 +174,15 @@ fn run() -> Result<u64> {
         "all" => all,
         n => sample(all, n.parse().context("--points: 'all' or a number")?),
     };
-    std::fs::create_dir_all(&a.work)?;
-    let work = std::fs::canonicalize(&a.work)?;
+    std::fs::create_dir_all(work)?;
+    let work = std::fs::canonicalize(work)?;
     let img_path = work.join("replay.img");
     let img = File::options().read(true).write(true).create(true).truncate(true).open(&img_path)?;
-    img.set_len(a.dev_size)?;
+    img.set_len(dev_size)?;
     let ctx = point::Ctx {
         work,
         image: img_path,
-        logdisk: a.logdisk.clone(),
+        logdisk: logdisk.clone(),
         config: a.config.clone(),
         volume: a.volume.clone(),
         data_dir: a.data_dir.clone(),
@@ -225,4 +235,22 @@ fn run() -> Result<u64> {
         bail!("no point checked");
     }
     Ok(violations)
+}
+
+/// `--volume-image`: one exported volume against the journal.
+fn check_image(model: &mut Model, img: &std::path::Path) -> Result<u64> {
+    let data = std::fs::read(img).with_context(|| format!("read {}", img.display()))?;
+    model.require_until(model.last_completed_flush());
+    let (bad, count) = model.check(&data, 10);
+    println!(
+        "logwrites-replay: {} acknowledged writes, {} completed flushes, {} failed requests; {} sectors required; {count} bad sectors",
+        model.acked_writes,
+        model.completed_flushes,
+        model.failed,
+        model.required_sectors()
+    );
+    for b in &bad {
+        println!("  sector {}: {} (required write {})", b.sector, b.found, b.required);
+    }
+    Ok(u64::from(count > 0))
 }

@@ -29,6 +29,10 @@ pub struct Model {
     flush_at: HashMap<u64, usize>,
     pub acked_writes: u64,
     pub completed_flushes: u64,
+    /// Writes and flushes that completed with an error.
+    pub failed: u64,
+    /// Journal position of the `F` line of the last flush that completed OK.
+    last_flush: usize,
     /// Per sector: the newest write that must be there (0 = none).
     required: Vec<u64>,
     /// Events applied to `required`.
@@ -52,6 +56,8 @@ impl Model {
             flush_at: HashMap::new(),
             acked_writes: 0,
             completed_flushes: 0,
+            failed: 0,
+            last_flush: 0,
             required: Vec::new(),
             cursor: 0,
             seed,
@@ -82,9 +88,16 @@ impl Model {
                 }
                 Some("C") => {
                     m.completed_flushes += 1;
+                    if let Some(&p) = m.flush_at.get(&num(1)?) {
+                        m.last_flush = m.last_flush.max(p);
+                    }
                     Ev::Other
                 }
-                Some("X" | "Y" | "M") => Ev::Other,
+                Some("X" | "Y") => {
+                    m.failed += 1;
+                    Ev::Other
+                }
+                Some("M") => Ev::Other,
                 Some("E") => {
                     ended = true;
                     Ev::Other
@@ -103,6 +116,11 @@ impl Model {
     pub fn mark_position(&self, name: &str) -> Option<usize> {
         let id: u64 = name.strip_prefix('f')?.parse().ok()?;
         self.flush_at.get(&id).copied()
+    }
+
+    /// The requirement after every flush the client saw complete.
+    pub fn last_completed_flush(&self) -> usize {
+        self.last_flush
     }
 
     /// Every acknowledged write (after a clean shutdown all of them must be there).
