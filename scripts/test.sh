@@ -86,6 +86,8 @@ if [[ $QUICK = 0 ]]; then
     # (POWERLOSS_POINTS=all tests/guest/powerloss-e2e.sh --bin ... checks every one).
     stage "guest: power loss at sampled dm-log-writes points (2000 flushes), logdisk opens and keeps every acked write" \
         tests/guest/powerloss-e2e.sh --bin target/release/logdisk
+    stage "guest: dm-flakey fails every write under the data dir, requests fail, nothing acked is lost, restart after recovery" \
+        tests/guest/flakey-e2e.sh --bin target/release/logdisk
 fi
 
 echo "=== $(( $(date +%s) - START ))s in all"

@@ -54,7 +54,7 @@ cat /tmp/loadgen.out
 [ $LGRC = 0 ] || fail "loadgen exited $LGRC"
 grep -q ' 0 failed requests' /tmp/loadgen.out && fail "no request failed while writes failed with EIO"
 echo "FLAKEY-DAEMON-LOG-BEGIN"
-grep -iE 'error|fail|read-only|EIO' /tmp/daemon.log | sort | uniq -c | sort -rn | head -n 8
+grep -iE 'error|fail|read-only|EIO' /tmp/daemon.log | sed -E 's/^[0-9T:.-]+Z +//; s/ queue=[0-9]+//' | sort | uniq -c | sort -rn | head -n 8
 echo "FLAKEY-DAEMON-LOG-END"
 dmesg | grep -iE 'EXT4-fs|flakey' | tail -n 3
 kill -TERM $DAEMON
