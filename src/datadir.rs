@@ -152,8 +152,18 @@ impl DataDir {
             (Some(r), _) => r,
             (None, w) => {
                 let b = w.unwrap_or_else(|| BackendUrl::File(root.join("objects")));
-                fs::write(&recorded_path, b.to_url() + "\n")
-                    .ctx(|| format!("cannot write {}", recorded_path.display()))?;
+                // Durably (tmp, fsync, rename, fsync dir): after a crash or a device error
+                // soon after first use, an empty file here made every later start fail with
+                // `bad backend URL ""` (found by tests/guest/flakey-e2e.sh).
+                let tmp = root.join("backend.tmp");
+                let write = || -> std::io::Result<()> {
+                    let mut f = File::create(&tmp)?;
+                    f.write_all((b.to_url() + "\n").as_bytes())?;
+                    f.sync_all()?;
+                    fs::rename(&tmp, &recorded_path)?;
+                    File::open(&root)?.sync_all()
+                };
+                write().ctx(|| format!("cannot write {}", recorded_path.display()))?;
                 b
             }
         };

@@ -6,9 +6,12 @@
 //! kick/call eventfds and EVENT_IDX when offered. It reports IOPS, MB/s and latency
 //! percentiles, and fails (exit status 2) on any non-OK status byte or verify mismatch.
 
+#[allow(dead_code)] // classify() is the checker's half
+mod crashpattern;
 mod device;
 mod hist;
 mod mem;
+mod powerloss;
 mod vq;
 mod worker;
 
@@ -119,6 +122,19 @@ struct Args {
     /// Less output: no progress lines on stderr
     #[arg(long, short)]
     quiet: bool,
+    /// Power-loss workload: random pattern writes of --bs to --bs-max, a FLUSH after every
+    /// --fsync-every writes of a queue, every event journaled to FILE (see crashpattern.rs)
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// With --journal: after each completed FLUSH, mark this dm-log-writes device's log
+    #[arg(long)]
+    dm_mark: Option<String>,
+    /// With --journal: stop after this many completed flushes (or --time)
+    #[arg(long, default_value_t = 2000)]
+    flushes: u64,
+    /// With --journal: failed requests are journaled and the run goes on
+    #[arg(long)]
+    allow_errors: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -381,6 +397,48 @@ fn run() -> Result<()> {
             QueueCtx { q, nq, vq, mem: &mem, slots: addrs, kick: f.kick, call: f.call }
         })
         .collect();
+
+    if let Some(j) = &a.journal {
+        let spec = powerloss::PlSpec {
+            seed: a.seed,
+            offset: a.offset,
+            len: size,
+            bs: a.bs,
+            max_blocks: bs_max / a.bs,
+            flush_every: a.fsync_every.max(1),
+            flushes: a.flushes,
+            time: a.time.map(Duration::from_secs_f64),
+            timeout: Duration::from_secs_f64(a.timeout),
+            allow_errors: a.allow_errors,
+        };
+        let mark = a.dm_mark.as_deref().map(powerloss::DmMark::open).transpose()?;
+        let file = std::fs::File::create(j).with_context(|| format!("create {}", j.display()))?;
+        let sh = powerloss::Shared::new(file, mark);
+        let t0 = Instant::now();
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = ctxs
+                .iter_mut()
+                .zip(&depths)
+                .map(|(ctx, &d)| {
+                    let (spec, sh) = (&spec, &sh);
+                    s.spawn(move || powerloss::run_queue(ctx, spec, d, sh))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("queue thread panicked")))).collect()
+        });
+        sh.finish()?;
+        drop(ctxs);
+        dev.stop()?;
+        use std::sync::atomic::Ordering::Relaxed;
+        println!(
+            "powerloss: {} writes and {} flushes acknowledged, {} failed requests, {:.1} s",
+            sh.writes_done.load(Relaxed),
+            sh.flushes_done.load(Relaxed),
+            sh.errors.load(Relaxed),
+            t0.elapsed().as_secs_f64()
+        );
+        return results.into_iter().collect();
+    }
 
     let base = Spec {
         rw: a.rw,

@@ -174,7 +174,7 @@ fn status_name(s: u8) -> &'static str {
     }
 }
 
-fn wait_call(call: &EventFd, timeout: Duration) {
+pub fn wait_call(call: &EventFd, timeout: Duration) {
     let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(call), events: libc::POLLIN, revents: 0 };
     let ms = timeout.as_millis().clamp(1, 1000) as i32;
     // SAFETY: one valid pollfd.

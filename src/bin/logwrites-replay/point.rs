@@ -1,0 +1,140 @@
+//! Checking one replay point: copy the replayed image, replay ext4's journal, copy the
+//! data dir out, open and export the volume with logdisk, compare with the model.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::model::Model;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// After a log mark (`f<id>`: the client's flush `id` had completed).
+    Mark(String),
+    /// After a FLUSH or FUA entry.
+    Flush,
+    /// After a write between two of the above.
+    Between,
+    /// The whole log (after logdisk's clean shutdown and the unmount).
+    End,
+}
+
+impl Kind {
+    pub fn index(&self) -> usize {
+        match self {
+            Kind::Mark(_) => 0,
+            Kind::Flush => 1,
+            Kind::Between => 2,
+            Kind::End => 3,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Mark(m) => write!(f, "mark {m}"),
+            Kind::Flush => write!(f, "FLUSH/FUA"),
+            Kind::Between => write!(f, "between flushes"),
+            Kind::End => write!(f, "end of log"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// Log entries applied (0..after).
+    pub after: usize,
+    pub kind: Kind,
+}
+
+pub struct Ctx {
+    pub work: PathBuf,
+    pub image: PathBuf,
+    pub logdisk: PathBuf,
+    pub config: Option<PathBuf>,
+    pub volume: String,
+    pub data_dir: String,
+}
+
+pub struct Report {
+    pub problems: Vec<String>,
+    /// Sectors read back holding a write.
+    pub written: usize,
+    pub seconds: f64,
+}
+
+fn run(cmd: &mut Command) -> Result<(i32, String)> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+}
+
+impl Ctx {
+    pub fn check(&self, p: &Point, model: &Model) -> Result<Report> {
+        let t0 = Instant::now();
+        let mut problems = Vec::new();
+        let copy = self.work.join("point.img");
+        let out = self.work.join("point");
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+        let (rc, text) = run(Command::new("cp").arg("--sparse=always").arg(&self.image).arg(&copy))?;
+        anyhow::ensure!(rc == 0, "cp: {}", last_line(&text));
+        // What mounting does first: replay the ext4 journal (0/1: fine; more: damaged).
+        let (rc, text) = run(Command::new("e2fsck").args(["-E", "journal_only", "-y"]).arg(&copy))?;
+        if rc > 1 {
+            problems.push(format!("ext4 journal replay failed (e2fsck {rc}): {}", last_line(&text)));
+        }
+        let (_, text) = run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump {} {}", self.data_dir, out.display()))
+            .arg(&copy))?;
+        let name = Path::new(&self.data_dir).file_name().context("--data-dir needs a name")?;
+        let dd = out.join(name);
+        let mut written = 0;
+        if !dd.join("backend").is_file() {
+            problems.push(format!("no data dir in the file system: {}", last_line(&text)));
+        } else {
+            // The embedded store is recorded by absolute path; it moved with the copy.
+            std::fs::write(dd.join("backend"), format!("file://{}\n", dd.join("objects").display()))?;
+            let raw = out.join("volume.raw");
+            let mut cmd = Command::new("timeout");
+            cmd.arg("300").arg(&self.logdisk).arg("--data-dir").arg(&dd);
+            if let Some(c) = &self.config {
+                cmd.arg("--config").arg(c);
+            }
+            cmd.args(["volume", "export", &self.volume]).arg(&raw);
+            let (rc, text) = run(&mut cmd)?;
+            if rc != 0 {
+                problems.push(format!("logdisk did not open the volume (exit {rc}): {}", last_line(&text)));
+            } else {
+                let data = std::fs::read(&raw).with_context(|| format!("read {}", raw.display()))?;
+                let (bad, count) = model.check(&data, 5);
+                written = data.chunks_exact(512).filter(|s| s.iter().any(|b| *b != 0)).count();
+                if count > 0 {
+                    let detail: Vec<String> = bad
+                        .iter()
+                        .map(|b| format!("sector {}: {} (required write {})", b.sector, b.found, b.required))
+                        .collect();
+                    problems.push(format!("{count} bad sectors: {}", detail.join(", ")));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            // keep the evidence
+            let keep = self.work.join(format!("failed-{}", p.after));
+            let _ = std::fs::remove_dir_all(&keep);
+            std::fs::rename(&out, &keep)?;
+            std::fs::rename(&copy, keep.join("point.img"))?;
+        }
+        Ok(Report { problems, written, seconds: t0.elapsed().as_secs_f64() })
+    }
+}
