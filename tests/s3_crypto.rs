@@ -247,3 +247,77 @@ fn flipped_bit_in_a_sealed_sco_fails_only_its_frame() {
     assert!(err.to_string().contains("fails authentication"), "{err}");
     vol.close().unwrap();
 }
+
+/// The key id every object under `prefix` is sealed with (SCO footers, blob headers).
+fn object_key_ids(e: &Env, prefix: &str) -> Vec<(String, Option<logdisk::crypto::KeyId>)> {
+    e.objects(prefix)
+        .into_iter()
+        .map(|(k, b)| {
+            let id = if k.contains("/sco/") {
+                sco_object::parse_footer(&k, &b, b.len() as u64).ok().and_then(|f| f.sealed).map(|s| s.key_id)
+            } else {
+                logdisk::volume::rekey::blob_header_key_id(&b)
+            };
+            (k, id)
+        })
+        .collect()
+}
+
+#[test]
+fn rotation_scrub_and_crypto_erase() {
+    let w = shared();
+    let e = env(w, "crypto-rotate");
+    let k1 = write_key(&e.path("k1"), 11, true);
+    let k2 = write_key(&e.path("k2"), 12, false);
+    let (id1, id2) = (VolumeKey::from_bytes(k1).id(), VolumeKey::from_bytes(k2).id());
+    let data = input();
+    std::fs::write(e.path("a.img"), &data[..SIZE / 2]).unwrap();
+    std::fs::write(e.path("b.img"), &data[SIZE / 2..SIZE / 2 + SIZE / 4]).unwrap();
+    let (k1f, k2f) = (e.p("k1"), e.p("k2"));
+
+    e.ok("a", &["volume", "create", "enc", "--size", "4M", "--encrypt", "--key-file", &k1f]);
+    e.ok("a", &["volume", "import", "enc", &e.p("a.img")]);
+    let ids = object_key_ids(&e, "pfx/enc/");
+    assert!(ids.iter().all(|(_, id)| *id == Some(id1)), "{ids:?}");
+    // Rotate (the old key's source stays recorded on this host), write more.
+    e.ok("a", &["volume", "set", "enc", "--key-file", &k2f]);
+    let info = e.ok("a", &["volume", "info", "enc"]);
+    assert!(info.contains(&id2.to_string()), "{info}");
+    e.ok("a", &["volume", "import", "enc", &e.p("b.img"), "--offset", "2M"]);
+    let ids = object_key_ids(&e, "pfx/enc/");
+    assert!(ids.iter().any(|(_, id)| *id == Some(id1)) && ids.iter().any(|(_, id)| *id == Some(id2)), "{ids:?}");
+    // Scrub rewrites everything under key 2.
+    e.ok("a", &["scrub", "enc"]);
+    let ids = object_key_ids(&e, "pfx/enc/");
+    let stale: Vec<_> = ids.iter().filter(|(_, id)| *id != Some(id2)).collect();
+    assert!(stale.is_empty(), "objects not under key 2 after scrub: {stale:?}");
+    assert!(ids.iter().any(|(k, _)| k.contains("/sco/")) && ids.iter().any(|(k, _)| k.contains("/tlog/")));
+    let mut want = data[..SIZE / 2 + SIZE / 4].to_vec();
+    want.resize(SIZE, 0);
+    e.ok("a", &["volume", "export", "enc", &e.p("out-a.img")]);
+    assert!(std::fs::read(e.path("out-a.img")).unwrap() == want, "data changed by rotation + scrub");
+    // A fresh host with key 2 alone reads everything.
+    e.ok("b", &["volume", "export", "enc", &e.p("out-b.img"), "--key-file", &k2f]);
+    assert!(std::fs::read(e.path("out-b.img")).unwrap() == want, "fresh host with key 2");
+    assert!(!leaking(&e.objects("pfx/enc/"), &needles(&data[..SIZE / 2 + SIZE / 4])).iter().any(|_| true));
+
+    // Crypto-erase: needs --yes; afterwards no host opens it, even with both keys.
+    e.fails("a", &["volume", "crypto-erase", "enc"], "--yes");
+    let out = e.ok("a", &["volume", "crypto-erase", "enc", "--yes"]);
+    assert!(out.contains("crypto-erased"), "{out}");
+    for dd in ["a", "b", "c"] {
+        e.fails(
+            dd,
+            &["volume", "export", "enc", &e.p("x.img"), "--key-file", &k2f, "--key-file", &k1f],
+            "crypto-erased",
+        );
+    }
+    assert!(!e.path("a/volumes/enc").exists(), "local state of an erased volume stays");
+    assert!(!e.ok("a", &["volume", "list"]).lines().any(|l| l.starts_with("enc ")));
+    // Its data objects remain, sealed; no record version but the tombstone is left.
+    let left = e.objects("pfx/enc/");
+    let records: Vec<_> = left.iter().filter(|(k, _)| k.contains("/meta/volume/")).collect();
+    assert_eq!(records.len(), 1, "{:?}", records.iter().map(|r| &r.0).collect::<Vec<_>>());
+    assert!(records[0].1.starts_with(b"LDERASED"));
+    assert!(left.iter().any(|(k, _)| k.contains("/sco/")));
+}

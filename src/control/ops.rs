@@ -245,6 +245,8 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
         )),
         Request::Scrub { volume, threshold } => {
             let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
+            // After a key rotation: record versions under older keys go too.
+            crate::crypto::ops::prune_records(dd, &volume)?;
             Ok(to_json(rep))
         }
     }

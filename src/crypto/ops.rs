@@ -101,6 +101,28 @@ pub fn crypto_erase(dd: &DataDir, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Delete versions of volume `name`'s record sealed under a key other than the current
+/// one (after a rotation; the newest version is always under the current key). Returns
+/// how many went.
+pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
+    let m = dd.volume_meta(name)?;
+    let Some(cur) = current_key(&m) else {
+        return Ok(0);
+    };
+    let store = dd.store();
+    let mut old = Vec::new();
+    for o in store.list(&keys::volume_meta_prefix(name))? {
+        if keys::trailing_number(&o.key) == Some(m.version) {
+            continue;
+        }
+        if crate::volume::rekey::blob_header_key_id(&store.get_range(&o.key, 0, 16)?) != Some(cur) {
+            old.push(o.key);
+        }
+    }
+    store.delete_many(&old)?;
+    Ok(old.len())
+}
+
 /// Whether `meta` still has SCOs sealed under a key other than its current one is for
 /// scrub to find out; this names the current key id.
 pub fn current_key(meta: &VolumeMeta) -> Option<KeyId> {
