@@ -46,6 +46,17 @@ pub struct Config {
     pub s3: S3Config,
     /// How volumes reach their DTL peers.
     pub dtl: DtlClientConfig,
+    /// Where keys of encrypted volumes come from (besides those recorded per volume).
+    pub encryption: EncryptionConfig,
+}
+
+/// Key sources every command of this data dir may read keys from (files of 32 bytes or
+/// 64 hex digits; commands that print one). Keys are found by their id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    pub key_files: Vec<PathBuf>,
+    pub key_commands: Vec<String>,
 }
 
 /// The DTL client side (each volume's peer and mode are set per volume).

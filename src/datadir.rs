@@ -16,6 +16,8 @@ use crate::backend::uploader::Uploader;
 use crate::backend::url::BackendUrl;
 use crate::backend::{keys, ObjectStore};
 use crate::config::Config;
+use crate::crypto::store::CryptoStore;
+use crate::crypto::{EncryptionInfo, KeyId, KeyRing, KeySource};
 use crate::error::{Error, IoContext, Result};
 use crate::local_settings::LocalSettings;
 use crate::units::validate_name;
@@ -29,7 +31,9 @@ pub struct DataDir {
     _lock: File,
     backend: BackendUrl,
     config: Config,
+    /// The backend seen through the volumes' encryption (`CryptoStore`).
     store: Arc<dyn ObjectStore>,
+    keys: Arc<KeyRing>,
     env: Option<Arc<VolumeEnv>>,
 }
 
@@ -108,6 +112,9 @@ pub struct VolumeInfo {
     /// The scrubber's view: state (ok, scrubbing, throttled, full), why, budget, passes.
     #[serde(default)]
     pub space: Option<crate::volume::space::SpaceFigures>,
+    /// Encrypted volumes: the id of the key new objects are sealed with (never the key).
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 /// DTL part of `volume info`.
@@ -167,8 +174,25 @@ impl DataDir {
                 b
             }
         };
-        let store = backend.open_with(&config)?;
-        Ok(DataDir { root, _lock: lock, backend, config, store, env: None })
+        let keys = Arc::new(KeyRing::default());
+        for s in crate::crypto::store::sources(&config.encryption.key_files, &config.encryption.key_commands) {
+            keys.add_source(s);
+        }
+        // Key sources recorded for volumes created or rotated here.
+        if let Ok(dirs) = fs::read_dir(root.join("volumes")) {
+            for d in dirs.flatten() {
+                if let Ok(s) = LocalSettings::load(&d.path()) {
+                    s.key_sources.into_iter().for_each(|k| keys.add_source(k));
+                }
+            }
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(CryptoStore::new(backend.open_with(&config)?, keys.clone()));
+        Ok(DataDir { root, _lock: lock, backend, config, store, keys, env: None })
+    }
+
+    /// The keys this data dir reads and writes encrypted volumes with.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
     }
 
     pub fn root(&self) -> &Path {
@@ -209,12 +233,18 @@ impl DataDir {
             link_local: c.upload.link_local,
             space_wait: Duration::from_secs(c.scrub.throttle_timeout_secs),
         };
-        let env = Arc::new(VolumeEnv::new(self.store.clone(), cache, Uploader::start(c.upload.concurrency), opts));
+        let env = Arc::new(VolumeEnv::with_keys(
+            self.store.clone(),
+            self.keys.clone(),
+            cache,
+            Uploader::start(c.upload.concurrency),
+            opts,
+        ));
         self.env = Some(env.clone());
         Ok(env)
     }
 
-    pub(crate) fn volume_dir(&self, name: &str) -> PathBuf {
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
         self.root.join("volumes").join(name)
     }
 
@@ -225,6 +255,18 @@ impl DataDir {
         size: u64,
         cluster_size: Option<u64>,
         sco_size: Option<u64>,
+    ) -> Result<VolumeMeta> {
+        self.create_volume_with(name, size, cluster_size, sco_size, None)
+    }
+
+    /// Create a volume, encrypted with the key from `key` when given.
+    pub fn create_volume_with(
+        &self,
+        name: &str,
+        size: u64,
+        cluster_size: Option<u64>,
+        sco_size: Option<u64>,
+        key: Option<&KeySource>,
     ) -> Result<VolumeMeta> {
         validate_name("volume", name)?;
         let cs = cluster_size.unwrap_or(self.config.volume.cluster_size.0);
@@ -244,18 +286,61 @@ impl DataDir {
             return Err(Error::InvalidArgument("volume too large".into()));
         }
         let mut meta = VolumeMeta::new(name, size, cs as u32, sco);
-        meta.store_new_version(self.store.as_ref(), true)?;
+        self.store_first_record(&mut meta, key, None)
+    }
+
+    /// Store the first record of a new volume (sealed with `key`, or with `inherit`'s
+    /// key when that is a clone parent's encryption), replacing a stale local dir.
+    fn store_first_record(
+        &self,
+        meta: &mut VolumeMeta,
+        key: Option<&KeySource>,
+        inherit: Option<(&EncryptionInfo, Vec<KeySource>)>,
+    ) -> Result<VolumeMeta> {
+        let name = meta.name.clone();
+        let mut sources = Vec::new();
+        if let Some(src) = key {
+            let k = self.keys.load_source(src)?;
+            meta.encryption = Some(EncryptionInfo::of(&k));
+            self.keys.set_writer(&name, k.id());
+            sources.push(src.clone());
+        } else if let Some((enc, parent_sources)) = inherit {
+            let id = KeyId::parse(&enc.key_id).ok_or_else(|| Error::Corrupt {
+                key: name.clone(),
+                detail: "bad key id in the parent's record".into(),
+            })?;
+            meta.encryption = Some(EncryptionInfo { old_key_ids: Vec::new(), ..enc.clone() });
+            self.keys.set_writer(&name, id);
+            sources = parent_sources;
+        } else {
+            self.keys.forget_volume(&name);
+        }
+        if let Err(e) = meta.store_new_version(self.store.as_ref(), true) {
+            if !matches!(e, Error::VolumeExists(_)) {
+                self.keys.forget_volume(&name);
+            }
+            return Err(e);
+        }
         // A leftover local dir of an older volume with this name is stale.
-        let dir = self.volume_dir(name);
+        let dir = self.volume_dir(&name);
         if dir.exists() {
             fs::remove_dir_all(&dir).ctx(|| format!("cannot remove stale {}", dir.display()))?;
         }
-        Ok(meta)
+        if !sources.is_empty() {
+            LocalSettings { key_sources: sources, ..Default::default() }.save(&dir)?;
+        }
+        Ok(meta.clone())
     }
 
+    /// A volume's newest record; an encrypted volume's key becomes its write key here
+    /// (the record says which; its key check must match).
     pub fn volume_meta(&self, name: &str) -> Result<VolumeMeta> {
         validate_name("volume", name)?;
-        VolumeMeta::load(self.store.as_ref(), name)
+        let m = VolumeMeta::load(self.store.as_ref(), name)?;
+        if let Some(enc) = &m.encryption {
+            crate::crypto::ops::register(&self.keys, name, enc)?;
+        }
+        Ok(m)
     }
 
     /// Every volume in the object store.
@@ -267,7 +352,8 @@ impl DataDir {
             }
             match VolumeMeta::load(self.store.as_ref(), &name) {
                 Ok(m) => out.push(m),
-                Err(Error::VolumeNotFound(_)) => {}
+                Err(Error::VolumeNotFound(_) | Error::CryptoErased(_)) => {}
+                Err(e @ Error::KeyMissing { .. }) => tracing::warn!("not listed: {e}"),
                 Err(e) => return Err(e),
             }
         }
@@ -360,16 +446,24 @@ impl DataDir {
     /// Create clone `target` of `source` (at its snapshot `snapshot`, or a template's
     /// content). The caller makes sure the parent's data is in the object store.
     pub fn create_clone(&self, target: &str, source: &VolumeMeta, snapshot: Option<&str>) -> Result<VolumeMeta> {
+        self.create_clone_with(target, source, snapshot, None)
+    }
+
+    /// Create a clone; it writes with the key from `key`, or else with its parent's key
+    /// when the parent is encrypted (it reads the parent's objects with the parent's key).
+    pub fn create_clone_with(
+        &self,
+        target: &str,
+        source: &VolumeMeta,
+        snapshot: Option<&str>,
+        key: Option<&KeySource>,
+    ) -> Result<VolumeMeta> {
         validate_name("volume", target)?;
         let sco = self.config.volume.sco_size.0.max(source.cluster_size as u64);
         let mut meta = VolumeMeta::new(target, source.size, source.cluster_size, sco);
         meta.parent = Some(ParentRef { volume: source.name.clone(), snapshot: snapshot.map(str::to_string) });
-        meta.store_new_version(self.store.as_ref(), true)?;
-        let dir = self.volume_dir(target);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).ctx(|| format!("cannot remove stale {}", dir.display()))?;
-        }
-        Ok(meta)
+        let parent_sources = self.local_settings(&source.name).map(|s| s.key_sources).unwrap_or_default();
+        self.store_first_record(&mut meta, key, source.encryption.as_ref().map(|e| (e, parent_sources)))
     }
 
     /// Store a new version of `name`'s record changed by `f`.
@@ -412,7 +506,11 @@ impl DataDir {
     /// Delete a volume: its record first (so it disappears), then its objects and
     /// local state.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        self.volume_meta(name)?;
+        match self.volume_meta(name) {
+            // Without the key (or after a crypto-erase) its objects can still be removed.
+            Ok(_) | Err(Error::CryptoErased(_) | Error::KeyMissing { .. }) => {}
+            Err(e) => return Err(e),
+        }
         self.check_no_dependents(name, None, "delete")?;
         let store = &self.store;
         for o in store.list(&keys::volume_meta_prefix(name))? {
@@ -425,6 +523,7 @@ impl DataDir {
         if dir.exists() {
             fs::remove_dir_all(&dir).ctx(|| format!("cannot remove {}", dir.display()))?;
         }
+        self.keys.forget_volume(name);
         Ok(())
     }
 
@@ -492,6 +591,7 @@ impl DataDir {
             space: Some(figures),
             objects: objs.len() as u64,
             pending_upload_bytes: s.wb_bytes,
+            key_id: m.encryption.as_ref().map(|e| e.key_id.clone()),
             compression_ratio: if stored == 0 { 1.0 } else { raw as f64 / stored as f64 },
             map_memory_bytes: s.map_memory_bytes,
         })

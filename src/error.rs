@@ -48,6 +48,13 @@ pub enum Error {
     DtlRefused { code: crate::dtl::ErrorCode, message: String },
     #[error("DTL: {0}")]
     Dtl(String),
+    /// A key source that cannot be read or holds no valid key (never the key itself).
+    #[error("encryption key: {0}")]
+    Key(String),
+    #[error("volume {volume} is encrypted with key id {key_id}: {detail}")]
+    KeyMissing { volume: String, key_id: String, detail: String },
+    #[error("volume {0} was crypto-erased: it can no longer be opened")]
+    CryptoErased(String),
     #[error("volume {volume} was taken over by a newer owner{}: this host's copy (generation {generation}) is fenced", if *by > 0 { format!(" (generation {by})") } else { String::new() })]
     Fenced { volume: String, generation: u32, by: u32 },
 }

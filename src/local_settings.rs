@@ -2,7 +2,7 @@
 //! (`<data dir>/volumes/<name>/settings.json`): the owner generation this host's copy
 //! belongs to (a newer one in the object store means the volume was taken over
 //! elsewhere and this copy is fenced), its DTL peer and mode, and whether uploads are
-//! paused.
+//! paused, and where its encryption keys come from.
 
 use std::fs;
 use std::io::Write;
@@ -22,6 +22,9 @@ pub struct LocalSettings {
     pub dtl: Option<DtlSettings>,
     #[serde(default)]
     pub uploads_paused: bool,
+    /// Where this volume's keys come from (current and older ones; never the keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_sources: Vec<crate::crypto::KeySource>,
 }
 
 const FILE: &str = "settings.json";

@@ -133,13 +133,15 @@ pub fn takeover(dd: &mut DataDir, name: &str, dtl: DtlSettings, force: bool) -> 
         "owner generation recorded: the old owner is fenced"
     );
 
-    // Rebuild what the old owner had not uploaded.
+    // Rebuild what the old owner had not uploaded (key sources recorded here stay).
+    let key_sources = LocalSettings::load(&dir).map(|s| s.key_sources).unwrap_or_default();
     if dir.exists() {
         fs::remove_dir_all(&dir).ctx(|| format!("cannot remove stale {}", dir.display()))?;
     }
     let (dtl_entries, dtl_epochs) =
         if reachable { rebuild(&client, store_upto, &dir, meta.cluster_size as u64)? } else { (0, Vec::new()) };
-    LocalSettings { owner_generation: new_gen, dtl: None, uploads_paused: false }.save(&dir)?;
+    LocalSettings { owner_generation: new_gen, dtl: None, uploads_paused: false, key_sources: key_sources.clone() }
+        .save(&dir)?;
 
     // Normal recovery: the object store up to `store_upto`, then the rebuilt epochs;
     // closing uploads them under the new generation.
@@ -154,7 +156,7 @@ pub fn takeover(dd: &mut DataDir, name: &str, dtl: DtlSettings, force: bool) -> 
         }
     }
     client.close();
-    LocalSettings { owner_generation: new_gen, dtl: Some(dtl), uploads_paused: false }.save(&dir)?;
+    LocalSettings { owner_generation: new_gen, dtl: Some(dtl), uploads_paused: false, key_sources }.save(&dir)?;
     let mark = CoverageMark {
         generation: new_gen,
         covered: true,

@@ -39,7 +39,9 @@ fn verified_objects(store: &dyn ObjectStore) -> Vec<(u64, Vec<u8>)> {
             let (a, len) = index.stored_range(i, i);
             let fs = index.frame_size as usize;
             let out_range = i * fs..i * fs + index.frames[i].raw_len as usize;
-            index.decode_frame(&o.key, i, &obj[a as usize..(a + len) as usize], &mut raw[out_range]).unwrap();
+            index
+                .decode_frame(&o.key, i, &mut obj[a as usize..(a + len) as usize].to_vec(), &mut raw[out_range])
+                .unwrap();
         }
         out.push((n, raw));
     }

@@ -58,7 +58,14 @@ fn create(dd: &mut DataDir, name: &str, dtl: Option<DtlSettings>) {
     ops::run(
         dd,
         &Default::default(),
-        Request::Create { volume: name.into(), size: SIZE, cluster_size: None, sco_size: Some(1 << 20), dtl },
+        Request::Create {
+            volume: name.into(),
+            size: SIZE,
+            cluster_size: None,
+            sco_size: Some(1 << 20),
+            dtl,
+            key: None,
+        },
     )
     .unwrap();
 }
@@ -116,7 +123,7 @@ fn failover(mode: DtlMode) {
     ops::run(
         &mut dd1,
         &[("v".to_string(), v1.clone())].into_iter().collect(),
-        Request::Set { volume: "v".into(), dtl_addr: None, dtl_mode: None, uploads_paused: Some(true) },
+        Request::Set { volume: "v".into(), dtl_addr: None, dtl_mode: None, uploads_paused: Some(true), new_key: None },
     )
     .unwrap();
     write_random(&v1, &mut model, &mut rng, 400);

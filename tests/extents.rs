@@ -72,7 +72,7 @@ fn extents_and_snapshot_diffs_follow_the_maps() {
     run(
         &mut dd,
         &none,
-        Request::Create { volume: "v".into(), size: SIZE, cluster_size: None, sco_size: None, dtl: None },
+        Request::Create { volume: "v".into(), size: SIZE, cluster_size: None, sco_size: None, dtl: None, key: None },
     );
     let v = dd.open_volume("v", false).unwrap();
     let served: ops::Served = HashMap::from([("v".to_string(), v.clone())]);
@@ -112,7 +112,11 @@ fn extents_and_snapshot_diffs_follow_the_maps() {
     assert_eq!(d["zeroed_bytes"], 2 * CS);
 
     // A clone of v@b: inherited clusters are data; its own discards over them are holes.
-    run(&mut dd, &served, Request::Clone { source: "v".into(), snapshot: Some("b".into()), target: "c".into() });
+    run(
+        &mut dd,
+        &served,
+        Request::Clone { source: "v".into(), snapshot: Some("b".into()), target: "c".into(), key: None },
+    );
     let c: Arc<Volume> = dd.open_volume("c", false).unwrap();
     let cserved: ops::Served = HashMap::from([("c".to_string(), c.clone())]);
     let mut cmodel = model.clone();

@@ -56,7 +56,7 @@ fn create(dd: &mut DataDir, name: &str) {
     must(
         dd,
         &HashMap::new(),
-        Request::Create { volume: name.into(), size: SIZE, cluster_size: None, sco_size: None, dtl: None },
+        Request::Create { volume: name.into(), size: SIZE, cluster_size: None, sco_size: None, dtl: None, key: None },
     );
 }
 
@@ -151,7 +151,11 @@ fn snapshots_rollback_clones_templates() {
     check(&v, &ad, "A+D");
 
     // Clone of s1, written with E and a discard: parent unchanged.
-    must(&mut dd, &served, Request::Clone { source: "v".into(), snapshot: Some("s1".into()), target: "c1".into() });
+    must(
+        &mut dd,
+        &served,
+        Request::Clone { source: "v".into(), snapshot: Some("s1".into()), target: "c1".into(), key: None },
+    );
     let c1 = dd.open_volume("c1", false).unwrap();
     served.insert("c1".into(), c1.clone());
     let mut c1_img = a.clone();
@@ -163,7 +167,11 @@ fn snapshots_rollback_clones_templates() {
 
     // A clone of the clone.
     snap(&mut dd, &served, "c1", "x");
-    must(&mut dd, &served, Request::Clone { source: "c1".into(), snapshot: Some("x".into()), target: "c2".into() });
+    must(
+        &mut dd,
+        &served,
+        Request::Clone { source: "c1".into(), snapshot: Some("x".into()), target: "c2".into(), key: None },
+    );
     let c2 = dd.open_volume("c2", false).unwrap();
     served.insert("c2".into(), c2.clone());
     let mut c2_img = c1_img.clone();
@@ -209,11 +217,15 @@ fn snapshots_rollback_clones_templates() {
     refused(
         &mut dd,
         &HashMap::new(),
-        Request::Clone { source: "v".into(), snapshot: None, target: "t1".into() },
+        Request::Clone { source: "v".into(), snapshot: None, target: "t1".into(), key: None },
         "not a template",
     );
     must(&mut dd, &HashMap::new(), Request::SetTemplate { volume: "v".into() });
-    must(&mut dd, &HashMap::new(), Request::Clone { source: "v".into(), snapshot: None, target: "t1".into() });
+    must(
+        &mut dd,
+        &HashMap::new(),
+        Request::Clone { source: "v".into(), snapshot: None, target: "t1".into(), key: None },
+    );
     let t1 = dd.open_volume("t1", false).unwrap();
     check(&t1, &ad, "clone of the template");
     t1.close().unwrap();
@@ -250,7 +262,11 @@ fn scrub_reclaims_space_and_keeps_every_view() {
     }
     must(&mut dd, &served, Request::SnapshotDelete { volume: "v".into(), snapshot: "a".into() });
     // A clone of b, open while b's data moves.
-    must(&mut dd, &served, Request::Clone { source: "v".into(), snapshot: Some("b".into()), target: "c".into() });
+    must(
+        &mut dd,
+        &served,
+        Request::Clone { source: "v".into(), snapshot: Some("b".into()), target: "c".into(), key: None },
+    );
     let c = dd.open_volume("c", false).unwrap();
     served.insert("c".into(), c.clone());
     let bview = view(&mut dd, &served, "v", "b");

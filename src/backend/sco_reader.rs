@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::sco_object::{self, ScoIndex, FOOTER_LEN};
+use super::sco_object::{self, ScoIndex};
 use super::ObjectStore;
+use crate::crypto::cipher::ObjectCipher;
+use crate::crypto::KeyRing;
 use crate::error::{Error, Result};
 
 const INDEX_CACHE_ENTRIES: usize = 2048;
@@ -32,6 +34,8 @@ struct Flight {
 
 pub struct ScoReader {
     store: Arc<dyn ObjectStore>,
+    /// Keys of sealed SCOs (found by the id in their footer).
+    keys: Arc<KeyRing>,
     indexes: Mutex<HashMap<String, Arc<ScoIndex>>>,
     flights: Mutex<HashMap<(String, usize, usize), Arc<Flight>>>,
     staged: Mutex<std::collections::VecDeque<(String, Frames)>>,
@@ -40,8 +44,13 @@ pub struct ScoReader {
 
 impl ScoReader {
     pub fn new(store: Arc<dyn ObjectStore>) -> ScoReader {
+        ScoReader::with_keys(store, Arc::new(KeyRing::default()))
+    }
+
+    pub fn with_keys(store: Arc<dyn ObjectStore>, keys: Arc<KeyRing>) -> ScoReader {
         ScoReader {
             store,
+            keys,
             indexes: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
             staged: Mutex::new(std::collections::VecDeque::new()),
@@ -60,13 +69,20 @@ impl ScoReader {
         }
         let (tail, size) = self.store.get_tail(key, TAIL_GUESS)?;
         let footer = sco_object::parse_footer(key, &tail, size)?;
-        let need = footer.index_len() + FOOTER_LEN as u64;
+        let cipher = match &footer.sealed {
+            Some(s) => {
+                let k = self.keys.get(s.key_id, key.split('/').next().unwrap_or(""))?;
+                Some(Arc::new(ObjectCipher::derive(&k, s.salt, key)))
+            }
+            None => None,
+        };
+        let need = footer.index_len() + footer.footer_len();
         let index = if need <= tail.len() as u64 {
             let start = tail.len() - need as usize;
-            sco_object::parse_index(key, &footer, &tail[start..start + footer.index_len() as usize])?
+            sco_object::parse_index(key, &footer, &tail[start..start + footer.index_len() as usize], cipher)?
         } else {
             let bytes = self.store.get_range(key, footer.index_offset, footer.index_len())?;
-            sco_object::parse_index(key, &footer, &bytes)?
+            sco_object::parse_index(key, &footer, &bytes, cipher)?
         };
         let index = Arc::new(index);
         let mut t = self.indexes.lock();
@@ -151,7 +167,7 @@ impl ScoReader {
     fn fetch_frames(&self, key: &str, index: &ScoIndex, first: usize, last: usize) -> Result<Frames> {
         self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (soff, slen) = index.stored_range(first, last);
-        let stored = self.store.get_range(key, soff, slen)?;
+        let mut stored = self.store.get_range(key, soff, slen)?;
         if stored.len() as u64 != slen {
             return Err(Error::Corrupt { key: key.to_string(), detail: "object shorter than its index says".into() });
         }
@@ -162,7 +178,12 @@ impl ScoReader {
         for i in first..=last {
             let e = index.frames[i];
             let s = (e.offset - soff) as usize;
-            index.decode_frame(key, i, &stored[s..s + e.stored_len as usize], &mut out[at..at + e.raw_len as usize])?;
+            index.decode_frame(
+                key,
+                i,
+                &mut stored[s..s + e.stored_len as usize],
+                &mut out[at..at + e.raw_len as usize],
+            )?;
             at += e.raw_len as usize;
         }
         Ok((raw_start, Arc::new(out)))

@@ -31,6 +31,15 @@ pub struct GlobalOpts {
     /// TOML configuration file (every key has a default)
     #[arg(long, global = true, value_name = "FILE", env = "LOGDISK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Encryption key file (32 bytes or 64 hex digits; repeatable): with `volume create
+    /// --encrypt` the volume's key, with `volume set` its new key; otherwise only a key
+    /// encrypted volumes may be read with (found by key id)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Vec<PathBuf>,
+    /// Command (run with sh -c) that prints a key, for a KMS or vault (repeatable; as
+    /// --key-file)
+    #[arg(long, global = true, value_name = "CMD")]
+    pub key_command: Vec<String>,
     /// More log output (-v info, -vv debug); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -53,6 +62,10 @@ pub enum Command {
         source: String,
         /// Name of the new volume
         target: String,
+        /// Encrypt the clone with its own key (--key-file/--key-command); without it a
+        /// clone of an encrypted volume writes with its parent's key
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Reclaim object-store space: rewrite the live data of mostly-dead SCOs and delete
     /// what nothing references (runs to completion)
@@ -188,6 +201,10 @@ pub enum VolumeCmd {
         /// When writes wait for the DTL: sync (each write), async (each flush), none
         #[arg(long, value_name = "MODE", requires = "dtl")]
         dtl_mode: Option<String>,
+        /// Encrypt everything the volume sends to the object store with the key from
+        /// --key-file or --key-command (AES-256-GCM)
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Change this host's settings of a volume (at once when the daemon serves it)
     Set {
@@ -267,6 +284,15 @@ pub enum VolumeCmd {
     },
     /// Make a volume a read-only template, meant only as a clone parent
     SetTemplate { name: String },
+    /// Make an encrypted volume unreadable for good: its records are replaced by a
+    /// tombstone (no host opens it again) and this host forgets its key sources and
+    /// local data; its objects remain, readable only with the key
+    CryptoErase {
+        name: String,
+        /// Confirm: this cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
     /// Copy what a clone still reads from its parents so it stands alone
     Flatten { name: String },
 }

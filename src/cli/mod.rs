@@ -44,18 +44,28 @@ pub fn run() -> Result<()> {
     if let Command::Dtl(DtlCmd::Serve(args)) = &cli.command {
         return dtl_cmds::serve(args);
     }
-    let config = Config::load(cli.global.config.as_deref())?;
+    let mut config = Config::load(cli.global.config.as_deref())?;
+    let keys = logdisk::crypto::store::sources(&cli.global.key_file, &cli.global.key_command);
+    config.encryption.key_files.extend(cli.global.key_file.iter().cloned());
+    config.encryption.key_commands.extend(cli.global.key_command.iter().cloned());
     let data_dir = cli
         .global
         .data_dir
         .clone()
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./logdisk-data"));
-    let request = volume_cmds::request_of(&cli.command)?;
+    let request = volume_cmds::request_of(&cli.command, &keys)?;
     let mut dd = match DataDir::open(&data_dir, cli.global.backend.as_deref(), config) {
         Ok(dd) => dd,
         Err(e @ logdisk::Error::DataDirInUse { .. }) => {
             // A daemon holds the data dir: management commands go through its control socket.
+            if !keys.is_empty() {
+                // The daemon reads the keys (by id) from the sources the command names.
+                let add = logdisk::control::protocol::Request::AddKeys { sources: keys.clone() };
+                if let Some(Err(e)) = logdisk::control::client::try_request(&data_dir, &add) {
+                    return Err(e.into());
+                }
+            }
             let answer = request.and_then(|req| logdisk::control::client::try_request(&data_dir, &req));
             return match answer {
                 Some(v) => volume_cmds::print_result(&cli.command, &v?),

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{Command, SnapshotCmd, VolumeCmd};
 use logdisk::control::protocol::Request;
+use logdisk::crypto::KeySource;
 use logdisk::datadir::{DataDir, VolumeInfo};
 use logdisk::units::{format_size, parse_size};
 use logdisk::volume::dtl_link::DtlSettings;
@@ -63,23 +64,41 @@ fn need_snapshot(s: &str) -> Result<(String, String)> {
 
 /// The management request a command stands for (run by the daemon when one holds the
 /// data dir, else here); `None` for commands that need the data dir itself.
-pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
+/// `keys` are the key sources of the command line: the first is the key of `volume
+/// create --encrypt`, `clone --encrypt` and `volume set` (rotation).
+pub fn request_of(cmd: &Command, keys: &[KeySource]) -> Result<Option<Request>> {
     let parse = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
+    let the_key = |encrypt: bool| -> Result<Option<KeySource>> {
+        match (encrypt, keys) {
+            (false, _) => Ok(None),
+            (true, []) => bail!("--encrypt needs the key: --key-file FILE or --key-command CMD"),
+            (true, [k]) => Ok(Some(k.clone())),
+            (true, _) => bail!("--encrypt takes exactly one --key-file or --key-command"),
+        }
+    };
     Ok(Some(match cmd {
         Command::Volume(VolumeCmd::List { .. }) => Request::List,
         Command::Volume(VolumeCmd::Info { name, .. }) => Request::Info { volume: name.clone() },
-        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size, dtl, dtl_mode }) => Request::Create {
-            volume: name.clone(),
-            size: parse_size(size)?,
-            cluster_size: parse(cluster_size)?,
-            sco_size: parse(sco_size)?,
-            dtl: match (dtl.as_deref(), dtl_mode.as_deref()) {
-                (None, _) | (_, Some("none")) => None,
-                (Some(a), m) => Some(DtlSettings { addr: a.to_string(), mode: m.unwrap_or("sync").parse()? }),
-            },
-        },
+        Command::Volume(VolumeCmd::Create { name, size, cluster_size, sco_size, dtl, dtl_mode, encrypt }) => {
+            Request::Create {
+                key: the_key(*encrypt)?,
+                volume: name.clone(),
+                size: parse_size(size)?,
+                cluster_size: parse(cluster_size)?,
+                sco_size: parse(sco_size)?,
+                dtl: match (dtl.as_deref(), dtl_mode.as_deref()) {
+                    (None, _) | (_, Some("none")) => None,
+                    (Some(a), m) => Some(DtlSettings { addr: a.to_string(), mode: m.unwrap_or("sync").parse()? }),
+                },
+            }
+        }
         Command::Volume(VolumeCmd::Set { name, dtl, dtl_mode, uploads }) => Request::Set {
             volume: name.clone(),
+            new_key: match keys {
+                [] => None,
+                [k] => Some(k.clone()),
+                _ => bail!("volume set takes one --key-file or --key-command: the new key (old ones stay recorded)"),
+            },
             dtl_addr: dtl.clone(),
             dtl_mode: dtl_mode.clone(),
             uploads_paused: match uploads.as_deref() {
@@ -96,6 +115,12 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
         },
         Command::Volume(VolumeCmd::Delete { name }) => Request::Delete { volume: name.clone() },
         Command::Volume(VolumeCmd::SetTemplate { name }) => Request::SetTemplate { volume: name.clone() },
+        Command::Volume(VolumeCmd::CryptoErase { name, yes }) => {
+            if !yes {
+                bail!("crypto-erase makes volume {name} unreadable for good: add --yes");
+            }
+            Request::CryptoErase { volume: name.clone() }
+        }
         Command::Volume(VolumeCmd::Resize { name, size, shrink }) => {
             Request::Resize { volume: name.clone(), size: parse_size(size)?, shrink: *shrink }
         }
@@ -121,12 +146,17 @@ pub fn request_of(cmd: &Command) -> Result<Option<Request>> {
             }
             Request::SnapshotDiff { volume, from, to }
         }
-        Command::Clone { source, target } => {
+        Command::Clone { source, target, encrypt } => {
             let (v, snap) = split_target(source);
             if snap == Some("") || v.is_empty() {
                 bail!("{source:?}: use VOLUME@SNAPSHOT or a template's name");
             }
-            Request::Clone { source: v.to_string(), snapshot: snap.map(str::to_string), target: target.clone() }
+            Request::Clone {
+                source: v.to_string(),
+                snapshot: snap.map(str::to_string),
+                target: target.clone(),
+                key: the_key(*encrypt)?,
+            }
         }
         Command::Scrub { volume, threshold } => Request::Scrub { volume: volume.clone(), threshold: *threshold },
         Command::Attach { volume, socket, read_only, num_queues, queue_size } => Request::Attach {
@@ -163,6 +193,9 @@ pub fn print_result(cmd: &Command, v: &serde_json::Value) -> Result<()> {
             println!("created volume {} ({}, cluster {})", s("name"), format_size(size), format_size(cs));
         }
         Command::Volume(VolumeCmd::Delete { name }) => println!("deleted volume {name}"),
+        Command::Volume(VolumeCmd::CryptoErase { name, .. }) => {
+            println!("crypto-erased volume {name}: it can no longer be opened")
+        }
         Command::Volume(VolumeCmd::Set { name, .. }) => {
             let dtl = match (v["dtl"]["addr"].as_str(), v["dtl"]["mode"].as_str()) {
                 (Some(a), Some(m)) => format!("{a} ({m})"),
@@ -323,6 +356,9 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
     println!("name:               {}", info.name);
     println!("size:               {} ({} bytes)", format_size(info.size), info.size);
     println!("cluster size:       {}", format_size(info.cluster_size as u64));
+    if let Some(id) = &info.key_id {
+        println!("encryption:         AES-256-GCM, key id {id}");
+    }
     println!("SCO size:           {}", format_size(info.sco_size));
     println!("read-only:          {}", info.read_only);
     println!("backend:            {}", info.backend);

@@ -93,18 +93,29 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             };
             Ok(to_json(info))
         }
-        Request::Create { volume, size, cluster_size, sco_size, dtl } => {
-            let m = dd.create_volume(&volume, size, cluster_size, sco_size)?;
+        Request::Create { volume, size, cluster_size, sco_size, dtl, key } => {
+            let m = dd.create_volume_with(&volume, size, cluster_size, sco_size, key.as_ref())?;
             if dtl.is_some() {
-                dd.save_local_settings(
-                    &volume,
-                    &LocalSettings { owner_generation: m.generation, dtl, uploads_paused: false },
-                )?;
+                let s = dd.local_settings(&volume)?;
+                dd.save_local_settings(&volume, &LocalSettings { owner_generation: m.generation, dtl, ..s })?;
             }
-            Ok(json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size}))
+            Ok(json!({"name": m.name, "size": m.size, "cluster_size": m.cluster_size,
+                "key_id": m.encryption.map(|e| e.key_id)}))
         }
-        Request::Set { volume, dtl_addr, dtl_mode, uploads_paused } => {
+        Request::AddKeys { sources } => {
+            sources.into_iter().for_each(|s| dd.keys().add_source(s));
+            Ok(json!({}))
+        }
+        Request::CryptoErase { volume } => {
+            refuse_served(served, &volume, "crypto-erase")?;
+            crate::crypto::ops::crypto_erase(dd, &volume)?;
+            Ok(json!({"erased": volume}))
+        }
+        Request::Set { volume, dtl_addr, dtl_mode, uploads_paused, new_key } => {
             dd.volume_meta(&volume)?;
+            if let Some(k) = &new_key {
+                crate::crypto::ops::rotate(dd, &volume, k)?;
+            }
             let mut s = dd.local_settings(&volume)?;
             let old_dtl = s.dtl.clone();
             s.dtl = dtl_change(s.dtl.take(), dtl_addr.as_deref(), dtl_mode.as_deref())?;
@@ -158,7 +169,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             Ok(json!({"volume": volume, "from": from, "to": to, "cluster_size": cs, "changed_bytes": data + zero,
                 "data_bytes": data, "zeroed_bytes": zero, "extents": ext}))
         }
-        Request::Clone { source, snapshot, target } => {
+        Request::Clone { source, snapshot, target, key } => {
             let src = dd.volume_meta(&source)?;
             match &snapshot {
                 None if !src.template => {
@@ -175,7 +186,7 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
                     })?;
                 }
             }
-            let m = dd.create_clone(&target, &src, snapshot.as_deref())?;
+            let m = dd.create_clone_with(&target, &src, snapshot.as_deref(), key.as_ref())?;
             Ok(json!({"name": m.name, "parent": m.parent.map(|p| p.to_string()), "size": m.size}))
         }
         Request::SetTemplate { volume } => {
@@ -234,6 +245,8 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
         )),
         Request::Scrub { volume, threshold } => {
             let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
+            // After a key rotation: record versions under older keys go too.
+            crate::crypto::ops::prune_records(dd, &volume)?;
             Ok(to_json(rep))
         }
     }

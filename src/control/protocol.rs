@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::KeySource;
 use crate::volume::dtl_link::DtlSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,10 +20,24 @@ pub enum Request {
         sco_size: Option<u64>,
         #[serde(default)]
         dtl: Option<DtlSettings>,
+        /// Encrypt with the key from this source (the source travels, never the key).
+        #[serde(default)]
+        key: Option<KeySource>,
     },
     /// Change this host's settings of a volume: DTL peer (`dtl_addr` "none" removes
-    /// it), DTL mode, paused uploads. Takes effect at once on a served volume.
-    Set { volume: String, dtl_addr: Option<String>, dtl_mode: Option<String>, uploads_paused: Option<bool> },
+    /// it), DTL mode, paused uploads, a new key. Takes effect at once on a served volume.
+    Set {
+        volume: String,
+        dtl_addr: Option<String>,
+        dtl_mode: Option<String>,
+        uploads_paused: Option<bool>,
+        #[serde(default)]
+        new_key: Option<KeySource>,
+    },
+    /// Key sources to read keys of encrypted volumes from (by key id).
+    AddKeys { sources: Vec<KeySource> },
+    /// Crypto-erase an encrypted volume (refused while served).
+    CryptoErase { volume: String },
     /// Take a volume over from its (dead) owner on another host.
     Takeover { volume: String, dtl: DtlSettings, force: bool },
     /// Which volumes this daemon serves.
@@ -40,7 +55,13 @@ pub enum Request {
     /// The extents that differ between two snapshots (from the maps).
     SnapshotDiff { volume: String, from: String, to: String },
     /// A new volume reading through to a snapshot (or to a template's content).
-    Clone { source: String, snapshot: Option<String>, target: String },
+    Clone {
+        source: String,
+        snapshot: Option<String>,
+        target: String,
+        #[serde(default)]
+        key: Option<KeySource>,
+    },
     /// Freeze a volume as a read-only clone parent.
     SetTemplate { volume: String },
     /// Copy what a clone still reads from its parents, then drop them.

@@ -72,6 +72,8 @@ impl Default for EngineOptions {
 /// What every volume of a daemon shares.
 pub struct VolumeEnv {
     pub store: Arc<dyn ObjectStore>,
+    /// Keys of encrypted volumes (and which key each writes with).
+    pub keys: Arc<crate::crypto::KeyRing>,
     pub reader: Arc<ScoReader>,
     pub cache: Arc<ReadCache>,
     pub uploader: Arc<Uploader>,
@@ -87,8 +89,21 @@ impl VolumeEnv {
         uploader: Arc<Uploader>,
         opts: EngineOptions,
     ) -> VolumeEnv {
+        VolumeEnv::with_keys(store, Arc::default(), cache, uploader, opts)
+    }
+
+    /// An environment whose volumes may be encrypted with keys of `keys` (`store` then
+    /// is a `crypto::store::CryptoStore` over the same key ring).
+    pub fn with_keys(
+        store: Arc<dyn ObjectStore>,
+        keys: Arc<crate::crypto::KeyRing>,
+        cache: Arc<ReadCache>,
+        uploader: Arc<Uploader>,
+        opts: EngineOptions,
+    ) -> VolumeEnv {
         VolumeEnv {
-            reader: Arc::new(ScoReader::new(store.clone())),
+            reader: Arc::new(ScoReader::with_keys(store.clone(), keys.clone())),
+            keys,
             store,
             cache,
             uploader,

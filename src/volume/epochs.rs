@@ -206,7 +206,12 @@ impl Volume {
     /// are read back (O_DIRECT, in chunks). Nothing is copied. `None`: not possible here.
     fn adopt_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<Option<usize>> {
         let store = &self.env.store;
-        if !self.env.opts.link_local || !store.adopts_files() || len == 0 {
+        // An encrypted volume's SCOs are sealed copies, never the local file itself.
+        if !self.env.opts.link_local
+            || !store.adopts_files()
+            || len == 0
+            || self.env.keys.writer_id(&self.name).is_some()
+        {
             return Ok(None);
         }
         let frame = self.env.opts.frame_size;
@@ -268,11 +273,17 @@ impl Volume {
     fn encode_and_put_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<usize> {
         let store = &self.env.store;
         let frame = self.env.opts.frame_size;
+        // Encrypted volume: a fresh salt per upload attempt (see crypto::cipher).
+        let seal = self
+            .env
+            .keys
+            .writer(&self.name)?
+            .map(|k| crate::crypto::cipher::ObjectCipher::derive(&k, crate::crypto::cipher::random_salt(), key));
         upload_buffers::with(len as usize, sco_object::max_encoded_len(len as usize, frame), |raw, out| {
             // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
             let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
             file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-            let n = sco_object::encode_into(raw, frame, self.env.opts.codec, out);
+            let n = sco_object::encode_into(raw, frame, self.env.opts.codec, seal.as_ref(), out);
             match store.put(key, &out[..n]) {
                 Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),
                 Err(e) => Err(e),

@@ -61,6 +61,10 @@ pub struct VolumeMeta {
     /// starts from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_size: Option<u64>,
+    /// Set for encrypted volumes: the key id and key check (never the key). The record
+    /// itself is then sealed with that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypto::EncryptionInfo>,
 }
 
 impl VolumeMeta {
@@ -78,6 +82,7 @@ impl VolumeMeta {
             parent: None,
             version: 1,
             initial_size: None,
+            encryption: None,
         }
     }
 
@@ -113,6 +118,9 @@ impl VolumeMeta {
             .max_by_key(|(v, _)| *v)
             .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?;
         let bytes = store.get(newest.1)?;
+        if bytes.starts_with(crate::crypto::store::ERASED_MAGIC) {
+            return Err(Error::CryptoErased(name.to_string()));
+        }
         let meta: VolumeMeta = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt { key: newest.1.clone(), detail: format!("bad volume record: {e}") })?;
         if meta.name != name || meta.cluster_size == 0 || !meta.size.is_multiple_of(meta.cluster_size as u64) {

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod plan;
 pub mod read_cache;
 pub mod recovery;
+pub mod rekey;
 pub mod sco_file;
 pub mod scrub;
 pub mod scrub_policy;

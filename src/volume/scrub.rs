@@ -249,7 +249,11 @@ impl Volume {
         if !(0.0..=1.0).contains(&threshold) {
             return Err(Error::InvalidArgument(format!("scrub threshold {threshold} must be between 0 and 1")));
         }
-        self.scrub_pass(&Goal::all_below(threshold), &mut |_| {})
+        let rep = self.scrub_pass(&Goal::all_below(threshold), &mut |_| {})?;
+        if !self.metadata_under_old_keys()?.is_empty() {
+            self.rekey_metadata()?;
+        }
+        Ok(rep)
     }
 
     /// One scrub pass: delete dead SCOs and rewrite the victims `goal` picks (cost-benefit
@@ -279,7 +283,18 @@ impl Volume {
             .collect();
         rep.scos_examined = cands.len() as u64;
         let newest = self.state.lock().next_epoch;
-        let (dead, victims) = scrub_policy::choose(&cands, newest, goal);
+        let (dead, mut victims) = scrub_policy::choose(&cands, newest, goal);
+        if goal.free_clusters == u64::MAX {
+            // A full scrub (`logdisk scrub`) also rewrites SCOs sealed under an older
+            // key of an encrypted volume (after a rotation), whatever their live part.
+            let stale = self.scos_under_old_keys(&objects)?;
+            let live_of = |n: &u64| cands.iter().find(|c| c.sco == *n).map(|c| c.live).unwrap_or(0);
+            for n in stale {
+                if live_of(&n) > 0 && !victims.contains(&n) && !dead.contains(&n) {
+                    victims.push(n);
+                }
+            }
+        }
 
         // Which clusters (in any map) point into each victim: the map rewrite visits
         // only those.

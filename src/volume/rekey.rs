@@ -1,0 +1,75 @@
+//! Bringing an encrypted volume under its current key after a rotation (`logdisk
+//! scrub`): SCOs sealed under an older key become scrub victims whatever their live
+//! fraction (their live data is copied, so sealed anew, and they are deleted); then two
+//! short epochs, each ending in a checkpoint, let the checkpoint rules delete every
+//! older TLog and checkpoint; record versions under older keys are deleted by the data
+//! dir (`crypto::ops::prune_records`).
+
+use std::collections::BTreeMap;
+
+use super::location::UNMAPPED;
+use super::tlog::Record;
+use super::Volume;
+use crate::backend::keys;
+use crate::crypto::{cipher, KeyId};
+use crate::error::Result;
+
+/// The key id a sealed whole object names (from its first 16 bytes).
+pub fn blob_header_key_id(head: &[u8]) -> Option<KeyId> {
+    (head.len() >= 16 && &head[..8] == cipher::BLOB_MAGIC).then(|| KeyId(head[8..16].try_into().expect("8 bytes")))
+}
+
+impl Volume {
+    /// The key new objects of this volume are sealed with (`None`: not encrypted).
+    pub fn current_key_id(&self) -> Option<KeyId> {
+        self.env.keys.writer_id(&self.name)
+    }
+
+    /// SCOs among `objects` (number → key, size) sealed under a key other than the
+    /// current one (or not sealed at all). Empty for a plain volume.
+    pub(crate) fn scos_under_old_keys(&self, objects: &BTreeMap<u64, (String, u64)>) -> Result<Vec<u64>> {
+        let Some(cur) = self.current_key_id() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (n, (key, _)) in objects {
+            let ix = self.env.reader.index(key)?;
+            if ix.cipher.as_ref().map(|c| c.key_id) != Some(cur) {
+                out.push(*n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// TLogs and checkpoints of this volume in the store sealed under another key.
+    pub fn metadata_under_old_keys(&self) -> Result<Vec<String>> {
+        let Some(cur) = self.current_key_id() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for o in self.env.store.list(&keys::volume_prefix(&self.name))? {
+            let tlog = matches!(keys::parse_data_key(&self.name, &o.key), Some((_, "tlog", _)));
+            let cp = o.key.contains("/meta/checkpoint/");
+            if (tlog || cp) && blob_header_key_id(&self.env.store.get_range(&o.key, 0, 16)?) != Some(cur) {
+                out.push(o.key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seal two epochs holding only a no-op record, each ending in a checkpoint under
+    /// the current key; the second checkpoint's pruning deletes every TLog up to the
+    /// first and every older checkpoint.
+    pub fn rekey_metadata(&self) -> Result<()> {
+        for _ in 0..2 {
+            {
+                let mut st = self.state.lock();
+                self.append_record(&mut st, &Record::Fill { cluster: 0, count: 0, entry: UNMAPPED })?;
+                st.checkpoint_at_seal = true;
+            }
+            self.seal()?;
+            self.upload_all("while rewriting metadata under the new key")?;
+        }
+        Ok(())
+    }
+}
