@@ -300,6 +300,10 @@ pub struct Counters {
 pub(crate) struct FlushSide {
     pub(crate) tlogs: BTreeMap<u64, TlogWriter>,
     syncs: SyncSet,
+    /// Epochs whose TLog got batches from [`Volume::log_completed`] since the last flush
+    /// (synced by the next flush), and which of them were sealed.
+    unsynced: BTreeSet<u64>,
+    unsynced_sealed: Vec<u64>,
 }
 
 pub struct Volume {
@@ -902,6 +906,25 @@ impl Volume {
     /// commit), then fdatasync them and the SCO data they describe, all at once.
     pub fn flush(&self) -> Result<()> {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush_inner(true)
+    }
+
+    /// Write the TLog records of every completed write to the TLog now, without any sync:
+    /// a write completed to a guest then survives a crash or `kill -9` of the daemon
+    /// process (not a power loss: that still takes a flush). A restarted daemon serving a
+    /// reconnected, still running guest must not lose a write the guest saw completed.
+    /// Cheap when nothing is pending.
+    pub fn log_completed(&self) -> Result<()> {
+        {
+            let st = self.state.lock();
+            if st.sealing.is_empty() && st.open.as_ref().is_none_or(|o| o.pending_count == 0) {
+                return Ok(());
+            }
+        }
+        self.flush_inner(false)
+    }
+
+    fn flush_inner(&self, sync: bool) -> Result<()> {
         let mut side = self.flush_side.lock();
         let (dirty, batches, new_tlogs, flush_heavy) = {
             let mut st = self.state.lock();
@@ -911,10 +934,14 @@ impl Volume {
                     std::io::Error::other(f.clone()),
                 ));
             }
-            let dirty: Vec<Arc<ScoFile>> = std::mem::take(&mut st.dirty)
-                .into_iter()
-                .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
-                .collect();
+            let dirty: Vec<Arc<ScoFile>> = if sync {
+                std::mem::take(&mut st.dirty)
+                    .into_iter()
+                    .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut batches = std::mem::take(&mut st.sealing);
             if let Some(o) = st.open.as_mut() {
                 if o.pending_count > 0 {
@@ -926,22 +953,27 @@ impl Volume {
                     });
                 }
             }
-            let flush_heavy = st.open.as_mut().is_some_and(|o| {
-                o.flushes = o.flushes.saturating_add(1);
-                o.flush_heavy(self.shift)
-            });
+            let flush_heavy = sync
+                && st.open.as_mut().is_some_and(|o| {
+                    o.flushes = o.flushes.saturating_add(1);
+                    o.flush_heavy(self.shift)
+                });
             (dirty, batches, std::mem::take(&mut st.new_tlogs), flush_heavy)
         };
         if flush_heavy {
             self.spare.prepare();
         }
-        let FlushSide { tlogs, syncs } = &mut *side;
+        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed } = &mut *side;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
         let result = (|| -> Result<Vec<u64>> {
             let mut touched = BTreeSet::new();
             let mut sealed = Vec::new();
+            if sync {
+                touched.append(unsynced);
+                sealed.append(unsynced_sealed);
+            }
             for b in &batches {
                 let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
                     Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
@@ -951,6 +983,11 @@ impl Volume {
                 if b.seal {
                     sealed.push(b.epoch);
                 }
+            }
+            if !sync {
+                unsynced.append(&mut touched);
+                unsynced_sealed.append(&mut sealed);
+                return Ok(Vec::new());
             }
             // A TLog written with O_DIRECT is made durable by the device flush of the SCO
             // files' fdatasync (same device); otherwise it is synced too.
@@ -993,6 +1030,9 @@ impl Volume {
                     }
                     drop(st);
                     self.env.uploader.notify();
+                }
+                if !sync {
+                    return Ok(());
                 }
                 // Flushed data is on two hosts: the DTL holds every write before this flush.
                 self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
