@@ -491,6 +491,8 @@ impl VhostUserBackend for BlkDevice {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        // Crash tests: the daemon dies while the hypervisor is sending its memory table.
+        crate::fault::point("vhost-mem-table");
         *self.mem.write() = mem;
         Ok(())
     }

@@ -101,8 +101,8 @@ impl BlkDevice {
 
     /// The ring of `queue` starts: with an inflight region, set its next available index
     /// to used index + requests the previous back-end left marked, queue those requests for
-    /// resubmission (oldest first, before any new one) and kick the worker so they run even
-    /// if the guest never kicks again.
+    /// resubmission (oldest first, before any new one) and kick the worker so they, and
+    /// whatever the guest queued meanwhile, run even if the guest never kicks again.
     pub(super) fn inflight_ring_start(&self, queue: u32, vring: &VringRwLock) -> io::Result<()> {
         let Some(region) = self.inflight_region.lock().clone() else { return Ok(()) };
         let Some(ws) = self.workers.get(queue as usize) else { return Ok(()) };
@@ -113,6 +113,8 @@ impl BlkDevice {
         let used = vring.queue_used_idx().map_err(|e| io::Error::other(format!("reading the used index: {e}")))?;
         let size = vring.get_ref().get_queue().size();
         let restored = track.restore(used, size).inspect_err(|e| tracing::warn!(queue, "inflight region: {e}"))?;
+        // Crash tests: the daemon dies after repairing the region, before resubmitting.
+        crate::fault::point("vhost-ring-start");
         if let Some(next) = restored.next_avail {
             vring.set_queue_next_avail(next);
             vring.set_queue_next_used(used);
@@ -125,13 +127,16 @@ impl BlkDevice {
         drop(ws);
         if n > 0 {
             tracing::info!(queue, requests = n, used, "resubmitting requests left in flight by the previous back-end");
-            if let Some(kick) = vring.get_ref().get_kick() {
-                let one = 1u64;
-                // SAFETY: an 8-byte write from a live u64 to the ring's kick eventfd.
-                let r = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
-                if r != 8 {
-                    tracing::warn!(queue, "kicking the worker: {}", io::Error::last_os_error());
-                }
+        }
+        // Kick the worker in every case: the previous back-end may have consumed the
+        // guest's last kick and died before taking the requests it announced; with
+        // EVENT_IDX the guest does not kick again for them, and it would wait forever.
+        if let Some(kick) = vring.get_ref().get_kick() {
+            let one = 1u64;
+            // SAFETY: an 8-byte write from a live u64 to the ring's kick eventfd.
+            let r = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            if r != 8 {
+                tracing::warn!(queue, "kicking the worker: {}", io::Error::last_os_error());
             }
         }
         Ok(())
