@@ -3,8 +3,8 @@
 # restarts logdisk under it. For DURATION seconds, at once:
 #   - fio with --verify=crc32c on vda, again and again: 4k random writes at QD32 and 1M
 #     sequential writes (two jobs, so both queues carry IO), each run written then verified;
-#   - an ext4 file workload on vdb: files of random data, their sha256 recorded, sync now
-#     and then;
+#   - an ext4 file workload on vdb: 48 files rewritten in turn with random data (sync now
+#     and then), their sha256 recorded at the end;
 #   - a probe: one 4 KiB O_DIRECT read of vda at a time, timed; a read that took longer than
 #     0.2 s is printed as "PAUSE <uptime at its start> <seconds>" (the host matches them to
 #     its restarts; under TCG the workload alone causes some).
@@ -42,7 +42,9 @@ PROBE=$!
     i=0
     while [ "$(now)" -lt "$END" ]; do
         i=$((i + 1))
-        dd if=/dev/urandom of="$MNT/f$i" bs=64k count=$(( i % 16 + 1 )) 2>/dev/null || { echo "FS-WRITE-FAILED $i"; exit 1; }
+        # 48 files rewritten in turn (bounded space however long it runs).
+        dd if=/dev/urandom of="$MNT/f$((i % 48))" bs=64k count=$(( i % 16 + 1 )) 2>/root/dd.err \
+            || { echo "FS-WRITE-FAILED $i: $(cat /root/dd.err)"; df -k "$MNT"; exit 1; }
         [ $((i % 4)) = 0 ] && sync
     done
     sync
