@@ -79,6 +79,8 @@ if [[ $QUICK = 0 ]]; then
         tests/guest/snapshot-e2e.sh --bin target/release/logdisk
     stage "guest: online resize seen without a reboot, resize2fs, kill -9 restart, fresh data dir" \
         tests/guest/resize-e2e.sh --bin target/release/logdisk
+    stage "guest: restart/upgrade logdisk under fio verify + ext4 (3x kill -9, 1x SIGTERM + new binary)" \
+        tests/guest/reconnect-e2e.sh --bin target/release/logdisk
     stage "guest: libvirt starts a TCG VM on logdisk, live hot-plug of a volume attached at runtime" \
         tests/guest/libvirt-e2e.sh --bin target/release/logdisk
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh

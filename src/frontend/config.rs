@@ -118,6 +118,9 @@ pub fn protocol_features() -> VhostUserProtocolFeatures {
         // vhost-user-backend maps each region; requests are bounds-checked against the
         // memory current when they are parsed, and a request in flight keeps its memory.
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        // GET/SET_INFLIGHT_FD: requests taken from the rings are tracked in a region the
+        // hypervisor keeps, so a restarted daemon resubmits what the old one left in flight.
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// The `struct virtio_blk_config` bytes (little-endian, as virtio 1.x requires).

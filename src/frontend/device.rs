@@ -13,19 +13,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 
 use logdisk_shm::{Desc, IoVecBuf};
 
 use super::config::{self, DeviceLimits, CONFIG_SPACE_LEN, ID_BYTES, WCE_OFFSET};
+use super::device_inflight::{publish, walk_chain};
 use super::inflight::{ChainRef, Inflight, Start};
+use super::inflight_region::{InflightRegion, QueueTrack};
 use super::request::{execute, parse_request, serial_bytes, ChainDescs, Op, Parsed, STATUS_IOERR};
 use super::target::BlockTarget;
 
@@ -36,7 +38,7 @@ pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 const SIGNAL_BATCH: u32 = 32;
 
 /// Per-worker, reusable request buffers, the requests in flight and log limiter.
-struct WorkerState {
+pub(super) struct WorkerState {
     chain: ChainDescs,
     iov: IoVecBuf,
     warn: WarnLimiter,
@@ -46,6 +48,15 @@ struct WorkerState {
     vring: Option<VringRwLock>,
     /// The limits requests are checked against (capacity refreshed after a resize).
     limits: DeviceLimits,
+    /// This queue's part of the inflight region (when the hypervisor gave one).
+    pub(super) track: Option<QueueTrack>,
+    /// Heads left in flight by a previous back-end, to run before new requests (reversed:
+    /// the next one is last).
+    pub(super) resubmit: Vec<u16>,
+    /// Completions waiting to be published: with an inflight region, the target first
+    /// logs the completed writes (`BlockTarget::log_completed`) so a daemon crash after
+    /// the guest saw them cannot lose them.
+    pub(super) ready: Vec<(u16, u32)>,
 }
 
 /// Logs the first few guest-caused warnings, then one in 1000, so a hostile guest cannot
@@ -70,7 +81,9 @@ pub struct BlkDevice {
     event_idx: AtomicBool,
     writeback: AtomicBool,
     acked_features: AtomicU64,
-    workers: Vec<Mutex<WorkerState>>,
+    pub(super) workers: Vec<Mutex<WorkerState>>,
+    /// The inflight I/O tracking region (SET_INFLIGHT_FD), if any.
+    pub(super) inflight_region: Mutex<Option<std::sync::Arc<InflightRegion>>>,
     /// Exit eventfds that vhost-user-backend registers with its epoll and never closes;
     /// closed by [`BlkDevice::close_leaked_fds`] once the daemon and its workers are gone.
     exit_fds: Mutex<Vec<RawFd>>,
@@ -100,6 +113,9 @@ impl BlkDevice {
                     inflight,
                     vring: None,
                     limits: limits.clone(),
+                    track: None,
+                    resubmit: Vec::with_capacity(usize::from(limits.queue_size)),
+                    ready: Vec::with_capacity(usize::from(limits.queue_size)),
                 })
             })
             .collect();
@@ -115,6 +131,7 @@ impl BlkDevice {
             acked_features: AtomicU64::new(0),
             workers,
             exit_fds: Mutex::new(Vec::new()),
+            inflight_region: Mutex::new(None),
         }
     }
 
@@ -184,68 +201,126 @@ impl BlkDevice {
         let mem = atomic.memory();
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut pending = 0u32;
+        // Requests a previous back-end left in flight go first, oldest first.
+        while let Some(head) = ws.resubmit.pop() {
+            let (table, size) = {
+                let g = vring.get_ref();
+                (g.get_queue().desc_table(), g.get_queue().size())
+            };
+            if let Err(e) = walk_chain(&*mem, GuestAddress(table), size, head, &mut ws.chain) {
+                if ws.warn.allow() {
+                    tracing::warn!(queue, head, "resubmitted chain: {e}");
+                }
+                ws.chain.clear();
+            }
+            self.run_popped(&mem, vring, ws, writeback, queue, head, &mut pending);
+        }
         loop {
             let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(&*mem);
             let Some(chain) = chain else { break };
             let head = chain.head_index();
+            if let Some(t) = ws.track.as_mut() {
+                t.mark(head);
+            }
             ws.chain.clear();
             for d in chain {
                 ws.chain.push(Desc { addr: d.addr().0, len: d.len(), write_only: d.is_write_only() });
             }
-            let Some(used_len) = self.run_request(&mem, ws, writeback, queue, head) else {
-                continue; // in flight on the ring
-            };
-            if let Err(e) = vring.add_used(head, used_len) {
-                if ws.warn.allow() {
-                    tracing::warn!(queue, head, "add_used failed: {e}");
-                }
-            }
-            pending += 1;
-            if pending >= SIGNAL_BATCH {
-                self.signal(vring, queue);
-                pending = 0;
-            }
+            self.run_popped(&mem, vring, ws, writeback, queue, head, &mut pending);
         }
         if let Some(inf) = ws.inflight.as_mut() {
             inf.submit();
         }
         if pending > 0 {
+            self.publish_ready(vring, ws.track.as_ref(), &mut ws.ready, &mut ws.warn, queue);
             self.signal(vring, queue);
         }
+    }
+
+    /// Run the request in `ws.chain` (head `head`); publish it unless it went to the ring.
+    #[allow(clippy::too_many_arguments)]
+    fn run_popped(
+        &self,
+        mem: &GuestMemoryLoadGuard<GuestMemoryMmap<()>>,
+        vring: &VringRwLock,
+        ws: &mut WorkerState,
+        writeback: bool,
+        queue: usize,
+        head: u16,
+        pending: &mut u32,
+    ) {
+        let Some(used_len) = self.run_request(mem, ws, writeback, queue, head) else {
+            return; // in flight on the ring
+        };
+        ws.ready.push((head, used_len));
+        *pending += 1;
+        if *pending >= SIGNAL_BATCH {
+            self.publish_ready(vring, ws.track.as_ref(), &mut ws.ready, &mut ws.warn, queue);
+            self.signal(vring, queue);
+            *pending = 0;
+        }
+    }
+
+    /// Publish the completions in `ready` (after logging completed writes when tracked).
+    fn publish_ready(
+        &self,
+        vring: &VringRwLock,
+        track: Option<&QueueTrack>,
+        ready: &mut Vec<(u16, u32)>,
+        warn: &mut WarnLimiter,
+        queue: usize,
+    ) {
+        if ready.is_empty() {
+            return;
+        }
+        if track.is_some() {
+            if let Err(e) = self.target.log_completed() {
+                // Completions still go out: the writes are done, only their crash safety
+                // before the next flush is lost (the guest's flush reports the error).
+                if warn.allow() {
+                    tracing::warn!(queue, "logging completed writes: {e}");
+                }
+            }
+        }
+        for &(head, used) in ready.iter() {
+            if let Err(e) = publish(vring, track, head, used) {
+                if warn.allow() {
+                    tracing::warn!(queue, head, "add_used failed: {e}");
+                }
+            }
+        }
+        ready.clear();
     }
 
     /// Complete what the worker's ring has finished (or, with `drain`, everything in
     /// flight), then notify the guest.
     fn complete_ring(&self, ws: &mut WorkerState, queue: usize, drain: bool) {
-        let WorkerState { inflight, vring, warn, .. } = ws;
+        let WorkerState { inflight, vring, warn, track, ready, .. } = ws;
         let (Some(inf), Some(vring)) = (inflight.as_mut(), vring.as_ref()) else { return };
-        self.complete_into(inf, vring, warn, queue, drain);
+        self.complete_into(inf, vring, track.as_ref(), ready, warn, queue, drain);
     }
 
+    #[allow(clippy::too_many_arguments)] // the worker state's parts, borrowed apart
     fn complete_into(
         &self,
         inf: &mut Inflight,
         vring: &VringRwLock,
+        track: Option<&QueueTrack>,
+        ready: &mut Vec<(u16, u32)>,
         warn: &mut WarnLimiter,
         queue: usize,
         drain: bool,
     ) {
         let writeback = self.writeback.load(Ordering::Relaxed);
-        let mut n = 0;
-        let mut done = |head: u16, used: u32| {
-            if let Err(e) = vring.add_used(head, used) {
-                if warn.allow() {
-                    tracing::warn!(queue, head, "add_used failed: {e}");
-                }
-            }
-            n += 1;
-        };
+        // `ready` may hold synchronous completions of the current batch: publish them too.
+        let mut done = |head: u16, used: u32| ready.push((head, used));
         if drain {
             inf.drain(self.target.as_ref(), writeback, &mut done);
         } else {
             inf.complete(self.target.as_ref(), writeback, &mut done);
         }
-        if n > 0 {
+        if !ready.is_empty() {
+            self.publish_ready(vring, track, ready, warn, queue);
             self.signal(vring, queue);
         }
     }
@@ -277,13 +352,13 @@ impl BlkDevice {
         queue: usize,
         head: u16,
     ) -> Option<u32> {
-        let WorkerState { chain, iov, warn, inflight, vring, limits } = ws;
+        let WorkerState { chain, iov, warn, inflight, vring, limits, track, ready, .. } = ws;
         let mut parsed = parse_request(chain, &**mem, limits, iov);
         if matches!(parsed, Parsed::Run { op: Op::Write { .. }, .. }) && !self.target.write_admitted() {
             // Space is short: complete the writes in flight (scrub waits for their
             // SCOs), then wait for scrub before this write. Reads never wait here.
             if let (Some(inf), Some(vring)) = (inflight.as_mut(), vring.as_ref()) {
-                self.complete_into(inf, vring, warn, queue, true);
+                self.complete_into(inf, vring, track.as_ref(), ready, warn, queue, true);
             }
             if let Err(e) = self.target.wait_writable() {
                 if warn.allow() {
@@ -416,6 +491,8 @@ impl VhostUserBackend for BlkDevice {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        // Crash tests: the daemon dies while the hypervisor is sending its memory table.
+        crate::fault::point("vhost-mem-table");
         *self.mem.write() = mem;
         Ok(())
     }
@@ -435,6 +512,18 @@ impl VhostUserBackend for BlkDevice {
                 None
             }
         }
+    }
+
+    fn get_inflight_fd(&self, request: &VhostUserInflight) -> io::Result<(VhostUserInflight, std::fs::File)> {
+        self.inflight_get(request)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: std::fs::File) -> io::Result<()> {
+        self.inflight_set(inflight, file)
+    }
+
+    fn vring_starting(&self, queue_index: u32, vring: &VringRwLock) -> io::Result<()> {
+        self.inflight_ring_start(queue_index, vring)
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
@@ -491,69 +580,5 @@ impl BlkDevice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Null;
-    impl BlockTarget for Null {
-        fn size(&self) -> u64 {
-            1 << 20
-        }
-        fn read_only(&self) -> bool {
-            false
-        }
-        fn serial(&self) -> String {
-            "null".into()
-        }
-        fn read_vectored(&self, _: u64, _: &mut [io::IoSliceMut<'_>]) -> io::Result<()> {
-            Ok(())
-        }
-        fn write_vectored(&self, _: u64, _: &[io::IoSlice<'_>]) -> io::Result<()> {
-            Ok(())
-        }
-        fn flush(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
-            Ok(())
-        }
-        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn device() -> BlkDevice {
-        let limits = DeviceLimits::new(1 << 20, false, 4096, 2, 128);
-        BlkDevice::new(Arc::new(Null), limits, GuestMemoryAtomic::new(GuestMemoryMmap::new()))
-    }
-
-    #[test]
-    fn config_access_is_bounds_checked() {
-        let d = device();
-        assert_eq!(d.get_config(0, 60).len(), 60);
-        assert_eq!(d.get_config(34, 2), vec![2, 0]);
-        assert!(d.get_config(0, 200).is_empty());
-        assert!(d.get_config(0x800, 4).is_empty());
-        assert!(d.get_config(u32::MAX, u32::MAX).is_empty());
-        d.set_config(WCE_OFFSET, &[0]).unwrap();
-        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![0]);
-        assert!(d.set_config(WCE_OFFSET, &[2]).is_err());
-        assert!(d.set_config(0, &[0; 8]).is_err());
-        d.reset_device();
-        assert_eq!(d.get_config(WCE_OFFSET, 1), vec![1]);
-    }
-
-    #[test]
-    fn one_worker_per_queue() {
-        let d = device();
-        assert_eq!(d.queues_per_thread(), vec![1, 2]);
-        assert_eq!(d.num_queues(), 2);
-        assert_eq!(d.max_queue_size(), 128);
-        let exit = d.exit_event(0);
-        assert!(exit.is_some());
-        drop(exit);
-        // The consumer fd was already closed by dropping it; forget it instead of closing
-        // a number that may be reused.
-        d.exit_fds.lock().clear();
-    }
-}
+#[path = "device_tests.rs"]
+mod tests;

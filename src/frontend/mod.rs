@@ -4,14 +4,18 @@
 //! - [`config`]: virtio features, protocol features, config space and request limits.
 //! - [`request`]: pure request parser and executor (unit-tested and fuzzed).
 //! - [`device`]: the `VhostUserBackend` implementation, one worker thread per queue.
+//! - [`inflight_region`]: the inflight I/O tracking region (restart under a running guest);
+//!   `device_inflight` uses it on the device.
 //! - [`server`]: socket, accept loop, reconnects and shutdown ([`spawn_device`]).
 //! - `fuzzing`: the request-parser fuzz body (used by `fuzz/` and a seeded test).
 
 pub mod config;
 pub mod device;
+mod device_inflight;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inflight;
+pub mod inflight_region;
 pub mod request;
 pub mod server;
 pub mod target;

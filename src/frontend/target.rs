@@ -36,6 +36,12 @@ pub trait BlockTarget: Send + Sync + 'static {
     }
     /// Make every completed write durable.
     fn flush(&self) -> io::Result<()>;
+    /// Make every completed write survive a crash of this process (not of the host):
+    /// called before completions are shown to a hypervisor that can reconnect to a
+    /// restarted daemon. Default: nothing (the target keeps nothing in process memory).
+    fn log_completed(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Unmap a range: it then reads as zeroes.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Zero a range; `unmap` allows deallocating it.

@@ -55,6 +55,10 @@ impl BlockTarget for VolumeTarget {
         self.vol.flush().map_err(io::Error::from)
     }
 
+    fn log_completed(&self) -> io::Result<()> {
+        self.vol.log_completed().map_err(io::Error::from)
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.vol.write_zeroes(offset, len).map_err(io::Error::from)
     }

@@ -321,6 +321,12 @@ pub struct Counters {
 pub(crate) struct FlushSide {
     pub(crate) tlogs: BTreeMap<u64, TlogWriter>,
     syncs: SyncSet,
+    /// Epochs whose TLog got batches from [`Volume::log_completed`] since the last flush
+    /// (synced by the next flush), and which of them were sealed.
+    unsynced: BTreeSet<u64>,
+    unsynced_sealed: Vec<u64>,
+    /// The open epoch's records on their way to its TLog (reused: no allocation).
+    logging: Vec<u8>,
 }
 
 pub struct Volume {
@@ -938,6 +944,45 @@ impl Volume {
     /// write the TLog records that map it (group commit) and fdatasync them.
     pub fn flush(&self) -> Result<()> {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush_inner(true)
+    }
+
+    /// Write the TLog records of every completed write to the TLog now, without any sync:
+    /// a write completed to a guest then survives a crash or `kill -9` of the daemon
+    /// process (not a power loss: that still takes a flush). A restarted daemon serving a
+    /// reconnected, still running guest must not lose a write the guest saw completed.
+    /// Cheap when nothing is pending.
+    pub fn log_completed(&self) -> Result<()> {
+        let mut side = self.flush_side.lock();
+        let (epoch, count) = {
+            let mut st = self.state.lock();
+            if !st.sealing.is_empty() || !st.new_tlogs.is_empty() {
+                // An epoch rolled (rare): the general path, in order.
+                drop(st);
+                drop(side);
+                return self.flush_inner(false);
+            }
+            let Some(o) = st.open.as_mut().filter(|o| o.pending_count > 0) else { return Ok(()) };
+            // The hot path: the open epoch's records, copied into a reused buffer.
+            side.logging.clear();
+            side.logging.extend_from_slice(&o.pending);
+            o.pending.clear();
+            (o.epoch, std::mem::take(&mut o.pending_count))
+        };
+        let FlushSide { tlogs, unsynced, logging, .. } = &mut *side;
+        let w = tlogs.get_mut(&epoch).ok_or_else(|| {
+            Error::io(format!("TLog {epoch} is not open"), std::io::Error::other("missing TLog writer"))
+        })?;
+        if let Err(e) = w.write_batch(logging, count) {
+            tracing::error!(volume = %self.name, error = %e, "writing the TLog failed: the volume stops accepting writes");
+            self.state.lock().failed = Some(e.to_string());
+            return Err(e);
+        }
+        unsynced.insert(epoch);
+        Ok(())
+    }
+
+    fn flush_inner(&self, sync: bool) -> Result<()> {
         let mut side = self.flush_side.lock();
         let (dirty, batches, new_tlogs, flush_heavy) = {
             let mut st = self.state.lock();
@@ -947,10 +992,14 @@ impl Volume {
                     std::io::Error::other(f.clone()),
                 ));
             }
-            let dirty: Vec<Arc<ScoFile>> = std::mem::take(&mut st.dirty)
-                .into_iter()
-                .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
-                .collect();
+            let dirty: Vec<Arc<ScoFile>> = if sync {
+                std::mem::take(&mut st.dirty)
+                    .into_iter()
+                    .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut batches = std::mem::take(&mut st.sealing);
             if let Some(o) = st.open.as_mut() {
                 if o.pending_count > 0 {
@@ -962,16 +1011,17 @@ impl Volume {
                     });
                 }
             }
-            let flush_heavy = st.open.as_mut().is_some_and(|o| {
-                o.flushes = o.flushes.saturating_add(1);
-                o.flush_heavy(self.shift)
-            });
+            let flush_heavy = sync
+                && st.open.as_mut().is_some_and(|o| {
+                    o.flushes = o.flushes.saturating_add(1);
+                    o.flush_heavy(self.shift)
+                });
             (dirty, batches, std::mem::take(&mut st.new_tlogs), flush_heavy)
         };
         if flush_heavy {
             self.spare.prepare();
         }
-        let FlushSide { tlogs, syncs } = &mut *side;
+        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, .. } = &mut *side;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
@@ -987,6 +1037,10 @@ impl Volume {
                 .map_err(|(i, e)| Error::io(format!("cannot sync {}", dirty[i].path().display()), e))?;
             let mut touched = BTreeSet::new();
             let mut sealed = Vec::new();
+            if sync {
+                touched.append(unsynced);
+                sealed.append(unsynced_sealed);
+            }
             for b in &batches {
                 let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
                     Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
@@ -996,6 +1050,13 @@ impl Volume {
                 if b.seal {
                     sealed.push(b.epoch);
                 }
+            }
+            if !sync {
+                // Records of completed writes logged for a restart (no sync): their data
+                // went before them (the writes completed); the next flush syncs both.
+                unsynced.append(&mut touched);
+                unsynced_sealed.append(&mut sealed);
+                return Ok(Vec::new());
             }
             // Then the records, made durable by their own fdatasync (a device flush even
             // when they went with O_DIRECT).
@@ -1027,6 +1088,9 @@ impl Volume {
                     }
                     drop(st);
                     self.env.uploader.notify();
+                }
+                if !sync {
+                    return Ok(());
                 }
                 // Flushed data is on two hosts: the DTL holds every write before this flush.
                 self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)

@@ -309,3 +309,97 @@ impl Vm {
         data
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Reconnecting with an inflight region, as QEMU does after the back-end restarts.
+
+/// The inflight I/O tracking region a frontend keeps across back-end restarts.
+pub struct InflightFd {
+    pub desc: vhost::vhost_user::message::VhostUserInflight,
+    pub file: File,
+}
+
+impl Vm {
+    /// Connect like QEMU with `reconnect-ms`: event index on, an inflight region asked for
+    /// with GET_INFLIGHT_FD and handed back with SET_INFLIGHT_FD.
+    pub fn connect_inflight(socket: &Path, queues: usize) -> (Vm, InflightFd) {
+        let mut fe = Frontend::connect(socket, queues as u64).unwrap();
+        let (features, proto) = negotiate(&mut fe);
+        assert!(proto & vhost::vhost_user::message::VhostUserProtocolFeatures::INFLIGHT_SHMFD.bits() != 0);
+        let req = vhost::vhost_user::message::VhostUserInflight::new(0, 0, queues as u16, QSIZE);
+        let (desc, file) = fe.get_inflight_fd(&req).unwrap();
+        let inflight = InflightFd { desc, file };
+        let mem = guest_memory();
+        let vqs = (0..queues)
+            .map(|q| Vq {
+                base: ring_base(q),
+                size: QSIZE,
+                next_desc: 0,
+                avail_idx: 0,
+                used_seen: 0,
+                kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+                call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            })
+            .collect();
+        let mut vm = Vm { fe, mem, vqs, features, next_buf: 1 << 20 };
+        vm.start_rings(&inflight);
+        (vm, inflight)
+    }
+
+    /// The back-end restarted: connect to `socket` again with the same memory, rings and
+    /// inflight region; each ring's base is its used index (what QEMU restores when
+    /// GET_VRING_BASE failed on the dead connection).
+    pub fn reconnect(&mut self, socket: &Path, inflight: &InflightFd) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut fe = loop {
+            match Frontend::connect(socket, self.vqs.len() as u64) {
+                Ok(fe) => break fe,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "reconnecting: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let (features, _) = negotiate(&mut fe);
+        assert_eq!(features, self.features, "the restarted back-end offers the same features");
+        self.fe = fe;
+        self.start_rings(inflight);
+    }
+
+    fn start_rings(&mut self, inflight: &InflightFd) {
+        use std::os::fd::AsRawFd;
+        self.fe.set_inflight_fd(&inflight.desc, inflight.file.as_raw_fd()).unwrap();
+        let infos: Vec<_> = self.mem.iter().map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).collect();
+        self.fe.set_mem_table(&infos).unwrap();
+        let uaddr = self.mem.find_region(GuestAddress(0)).unwrap().as_ptr() as u64;
+        for (q, vq) in self.vqs.iter().enumerate() {
+            self.fe.set_vring_num(q, QSIZE).unwrap();
+            let base = vq.used_idx(&self.mem);
+            self.fe.set_vring_base(q, base).unwrap();
+            let cfg = VringConfigData {
+                queue_max_size: QSIZE,
+                queue_size: QSIZE,
+                flags: 0,
+                desc_table_addr: uaddr + vq.desc_addr(),
+                used_ring_addr: uaddr + vq.used_addr(),
+                avail_ring_addr: uaddr + vq.avail_addr(),
+                log_addr: None,
+            };
+            self.fe.set_vring_addr(q, &cfg).unwrap();
+            self.fe.set_vring_kick(q, &vq.kick).unwrap();
+            self.fe.set_vring_call(q, &vq.call).unwrap();
+            self.fe.set_vring_enable(q, true).unwrap();
+        }
+    }
+}
+
+/// SET_OWNER, features (all offered) and protocol features (all offered), replies on.
+fn negotiate(fe: &mut Frontend) -> (u64, u64) {
+    fe.set_owner().unwrap();
+    let features = fe.get_features().unwrap();
+    fe.set_features(features).unwrap();
+    let proto = fe.get_protocol_features().unwrap();
+    fe.set_protocol_features(proto).unwrap();
+    fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+    (features, proto.bits())
+}

@@ -4,7 +4,9 @@
 # no systemd needed) drives QEMU (TCG) on logdisk volumes:
 #   1. `logdisk serve` with no volume; `attach vm1`; `virsh define` + `virsh start` of
 #      qemu-configs/libvirt-tcg-test.xml; the guest writes, syncs and checksums vda.
-#   2. `attach vm2` on the running daemon, `virsh attach-device --live` of
+#   2. the daemon is killed with -9 and started again with no argument: vm1 comes back on
+#      its socket and QEMU reconnects (<reconnect> in the XML, inflight region);
+#      `attach vm2` on the restarted daemon, `virsh attach-device --live` of
 #      qemu-configs/libvirt-hotplug-disk.xml: the guest writes and checksums vdb.
 #   3. `virsh destroy`, detach both; exports of both volumes equal what the guest wrote.
 # Needs root, unshare(1), libvirt-daemon + libvirt-daemon-driver-qemu (9.0 on bookworm).
@@ -90,6 +92,16 @@ say "domain started; waiting for the guest to write vda"
 wait_for "$T/console.log" WAIT-HOTPLUG 3000 || fail "guest did not finish vda"
 grep -q "CHECK FAILED" "$T/console.log" && fail "guest check"
 
+# The daemon dies under the running domain and comes back by itself (recorded attachment);
+# libvirt's <reconnect> brings QEMU back to it (inflight region handed over).
+kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+rm -f "$T/socks/vm1.sock" "$T/data/control.sock"
+"$BIN" --data-dir "$T/data" serve --socket-dir "$T/socks" --num-queues 1 >>"$T/daemon.log" 2>&1 &
+DAEMON=$!
+for _ in $(seq 300); do [[ -S $T/data/control.sock ]] && break; sleep 0.1; done
+for _ in $(seq 300); do ld volume list 2>/dev/null | grep -qE '^vm1 .* yes +yes ' && break; sleep 0.1; done
+ld volume list | grep -qE '^vm1 .* yes +yes ' || { tail -n 20 "$T/daemon.log"; fail "QEMU did not reconnect to the restarted daemon"; }
+say "daemon killed with -9 and restarted; QEMU (libvirt <reconnect>) reconnected"
 ld attach vm2 >/dev/null || fail "attach vm2 while the VM runs"
 sed -e "s|@SOCKET@|$T/socks/vm2.sock|" "$ROOT/qemu-configs/libvirt-hotplug-disk.xml" >"$T/disk2.xml"
 vsh attach-device "$DOM" "$T/disk2.xml" --live >/dev/null || fail "virsh attach-device --live"
