@@ -115,8 +115,11 @@ pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
         if keys::trailing_number(&o.key) == Some(m.version) {
             continue;
         }
-        if crate::volume::rekey::blob_header_key_id(&store.get_range(&o.key, 0, 16)?) != Some(cur) {
-            old.push(o.key);
+        // A version deleted since the listing is no longer there to prune.
+        match store.get_range(&o.key, 0, 16) {
+            Ok(head) if crate::volume::rekey::blob_header_key_id(&head) != Some(cur) => old.push(o.key),
+            Ok(_) | Err(Error::ObjectNotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     store.delete_many(&old)?;

@@ -12,7 +12,7 @@ use super::tlog::Record;
 use super::Volume;
 use crate::backend::keys;
 use crate::crypto::{cipher, KeyId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The key id a sealed whole object names (from its first 16 bytes).
 pub fn blob_header_key_id(head: &[u8]) -> Option<KeyId> {
@@ -50,8 +50,14 @@ impl Volume {
         for o in self.env.store.list(&keys::volume_prefix(&self.name))? {
             let tlog = matches!(keys::parse_data_key(&self.name, &o.key), Some((_, "tlog", _)));
             let cp = o.key.contains("/meta/checkpoint/");
-            if (tlog || cp) && blob_header_key_id(&self.env.store.get_range(&o.key, 0, 16)?) != Some(cur) {
-                out.push(o.key);
+            if !(tlog || cp) {
+                continue;
+            }
+            // Checkpoint pruning may delete what was just listed: gone is not old.
+            match self.env.store.get_range(&o.key, 0, 16) {
+                Ok(head) if blob_header_key_id(&head) != Some(cur) => out.push(o.key),
+                Ok(_) | Err(Error::ObjectNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
