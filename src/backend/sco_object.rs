@@ -195,10 +195,10 @@ pub fn parse_footer(key: &str, tail: &[u8], object_size: u64) -> Result<Footer> 
         index_crc: u32_at(f, 32),
     };
     let expect_frames = footer.raw_len.div_ceil(footer.frame_size.max(1) as u64);
-    if footer.frame_size == 0
-        || footer.n_frames as u64 != expect_frames
-        || footer.index_offset + footer.index_len() + FOOTER_LEN as u64 != object_size
-    {
+    // Checked: a hostile index offset must not wrap around to match (found by fuzzing:
+    // a 40-byte object then claimed an index before its start, and slicing it panicked).
+    let end = footer.index_offset.checked_add(footer.index_len()).and_then(|e| e.checked_add(FOOTER_LEN as u64));
+    if footer.frame_size == 0 || footer.n_frames as u64 != expect_frames || end != Some(object_size) {
         return Err(corrupt(key, "SCO footer fields are inconsistent"));
     }
     Ok(footer)

@@ -25,6 +25,7 @@ pub mod space;
 pub mod spare_sco;
 pub mod sync_set;
 pub mod tlog;
+pub mod tlog_fuzzing;
 
 pub use engine::{EngineOptions, Volume, VolumeEnv};
 pub use epochs::CloseReport;
