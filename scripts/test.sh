@@ -2,7 +2,7 @@
 # Run every logdisk test on this machine: installs what the suite needs (apt packages,
 # SeaweedFS), checks formatting and lints, runs the Rust unit/integration tests (volume
 # engine, snapshots/clones/scrub, vhost-user protocol, S3 against a real SeaweedFS), the
-# bounded fuzz run, the NBD export with real tools (tests/nbd/tools.sh), the two-host DTL failover test (network namespaces, root only), the
+# bounded fuzz run (cargo-fuzz on stable via RUSTC_BOOTSTRAP, scripts/fuzz.sh), the NBD export with real tools (tests/nbd/tools.sh), the two-host DTL failover test (network namespaces, root only), the
 # QEMU/libvirt config checks, the space bound under sustained overwrites (real daemon and
 # load generator), and the real-guest end-to-end tests
 # (logdisk; snapshots and clones under a writing guest; the same harness against
@@ -35,17 +35,6 @@ stage() {
     fi
 }
 
-fuzz_bounded() {
-    if cargo +nightly fuzz --version >/dev/null 2>&1; then
-        # Fixed seed and run count: the same code fuzzes the same inputs on every CI run.
-        (cd fuzz && cargo +nightly fuzz run request_parser -- -seed="${LOGDISK_FUZZ_SEED:-1}" \
-            -runs="${LOGDISK_FUZZ_RUNS:-800000}" -max_total_time=300)
-    else
-        echo "cargo fuzz needs a nightly toolchain, which this machine lacks;"
-        echo "the seeded fuzz test (tests/vhost_fuzz_parser.rs) ran with the Rust tests instead"
-    fi
-}
-
 # Two hosts in network namespaces (root only): skipped, saying why, where it cannot run.
 dtl_failover() {
     tests/dtl/failover.sh
@@ -71,7 +60,8 @@ if [[ $QUICK = 0 ]]; then
     stage "space stays bounded under overwrites (daemon running, kill -9 restarts)" tests/space/bounded.sh
     stage "NBD export: nbdinfo, nbdcopy, qemu-img, fio, snapshots, bad input" tests/nbd/tools.sh
     stage "incremental backups: export --since, import --diff onto a fresh store" tests/nbd/incremental.sh
-    stage "fuzz request parser (bounded)" fuzz_bounded
+    stage "fuzz (cargo-fuzz, seed 1, 15 s per target): virtio requests, NBD, DTL protocol, SCO objects, TLogs" \
+        scripts/fuzz.sh
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh
     stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk

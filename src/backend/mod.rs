@@ -1,6 +1,7 @@
 //! Object stores: the trait every backend implements, the key layout, the SCO object
 //! format, the local-directory store (embedded default), the S3 store and the uploader.
 
+pub mod fuzzing;
 pub mod keys;
 pub mod local;
 #[cfg(feature = "s3")]

@@ -6,6 +6,7 @@
 //! - [`log`]: the server's per-volume store (append-only checksummed segments on disk,
 //!   owner-generation fencing, trim by SCO).
 //! - [`server`]: `logdisk dtl serve` — TCP listener, a thread per connection.
+//! - [`fuzzing`]: the protocol decoder fuzz body (cargo-fuzz target `dtl`).
 //! - [`client`]: what a volume uses — batching, pipelining, reconnect with backoff.
 //!
 //! Ownership: each owner of a volume says hello with a generation; a higher generation
@@ -13,6 +14,7 @@
 //! once an SCO is in the object store the owner trims the DTL up to it.
 
 pub mod client;
+pub mod fuzzing;
 pub mod log;
 pub mod protocol;
 pub mod server;

@@ -35,6 +35,8 @@ pub fn ring_requests_started() -> u64 {
 
 struct Slot {
     head: u16,
+    /// The request's byte offset (a read that fails its check is read again from here).
+    offset: u64,
     status_addr: GuestAddress,
     used_len: u32,
     write: bool,
@@ -115,6 +117,7 @@ impl Inflight {
         let slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
                 head: 0,
+                offset: 0,
                 status_addr: GuestAddress(0),
                 used_len: 0,
                 write: false,
@@ -186,6 +189,7 @@ impl Inflight {
         self.free.pop();
         RING_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         slot.head = chain.head;
+        slot.offset = offset;
         slot.status_addr = chain.status_addr;
         slot.used_len = if write { 1 } else { u32::try_from(len).unwrap_or(u32::MAX - 1) + 1 };
         slot.write = write;
@@ -456,6 +460,19 @@ impl Inflight {
     }
 }
 
+/// Read a slot's whole request again with `read_vectored` (the rare path after a failed
+/// check: allocates).
+fn reread(slot: &Slot, target: &dyn BlockTarget) -> io::Result<()> {
+    let mut bufs: Vec<io::IoSliceMut<'_>> = slot
+        .iovs
+        .iter()
+        // SAFETY: each iovec points into guest memory kept mapped by `slot.mem`, and no
+        // other reference to it is live while the request is outstanding.
+        .map(|v| io::IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len) }))
+        .collect();
+    target.read_vectored(slot.offset, &mut bufs)
+}
+
 fn finish(slot: &mut Slot, target: &dyn BlockTarget, writeback: bool, done: &mut impl FnMut(u16, u32)) {
     let mut ok = !slot.failed;
     if slot.write {
@@ -474,6 +491,21 @@ fn finish(slot: &mut Slot, target: &dyn BlockTarget, writeback: bool, done: &mut
             }
         }
     } else {
+        if ok {
+            // SAFETY: the iovecs point into guest memory kept mapped by `slot.mem`.
+            if let Err(e) = unsafe { target.verify_read(&slot.plan, &slot.iovs, &slot.ranges) } {
+                // Data that fails its checksum never reaches the guest: read the request
+                // again on the target's own path (another copy, or an error).
+                ok = reread(slot, target)
+                    .map_err(|e2| tracing::error!("read at {} failed its check ({e}): {e2}", slot.offset))
+                    .is_ok();
+                if !ok {
+                    // Not even the failed request's buffers keep the bad bytes.
+                    // SAFETY: as above (writable guest buffers of this read).
+                    unsafe { iov::zero(&slot.iovs) };
+                }
+            }
+        }
         slot.plan.clear();
     }
     let status = if ok { STATUS_OK } else { STATUS_IOERR };

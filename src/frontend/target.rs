@@ -57,6 +57,16 @@ pub trait BlockTarget: Send + Sync + 'static {
     fn plan_write(&self, _offset: u64, _len: u64, _plan: &mut IoPlan) -> io::Result<bool> {
         Ok(false)
     }
+    /// Check a planned read's data once its IO is done, before the guest sees it
+    /// (`iovs`: the buffers of every segment; `ranges[i]`: segment i's part). An error
+    /// means "do not complete with this data": the frontend reads again with
+    /// `read_vectored`.
+    ///
+    /// # Safety
+    /// Every iovec must point to readable memory of its length for the whole call.
+    unsafe fn verify_read(&self, _plan: &IoPlan, _iovs: &[libc::iovec], _ranges: &[(usize, usize)]) -> io::Result<()> {
+        Ok(())
+    }
     /// Report the outcome of a planned write (clears the plan).
     fn finish_write(&self, plan: &mut IoPlan, _ok: bool) -> io::Result<()> {
         plan.clear();

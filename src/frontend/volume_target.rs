@@ -79,6 +79,11 @@ impl BlockTarget for VolumeTarget {
         self.vol.plan_write(offset, len, plan).map_err(io::Error::from)
     }
 
+    unsafe fn verify_read(&self, plan: &IoPlan, iovs: &[libc::iovec], ranges: &[(usize, usize)]) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.vol.verify_read(plan, iovs, ranges) }.map_err(io::Error::from)
+    }
+
     fn finish_write(&self, plan: &mut IoPlan, ok: bool) -> io::Result<()> {
         self.vol.finish_write(plan, ok).map_err(io::Error::from)
     }

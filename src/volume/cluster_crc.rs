@@ -29,7 +29,7 @@ pub fn get(v: u64) -> Option<u32> {
 ///
 /// # Safety
 /// Every iovec must point to readable memory of its length for the whole call.
-unsafe fn for_each_cluster(iovs: &[iovec], cs: usize, mut f: impl FnMut(u32)) {
+pub(crate) unsafe fn for_each_cluster(iovs: &[iovec], cs: usize, mut f: impl FnMut(u32)) {
     let mut crc = 0u32;
     let mut filled = 0usize;
     for v in iovs {

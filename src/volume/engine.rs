@@ -172,8 +172,6 @@ pub(crate) struct LocalSco {
     /// Uploaded by hard-linking the file into the object store: the object is this
     /// inode, so after eviction the open file still reads the SCO's data.
     pub linked: bool,
-    /// Per cluster, its checksum as written (see `cluster_crc`); taken by the upload.
-    pub crcs: Vec<u64>,
 }
 
 /// Writes up to this size get cluster checksums as they are written. Small random writes
@@ -314,6 +312,8 @@ pub struct Counters {
     pub uploaded_stored_bytes: AtomicU64,
     /// Frames read back at upload for their checksum (clusters written without one).
     pub upload_frames_read: AtomicU64,
+    /// Reads that found local SCO data failing its checksum (rot on the local disk).
+    pub rotten_reads: AtomicU64,
 }
 
 /// What flushes own, one flush at a time: the open TLog writers and the ring their syncs go on.
@@ -525,16 +525,12 @@ impl Volume {
         Ok(())
     }
 
-    /// Cluster checksums are taken at write time only for uploads by hard link (see
-    /// `Volume::adopt_sco`), and only for writes up to [`CHECKSUM_MAX_WRITE`]; an
-    /// encoded upload checksums the frames it compresses.
-    pub(crate) fn checksums_wanted(&self) -> bool {
-        self.env.opts.link_local && self.env.store.adopts_files()
-    }
-
-    /// Whether a write of `len` bytes (the whole request) takes cluster checksums.
+    /// Whether a write of `len` bytes (the whole request) takes cluster checksums: reads
+    /// of local SCO data check them (`super::sco_crcs`), and an upload by hard link combines
+    /// them into frame checksums (`Volume::adopt_sco`). Writes above [`CHECKSUM_MAX_WRITE`]
+    /// get theirs when the uploader reads the SCO back.
     fn checksum_write(&self, len: u64) -> bool {
-        self.checksums_wanted() && len <= CHECKSUM_MAX_WRITE
+        len <= CHECKSUM_MAX_WRITE
     }
 
     /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
@@ -595,9 +591,9 @@ impl Volume {
         if let Some(l) = st.local.get_mut(&sco) {
             l.inflight -= 1;
             if ok && crcs.len() == take as usize {
-                if let Some(dst) = l.crcs.get_mut(index as usize..index as usize + take as usize) {
-                    dst.copy_from_slice(crcs);
-                }
+                l.file.crcs.store(index, crcs);
+            } else {
+                (index..index + take).for_each(|i| l.file.crcs.clear(i));
             }
         }
         if !ok {
@@ -695,6 +691,13 @@ impl Volume {
             match src {
                 Source::Zero => plan.push_zero(run_bytes),
                 Source::Local(file, loc) => {
+                    // Rotten SCOs, and parts of clusters with checksums (checked only
+                    // whole), are read by `read_iovecs`.
+                    let whole = in_off == 0 && run_bytes.is_multiple_of(self.cs);
+                    if file.crcs.is_rotten() || (!whole && file.crcs.any_known(loc.index, run as u32)) {
+                        plan.clear();
+                        return Ok(false);
+                    }
                     plan.push_file(&file, ((loc.index as u64) << self.shift) + in_off, run_bytes, 0, 0)
                 }
                 Source::Remote(..) => {
@@ -704,6 +707,7 @@ impl Volume {
             }
             pos += run_bytes;
         }
+        plan.set_check_unit(self.cs as usize);
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(true)
@@ -1126,9 +1130,9 @@ impl Volume {
                 match src {
                     // SAFETY: the caller's iovecs are valid writable buffers.
                     Source::Zero => unsafe { iov::zero(sub) },
-                    Source::Local(file, loc) => file
-                        .readv_at(sub, ((loc.index as u64) << self.shift) + in_off)
-                        .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e))?,
+                    Source::Local(file, loc) => {
+                        self.read_local(&file, loc, in_off, run_bytes, sub, pieces, sequential)?
+                    }
                     Source::Remote(layer, loc) => {
                         self.read_remote(layer.as_deref(), loc, in_off, run_bytes, sub, pieces, sequential)?
                     }
@@ -1172,7 +1176,7 @@ impl Volume {
     /// Read bytes `[in_off, in_off+len)` counted from location `loc` of an SCO that is
     /// only in the object store: read cache first, else fetch frames and fill the cache.
     #[allow(clippy::too_many_arguments)]
-    fn read_remote(
+    pub(crate) fn read_remote(
         &self,
         layer: Option<&Layer>,
         loc: Location,

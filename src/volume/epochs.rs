@@ -89,28 +89,15 @@ impl Volume {
         let epoch = st.next_epoch;
         let path = self.sco_path(epoch);
         let zeroed = self.spare.take(&path);
-        let sco = Arc::new(ScoFile::open(&path, epoch, true, self.env.opts.direct)?);
+        let sco = Arc::new(ScoFile::open(&path, epoch, self.meta.sco_clusters, true, self.env.opts.direct)?);
         if !zeroed {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
         st.next_epoch += 1;
         st.new_tlogs.push(tlog);
-        st.local.insert(
-            epoch,
-            LocalSco {
-                file: sco.clone(),
-                clusters: 0,
-                inflight: 0,
-                uploaded: false,
-                linked: false,
-                crcs: if self.checksums_wanted() {
-                    vec![cluster_crc::UNKNOWN; self.meta.sco_clusters as usize]
-                } else {
-                    Vec::new()
-                },
-            },
-        );
+        st.local
+            .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
         st.open = Some(OpenEpoch {
             epoch,
             sco,
@@ -217,7 +204,7 @@ impl Volume {
         let frame = self.env.opts.frame_size;
         let cs = 1usize << self.shift;
         let n_frames = (len as usize).div_ceil(frame);
-        let written = self.state.lock().local.get_mut(&epoch).map(|l| std::mem::take(&mut l.crcs)).unwrap_or_default();
+        let written = file.crcs.values((len >> self.shift) as usize);
         let mut crcs: Vec<Option<u32>> = if frame.is_multiple_of(cs) && written.len() as u64 >= len >> self.shift {
             let per_frame = frame / cs;
             let combine = cluster_crc::Combiner::new(cs);
@@ -249,6 +236,8 @@ impl Volume {
                     for (i, data) in buf[..n as usize].chunks(frame).enumerate() {
                         crcs[f + i] = Some(crc32c::crc32c(data));
                     }
+                    // Clusters written without checksums get them now (reads check them).
+                    file.crcs.fill_unknown((off >> self.shift) as u32, &buf[..n as usize], cs);
                     f = end;
                 }
                 Ok(())
@@ -283,6 +272,8 @@ impl Volume {
             // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
             let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
             file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
+            // Clusters written without checksums get them now (reads check them).
+            file.crcs.fill_unknown(0, raw, 1 << self.shift);
             let n = sco_object::encode_into(raw, frame, self.env.opts.codec, seal.as_ref(), out);
             match store.put(key, &out[..n]) {
                 Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),

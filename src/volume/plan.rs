@@ -45,6 +45,9 @@ pub struct IoPlan {
     crc_unit: usize,
     /// Per cluster of a write, in order: its checksum (see [`cluster_crc`]).
     crcs: Vec<u64>,
+    /// A read plan's cluster size: its local segments are whole clusters, checked
+    /// against their checksums once read ([`IoPlan::verify_read`]).
+    check_unit: usize,
 }
 
 impl Default for IoPlan {
@@ -54,6 +57,7 @@ impl Default for IoPlan {
             keep: Vec::with_capacity(MAX_SEGS),
             crc_unit: 0,
             crcs: Vec::with_capacity(MAX_SEGS),
+            check_unit: 0,
         }
     }
 }
@@ -73,6 +77,7 @@ impl IoPlan {
         self.keep.clear();
         self.crc_unit = 0;
         self.crcs.clear();
+        self.check_unit = 0;
     }
 
     /// Checksum each cluster of a planned write from `iovs`, the buffers it writes (all
@@ -98,6 +103,35 @@ impl IoPlan {
             // SAFETY: forwarded contract.
             unsafe { cluster_crc::recheck(iovs, self.crc_unit, &mut self.crcs) };
         }
+    }
+
+    /// The file of SCO `sco` among the plan's segments.
+    pub fn file_of(&self, sco: u64) -> Option<&ScoFile> {
+        self.keep.iter().flatten().find(|f| f.number == sco).map(|f| &**f)
+    }
+
+    pub(crate) fn set_check_unit(&mut self, cluster_size: usize) {
+        self.check_unit = cluster_size;
+    }
+
+    /// Check a read plan's local data against the clusters' checksums once the IO is
+    /// done: `iovs` holds the buffers of every segment, `ranges[i]` segment i's part of
+    /// them. `Err((sco, index))`: the first cluster read whose bytes do not match. Hashes
+    /// the data once (hardware crc32c), allocates nothing.
+    ///
+    /// # Safety
+    /// Every iovec must point to readable memory of its length for the whole call.
+    pub unsafe fn verify_read(&self, iovs: &[iovec], ranges: &[(usize, usize)]) -> Result<(), (u64, u32)> {
+        if self.check_unit == 0 {
+            return Ok(());
+        }
+        for ((seg, file), &(a, b)) in self.segs.iter().zip(&self.keep).zip(ranges) {
+            let Some(file) = file else { continue };
+            let first = (seg.file_offset / self.check_unit as u64) as u32;
+            // SAFETY: forwarded contract.
+            unsafe { file.crcs.verify(first, &iovs[a..b], self.check_unit) }.map_err(|i| (file.number, i))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_crc_unit(&mut self, cluster_size: usize) {

@@ -271,7 +271,7 @@ impl Volume {
         let cs = meta.cluster_size as u64;
         for &e in &local_scos {
             let path = dir.join("sco").join(format!("{e:016x}"));
-            let file = Arc::new(ScoFile::open(&path, e, false, env.opts.direct)?);
+            let file = Arc::new(ScoFile::open(&path, e, meta.sco_clusters, false, env.opts.direct)?);
             let len = file.file_len()?;
             // A preallocated SCO file is longer than its data: a sealed SCO's size is in
             // its seal record; an unsealed one's is what its durable records reference.
@@ -293,7 +293,7 @@ impl Volume {
             } else {
                 state.wb_bytes += clusters as u64 * cs;
             }
-            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false, crcs: Vec::new() });
+            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
         }
         for (e, valid_len, batches, _) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));

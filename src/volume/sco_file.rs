@@ -10,6 +10,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::iov::{self, iovec};
+use super::sco_crcs::ScoCrcs;
 use crate::error::{IoContext, Result};
 
 /// Alignment O_DIRECT needs for offsets, lengths and buffer addresses.
@@ -22,11 +23,13 @@ pub struct ScoFile {
     direct: Option<File>,
     /// The device the file is on (`st_dev`).
     dev: u64,
+    /// Per-cluster checksums of the data (reads check them).
+    pub crcs: ScoCrcs,
 }
 
 impl ScoFile {
-    /// Open (creating if `create`) the SCO file at `path`.
-    pub fn open(path: &Path, number: u64, create: bool, direct: bool) -> Result<ScoFile> {
+    /// Open (creating if `create`) the SCO file at `path`, of up to `clusters` clusters.
+    pub fn open(path: &Path, number: u64, clusters: u32, create: bool, direct: bool) -> Result<ScoFile> {
         let buffered = OpenOptions::new()
             .read(true)
             .write(true)
@@ -43,7 +46,7 @@ impl ScoFile {
         let dev = std::os::unix::fs::MetadataExt::dev(
             &buffered.metadata().ctx(|| format!("cannot stat SCO file {}", path.display()))?,
         );
-        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev })
+        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev, crcs: ScoCrcs::new(clusters) })
     }
 
     pub fn direct_fd(&self) -> Option<i32> {
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn aligned_and_unaligned_io() {
         let t = tempfile::tempdir().unwrap();
-        let f = ScoFile::open(&t.path().join("s"), 1, true, true).unwrap();
+        let f = ScoFile::open(&t.path().join("s"), 1, 16, true, true).unwrap();
         let mut a = AlignedBuf::zeroed(8192);
         a.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
         f.writev_at(&[a.as_iovec()], 4096).unwrap();

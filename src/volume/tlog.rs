@@ -420,7 +420,9 @@ fn parse_batch(b: &[u8], epoch: u64, want_seq: u32) -> Option<(Vec<Record>, usiz
     if crc != u32_at(24) {
         return None;
     }
-    let mut recs = Vec::with_capacity(count);
+    // Every record takes at least 5 bytes: a hostile count must not size the vector
+    // (found by fuzzing: a count of 2^32-1 aborted on a 343 GB allocation).
+    let mut recs = Vec::with_capacity(count.min(payload.len() / 5));
     let mut at = 0;
     while at < payload.len() {
         let (r, used) = Record::decode(&payload[at..])?;
