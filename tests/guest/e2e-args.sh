@@ -14,3 +14,22 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
+
+# e2e_setup NAME LABEL: work dir T=/tmp/logdisk-NAME.XXXXXX; on exit the guest ($GUESTPID)
+# and the daemon ($DAEMON) are killed and T is removed (kept with --keep); say() logs with
+# NAME and the time, fail() ends the test with "LABEL FAILED: ...".
+e2e_setup() {
+    E2E_NAME=$1
+    E2E_LABEL=$2
+    T=$(mktemp -d "/tmp/logdisk-$1.XXXXXX")
+    DAEMON=
+    GUESTPID=
+    trap e2e_cleanup EXIT
+}
+e2e_cleanup() {
+    [[ -n $GUESTPID ]] && kill "$GUESTPID" 2>/dev/null || true
+    [[ -n $DAEMON ]] && kill -9 "$DAEMON" 2>/dev/null || true
+    if [[ $KEEP = 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
+}
+say() { echo "[$E2E_NAME $(date +%T.%3N)] $*"; }
+fail() { echo "$E2E_LABEL FAILED: $*" >&2; exit 1; }

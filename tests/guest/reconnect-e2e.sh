@@ -20,17 +20,7 @@ KILLS=${RECONNECT_KILLS:-3}
 # The guest works this long: the restarts happen in the first part of it.
 DURATION=$((KILLS * 4 + 20))
 
-T=$(mktemp -d /tmp/logdisk-reconnect-e2e.XXXXXX)
-DAEMON=
-GUESTPID=
-cleanup() {
-    [[ -n $GUESTPID ]] && kill "$GUESTPID" 2>/dev/null || true
-    [[ -n $DAEMON ]] && kill -9 "$DAEMON" 2>/dev/null || true
-    if [[ $KEEP = 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-say() { echo "[reconnect-e2e $(date +%T.%3N)] $*"; }
-fail() { echo "RECONNECT E2E FAILED: $*" >&2; exit 1; }
+e2e_setup reconnect-e2e "RECONNECT E2E"
 DD=$T/data
 SOCKS=$T/socks
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

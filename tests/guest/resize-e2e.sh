@@ -13,17 +13,7 @@ source "$(dirname "$0")/e2e-args.sh" "$@"
 RESIZE2FS=$(command -v resize2fs || echo /usr/sbin/resize2fs)
 [[ -x $RESIZE2FS ]] || { echo "resize2fs not found (e2fsprogs)" >&2; exit 125; }
 
-T=$(mktemp -d /tmp/logdisk-resize-e2e.XXXXXX)
-DAEMON=
-GUESTPID=
-cleanup() {
-    [[ -n $GUESTPID ]] && kill "$GUESTPID" 2>/dev/null || true
-    [[ -n $DAEMON ]] && kill -9 "$DAEMON" 2>/dev/null || true
-    if [[ $KEEP = 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-say() { echo "[resize-e2e $(date +%T)] $*"; }
-fail() { echo "RESIZE E2E FAILED: $*" >&2; exit 1; }
+e2e_setup resize-e2e "RESIZE E2E"
 SOCKS=$T/socks
 start_daemon() { # DATA_DIR ARGS...
     local dd=$1; shift

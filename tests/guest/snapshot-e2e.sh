@@ -11,17 +11,7 @@
 set -euo pipefail
 source "$(dirname "$0")/e2e-args.sh" "$@"
 
-T=$(mktemp -d /tmp/logdisk-snap-e2e.XXXXXX)
-DAEMON=
-GUESTPID=
-cleanup() {
-    [[ -n $GUESTPID ]] && kill "$GUESTPID" 2>/dev/null || true
-    [[ -n $DAEMON ]] && kill -9 "$DAEMON" 2>/dev/null || true
-    if [[ $KEEP = 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-say() { echo "[snap-e2e $(date +%T)] $*"; }
-fail() { echo "SNAPSHOT E2E FAILED: $*" >&2; exit 1; }
+e2e_setup snap-e2e "SNAPSHOT E2E"
 ld() { "$BIN" --data-dir "$DD" "$@"; }
 
 DD=$T/data
