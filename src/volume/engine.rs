@@ -1080,6 +1080,14 @@ impl Volume {
             }
             Ok(sealed)
         })();
+        if let Err(e) = &result {
+            // Marked failed before another flush can take the flush side: that flush
+            // would find the dirty SCOs already taken (and their fdatasync error already
+            // reported, to this flush only) and complete OK over writes that are not on
+            // disk. Found by tests/guest/flakey-e2e.sh (acknowledged writes read zeroes).
+            tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");
+            self.state.lock().failed = Some(e.to_string());
+        }
         drop(side);
         match result {
             Ok(sealed) => {
@@ -1099,11 +1107,7 @@ impl Volume {
                 // Flushed data is on two hosts: the DTL holds every write before this flush.
                 self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
             }
-            Err(e) => {
-                tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");
-                self.state.lock().failed = Some(e.to_string());
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 

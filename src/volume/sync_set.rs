@@ -54,12 +54,18 @@ impl SyncSet {
             match sync_on_ring(ring, &mut self.done, chunk) {
                 Ok(()) => {}
                 Err(RingError::File(i, e)) => return Err((base + i, e)),
-                Err(RingError::Ring(e)) => {
-                    // Completions may still arrive on it: never use this ring again.
-                    // fdatasync is idempotent, so the whole chunk is synced again directly.
+                Err(RingError::Queue(e)) => {
+                    // Nothing reached the kernel: sync the chunk directly, without the ring.
                     tracing::warn!(error = %e, "io_uring failed during a flush: syncing files one by one");
                     self.ring = None;
                     sync_each(chunk).map_err(|(i, e)| (base + i, e))?;
+                }
+                Err(RingError::Ring(e)) => {
+                    // Some fdatasyncs may have completed unseen, an error among them: the
+                    // kernel reports a writeback error once per open file, so syncing again
+                    // could wrongly succeed. The flush fails (never use this ring again).
+                    self.ring = None;
+                    return Err((base, e));
                 }
             }
         }
@@ -70,7 +76,9 @@ impl SyncSet {
 enum RingError {
     /// The fdatasync of file `.0` failed.
     File(usize, io::Error),
-    /// The ring itself failed; which files were synced is unknown.
+    /// The syncs could not be queued; none was submitted.
+    Queue(io::Error),
+    /// The ring itself failed after submitting; which files were synced is unknown.
     Ring(io::Error),
 }
 
@@ -88,7 +96,8 @@ fn sync_each(fds: &[RawFd]) -> Result<(), (usize, io::Error)> {
 /// and collect every completion; reports the first failed file.
 fn sync_on_ring(ring: &mut Uring, done: &mut [Completion; ROUND], fds: &[RawFd]) -> Result<(), RingError> {
     for (i, &fd) in fds.iter().enumerate() {
-        ring.fdatasync(fd, i as u64).map_err(RingError::Ring)?;
+        // A failed push after the first may follow a submit inside the ring: unknown state.
+        ring.fdatasync(fd, i as u64).map_err(|e| if i == 0 { RingError::Queue(e) } else { RingError::Ring(e) })?;
     }
     let mut got = 0;
     let mut first_err = None;
