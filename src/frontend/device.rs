@@ -57,6 +57,8 @@ pub(super) struct WorkerState {
     /// logs the completed writes (`BlockTarget::log_completed`) so a daemon crash after
     /// the guest saw them cannot lose them.
     pub(super) ready: Vec<(u16, u32)>,
+    /// The ring (re)started: signal the guest after the next pass over it.
+    pub(super) notify_after_start: bool,
 }
 
 /// Logs the first few guest-caused warnings, then one in 1000, so a hostile guest cannot
@@ -116,6 +118,7 @@ impl BlkDevice {
                     track: None,
                     resubmit: Vec::with_capacity(usize::from(limits.queue_size)),
                     ready: Vec::with_capacity(usize::from(limits.queue_size)),
+                    notify_after_start: false,
                 })
             })
             .collect();
@@ -188,6 +191,11 @@ impl BlkDevice {
                     tracing::warn!(queue, "enable_notification: {e}");
                     break;
                 }
+            }
+        }
+        if std::mem::take(&mut ws.notify_after_start) {
+            if let Err(e) = vring.signal_used_queue() {
+                tracing::warn!(queue, "signalling the guest after a ring start: {e}");
             }
         }
     }

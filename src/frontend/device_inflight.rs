@@ -104,8 +104,16 @@ impl BlkDevice {
     /// resubmission (oldest first, before any new one) and kick the worker so they, and
     /// whatever the guest queued meanwhile, run even if the guest never kicks again.
     pub(super) fn inflight_ring_start(&self, queue: u32, vring: &VringRwLock) -> io::Result<()> {
-        let Some(region) = self.inflight_region.lock().clone() else { return Ok(()) };
         let Some(ws) = self.workers.get(queue as usize) else { return Ok(()) };
+        // The first pass over the ring signals the guest once, whatever it finds: a
+        // previous back-end may have published completions and signalled while the
+        // hypervisor had its notifiers torn down (restart, reconnect), and a guest that
+        // missed that interrupt waits forever.
+        ws.lock().notify_after_start = true;
+        let Some(region) = self.inflight_region.lock().clone() else {
+            kick(queue, vring);
+            return Ok(());
+        };
         let Some(mut track) = u16::try_from(queue).ok().and_then(|q| region.queue(q)) else {
             tracing::warn!(queue, "the inflight region has no room for this queue: not tracked");
             return Ok(());
@@ -128,17 +136,21 @@ impl BlkDevice {
         if n > 0 {
             tracing::info!(queue, requests = n, used, "resubmitting requests left in flight by the previous back-end");
         }
-        // Kick the worker in every case: the previous back-end may have consumed the
-        // guest's last kick and died before taking the requests it announced; with
-        // EVENT_IDX the guest does not kick again for them, and it would wait forever.
-        if let Some(kick) = vring.get_ref().get_kick() {
-            let one = 1u64;
-            // SAFETY: an 8-byte write from a live u64 to the ring's kick eventfd.
-            let r = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            if r != 8 {
-                tracing::warn!(queue, "kicking the worker: {}", io::Error::last_os_error());
-            }
-        }
+        kick(queue, vring);
         Ok(())
+    }
+}
+
+/// Kick the worker of a starting ring in every case: the previous back-end may have
+/// consumed the guest's last kick and died before taking the requests it announced; with
+/// EVENT_IDX the guest does not kick again for them, and it would wait forever.
+fn kick(queue: u32, vring: &VringRwLock) {
+    if let Some(kick) = vring.get_ref().get_kick() {
+        let one = 1u64;
+        // SAFETY: an 8-byte write from a live u64 to the ring's kick eventfd.
+        let r = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if r != 8 {
+            tracing::warn!(queue, "kicking the worker: {}", io::Error::last_os_error());
+        }
     }
 }
