@@ -156,6 +156,9 @@ pub(crate) struct OpenEpoch {
 /// at least [`FLUSHY_MIN`] flushes) writes into zero-filled SCO files.
 const FLUSHY_BYTES: u64 = 256 << 10;
 const FLUSHY_MIN: u32 = 32;
+/// A write throttled on a full write buffer while the TLog cannot be written (its file
+/// system is full) fails after this long: the uploads that would make room need the TLog.
+const LOG_FULL_WAIT: Duration = Duration::from_secs(2);
 
 impl OpenEpoch {
     /// This epoch's flushes each covered little data: later SCOs should be zero-filled.
@@ -220,6 +223,9 @@ pub(crate) struct State {
     pub checkpoint_running: bool,
     pub last_uploaded: u64,
     pub failed: Option<String>,
+    /// Since when TLog writes find the write buffer's file system full (cleared by the
+    /// next flush that gets its records written).
+    pub log_full_since: Option<Instant>,
     pub closed: bool,
     pub upload_error: Option<String>,
     /// A newer owner generation holds the volume: no more writes or uploads here.
@@ -252,6 +258,7 @@ impl State {
             checkpoint_running: false,
             last_uploaded: 0,
             failed: None,
+            log_full_since: None,
             closed: false,
             upload_error: None,
             fenced: false,
@@ -314,6 +321,8 @@ pub struct Counters {
     pub upload_frames_read: AtomicU64,
     /// Reads that found local SCO data failing its checksum (rot on the local disk).
     pub rotten_reads: AtomicU64,
+    /// TLog writes refused for lack of space (ENOSPC, EDQUOT): retried by the next flush.
+    pub flush_no_space: AtomicU64,
 }
 
 /// What flushes own, one flush at a time: the open TLog writers and the ring their syncs go on.
@@ -747,6 +756,14 @@ impl Volume {
             self.env.uploader.notify();
             self.progress.wait_for(&mut st, Duration::from_millis(100));
             self.check_writable(&st)?;
+            if st.log_full_since.is_some() && throttled.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
+                // Uploads that would make room cannot finish while the TLog cannot be
+                // written: fail the write rather than hold the guest's request.
+                return Err(self.log_space_error(&Error::io(
+                    "the write buffer is full and its TLog cannot be written",
+                    std::io::Error::from_raw_os_error(libc::ENOSPC),
+                )));
+            }
         }
         if let Some(t) = throttled {
             tracing::debug!(volume = %self.name, waited_ms = t.elapsed().as_millis() as u64, "write buffer throttle released");
@@ -978,12 +995,38 @@ impl Volume {
             Error::io(format!("TLog {epoch} is not open"), std::io::Error::other("missing TLog writer"))
         })?;
         if let Err(e) = w.write_batch(logging, count) {
+            if out_of_space(&e) {
+                // The next flush writes these records (it reports the failure if space
+                // is still short); the completed writes are not lost.
+                let batch = PendingBatch { epoch, payload: logging.clone(), count, seal: false };
+                self.requeue(std::iter::once(batch), &e);
+                return Err(self.log_space_error(&e));
+            }
             tracing::error!(volume = %self.name, error = %e, "writing the TLog failed: the volume stops accepting writes");
             self.state.lock().failed = Some(e.to_string());
             return Err(e);
         }
         unsynced.insert(epoch);
         Ok(())
+    }
+
+    /// Put TLog batches a full file system refused back in front of the newer ones, for
+    /// the next flush (the caller holds the flush side); log the failure now and then.
+    fn requeue(&self, batches: impl Iterator<Item = PendingBatch>, e: &Error) {
+        let mut st = self.state.lock();
+        st.log_full_since.get_or_insert_with(Instant::now);
+        let mut front: Vec<PendingBatch> = batches.collect();
+        front.append(&mut st.sealing);
+        st.sealing = front;
+        drop(st);
+        let n = self.counters.flush_no_space.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::error!(volume = %self.name, failures = n, error = %e, "no space left for the TLog on the write buffer's file system: flushes fail until space is freed (nothing acknowledged is lost)");
+        }
+    }
+
+    fn log_space_error(&self, e: &Error) -> Error {
+        Error::NoSpace { volume: self.name.clone(), detail: format!("the write buffer's file system is full: {e}") }
     }
 
     fn flush_inner(&self, sync: bool) -> Result<()> {
@@ -1029,6 +1072,8 @@ impl Volume {
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
+        // Set when the file system ran out of space writing batch `i` (and those after).
+        let mut unwritten_from = None;
         let result = (|| -> Result<Vec<u64>> {
             // The SCO data first: a TLog record must never reach the disk before the data
             // it maps. (Writing the records with O_DIRECT and letting the SCOs' fdatasync
@@ -1045,11 +1090,20 @@ impl Volume {
                 touched.append(unsynced);
                 sealed.append(unsynced_sealed);
             }
-            for b in &batches {
+            for (i, b) in batches.iter().enumerate() {
                 let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
                     Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
                 })?;
-                w.write_batch(&b.payload, b.count)?;
+                if let Err(e) = w.write_batch(&b.payload, b.count) {
+                    if out_of_space(&e) {
+                        // Nothing is lost: the batches written so far are synced by the
+                        // next flush, the others are written by it (see `requeue`).
+                        unsynced.append(&mut touched);
+                        unsynced_sealed.append(&mut sealed);
+                        unwritten_from = Some(i);
+                    }
+                    return Err(e);
+                }
                 touched.insert(b.epoch);
                 if b.seal {
                     sealed.push(b.epoch);
@@ -1080,6 +1134,14 @@ impl Volume {
             }
             Ok(sealed)
         })();
+        if let (Some(i), Err(e)) = (unwritten_from, &result) {
+            // Out of space: a retryable failure (the SCO data is synced, the records are
+            // in memory). Still under the flush side, so no later flush writes newer
+            // records first.
+            self.requeue(batches.into_iter().skip(i), e);
+            drop(side);
+            return Err(self.log_space_error(e));
+        }
         if let Err(e) = &result {
             // Marked failed before another flush can take the flush side: that flush
             // would find the dirty SCOs already taken (and their fdatasync error already
@@ -1091,6 +1153,9 @@ impl Volume {
         drop(side);
         match result {
             Ok(sealed) => {
+                if sync {
+                    self.state.lock().log_full_since = None;
+                }
                 if !sealed.is_empty() {
                     let mut st = self.state.lock();
                     for e in sealed {
@@ -1313,5 +1378,15 @@ impl Volume {
             upload_error: st.upload_error.clone(),
             last_uploaded: st.last_uploaded,
         }
+    }
+}
+
+/// Whether `e` is the file system running out of space (or quota) while writing: the
+/// write had no effect worth keeping and can be retried once space is freed.
+pub(crate) fn out_of_space(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
+        Error::NoSpace { .. } => true,
+        _ => false,
     }
 }

@@ -246,8 +246,17 @@ impl Volume {
         let crcs: Vec<u32> = crcs.into_iter().map(|c| c.expect("every frame checksummed")).collect();
         let tail = sco_object::raw_tail(len, frame, &crcs);
         // The footer must end the file (a preallocated file may be longer).
-        file.set_len(len + tail.len() as u64)?;
-        file.write_durably_at(&tail, len)?;
+        let appended = file.set_len(len + tail.len() as u64).and_then(|()| file.write_durably_at(&tail, len));
+        if let Err(e) = appended {
+            if !super::engine::out_of_space(&e) {
+                return Err(e);
+            }
+            // No room for the footer on a full write-buffer disk: upload a copy instead
+            // (it takes no local space), which lets this SCO's space be freed.
+            tracing::debug!(volume = %self.name, epoch, error = %e, "no room to adopt the SCO file: uploading a copy");
+            let _ = file.set_len(len);
+            return Ok(None);
+        }
         match store.adopt_file(key, file.path()) {
             Ok(true) | Err(Error::ObjectExists(_)) => Ok(Some(len as usize + tail.len())),
             Ok(false) => {
@@ -288,6 +297,11 @@ impl Volume {
         match job {
             Job::Sco { epoch, file, clusters } => {
                 let len = (*clusters as u64) << self.shift;
+                // Slots at the end whose writes failed (ENOSPC, EIO) were never written:
+                // no map entry points at them; they go up as zeroes.
+                if file.file_len()? < len {
+                    file.set_len(len)?;
+                }
                 let key = keys::sco(&self.name, gen, *epoch);
                 let obj_len = match self.adopt_sco(&key, *epoch, file, len)? {
                     Some(n) => {
@@ -532,10 +546,16 @@ impl UploadSource for Volume {
         // Seals waiting to be made durable (rolled by writers) come first.
         let sealing = { !self.state.lock().sealing.is_empty() };
         if sealing {
-            if let Err(e) = self.flush() {
-                tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
+            match self.flush() {
+                Ok(()) => return true,
+                // Logged by the flush (now and then); uploads of durable epochs go on
+                // meanwhile: they are what frees space on the write buffer's disk.
+                Err(e) if super::engine::out_of_space(&e) => {}
+                Err(e) => {
+                    tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
+                    return true;
+                }
             }
-            return true;
         }
         let Some(job) = self.take_job() else { return false };
         let res = self.run_job(&job);

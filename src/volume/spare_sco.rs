@@ -20,6 +20,8 @@ use super::iov::AlignedBuf;
 struct SpareState {
     ready: bool,
     preparing: bool,
+    /// The last attempt failed (a full file system): no new one before a pause.
+    failed_at: Option<std::time::Instant>,
 }
 
 pub struct SpareSco {
@@ -33,7 +35,7 @@ impl SpareSco {
     pub fn new(dir: &Path, len: u64) -> SpareSco {
         let path = dir.join("spare-sco");
         let ready = std::fs::metadata(&path).is_ok_and(|m| m.len() == len);
-        SpareSco { path, len, state: Arc::new(Mutex::new(SpareState { ready, preparing: false })) }
+        SpareSco { path, len, state: Arc::new(Mutex::new(SpareState { ready, preparing: false, failed_at: None })) }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -44,7 +46,7 @@ impl SpareSco {
     pub fn prepare(&self) {
         {
             let mut s = self.state.lock();
-            if s.ready || s.preparing {
+            if s.ready || s.preparing || s.failed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5)) {
                 return;
             }
             s.preparing = true;
@@ -55,8 +57,18 @@ impl SpareSco {
             let mut s = state.lock();
             s.preparing = false;
             match res {
-                Ok(()) => s.ready = true,
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot prepare a zeroed SCO file"),
+                Ok(()) => {
+                    s.ready = true;
+                    s.failed_at = None;
+                }
+                Err(e) => {
+                    if s.failed_at.is_none() {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot prepare a zeroed SCO file (retried every 5 s)");
+                    }
+                    s.failed_at = Some(std::time::Instant::now());
+                    // A partial spare would only hold space.
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         });
         if spawned.is_err() {
