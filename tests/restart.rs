@@ -50,6 +50,37 @@ fn restart_from_object_store_alone() {
     assert!(matches!(vol.write_at(0, &[0u8; 4096]), Err(Error::ReadOnly(_))));
 }
 
+/// An epoch that holds only records, all already in its TLog (a discard after a seal,
+/// flushed), is still sealed and uploaded by a clean close: a host with an empty data dir
+/// sees the discard. (Found by the power-loss harness's object-store-alone check: a clean
+/// shutdown left such a TLog on the local disk only.)
+#[test]
+fn clean_close_uploads_an_epoch_of_flushed_records_only() {
+    let t = tempfile::tempdir().unwrap();
+    let backend = t.path().join("objects");
+    {
+        let mut dd = open_dd(&t.path().join("a"), &backend, small_config());
+        dd.create_volume("v", SIZE, None, None).unwrap();
+        let vol = dd.open_volume("v", false).unwrap();
+        vol.write_at(0, &[9u8; 65536]).unwrap();
+        // Uploaded and checkpointed: the next close has no new checkpoint to write.
+        assert!(vol.close().unwrap().drained);
+        drop(vol);
+        let vol = dd.open_volume("v", false).unwrap();
+        // A new epoch gets one record and no data; the flush writes it to the TLog.
+        vol.write_zeroes(0, 65536).unwrap();
+        vol.flush().unwrap();
+        let r = vol.close().unwrap();
+        assert!(r.drained, "clean close uploads everything");
+    }
+    let mut dd = open_dd(&t.path().join("b"), &backend, small_config());
+    let vol = dd.open_volume("v", false).unwrap();
+    let mut got = vec![1u8; 65536];
+    vol.read_at(0, &mut got).unwrap();
+    assert!(got.iter().all(|b| *b == 0), "the discard flushed before a clean close is lost on a fresh data dir");
+    vol.close().unwrap();
+}
+
 #[test]
 fn damaged_sco_frame_fails_only_its_range() {
     let t = tempfile::tempdir().unwrap();

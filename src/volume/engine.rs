@@ -145,6 +145,8 @@ pub(crate) struct OpenEpoch {
     pub next_index: u32,
     pub pending: Vec<u8>,
     pub pending_count: u32,
+    /// Records the epoch got in all (pending or already in its TLog).
+    pub records: u64,
     pub opened_at: Instant,
     /// The SCO file was zero-filled ahead (flushes change no file metadata).
     pub zeroed: bool,
@@ -161,6 +163,14 @@ const FLUSHY_MIN: u32 = 32;
 const LOG_FULL_WAIT: Duration = Duration::from_secs(2);
 
 impl OpenEpoch {
+    /// The epoch holds data or records, even if they are all in its TLog already (flushed,
+    /// or logged as completed): sealing it and uploading its TLog is what puts them in the
+    /// object store. (An epoch opened by a roll can hold only the records of writes that
+    /// reserved space in the previous SCO, or of discards.)
+    pub fn has_content(&self) -> bool {
+        self.next_index > 0 || self.records > 0
+    }
+
     /// This epoch's flushes each covered little data: later SCOs should be zero-filled.
     fn flush_heavy(&self, shift: u32) -> bool {
         self.flushes >= FLUSHY_MIN && ((self.next_index as u64) << shift) < self.flushes as u64 * FLUSHY_BYTES
@@ -870,6 +880,7 @@ impl Volume {
         let start = o.pending.len();
         rec.encode(&mut o.pending);
         o.pending_count += 1;
+        o.records += 1;
         if let Some(l) = &*self.dtl.read() {
             let r = l.send_record(o.epoch, &o.pending[start..]);
             self.dtl_result_locked(st, r)?;

@@ -104,6 +104,7 @@ impl Volume {
             next_index: 0,
             pending: Vec::with_capacity(4096),
             pending_count: 0,
+            records: 0,
             opened_at: Instant::now(),
             zeroed,
             flushes: 0,
@@ -115,7 +116,7 @@ impl Volume {
     pub fn seal(&self) -> Result<()> {
         {
             let mut st = self.state.lock();
-            let has_data = st.open.as_ref().is_some_and(|o| o.next_index > 0 || o.pending_count > 0);
+            let has_data = st.open.as_ref().is_some_and(|o| o.has_content());
             if !has_data {
                 // An empty open epoch stays open; nothing to seal.
                 return Ok(());
@@ -581,7 +582,7 @@ impl UploadSource for Volume {
             let st = self.state.lock();
             !st.closed
                 && st.failed.is_none()
-                && st.open.as_ref().is_some_and(|o| o.next_index > 0 && o.opened_at.elapsed() >= after)
+                && st.open.as_ref().is_some_and(|o| o.has_content() && o.opened_at.elapsed() >= after)
         };
         if due {
             if let Err(e) = self.seal() {

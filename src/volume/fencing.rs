@@ -91,8 +91,7 @@ impl Volume {
         let link = link.map(std::sync::Arc::new);
         if let Some(l) = &link {
             let st = self.state.lock();
-            let pending =
-                !st.uploads.is_empty() || st.open.as_ref().is_some_and(|o| o.next_index > 0 || o.pending_count > 0);
+            let pending = !st.uploads.is_empty() || st.open.as_ref().is_some_and(|o| o.has_content());
             let (since, until) = (st.last_uploaded + 1, st.next_epoch.saturating_sub(1));
             drop(st);
             if pending {

@@ -1,5 +1,6 @@
 //! Checking one replay point: copy the replayed image, replay ext4's journal, copy the
-//! data dir out, open and export the volume with logdisk, compare with the model.
+//! data dir out, open and export the volume with logdisk, compare with the model. At the
+//! end of the log (after a clean shutdown) also from a copy of the object store alone.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -103,30 +104,28 @@ impl Ctx {
         if !dd.join("backend").is_file() {
             problems.push(format!("no data dir in the file system: {}", last_line(&text)));
         } else {
+            let objects = dd.join("objects");
+            if p.kind == Kind::End {
+                // After a clean shutdown the object store alone holds every write: open a
+                // copy of it from an empty data dir first (opening the data dir below may
+                // upload what the shutdown left behind).
+                let alone = out.join("objects-alone");
+                let (rc, text) = run(Command::new("cp").arg("-a").arg(&objects).arg(&alone))?;
+                anyhow::ensure!(rc == 0, "cp: {}", last_line(&text));
+                let fresh = out.join("fresh-data-dir");
+                let backend = format!("file://{}", alone.display());
+                self.export_and_check(
+                    &fresh,
+                    Some(&backend),
+                    &out.join("alone.raw"),
+                    model,
+                    "object store alone",
+                    &mut problems,
+                )?;
+            }
             // The embedded store is recorded by absolute path; it moved with the copy.
-            std::fs::write(dd.join("backend"), format!("file://{}\n", dd.join("objects").display()))?;
-            let raw = out.join("volume.raw");
-            let mut cmd = Command::new("timeout");
-            cmd.arg("300").arg(&self.logdisk).arg("--data-dir").arg(&dd);
-            if let Some(c) = &self.config {
-                cmd.arg("--config").arg(c);
-            }
-            cmd.args(["volume", "export", &self.volume]).arg(&raw);
-            let (rc, text) = run(&mut cmd)?;
-            if rc != 0 {
-                problems.push(format!("logdisk did not open the volume (exit {rc}): {}", last_line(&text)));
-            } else {
-                let data = std::fs::read(&raw).with_context(|| format!("read {}", raw.display()))?;
-                let (bad, count) = model.check(&data, 5);
-                written = data.chunks_exact(512).filter(|s| s.iter().any(|b| *b != 0)).count();
-                if count > 0 {
-                    let detail: Vec<String> = bad
-                        .iter()
-                        .map(|b| format!("sector {}: {} (required write {})", b.sector, b.found, b.required))
-                        .collect();
-                    problems.push(format!("{count} bad sectors: {}", detail.join(", ")));
-                }
-            }
+            std::fs::write(dd.join("backend"), format!("file://{}\n", objects.display()))?;
+            written = self.export_and_check(&dd, None, &out.join("volume.raw"), model, "data dir", &mut problems)?;
         }
         if !problems.is_empty() {
             // keep the evidence
@@ -136,5 +135,42 @@ impl Ctx {
             std::fs::rename(&copy, keep.join("point.img"))?;
         }
         Ok(Report { problems, written, seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// Export the volume from data dir `dd` (on `backend` when given) to `raw` and check it
+    /// against the model; problems are pushed, labelled `what`. Returns the written sectors.
+    fn export_and_check(
+        &self,
+        dd: &Path,
+        backend: Option<&str>,
+        raw: &Path,
+        model: &Model,
+        what: &str,
+        problems: &mut Vec<String>,
+    ) -> Result<usize> {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("300").arg(&self.logdisk).arg("--data-dir").arg(dd);
+        if let Some(b) = backend {
+            cmd.arg("--backend").arg(b);
+        }
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["volume", "export", &self.volume]).arg(raw);
+        let (rc, text) = run(&mut cmd)?;
+        if rc != 0 {
+            problems.push(format!("{what}: logdisk did not open the volume (exit {rc}): {}", last_line(&text)));
+            return Ok(0);
+        }
+        let data = std::fs::read(raw).with_context(|| format!("read {}", raw.display()))?;
+        let (bad, count) = model.check(&data, 5);
+        if count > 0 {
+            let detail: Vec<String> = bad
+                .iter()
+                .map(|b| format!("sector {}: {} (required write {})", b.sector, b.found, b.required))
+                .collect();
+            problems.push(format!("{what}: {count} bad sectors: {}", detail.join(", ")));
+        }
+        Ok(data.chunks_exact(512).filter(|s| s.iter().any(|b| *b != 0)).count())
     }
 }
