@@ -158,8 +158,8 @@ pub(crate) struct OpenEpoch {
 /// at least [`FLUSHY_MIN`] flushes) writes into zero-filled SCO files.
 const FLUSHY_BYTES: u64 = 256 << 10;
 const FLUSHY_MIN: u32 = 32;
-/// A write throttled on a full write buffer while the TLog cannot be written (its file
-/// system is full) fails after this long: the uploads that would make room need the TLog.
+/// Once the TLog's file system has been full this long, a write throttled on a full write
+/// buffer fails: the uploads that would make room need the TLog.
 const LOG_FULL_WAIT: Duration = Duration::from_secs(2);
 
 impl OpenEpoch {
@@ -766,9 +766,10 @@ impl Volume {
             self.env.uploader.notify();
             self.progress.wait_for(&mut st, Duration::from_millis(100));
             self.check_writable(&st)?;
-            if st.log_full_since.is_some() && throttled.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
+            if st.log_full_since.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
                 // Uploads that would make room cannot finish while the TLog cannot be
-                // written: fail the write rather than hold the guest's request.
+                // written: fail the write rather than hold the guest's request (at most
+                // LOG_FULL_WAIT, counted from the first TLog write refused).
                 return Err(self.log_space_error(&Error::io(
                     "the write buffer is full and its TLog cannot be written",
                     std::io::Error::from_raw_os_error(libc::ENOSPC),
