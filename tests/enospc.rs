@@ -1,8 +1,9 @@
 //! A full write-buffer file system (ENOSPC): the data dir lives on a small ext4 image
 //! loop-mounted on the host; the object store is elsewhere. A volume is served over
 //! vhost-user (the test plays the hypervisor). With the file system filled up by a filler
-//! file, guest writes and flushes fail with IOERR (or wait briefly), never hang, and the
-//! daemon logs why; every write that completed OK reads back; once the filler is deleted
+//! file, guest writes and flushes fail with IOERR (or wait briefly), never hang, and are
+//! counted as no-space failures (not a stopped volume); every write that completed OK
+//! reads back; once the filler is deleted
 //! the same served volume takes writes again without a restart; after a restart every
 //! write acknowledged before a completed flush is still there.
 //!
@@ -179,6 +180,8 @@ fn full_write_buffer_fs_fails_writes_loses_nothing_and_recovers() {
     let failed_full = log.failed;
     eprintln!("while full: {} writes ok in all, {} failed requests", log.ok.len(), failed_full);
     assert!(failed_full > 0, "a full file system must fail some requests");
+    let no_space = vol.counters.flush_no_space.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(no_space > 0, "the failures must be TLog writes refused for space, retried later");
     // Everything that completed OK reads back, even now.
     check_reads(&vol, &log, false);
 

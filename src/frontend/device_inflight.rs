@@ -14,7 +14,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use logdisk_shm::Desc;
 
-use super::device::BlkDevice;
+use parking_lot::Mutex;
+
+use super::device::{BlkDevice, WorkerState};
 use super::inflight_region::{self, InflightRegion, QueueTrack};
 use super::request::ChainDescs;
 
@@ -100,20 +102,22 @@ impl BlkDevice {
     }
 
     /// The ring of `queue` starts: with an inflight region, set its next available index
-    /// to used index + requests the previous back-end left marked, queue those requests for
-    /// resubmission (oldest first, before any new one) and kick the worker so they, and
-    /// whatever the guest queued meanwhile, run even if the guest never kicks again.
+    /// to used index + requests the previous back-end left marked and queue those requests
+    /// for resubmission (oldest first, before any new one). In every case, kick the worker
+    /// so they, and whatever the guest queued meanwhile, run even if the guest never kicks
+    /// again, and have its first pass signal the guest once: a previous back-end may have
+    /// published completions and signalled while the hypervisor had its notifiers torn
+    /// down (restart, reconnect), and a guest that missed that interrupt waits forever.
     pub(super) fn inflight_ring_start(&self, queue: u32, vring: &VringRwLock) -> io::Result<()> {
         let Some(ws) = self.workers.get(queue as usize) else { return Ok(()) };
-        // The first pass over the ring signals the guest once, whatever it finds: a
-        // previous back-end may have published completions and signalled while the
-        // hypervisor had its notifiers torn down (restart, reconnect), and a guest that
-        // missed that interrupt waits forever.
         ws.lock().notify_after_start = true;
-        let Some(region) = self.inflight_region.lock().clone() else {
-            kick(queue, vring);
-            return Ok(());
-        };
+        let restored = self.restore_from_region(queue, vring, ws);
+        kick(queue, vring);
+        restored
+    }
+
+    fn restore_from_region(&self, queue: u32, vring: &VringRwLock, ws: &Mutex<WorkerState>) -> io::Result<()> {
+        let Some(region) = self.inflight_region.lock().clone() else { return Ok(()) };
         let Some(mut track) = u16::try_from(queue).ok().and_then(|q| region.queue(q)) else {
             tracing::warn!(queue, "the inflight region has no room for this queue: not tracked");
             return Ok(());
@@ -136,14 +140,13 @@ impl BlkDevice {
         if n > 0 {
             tracing::info!(queue, requests = n, used, "resubmitting requests left in flight by the previous back-end");
         }
-        kick(queue, vring);
         Ok(())
     }
 }
 
-/// Kick the worker of a starting ring in every case: the previous back-end may have
-/// consumed the guest's last kick and died before taking the requests it announced; with
-/// EVENT_IDX the guest does not kick again for them, and it would wait forever.
+/// Kick the worker of a starting ring: the previous back-end may have consumed the
+/// guest's last kick and died before taking the requests it announced; with EVENT_IDX
+/// the guest does not kick again for them, and it would wait forever.
 fn kick(queue: u32, vring: &VringRwLock) {
     if let Some(kick) = vring.get_ref().get_kick() {
         let one = 1u64;

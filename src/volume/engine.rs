@@ -1163,29 +1163,27 @@ impl Volume {
             self.state.lock().failed = Some(e.to_string());
         }
         drop(side);
-        match result {
-            Ok(sealed) => {
-                if sync {
-                    self.state.lock().log_full_since = None;
-                }
-                if !sealed.is_empty() {
-                    let mut st = self.state.lock();
-                    for e in sealed {
-                        if let Some(u) = st.uploads.get_mut(&e) {
-                            u.durable = true;
-                        }
-                    }
-                    drop(st);
-                    self.env.uploader.notify();
-                }
-                if !sync {
-                    return Ok(());
-                }
-                // Flushed data is on two hosts: the DTL holds every write before this flush.
-                self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
+        let sealed = result?;
+        if sync || !sealed.is_empty() {
+            let mut st = self.state.lock();
+            if sync {
+                // The TLog took every record: its file system has room again.
+                st.log_full_since = None;
             }
-            Err(e) => Err(e),
+            for e in &sealed {
+                if let Some(u) = st.uploads.get_mut(e) {
+                    u.durable = true;
+                }
+            }
         }
+        if !sealed.is_empty() {
+            self.env.uploader.notify();
+        }
+        if !sync {
+            return Ok(());
+        }
+        // Flushed data is on two hosts: the DTL holds every write before this flush.
+        self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
     }
 
     // ----- read path -----

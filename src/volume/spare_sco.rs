@@ -24,6 +24,10 @@ struct SpareState {
     failed_at: Option<std::time::Instant>,
 }
 
+/// After a failed preparation (a full file system), the next attempt waits this long:
+/// each attempt writes until the disk is full again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct SpareSco {
     path: PathBuf,
     len: u64,
@@ -46,7 +50,7 @@ impl SpareSco {
     pub fn prepare(&self) {
         {
             let mut s = self.state.lock();
-            if s.ready || s.preparing || s.failed_at.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(5)) {
+            if s.ready || s.preparing || s.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
                 return;
             }
             s.preparing = true;
@@ -63,7 +67,7 @@ impl SpareSco {
                 }
                 Err(e) => {
                     if s.failed_at.is_none() {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot prepare a zeroed SCO file (retried every 5 s)");
+                        tracing::warn!(file = %path.display(), error = %e, "cannot prepare a zeroed SCO file (retried now and then)");
                     }
                     s.failed_at = Some(std::time::Instant::now());
                     // A partial spare would only hold space.
