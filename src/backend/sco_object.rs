@@ -425,6 +425,13 @@ impl ScoIndex {
             None => stored,
         };
         match e.codec {
+            // A hostile index can claim a stored length other than the raw one.
+            Codec::None if stored.len() != out.len() => {
+                return Err(corrupt(
+                    key,
+                    format!("frame {i}: {} bytes stored for {} raw, uncompressed", stored.len(), out.len()),
+                ));
+            }
             Codec::None => out.copy_from_slice(stored),
             Codec::Lz4 => {
                 let n = lz4_flex::block::decompress_into(stored, out)
