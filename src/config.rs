@@ -57,6 +57,10 @@ pub struct Config {
 pub struct EncryptionConfig {
     pub key_files: Vec<PathBuf>,
     pub key_commands: Vec<String>,
+    /// Every volume of this data dir must be encrypted: creating a plain one is refused,
+    /// and so is a plain record or object found in the store (someone with write access
+    /// to the bucket cannot swap in a plain volume before this host first opens it).
+    pub require: bool,
 }
 
 /// The DTL client side (each volume's peer and mode are set per volume).

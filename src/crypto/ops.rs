@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::store::ERASED_MAGIC;
 use super::{EncryptionInfo, KeyId, KeyRing, KeySource};
 use crate::backend::keys;
+use crate::backend::ObjectStore;
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
 use crate::volume::VolumeMeta;
@@ -25,6 +26,10 @@ pub fn register(ring: &KeyRing, name: &str, enc: &EncryptionInfo) -> Result<()> 
         }
     }
     ring.set_writer(name, id);
+    if !enc.old_key_ids.is_empty() {
+        // Older objects may still be under those keys: the scrubber looks (once).
+        ring.set_rekey_pending(name, true);
+    }
     Ok(())
 }
 
@@ -59,7 +64,8 @@ pub fn rotate(dd: &DataDir, name: &str, src: &KeySource) -> Result<EncryptionInf
             }
             return Err(e);
         }
-        tracing::info!(volume = name, key_id = %enc.key_id, "volume key rotated");
+        dd.keys().set_rekey_pending(name, true);
+        tracing::info!(volume = name, key_id = %enc.key_id, "volume key rotated; the scrubber rewrites older objects under the new key");
     }
     dd.save_local_settings(name, &settings)?;
     Ok(enc)
@@ -106,15 +112,17 @@ pub fn crypto_erase(dd: &DataDir, name: &str) -> Result<()> {
 /// how many went.
 pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
     let m = dd.volume_meta(name)?;
-    let Some(cur) = current_key(&m) else {
-        return Ok(0);
-    };
-    let store = dd.store();
+    match current_key(&m) {
+        Some(cur) => prune_record_versions(dd.store().as_ref(), name, cur),
+        None => Ok(0),
+    }
+}
+
+/// Delete the versions of volume `name`'s record not sealed under key `cur` (older
+/// versions: a rotation stores the newest under its new key first).
+pub fn prune_record_versions(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<usize> {
     let mut old = Vec::new();
     for o in store.list(&keys::volume_meta_prefix(name))? {
-        if keys::trailing_number(&o.key) == Some(m.version) {
-            continue;
-        }
         // A version deleted since the listing is no longer there to prune.
         match store.get_range(&o.key, 0, 16) {
             Ok(head) if crate::volume::rekey::blob_header_key_id(&head) != Some(cur) => old.push(o.key),
@@ -124,6 +132,20 @@ pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
     }
     store.delete_many(&old)?;
     Ok(old.len())
+}
+
+/// Once nothing of volume `name` is under an older key: its newest record stops naming
+/// older keys (a new version, if it named any) and record versions under them go.
+pub fn forget_old_keys(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<()> {
+    let mut m = VolumeMeta::load(store, name)?;
+    if let Some(enc) = m.encryption.as_mut() {
+        if enc.key_id == cur.to_string() && !enc.old_key_ids.is_empty() {
+            enc.old_key_ids.clear();
+            m.store_new_version(store, false)?;
+        }
+    }
+    prune_record_versions(store, name, cur)?;
+    Ok(())
 }
 
 /// Whether `meta` still has SCOs sealed under a key other than its current one is for

@@ -2,12 +2,14 @@
 //! scrub`): SCOs sealed under an older key become scrub victims whatever their live
 //! fraction (their live data is copied, so sealed anew, and they are deleted); then two
 //! short epochs, each ending in a checkpoint, let the checkpoint rules delete every
-//! older TLog and checkpoint; record versions under older keys are deleted by the data
-//! dir (`crypto::ops::prune_records`).
+//! older TLog and checkpoint; the newest DTL mark is stored again and older marks go;
+//! the record stops naming older keys and its versions under them go. The scrubber
+//! does the same in bounded, paced passes (`rekey_pass`) after a rotation.
 
 use std::collections::BTreeMap;
 
 use super::location::UNMAPPED;
+use super::scrub_policy::Goal;
 use super::tlog::Record;
 use super::Volume;
 use crate::backend::keys;
@@ -77,5 +79,47 @@ impl Volume {
             self.upload_all("while rewriting metadata under the new key")?;
         }
         Ok(())
+    }
+
+    /// Whether some object of this volume's other than SCOs (TLogs, checkpoints, DTL
+    /// marks) is sealed under an older key, and rewrite those. Then the record forgets
+    /// the older keys. Call once no SCO is under an older key.
+    pub(crate) fn finish_rekey(&self) -> Result<()> {
+        let Some(cur) = self.current_key_id() else {
+            return Ok(());
+        };
+        if !self.metadata_under_old_keys()?.is_empty() {
+            self.rekey_metadata()?;
+        }
+        let store = self.env.store.as_ref();
+        let mut stale_marks = false;
+        for o in store.list(&keys::dtl_mark_prefix(&self.name))? {
+            match store.get_range(&o.key, 0, 16) {
+                Ok(head) if blob_header_key_id(&head) != Some(cur) => stale_marks = true,
+                Ok(_) | Err(Error::ObjectNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if stale_marks {
+            let link = self.dtl.read().clone();
+            super::dtl_link::rewrite_marks(store, &self.name, link.as_deref())?;
+        }
+        crate::crypto::ops::forget_old_keys(store, &self.name, cur)?;
+        self.env.keys.set_rekey_pending(&self.name, false);
+        tracing::info!(volume = %self.name, key_id = %cur, "every object of the volume is under its current key");
+        Ok(())
+    }
+
+    /// One bounded background rekey pass (the scrubber's, after a rotation): SCOs under
+    /// older keys are rewritten, about `max_moved` live clusters' worth; a pass that finds
+    /// none left finishes the rotation (`finish_rekey`). Returns whether it is finished.
+    pub fn rekey_pass(&self, max_moved: u64, pace: &mut dyn FnMut(u64)) -> Result<bool> {
+        let rep = self.scrub_pass(&Goal::rekey(max_moved), pace)?;
+        if rep.stale_key_scos > 0 {
+            tracing::info!(volume = %self.name, stale = rep.stale_key_scos, rewritten = rep.scos_rewritten, "rewriting SCOs under the volume's new key");
+            return Ok(false);
+        }
+        self.finish_rekey()?;
+        Ok(true)
     }
 }

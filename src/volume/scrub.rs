@@ -40,6 +40,8 @@ pub struct ScrubReport {
     pub moved_bytes: u64,
     /// Stored bytes of the deleted SCO objects.
     pub freed_bytes: u64,
+    /// SCOs found sealed under an older key (before this pass rewrote some of them).
+    pub stale_key_scos: u64,
 }
 
 /// Space use of a volume, from the live accounting.
@@ -250,9 +252,8 @@ impl Volume {
             return Err(Error::InvalidArgument(format!("scrub threshold {threshold} must be between 0 and 1")));
         }
         let rep = self.scrub_pass(&Goal::all_below(threshold), &mut |_| {})?;
-        if !self.metadata_under_old_keys()?.is_empty() {
-            self.rekey_metadata()?;
-        }
+        // The pass rewrote every SCO under an older key: the rest of a rotation follows.
+        self.finish_rekey()?;
         Ok(rep)
     }
 
@@ -284,15 +285,24 @@ impl Volume {
         rep.scos_examined = cands.len() as u64;
         let newest = self.state.lock().next_epoch;
         let (dead, mut victims) = scrub_policy::choose(&cands, newest, goal);
-        if goal.free_clusters == u64::MAX {
-            // A full scrub (`logdisk scrub`) also rewrites SCOs sealed under an older
-            // key of an encrypted volume (after a rotation), whatever their live part.
+        if goal.rekey {
+            // SCOs sealed under an older key of an encrypted volume (after a rotation)
+            // are rewritten whatever their live part, as far as the goal's copy bound
+            // allows (the rest: next pass).
             let stale = self.scos_under_old_keys(&objects)?;
+            rep.stale_key_scos = stale.len() as u64;
             let live_of = |n: &u64| cands.iter().find(|c| c.sco == *n).map(|c| c.live).unwrap_or(0);
+            let mut moving: u64 = victims.iter().map(live_of).sum();
             for n in stale {
-                if live_of(&n) > 0 && !victims.contains(&n) && !dead.contains(&n) {
-                    victims.push(n);
+                let l = live_of(&n);
+                if l == 0 || victims.contains(&n) || dead.contains(&n) {
+                    continue;
                 }
+                if !victims.is_empty() && moving + l > goal.max_moved_clusters {
+                    break;
+                }
+                moving += l;
+                victims.push(n);
             }
         }
 
