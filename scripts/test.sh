@@ -66,7 +66,7 @@ if [[ $QUICK = 0 ]]; then
         scripts/fuzz.sh
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh
-    stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
+    stage "guest: logdisk end to end (encrypted volume: no guest text in the store, key needed)" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
     stage "guest: snapshot while writing, clone, snapshot served read-only, scrub" \
         tests/guest/snapshot-e2e.sh --bin target/release/logdisk
     stage "guest: online resize seen without a reboot, resize2fs, kill -9 restart, fresh data dir" \
