@@ -155,8 +155,7 @@ fn rot_in_the_write_buffer_fails_the_read_and_no_bad_byte_reaches_the_guest() {
 fn rot_after_upload_reads_the_object_store_copy() {
     let mut s = Served::new(false);
     let img = image(64, 2);
-    // SCO 1: 4 KiB writes (checksummed as written). SCO 2: one 128 KiB write (no checksum
-    // at write time: the upload reads it back and takes them then).
+    // SCO 1: 4 KiB writes. SCO 2: one 128 KiB write. Both checksummed as written.
     for c in 0..32 {
         s.write(c as u64, cl(&img, c));
     }

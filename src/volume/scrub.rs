@@ -385,7 +385,10 @@ impl Volume {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.local.remove(n).expect("present");
                     st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-                    unlink.push(l.file.path().to_path_buf());
+                    // Reusable only when no read holds the file (a plan keeps it open):
+                    // new writes into it must never reach a read of the old data.
+                    let idle = Arc::strong_count(&l.file) == 1;
+                    unlink.push((l.file.path().to_path_buf(), idle));
                 }
             }
         }
@@ -398,9 +401,12 @@ impl Volume {
             self.space.refresh(st.log_clusters, st.map.mapped());
         }
         self.progress.notify_all();
-        // Unlinking a large file takes a while: never under the volume lock.
-        for p in unlink {
-            let _ = std::fs::remove_file(p);
+        // Unlinking a large file takes a while: never under the volume lock. Dead files
+        // nothing reads are kept for the next SCOs instead (see `spare_sco`).
+        for (p, idle) in unlink {
+            if !(idle && self.spare.offer(&p)) {
+                let _ = std::fs::remove_file(p);
+            }
         }
         // SCO sizes of objects gone earlier (a crashed scrub) are forgotten too.
         {
