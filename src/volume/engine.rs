@@ -187,16 +187,6 @@ pub(crate) struct LocalSco {
     pub linked: bool,
 }
 
-/// Writes up to this size get cluster checksums as they are written (two crc32c passes
-/// over their buffers on the IO path: before the IO, and after it to catch buffers the
-/// guest changed in flight); larger ones would get theirs when the uploader reads the SCO
-/// back. Every write does: the read-back costs more (a second disk read of all data,
-/// uploader CPU on cold memory). Measured 2026-12-04, 1 MiB QD8 overwrites of a 1 GiB
-/// volume (native loadgen, 2 queues, 3 alternating runs, busy 2-core host): 578-583 MB/s
-/// and 544-610 us CPU per IO with write-time checksums, against 351-403 MB/s and
-/// 679-750 us when writes above 64 KiB were read back at upload.
-pub(crate) const CHECKSUM_MAX_WRITE: u64 = u64::MAX;
-
 /// Most evicted SCO files kept open because the object store holds the same inode
 /// (two descriptors each); older ones are read through the object store.
 pub(crate) const LINKED_MAX: usize = 512;
@@ -548,18 +538,20 @@ impl Volume {
         Ok(())
     }
 
-    /// Whether a write of `len` bytes (the whole request) takes cluster checksums: reads
-    /// of local SCO data check them (`super::sco_crcs`), and an upload by hard link combines
-    /// them into frame checksums (`Volume::adopt_sco`); clusters without one (written
-    /// before a restart) get theirs when the uploader reads the SCO back.
-    fn checksum_write(&self, len: u64) -> bool {
-        len <= CHECKSUM_MAX_WRITE
-    }
-
     /// Write whole clusters from `cluster`; `iovs` holds a multiple of the cluster size.
+    ///
+    /// Every write takes cluster checksums as it is written (two crc32c passes over its
+    /// buffers on the IO path: before the IO, and after it to catch buffers the guest
+    /// changed in flight): reads of local SCO data check them (`super::sco_crcs`), and an
+    /// upload by hard link combines them into frame checksums (`Volume::adopt_sco`);
+    /// clusters without one (written before a restart) get theirs when the uploader reads
+    /// the SCO back. Checksumming only writes up to 64 KiB and reading larger ones back at
+    /// upload cost more (a second disk read of the data, uploader CPU on cold memory):
+    /// measured 2026-12-04, 1 MiB QD8 overwrites of a 1 GiB volume (native loadgen, 2
+    /// queues, 3 alternating runs, busy 2-core host): 578-583 MB/s and 544-610 us CPU per
+    /// IO checksumming every write, against 351-403 MB/s and 679-750 us.
     fn write_clusters(&self, cluster: u64, iovs: &[iovec]) -> Result<()> {
         let n = iov::total(iovs) >> self.shift;
-        let checksum = self.checksum_write(n << self.shift);
         let dtl = self.dtl.read().clone();
         let mut done = 0u64;
         let mut sub = Vec::new();
@@ -573,15 +565,11 @@ impl Volume {
                 &sub
             };
             let mut crcs = Vec::new();
-            if checksum {
-                // SAFETY: `piece` points into the caller's buffers, valid for this call.
-                unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
-            }
+            // SAFETY: `piece` points into the caller's buffers, valid for this call.
+            unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
             let io = file.writev_at(piece, (index as u64) << self.shift);
-            if checksum {
-                // SAFETY: as above.
-                unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
-            }
+            // SAFETY: as above.
+            unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
             let ok = io.is_ok();
             if let (Some(l), true) = (&dtl, ok) {
                 // The data goes to the peer before the record that maps it.
@@ -652,9 +640,8 @@ impl Volume {
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.write_bytes.fetch_add(len, Ordering::Relaxed);
-        if self.checksum_write(len) {
-            plan.set_crc_unit(self.cs as usize);
-        }
+        // Checksummed as written (see `write_clusters`).
+        plan.set_crc_unit(self.cs as usize);
         let cluster = offset >> self.shift;
         let mut done = 0u64;
         while done < n {
