@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::{self, CheckpointData};
 use super::cluster_crc;
-use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume, LINKED_MAX};
+use super::engine::Volume;
 use super::sco_file::ScoFile;
+use super::state::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, LINKED_MAX};
 use super::tlog::{self, Record, TlogWriter};
 use crate::backend::keys;
 use crate::backend::sco_object;
@@ -249,7 +250,7 @@ impl Volume {
         // The footer must end the file (a preallocated file may be longer).
         let appended = file.set_len(len + tail.len() as u64).and_then(|()| file.write_durably_at(&tail, len));
         if let Err(e) = appended {
-            if !super::engine::out_of_space(&e) {
+            if !super::write_log::out_of_space(&e) {
                 return Err(e);
             }
             // No room for the footer on a full write-buffer disk: upload a copy instead
@@ -356,7 +357,7 @@ impl Volume {
             }
             Err(e) => return Err(e),
         }
-        let cps = super::recovery::valid_checkpoints(store.as_ref(), &self.meta)?;
+        let cps = super::replay::valid_checkpoints(store.as_ref(), &self.meta)?;
         if cps.len() > 2 {
             let old: Vec<String> = cps[..cps.len() - 2].iter().map(|(_, k)| k.clone()).collect();
             self.delete_objects(&old)?;
@@ -551,7 +552,7 @@ impl UploadSource for Volume {
                 Ok(()) => return true,
                 // Logged by the flush (now and then); uploads of durable epochs go on
                 // meanwhile: they are what frees space on the write buffer's disk.
-                Err(e) if super::engine::out_of_space(&e) => {}
+                Err(e) if super::write_log::out_of_space(&e) => {}
                 Err(e) => {
                     tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
                     return true;

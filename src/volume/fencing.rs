@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use super::dtl_link::{DtlLink, DtlMode};
-use super::engine::{State, Volume};
+use super::engine::Volume;
 use super::meta::VolumeMeta;
+use super::state::State;
 use crate::dtl::ErrorCode;
 use crate::error::{Error, Result};
 

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod cluster_crc;
+pub mod counters;
 pub mod dtl_link;
 pub mod engine;
 pub mod epochs;
@@ -16,20 +17,26 @@ pub mod map;
 pub mod meta;
 pub mod plan;
 pub mod read_cache;
+pub mod read_path;
 pub mod recovery;
 pub mod rekey;
+pub mod replay;
 pub mod sco_crcs;
 pub mod sco_file;
 pub mod scrub;
 pub mod scrub_policy;
 pub mod scrubber;
+pub mod snap_set;
 pub mod snapshots;
 pub mod space;
 pub mod spare_sco;
+pub mod state;
 pub mod sync_set;
 pub mod tlog;
 pub mod tlog_fuzzing;
+pub mod write_log;
 pub mod write_pacer;
+pub mod write_path;
 
 pub use engine::{EngineOptions, Volume, VolumeEnv};
 pub use epochs::CloseReport;

@@ -16,7 +16,7 @@ use super::iov::AlignedBuf;
 use super::location::Location;
 use super::map::ClusterMap;
 use super::scrub_policy::{self, Candidate, Goal};
-use super::snapshots::{Relocation, SnapshotInfo};
+use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
 use crate::error::{Error, IoContext, Result};
