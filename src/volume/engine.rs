@@ -154,7 +154,7 @@ impl Volume {
         let cs = meta.cluster_size as u64;
         let spare = super::spare_sco::SpareSco::new(&dir, (meta.sco_clusters as u64) << cs.trailing_zeros());
         Volume {
-            size: AtomicU64::new(state.map.clusters() << cs.trailing_zeros()),
+            size: AtomicU64::new(state.maps.map.clusters() << cs.trailing_zeros()),
             name: meta.name.clone(),
             owner: env.cache.owner_id(&meta.name),
             cs,
@@ -202,7 +202,7 @@ impl Volume {
             self.check_writable(&st)?;
             let clusters = size >> self.shift;
             self.append_record(&mut st, &Record::Resize { clusters })?;
-            st.map.resize(clusters);
+            st.maps.map.resize(clusters);
             self.size.store(size, Ordering::Release);
         }
         self.flush()?;
@@ -255,22 +255,22 @@ impl Volume {
 
     /// Raw bytes of every sealed SCO, by SCO number.
     pub fn sealed_sco_bytes(&self) -> BTreeMap<u64, u64> {
-        self.state.lock().sco_sizes.iter().map(|(k, v)| (*k, (*v as u64) << self.shift)).collect()
+        self.state.lock().maps.sco_sizes.iter().map(|(k, v)| (*k, (*v as u64) << self.shift)).collect()
     }
 
     pub fn stats(&self) -> VolumeStats {
         let st = self.state.lock();
         VolumeStats {
-            mapped_clusters: st.map.mapped(),
-            wb_bytes: st.wb_bytes,
-            kept_bytes: st.kept_bytes,
-            pending_epochs: st.uploads.len() as u64,
+            mapped_clusters: st.maps.map.mapped(),
+            wb_bytes: st.scos.wb_bytes,
+            kept_bytes: st.scos.kept_bytes,
+            pending_epochs: st.uploads.jobs.len() as u64,
             uploaded_bytes: self.counters.uploaded_bytes.load(Ordering::Relaxed),
             uploaded_stored_bytes: self.counters.uploaded_stored_bytes.load(Ordering::Relaxed),
             upload_frames_read: self.counters.upload_frames_read.load(Ordering::Relaxed),
-            map_memory_bytes: st.map.memory_bytes(),
-            upload_error: st.upload_error.clone(),
-            last_uploaded: st.last_uploaded,
+            map_memory_bytes: st.maps.map.memory_bytes(),
+            upload_error: st.uploads.upload_error.clone(),
+            last_uploaded: st.uploads.last_uploaded,
         }
     }
 }

@@ -11,8 +11,11 @@ use super::checkpoint::{self, CheckpointData};
 use super::cluster_crc;
 use super::engine::Volume;
 use super::sco_file::ScoFile;
-use super::state::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, LINKED_MAX};
+use super::sco_set::{LocalSco, LINKED_MAX};
+use super::state::State;
 use super::tlog::{self, Record, TlogWriter};
+use super::upload_queue::{EpochUpload, JobState};
+use super::write_log::{OpenEpoch, PendingBatch};
 use crate::backend::keys;
 use crate::backend::sco_object;
 use crate::backend::upload_buffers;
@@ -45,7 +48,7 @@ impl Volume {
 
     /// Seal the open epoch (if any) and, when `open_next`, open a new one.
     pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
-        if let Some(mut o) = st.open.take() {
+        if let Some(mut o) = st.log.open.take() {
             let start = o.pending.len();
             Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
             if let Some(l) = &*self.dtl.read() {
@@ -53,13 +56,13 @@ impl Volume {
                 // Fenced: the seal still goes to the local TLog; writes stop.
                 let _ = self.dtl_result_locked(st, r);
             }
-            st.sealing.push(PendingBatch {
+            st.log.sealing.push(PendingBatch {
                 epoch: o.epoch,
                 payload: o.pending,
                 count: o.pending_count + 1,
                 seal: true,
             });
-            st.uploads.insert(
+            st.uploads.jobs.insert(
                 o.epoch,
                 EpochUpload {
                     sco_clusters: o.next_index,
@@ -69,7 +72,7 @@ impl Volume {
                     attempts: 0,
                 },
             );
-            st.sco_sizes.insert(o.epoch, o.next_index);
+            st.maps.sco_sizes.insert(o.epoch, o.next_index);
             if o.next_index < self.meta.sco_clusters {
                 // Sealed early (snapshot, timer, shutdown): give back the preallocated
                 // tail. Every reservation lies below next_index: no IO in flight is cut.
@@ -77,17 +80,18 @@ impl Volume {
                     tracing::warn!(volume = %self.name, epoch = o.epoch, error = %e, "cannot trim a sealed SCO file");
                 }
             }
-            if st.checkpoint_due.is_none()
-                && (st.checkpoint_at_seal || o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every)
+            if st.uploads.checkpoint_due.is_none()
+                && (st.uploads.checkpoint_at_seal
+                    || o.epoch >= st.uploads.last_checkpoint + self.env.opts.checkpoint_every)
             {
-                st.checkpoint_due = Some(st.checkpoint_data(o.epoch));
-                st.checkpoint_at_seal = false;
+                st.uploads.checkpoint_due = Some(st.maps.checkpoint_data(o.epoch));
+                st.uploads.checkpoint_at_seal = false;
             }
         }
         if !open_next {
             return Ok(());
         }
-        let epoch = st.next_epoch;
+        let epoch = st.log.next_epoch;
         let path = self.sco_path(epoch);
         let zeroed = self.spare.take(&path);
         let sco = Arc::new(ScoFile::open(&path, epoch, self.meta.sco_clusters, true, self.env.opts.direct)?);
@@ -95,11 +99,12 @@ impl Volume {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
-        st.next_epoch += 1;
-        st.new_tlogs.push(tlog);
-        st.local
+        st.log.next_epoch += 1;
+        st.log.new_tlogs.push(tlog);
+        st.scos
+            .local
             .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
-        st.open = Some(OpenEpoch {
+        st.log.open = Some(OpenEpoch {
             epoch,
             sco,
             next_index: 0,
@@ -117,7 +122,7 @@ impl Volume {
     pub fn seal(&self) -> Result<()> {
         {
             let mut st = self.state.lock();
-            let has_data = st.open.as_ref().is_some_and(|o| o.has_content());
+            let has_data = st.log.has_content();
             if !has_data {
                 // An empty open epoch stays open; nothing to seal.
                 return Ok(());
@@ -143,19 +148,19 @@ impl Volume {
         };
         // SCOs of durable sealed epochs whose writes have all landed.
         let mut pick = None;
-        for (&e, u) in st.uploads.iter() {
+        for (&e, u) in st.uploads.jobs.iter() {
             if !u.durable {
                 break;
             }
-            if u.sco != JobState::Done && ready(u.sco) && st.local.get(&e).is_none_or(|l| l.inflight == 0) {
+            if u.sco != JobState::Done && ready(u.sco) && st.scos.local.get(&e).is_none_or(|l| l.inflight == 0) {
                 pick = Some(e);
                 break;
             }
         }
-        let first_tlog = st.uploads.iter().next().filter(|(_, u)| u.durable).map(|(e, _)| *e);
+        let first_tlog = st.uploads.jobs.iter().next().filter(|(_, u)| u.durable).map(|(e, _)| *e);
         if let Some(e) = pick {
-            let file = st.local.get(&e).map(|l| l.file.clone());
-            let u = st.uploads.get_mut(&e).unwrap();
+            let file = st.scos.local.get(&e).map(|l| l.file.clone());
+            let u = st.uploads.jobs.get_mut(&e).unwrap();
             u.sco = JobState::Running;
             let clusters = u.sco_clusters;
             match file {
@@ -169,17 +174,17 @@ impl Volume {
         }
         // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded.
         if let Some(e) = first_tlog {
-            let u = st.uploads.get_mut(&e).unwrap();
+            let u = st.uploads.jobs.get_mut(&e).unwrap();
             if u.sco == JobState::Done && ready(u.tlog) {
                 u.tlog = JobState::Running;
                 return Some(Job::Tlog { epoch: e });
             }
         }
-        if !st.checkpoint_running {
-            if let Some(cp) = &st.checkpoint_due {
-                if cp.epoch <= st.last_uploaded {
-                    let cp = st.checkpoint_due.take().unwrap();
-                    st.checkpoint_running = true;
+        if !st.uploads.checkpoint_running {
+            if let Some(cp) = &st.uploads.checkpoint_due {
+                if cp.epoch <= st.uploads.last_uploaded {
+                    let cp = st.uploads.checkpoint_due.take().unwrap();
+                    st.uploads.checkpoint_running = true;
                     return Some(Job::Checkpoint(cp));
                 }
             }
@@ -250,7 +255,7 @@ impl Volume {
         // The footer must end the file (a preallocated file may be longer).
         let appended = file.set_len(len + tail.len() as u64).and_then(|()| file.write_durably_at(&tail, len));
         if let Err(e) = appended {
-            if !super::write_log::out_of_space(&e) {
+            if !super::flush::out_of_space(&e) {
                 return Err(e);
             }
             // No room for the footer on a full write-buffer disk: upload a copy instead
@@ -307,7 +312,7 @@ impl Volume {
                 let key = keys::sco(&self.name, gen, *epoch);
                 let obj_len = match self.adopt_sco(&key, *epoch, file, len)? {
                     Some(n) => {
-                        if let Some(l) = self.state.lock().local.get_mut(epoch) {
+                        if let Some(l) = self.state.lock().scos.local.get_mut(epoch) {
                             l.linked = true;
                         }
                         n
@@ -384,30 +389,30 @@ impl Volume {
         let mut st = self.state.lock();
         match (&job, res) {
             (Job::Sco { epoch, .. }, Ok(())) => {
-                if let Some(u) = st.uploads.get_mut(epoch) {
+                if let Some(u) = st.uploads.jobs.get_mut(epoch) {
                     u.sco = JobState::Done;
                     u.attempts = 0;
                 }
-                st.upload_error = None;
+                st.uploads.upload_error = None;
             }
             (Job::Tlog { epoch }, Ok(())) => {
                 let epoch = *epoch;
-                let u = st.uploads.remove(&epoch);
-                st.last_uploaded = epoch;
-                st.upload_error = None;
+                let u = st.uploads.jobs.remove(&epoch);
+                st.uploads.last_uploaded = epoch;
+                st.uploads.upload_error = None;
                 let bytes = u.map(|u| (u.sco_clusters as u64) << self.shift).unwrap_or(0);
-                if let Some(l) = st.local.get_mut(&epoch) {
+                if let Some(l) = st.scos.local.get_mut(&epoch) {
                     l.uploaded = true;
-                    st.wb_bytes = st.wb_bytes.saturating_sub(bytes);
+                    st.scos.wb_bytes = st.scos.wb_bytes.saturating_sub(bytes);
                     self.pacer.drained(bytes);
-                    st.kept_bytes += bytes;
+                    st.scos.kept_bytes += bytes;
                 }
                 unlink.push(self.tlog_path(epoch));
                 unlink.extend(self.evict_uploaded(&mut st));
             }
             (Job::Checkpoint(cp), Ok(())) => {
-                st.checkpoint_running = false;
-                st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
+                st.uploads.checkpoint_running = false;
+                st.uploads.last_checkpoint = st.uploads.last_checkpoint.max(cp.epoch);
             }
             (_, Err(e)) => {
                 let (epoch, what) = match &job {
@@ -416,13 +421,13 @@ impl Volume {
                     Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
-                st.upload_error = Some(e.to_string());
+                st.uploads.upload_error = Some(e.to_string());
                 if let Job::Checkpoint(cp) = job {
-                    st.checkpoint_running = false;
-                    if st.checkpoint_due.is_none() {
-                        st.checkpoint_due = Some(cp);
+                    st.uploads.checkpoint_running = false;
+                    if st.uploads.checkpoint_due.is_none() {
+                        st.uploads.checkpoint_due = Some(cp);
                     }
-                } else if let Some(u) = st.uploads.get_mut(&epoch) {
+                } else if let Some(u) = st.uploads.jobs.get_mut(&epoch) {
                     u.attempts += 1;
                     let backoff = Duration::from_millis((100u64 << u.attempts.min(8)).min(30_000));
                     // Jitter: up to a quarter of the backoff.
@@ -452,17 +457,17 @@ impl Volume {
     fn evict_uploaded(&self, st: &mut State) -> Vec<std::path::PathBuf> {
         let budget = self.env.opts.wb_limit / 4 * 3;
         let mut files = Vec::new();
-        while st.wb_bytes + st.kept_bytes > budget {
-            let victim = st.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
+        while st.scos.wb_bytes + st.scos.kept_bytes > budget {
+            let victim = st.scos.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
             let Some(e) = victim else { break };
-            let l = st.local.remove(&e).unwrap();
-            st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
+            let l = st.scos.local.remove(&e).unwrap();
+            st.scos.kept_bytes = st.scos.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
             files.push(l.file.path().to_path_buf());
             if l.linked {
                 // Unlinking the write-buffer name frees nothing: the object is this inode.
-                st.linked.insert(e, l.file);
-                while st.linked.len() > LINKED_MAX {
-                    st.linked.pop_first();
+                st.scos.linked.insert(e, l.file);
+                while st.scos.linked.len() > LINKED_MAX {
+                    st.scos.linked.pop_first();
                 }
             }
         }
@@ -478,14 +483,15 @@ impl Volume {
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while !st.uploads.is_empty() && Instant::now() < deadline && st.failed.is_none() && !self.uploads_paused() {
+        while !st.uploads.jobs.is_empty() && Instant::now() < deadline && st.failed.is_none() && !self.uploads_paused()
+        {
             self.progress.wait_for(&mut st, Duration::from_millis(200));
         }
-        let drained = st.uploads.is_empty();
-        let pending_bytes = st.wb_bytes;
-        let final_cp = if drained && st.last_uploaded > st.last_checkpoint {
-            st.checkpoint_due = None;
-            Some(st.checkpoint_data(st.last_uploaded))
+        let drained = st.uploads.jobs.is_empty();
+        let pending_bytes = st.scos.wb_bytes;
+        let final_cp = if drained && st.uploads.last_uploaded > st.uploads.last_checkpoint {
+            st.uploads.checkpoint_due = None;
+            Some(st.maps.checkpoint_data(st.uploads.last_uploaded))
         } else {
             None
         };
@@ -493,7 +499,7 @@ impl Volume {
         drop(st);
         if let Some(cp) = final_cp {
             self.write_checkpoint(&cp)?;
-            self.state.lock().last_checkpoint = cp.epoch;
+            self.state.lock().uploads.last_checkpoint = cp.epoch;
         }
         if drained {
             tracing::info!(volume = %self.name, "closed: every write is in the object store");
@@ -513,15 +519,15 @@ impl Volume {
     /// message.
     pub fn upload_all(&self, why: &str) -> Result<()> {
         // Every epoch up to this one is sealed once `seal` returns.
-        let through = self.state.lock().next_epoch.saturating_sub(1);
+        let through = self.state.lock().log.next_epoch.saturating_sub(1);
         self.seal()?;
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while st.uploads.range(..=through).next().is_some() && Instant::now() < deadline {
+        while st.uploads.jobs.range(..=through).next().is_some() && Instant::now() < deadline {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
-        if st.uploads.range(..=through).next().is_none() {
+        if st.uploads.jobs.range(..=through).next().is_none() {
             return Ok(());
         }
         drop(st);
@@ -536,23 +542,23 @@ impl Volume {
         let deadline = Instant::now() + timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while !st.uploads.is_empty() && Instant::now() < deadline {
+        while !st.uploads.jobs.is_empty() && Instant::now() < deadline {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
-        st.uploads.is_empty()
+        st.uploads.jobs.is_empty()
     }
 }
 
 impl UploadSource for Volume {
     fn run_one_job(&self) -> bool {
         // Seals waiting to be made durable (rolled by writers) come first.
-        let sealing = { !self.state.lock().sealing.is_empty() };
+        let sealing = { !self.state.lock().log.sealing.is_empty() };
         if sealing {
             match self.flush() {
                 Ok(()) => return true,
                 // Logged by the flush (now and then); uploads of durable epochs go on
                 // meanwhile: they are what frees space on the write buffer's disk.
-                Err(e) if super::write_log::out_of_space(&e) => {}
+                Err(e) if super::flush::out_of_space(&e) => {}
                 Err(e) => {
                     tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
                     return true;
@@ -575,7 +581,7 @@ impl UploadSource for Volume {
 
     fn tick(&self) {
         if let Some(l) = self.dtl.read().clone() {
-            let last_uploaded = self.state.lock().last_uploaded;
+            let last_uploaded = self.state.lock().uploads.last_uploaded;
             l.tick(self.env.store.as_ref(), last_uploaded);
         }
         let Some(after) = self.env.opts.seal_after else { return };
@@ -583,7 +589,7 @@ impl UploadSource for Volume {
             let st = self.state.lock();
             !st.closed
                 && st.failed.is_none()
-                && st.open.as_ref().is_some_and(|o| o.has_content() && o.opened_at.elapsed() >= after)
+                && st.log.open.as_ref().is_some_and(|o| o.has_content() && o.opened_at.elapsed() >= after)
         };
         if due {
             if let Err(e) = self.seal() {

@@ -115,11 +115,11 @@ impl Volume {
     /// Resolve clusters from `first` (up to `last`) to one source run.
     fn resolve_run(&self, first: u64, last: u64) -> (Source, u64) {
         let st = self.state.lock();
-        let (layer, e0) = st.lookup(first);
+        let (layer, e0) = st.maps.lookup(first);
         let mut run = 1u64;
         match Location::unpack(e0) {
             None => {
-                while first + run <= last && Location::unpack(st.lookup(first + run).1).is_none() {
+                while first + run <= last && Location::unpack(st.maps.lookup(first + run).1).is_none() {
                     run += 1;
                 }
                 (Source::Zero, run)
@@ -127,14 +127,14 @@ impl Volume {
             Some(loc) => {
                 while first + run <= last
                     && run < 1 << 20
-                    && st.lookup(first + run) == (layer, loc.advance(run as u32).pack())
+                    && st.maps.lookup(first + run) == (layer, loc.advance(run as u32).pack())
                 {
                     run += 1;
                 }
                 if layer > 0 {
-                    return (Source::Remote(Some(st.layers[layer - 1].clone()), loc), run);
+                    return (Source::Remote(Some(st.maps.layers[layer - 1].clone()), loc), run);
                 }
-                match st.local.get(&loc.sco).map(|l| &l.file).or_else(|| st.linked.get(&loc.sco)) {
+                match st.scos.file(loc.sco) {
                     Some(f) => (Source::Local(f.clone(), loc), run),
                     None => (Source::Remote(None, loc), run),
                 }
@@ -223,6 +223,6 @@ impl Volume {
         let st = self.state.lock();
         let first = offset >> self.shift;
         let last = (offset + len - 1) >> self.shift;
-        (first..=last).all(|c| Location::unpack(st.lookup(c).1).is_none())
+        (first..=last).all(|c| Location::unpack(st.maps.lookup(c).1).is_none())
     }
 }

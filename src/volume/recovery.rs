@@ -15,8 +15,10 @@ use super::meta::VolumeMeta;
 pub(crate) use super::replay::uploaded_upto;
 use super::replay::{load_checkpoint, store_objects};
 use super::sco_file::ScoFile;
-use super::state::{EpochUpload, JobState, LocalSco, State};
+use super::sco_set::LocalSco;
+use super::state::State;
 use super::tlog::{self, Record, TlogWriter};
+use super::upload_queue::{EpochUpload, JobState};
 use crate::backend::keys;
 use crate::backend::uploader::UploadSource;
 use crate::error::{Error, IoContext, Result};
@@ -107,12 +109,12 @@ impl Volume {
         // Seal epochs a crash left open, then queue everything not yet uploaded.
         let layers = load_layers(env.store.as_ref(), &env.cache, &meta)?;
         let mut state = State::empty(clusters, max_epoch + 1);
-        state.map = replay.map;
-        state.snaps = replay.snaps;
-        state.sco_sizes = replay.sco_sizes;
-        state.layers = layers;
-        state.last_checkpoint = cp_epoch;
-        state.last_uploaded = last_uploaded;
+        state.maps.map = replay.map;
+        state.maps.snaps = replay.snaps;
+        state.maps.sco_sizes = replay.sco_sizes;
+        state.maps.layers = layers;
+        state.uploads.last_checkpoint = cp_epoch;
+        state.uploads.last_uploaded = last_uploaded;
         let cs = meta.cluster_size as u64;
         for &e in &local_scos {
             let path = dir.join("sco").join(format!("{e:016x}"));
@@ -121,7 +123,7 @@ impl Volume {
             // A preallocated SCO file is longer than its data: a sealed SCO's size is in
             // its seal record; an unsealed one's is what its durable records reference.
             let unsealed = unsealed_local.iter().find(|u| u.0 == e).map(|u| u.3);
-            let known = state.sco_sizes.get(&e).copied().or(unsealed);
+            let known = state.maps.sco_sizes.get(&e).copied().or(unsealed);
             let clusters = known.map_or((len / cs) as u32, |k| k.min((len / cs) as u32));
             if unsealed.is_some() && len > clusters as u64 * cs {
                 file.set_len(clusters as u64 * cs)?;
@@ -134,11 +136,11 @@ impl Volume {
                 continue;
             }
             if uploaded {
-                state.kept_bytes += clusters as u64 * cs;
+                state.scos.kept_bytes += clusters as u64 * cs;
             } else {
-                state.wb_bytes += clusters as u64 * cs;
+                state.scos.wb_bytes += clusters as u64 * cs;
             }
-            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
+            state.scos.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
         }
         for (e, valid_len, batches, _) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
@@ -148,8 +150,8 @@ impl Volume {
                 .open(&path)
                 .ctx(|| format!("cannot open {}", path.display()))?;
             f.set_len(valid_len).ctx(|| format!("cannot truncate {}", path.display()))?;
-            let clusters = state.local.get(&e).map(|l| l.clusters).unwrap_or(0);
-            state.sco_sizes.insert(e, clusters);
+            let clusters = state.scos.local.get(&e).map(|l| l.clusters).unwrap_or(0);
+            state.maps.sco_sizes.insert(e, clusters);
             let mut w = TlogWriter::new(f, e, valid_len, batches);
             let mut payload = Vec::new();
             Record::Seal { sco: e, clusters }.encode(&mut payload);
@@ -158,11 +160,11 @@ impl Volume {
         }
         for &e in local_tlogs.iter().filter(|e| !remote_tlogs.contains_key(e) && **e > cp_epoch) {
             // Replay (or the re-seal above) recorded every local epoch's SCO size.
-            let clusters = *state.sco_sizes.get(&e).ok_or_else(|| Error::Corrupt {
+            let clusters = *state.maps.sco_sizes.get(&e).ok_or_else(|| Error::Corrupt {
                 key: dir.join("tlog").join(format!("{e:016x}")).display().to_string(),
                 detail: "local TLog was not replayed".into(),
             })?;
-            state.uploads.insert(
+            state.uploads.jobs.insert(
                 e,
                 EpochUpload {
                     sco_clusters: clusters,
@@ -173,13 +175,13 @@ impl Volume {
                 },
             );
         }
-        state.log_clusters = state.sco_sizes.values().map(|&n| n as u64).sum();
+        state.scos.log_clusters = state.maps.sco_sizes.values().map(|&n| n as u64).sum();
         tracing::info!(
             volume = %name,
             checkpoint = cp_epoch,
             replayed_tlogs = replayed,
-            pending_uploads = state.uploads.len(),
-            mapped_clusters = state.map.mapped(),
+            pending_uploads = state.uploads.jobs.len(),
+            mapped_clusters = state.maps.map.mapped(),
             "volume opened"
         );
         let vol = Arc::new(Volume::new_internal(meta, dir, env.clone(), read_only, state));

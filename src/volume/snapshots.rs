@@ -31,15 +31,15 @@ impl Volume {
         let info = {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            if st.snaps.by_name(name).is_some() {
+            if st.maps.snaps.by_name(name).is_some() {
                 return Err(Error::InvalidArgument(format!("snapshot {}@{name} already exists", self.name)));
             }
-            let id = st.snaps.next_id.max(1);
+            let id = st.maps.snaps.next_id.max(1);
             let created = now_secs();
             self.append_record(&mut st, &Record::Snapshot { id, created, name: tname })?;
-            let epoch = st.open.as_ref().expect("open epoch").epoch;
-            let map = st.map.clone();
-            st.snaps.insert(Snapshot { id, name: name.to_string(), created, epoch, map });
+            let epoch = st.log.open.as_ref().expect("open epoch").epoch;
+            let map = st.maps.map.clone();
+            st.maps.snaps.insert(Snapshot { id, name: name.to_string(), created, epoch, map });
             self.roll(&mut st, false)?;
             SnapshotInfo { name: name.to_string(), id, created, epoch, exclusive_bytes: 0 }
         };
@@ -51,13 +51,13 @@ impl Volume {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        self.state.lock().snaps.list.values().map(Snapshot::info).collect()
+        self.state.lock().maps.snaps.list.values().map(Snapshot::info).collect()
     }
 
     /// The frozen map of snapshot `name`.
     pub fn snapshot_map(&self, name: &str) -> Result<ClusterMap> {
         let st = self.state.lock();
-        st.snaps.by_name(name).map(|s| s.map.clone()).ok_or_else(|| self.no_snapshot(name))
+        st.maps.snaps.by_name(name).map(|s| s.map.clone()).ok_or_else(|| self.no_snapshot(name))
     }
 
     fn no_snapshot(&self, name: &str) -> Error {
@@ -70,9 +70,9 @@ impl Volume {
         {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            let id = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?.id;
+            let id = st.maps.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?.id;
             self.append_record(&mut st, &Record::SnapDelete { id })?;
-            st.snaps.list.remove(&id);
+            st.maps.snaps.list.remove(&id);
         }
         self.flush()?;
         tracing::info!(volume = %self.name, snapshot = name, "snapshot deleted");
@@ -85,12 +85,12 @@ impl Volume {
         {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            let s = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
+            let s = st.maps.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
             let (id, mut map) = (s.id, s.map.clone());
             self.append_record(&mut st, &Record::Rollback { id })?;
             // The volume keeps its size; the snapshot's content is what fits.
-            map.resize(st.map.clusters());
-            st.map = map;
+            map.resize(st.maps.map.clusters());
+            st.maps.map = map;
         }
         self.flush()?;
         tracing::info!(volume = %self.name, snapshot = name, "rolled back");
@@ -105,7 +105,7 @@ impl Volume {
         // A snapshot keeps the size the volume had when it was taken.
         let clusters = layers[0].map.clusters();
         let mut st = State::empty(clusters, 1);
-        st.layers = layers;
+        st.maps.layers = layers;
         let mut vmeta = meta;
         vmeta.size = clusters * vmeta.cluster_size as u64;
         vmeta.name = label.to_string();
@@ -117,13 +117,13 @@ impl Volume {
 
     /// The parent chain this volume reads through (nearest first).
     pub fn parent_volumes(&self) -> Vec<String> {
-        self.state.lock().layers.iter().map(|l| l.volume.clone()).collect()
+        self.state.lock().maps.layers.iter().map(|l| l.volume.clone()).collect()
     }
 
     /// Apply a scrub of `volume` to this volume's layers of it.
     pub(crate) fn relocate_layers(&self, volume: &str, reloc: &Relocation) {
         let mut st = self.state.lock();
-        for l in st.layers.iter_mut() {
+        for l in st.maps.layers.iter_mut() {
             if l.volume == volume {
                 *l = Arc::new(l.relocated(reloc));
             }
@@ -136,7 +136,7 @@ impl Volume {
     pub fn flatten(&self) -> Result<u64> {
         {
             let st = self.state.lock();
-            if !st.snaps.list.is_empty() {
+            if !st.maps.snaps.list.is_empty() {
                 return Err(Error::InvalidArgument(format!(
                     "volume {} has snapshots, which read through to its parent too: delete them before flattening",
                     self.name
@@ -153,7 +153,7 @@ impl Volume {
             let (start, n) = {
                 let st = self.state.lock();
                 let inherited = |c: u64| {
-                    let (layer, e) = st.lookup(c);
+                    let (layer, e) = st.maps.lookup(c);
                     layer > 0 && Location::unpack(e).is_some()
                 };
                 while c < clusters && !inherited(c) {
@@ -175,7 +175,7 @@ impl Volume {
         }
         self.flush()?;
         self.upload_all("after flattening")?;
-        self.state.lock().layers.clear();
+        self.state.lock().maps.layers.clear();
         tracing::info!(volume = %self.name, copied, "flattened");
         Ok(copied)
     }
@@ -187,17 +187,17 @@ impl Volume {
             let first = cluster + done as u64;
             let mut i = 0u32;
             while i < take {
-                if st.map.get(first + i as u64) != UNMAPPED {
+                if st.maps.map.get(first + i as u64) != UNMAPPED {
                     i += 1;
                     continue;
                 }
                 let start = i;
-                while i < take && st.map.get(first + i as u64) == UNMAPPED {
+                while i < take && st.maps.map.get(first + i as u64) == UNMAPPED {
                     i += 1;
                 }
                 let run = loc.advance(start);
                 for k in 0..i - start {
-                    st.map.set(first + (start + k) as u64, run.advance(k).pack());
+                    st.maps.map.set(first + (start + k) as u64, run.advance(k).pack());
                 }
                 self.append_record(st, &Record::Write { cluster: first + start as u64, count: i - start, loc: run })?;
             }

@@ -1,257 +1,112 @@
-//! The write log's durability: flush (group commit: SCO data synced, then the TLog
-//! records that map it written and synced), logging completed writes without a sync, and
-//! retrying TLog batches a full file system refused.
+//! The write log: the open epoch (its SCO and the TLog records not yet written), epochs
+//! sealed but not yet in their TLog, the SCOs written since the last flush, and what
+//! flushes own (the open TLog writers, their sync ring). The flush itself (group commit)
+//! is `super::flush`; rolling to a new epoch is `super::epochs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::io::RawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::dtl_link::DtlMode;
-use super::engine::Volume;
 use super::sco_file::ScoFile;
-use super::state::PendingBatch;
 use super::sync_set::SyncSet;
-use super::tlog::TlogWriter;
-use crate::error::{Error, Result};
+use super::tlog::{Record, TlogWriter};
+
+/// The write log's part of the volume state (under the volume lock).
+pub(crate) struct WriteLog {
+    pub open: Option<OpenEpoch>,
+    pub next_epoch: u64,
+    /// SCOs written since the last flush (synced by it before their records).
+    pub dirty: BTreeSet<u64>,
+    /// Records of sealed epochs, in order, for the next flush.
+    pub sealing: Vec<PendingBatch>,
+    /// TLog writers of epochs opened since the last flush (handed to the flush side).
+    pub new_tlogs: Vec<TlogWriter>,
+    /// Since when TLog writes find the write buffer's file system full (cleared by the
+    /// next flush that gets its records written).
+    pub log_full_since: Option<Instant>,
+}
+
+impl WriteLog {
+    pub fn new(next_epoch: u64) -> WriteLog {
+        WriteLog {
+            open: None,
+            next_epoch,
+            dirty: BTreeSet::new(),
+            sealing: Vec::new(),
+            new_tlogs: Vec::new(),
+            log_full_since: None,
+        }
+    }
+
+    /// The open epoch holds data or records (see [`OpenEpoch::has_content`]).
+    pub fn has_content(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| o.has_content())
+    }
+
+    /// Encode `rec` into the open epoch's pending batch; returns the epoch and the
+    /// encoded bytes (for a DTL peer). The caller has opened an epoch.
+    pub fn append(&mut self, rec: &Record) -> (u64, &[u8]) {
+        let o = self.open.as_mut().expect("open epoch");
+        let start = o.pending.len();
+        rec.encode(&mut o.pending);
+        o.pending_count += 1;
+        o.records += 1;
+        (o.epoch, &o.pending[start..])
+    }
+}
+
+pub(crate) struct OpenEpoch {
+    pub epoch: u64,
+    pub sco: Arc<ScoFile>,
+    pub next_index: u32,
+    pub pending: Vec<u8>,
+    pub pending_count: u32,
+    /// Records the epoch got in all (pending or already in its TLog).
+    pub records: u64,
+    pub opened_at: Instant,
+    /// The SCO file was zero-filled ahead (flushes change no file metadata).
+    pub zeroed: bool,
+    /// Flushes since the epoch opened.
+    pub flushes: u32,
+}
+
+/// A volume whose flushes each cover less than this much written data on average (over
+/// at least [`FLUSHY_MIN`] flushes) writes into zero-filled SCO files.
+const FLUSHY_BYTES: u64 = 256 << 10;
+const FLUSHY_MIN: u32 = 32;
+
+impl OpenEpoch {
+    /// The epoch holds data or records, even if they are all in its TLog already (flushed,
+    /// or logged as completed): sealing it and uploading its TLog is what puts them in the
+    /// object store. (An epoch opened by a roll can hold only the records of writes that
+    /// reserved space in the previous SCO, or of discards.)
+    pub fn has_content(&self) -> bool {
+        self.next_index > 0 || self.records > 0
+    }
+
+    /// This epoch's flushes each covered little data: later SCOs should be zero-filled.
+    pub(crate) fn flush_heavy(&self, shift: u32) -> bool {
+        self.flushes >= FLUSHY_MIN && ((self.next_index as u64) << shift) < self.flushes as u64 * FLUSHY_BYTES
+    }
+}
+
+/// Encoded TLog records waiting to be written by the next flush.
+pub(crate) struct PendingBatch {
+    pub epoch: u64,
+    pub payload: Vec<u8>,
+    pub count: u32,
+    pub seal: bool,
+}
 
 /// What flushes own, one flush at a time: the open TLog writers and the ring their syncs go on.
 #[derive(Default)]
 pub(crate) struct FlushSide {
     pub(crate) tlogs: BTreeMap<u64, TlogWriter>,
-    syncs: SyncSet,
-    /// Epochs whose TLog got batches from [`Volume::log_completed`] since the last flush
+    pub(crate) syncs: SyncSet,
+    /// Epochs whose TLog got batches from `Volume::log_completed` since the last flush
     /// (synced by the next flush), and which of them were sealed.
-    unsynced: BTreeSet<u64>,
-    unsynced_sealed: Vec<u64>,
+    pub(crate) unsynced: BTreeSet<u64>,
+    pub(crate) unsynced_sealed: Vec<u64>,
     /// The open epoch's records on their way to its TLog (reused: no allocation).
-    logging: Vec<u8>,
-}
-
-impl Volume {
-    // ----- flush -----
-
-    /// Make every write completed before this call durable: fdatasync the SCO data, then
-    /// write the TLog records that map it (group commit) and fdatasync them.
-    pub fn flush(&self) -> Result<()> {
-        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-        self.flush_inner(true)
-    }
-
-    /// Write the TLog records of every completed write to the TLog now, without any sync:
-    /// a write completed to a guest then survives a crash or `kill -9` of the daemon
-    /// process (not a power loss: that still takes a flush). A restarted daemon serving a
-    /// reconnected, still running guest must not lose a write the guest saw completed.
-    /// Cheap when nothing is pending.
-    pub fn log_completed(&self) -> Result<()> {
-        let mut side = self.flush_side.lock();
-        let (epoch, count) = {
-            let mut st = self.state.lock();
-            if !st.sealing.is_empty() || !st.new_tlogs.is_empty() {
-                // An epoch rolled (rare): the general path, in order.
-                drop(st);
-                drop(side);
-                return self.flush_inner(false);
-            }
-            let Some(o) = st.open.as_mut().filter(|o| o.pending_count > 0) else { return Ok(()) };
-            // The hot path: the open epoch's records, copied into a reused buffer.
-            side.logging.clear();
-            side.logging.extend_from_slice(&o.pending);
-            o.pending.clear();
-            (o.epoch, std::mem::take(&mut o.pending_count))
-        };
-        let FlushSide { tlogs, unsynced, logging, .. } = &mut *side;
-        let w = tlogs.get_mut(&epoch).ok_or_else(|| {
-            Error::io(format!("TLog {epoch} is not open"), std::io::Error::other("missing TLog writer"))
-        })?;
-        if let Err(e) = w.write_batch(logging, count) {
-            if out_of_space(&e) {
-                // The next flush writes these records (it reports the failure if space
-                // is still short); the completed writes are not lost.
-                let batch = PendingBatch { epoch, payload: logging.clone(), count, seal: false };
-                self.requeue(std::iter::once(batch), &e);
-                return Err(self.log_space_error(&e));
-            }
-            tracing::error!(volume = %self.name, error = %e, "writing the TLog failed: the volume stops accepting writes");
-            self.state.lock().failed = Some(e.to_string());
-            return Err(e);
-        }
-        unsynced.insert(epoch);
-        Ok(())
-    }
-
-    /// Put TLog batches a full file system refused back in front of the newer ones, for
-    /// the next flush (the caller holds the flush side); log the failure now and then.
-    fn requeue(&self, batches: impl Iterator<Item = PendingBatch>, e: &Error) {
-        let mut st = self.state.lock();
-        st.log_full_since.get_or_insert_with(Instant::now);
-        let mut front: Vec<PendingBatch> = batches.collect();
-        front.append(&mut st.sealing);
-        st.sealing = front;
-        drop(st);
-        let n = self.counters.flush_no_space.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            tracing::error!(volume = %self.name, failures = n, error = %e, "no space left for the TLog on the write buffer's file system: flushes fail until space is freed (nothing acknowledged is lost)");
-        }
-    }
-
-    pub(crate) fn log_space_error(&self, e: &Error) -> Error {
-        Error::NoSpace { volume: self.name.clone(), detail: format!("the write buffer's file system is full: {e}") }
-    }
-
-    fn flush_inner(&self, sync: bool) -> Result<()> {
-        let mut side = self.flush_side.lock();
-        let (dirty, batches, new_tlogs, flush_heavy) = {
-            let mut st = self.state.lock();
-            if let Some(f) = &st.failed {
-                return Err(Error::io(
-                    format!("volume {} stopped after a local IO error", self.name),
-                    std::io::Error::other(f.clone()),
-                ));
-            }
-            let dirty: Vec<Arc<ScoFile>> = if sync {
-                std::mem::take(&mut st.dirty)
-                    .into_iter()
-                    .filter_map(|n| st.local.get(&n).map(|l| l.file.clone()))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let mut batches = std::mem::take(&mut st.sealing);
-            if let Some(o) = st.open.as_mut() {
-                if o.pending_count > 0 {
-                    batches.push(PendingBatch {
-                        epoch: o.epoch,
-                        payload: std::mem::replace(&mut o.pending, Vec::with_capacity(4096)),
-                        count: std::mem::take(&mut o.pending_count),
-                        seal: false,
-                    });
-                }
-            }
-            let flush_heavy = sync
-                && st.open.as_mut().is_some_and(|o| {
-                    o.flushes = o.flushes.saturating_add(1);
-                    o.flush_heavy(self.shift)
-                });
-            (dirty, batches, std::mem::take(&mut st.new_tlogs), flush_heavy)
-        };
-        if flush_heavy {
-            self.spare.prepare();
-        }
-        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, .. } = &mut *side;
-        for t in new_tlogs {
-            tlogs.insert(t.epoch(), t);
-        }
-        // Set when the file system ran out of space writing batch `i` (and those after).
-        let mut unwritten_from = None;
-        let result = (|| -> Result<Vec<u64>> {
-            // The SCO data first: a TLog record must never reach the disk before the data
-            // it maps. (Writing the records with O_DIRECT and letting the SCOs' fdatasync
-            // flush both let a power loss between the two leave records pointing at data
-            // that never got there: the cluster read zeroes instead of its older, flushed
-            // content; found by tests/guest/powerloss-e2e.sh.)
-            let sco_fds: Vec<RawFd> = dirty.iter().map(|f| f.buffered_fd()).collect();
-            syncs
-                .sync_all(&sco_fds)
-                .map_err(|(i, e)| Error::io(format!("cannot sync {}", dirty[i].path().display()), e))?;
-            let mut touched = BTreeSet::new();
-            let mut sealed = Vec::new();
-            if sync {
-                touched.append(unsynced);
-                sealed.append(unsynced_sealed);
-            }
-            for (i, b) in batches.iter().enumerate() {
-                let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
-                    Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
-                })?;
-                if let Err(e) = w.write_batch(&b.payload, b.count) {
-                    if out_of_space(&e) {
-                        // Nothing is lost: the batches written so far are synced by the
-                        // next flush, the others are written by it (see `requeue`).
-                        unsynced.append(&mut touched);
-                        unsynced_sealed.append(&mut sealed);
-                        unwritten_from = Some(i);
-                    }
-                    return Err(e);
-                }
-                touched.insert(b.epoch);
-                if b.seal {
-                    sealed.push(b.epoch);
-                }
-            }
-            if !sync {
-                // Records of completed writes logged for a restart (no sync): their data
-                // went before them (the writes completed); the next flush syncs both.
-                unsynced.append(&mut touched);
-                unsynced_sealed.append(&mut sealed);
-                return Ok(Vec::new());
-            }
-            // Then the records, made durable by their own fdatasync (a device flush even
-            // when they went with O_DIRECT).
-            let fds: Vec<RawFd> = touched.iter().map(|e| tlogs[e].raw_fd()).collect();
-            syncs
-                .sync_all(&fds)
-                .map_err(|(_, e)| Error::io(format!("cannot sync the TLog of epoch(s) {touched:?}"), e))?;
-            for e in &touched {
-                if let Some(w) = tlogs.get_mut(e) {
-                    w.synced();
-                }
-            }
-            for e in &sealed {
-                if let Some(mut w) = tlogs.remove(e) {
-                    w.finish();
-                }
-            }
-            Ok(sealed)
-        })();
-        if let (Some(i), Err(e)) = (unwritten_from, &result) {
-            // Out of space: a retryable failure (the SCO data is synced, the records are
-            // in memory). Still under the flush side, so no later flush writes newer
-            // records first.
-            self.requeue(batches.into_iter().skip(i), e);
-            drop(side);
-            return Err(self.log_space_error(e));
-        }
-        if let Err(e) = &result {
-            // Marked failed before another flush can take the flush side: that flush
-            // would find the dirty SCOs already taken (and their fdatasync error already
-            // reported, to this flush only) and complete OK over writes that are not on
-            // disk. Found by tests/guest/flakey-e2e.sh (acknowledged writes read zeroes).
-            tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");
-            self.state.lock().failed = Some(e.to_string());
-        }
-        drop(side);
-        let sealed = result?;
-        if sync || !sealed.is_empty() {
-            let mut st = self.state.lock();
-            if sync {
-                // The TLog took every record: its file system has room again.
-                st.log_full_since = None;
-            }
-            for e in &sealed {
-                if let Some(u) = st.uploads.get_mut(e) {
-                    u.durable = true;
-                }
-            }
-        }
-        if !sealed.is_empty() {
-            self.env.uploader.notify();
-        }
-        if !sync {
-            return Ok(());
-        }
-        // Flushed data is on two hosts: the DTL holds every write before this flush.
-        self.dtl_wait(self.dtl.read().clone().as_deref(), DtlMode::Async)
-    }
-}
-
-/// Whether `e` is the file system running out of space (or quota) while writing: the
-/// write had no effect worth keeping and can be retried once space is freed.
-pub(crate) fn out_of_space(e: &Error) -> bool {
-    match e {
-        Error::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
-        Error::NoSpace { .. } => true,
-        _ => false,
-    }
+    pub(crate) logging: Vec<u8>,
 }

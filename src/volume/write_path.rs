@@ -137,7 +137,7 @@ impl Volume {
         ok: bool,
         crcs: &[u64],
     ) -> Result<()> {
-        if let Some(l) = st.local.get_mut(&sco) {
+        if let Some(l) = st.scos.local.get_mut(&sco) {
             l.inflight -= 1;
             if ok && crcs.len() == take as usize {
                 l.file.crcs.store(index, crcs);
@@ -151,9 +151,9 @@ impl Volume {
         }
         let loc = Location::new(sco, index);
         for i in 0..take as u64 {
-            st.map.set(cluster + i, loc.advance(i as u32).pack());
+            st.maps.map.set(cluster + i, loc.advance(i as u32).pack());
         }
-        st.dirty.insert(sco);
+        st.log.dirty.insert(sco);
         self.append_record(st, &Record::Write { cluster, count: take, loc })
     }
 
@@ -228,12 +228,12 @@ impl Volume {
             // Waiting for space is the caller's (`wait_for_space`, before it holds any
             // reservation: an upload, and so scrub, waits for every reservation of an
             // SCO to finish); here a write only fails when nothing can be freed.
-            if let Admit::Fail(why) = self.space.admit(st.log_clusters, st.map.mapped()) {
+            if let Admit::Fail(why) = self.space.admit(st.scos.log_clusters, st.maps.map.mapped()) {
                 return Err(Error::NoSpace { volume: self.name.clone(), detail: why });
             }
         }
         if guest && self.env.opts.pace_writes {
-            let pause = self.pacer.pause(want << self.shift, st.wb_bytes, self.env.opts.wb_limit);
+            let pause = self.pacer.pause(want << self.shift, st.scos.wb_bytes, self.env.opts.wb_limit);
             if !pause.is_zero() {
                 self.counters.paced.fetch_add(1, Ordering::Relaxed);
                 self.counters.paced_us.fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
@@ -242,7 +242,7 @@ impl Volume {
             }
         }
         let mut throttled = None;
-        while st.wb_bytes >= self.env.opts.wb_limit {
+        while st.scos.wb_bytes >= self.env.opts.wb_limit {
             if throttled.is_none() {
                 throttled = Some(Instant::now());
                 self.counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +251,7 @@ impl Volume {
             self.env.uploader.notify();
             self.progress.wait_for(&mut st, Duration::from_millis(100));
             self.check_writable(&st)?;
-            if st.log_full_since.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
+            if st.log.log_full_since.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
                 // Uploads that would make room cannot finish while the TLog cannot be
                 // written: fail the write rather than hold the guest's request (at most
                 // LOG_FULL_WAIT, counted from the first TLog write refused).
@@ -265,7 +265,7 @@ impl Volume {
             tracing::debug!(volume = %self.name, waited_ms = t.elapsed().as_millis() as u64, "write buffer throttle released");
         }
         let sco_clusters = self.meta.sco_clusters;
-        let full = match &st.open {
+        let full = match &st.log.open {
             // A flush-heavy volume moves to the zero-filled spare as soon as it is ready.
             Some(o) => {
                 o.next_index >= sco_clusters
@@ -274,31 +274,31 @@ impl Volume {
             None => true,
         };
         if full {
-            if st.open.is_some() {
+            if st.log.open.is_some() {
                 // The uploader makes the seal durable (a flush) in the background.
                 self.env.uploader.notify();
             }
             self.roll(&mut st, true)?;
         }
-        let o = st.open.as_mut().expect("open epoch");
+        let o = st.log.open.as_mut().expect("open epoch");
         let take = (sco_clusters - o.next_index).min(want.min(u32::MAX as u64) as u32);
         let index = o.next_index;
         o.next_index += take;
         let file = o.sco.clone();
         let epoch = o.epoch;
-        let l = st.local.get_mut(&epoch).expect("local SCO of open epoch");
+        let l = st.scos.local.get_mut(&epoch).expect("local SCO of open epoch");
         l.inflight += 1;
         l.clusters = index + take;
-        st.wb_bytes += (take as u64) << self.shift;
-        st.log_clusters += take as u64;
-        self.space.refresh(st.log_clusters, st.map.mapped());
+        st.scos.wb_bytes += (take as u64) << self.shift;
+        st.scos.log_clusters += take as u64;
+        self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         Ok((file, index, take))
     }
 
     /// Recompute whether writes must wait (after the limits changed) and wake waiters.
     pub(crate) fn refresh_space(&self) {
         let st = self.state.lock();
-        self.space.refresh(st.log_clusters, st.map.mapped());
+        self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         drop(st);
         self.progress.notify_all();
     }
@@ -327,8 +327,8 @@ impl Volume {
         let timeout = self.env.opts.space_wait;
         self.space.set_waiting(true);
         let res = loop {
-            let admit = self.space.admit(st.log_clusters, st.map.mapped());
-            self.space.refresh(st.log_clusters, st.map.mapped());
+            let admit = self.space.admit(st.scos.log_clusters, st.maps.map.mapped());
+            self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
             match admit {
                 Admit::Yes => break Ok(()),
                 Admit::Fail(why) => break Err(Error::NoSpace { volume: self.name.clone(), detail: why }),
@@ -359,16 +359,12 @@ impl Volume {
 
     /// Append a record to the open epoch's pending batch (opening one if needed).
     pub(crate) fn append_record(&self, st: &mut State, rec: &Record) -> Result<()> {
-        if st.open.is_none() {
+        if st.log.open.is_none() {
             self.roll(st, true)?;
         }
-        let o = st.open.as_mut().expect("open epoch");
-        let start = o.pending.len();
-        rec.encode(&mut o.pending);
-        o.pending_count += 1;
-        o.records += 1;
+        let (epoch, bytes) = st.log.append(rec);
         if let Some(l) = &*self.dtl.read() {
-            let r = l.send_record(o.epoch, &o.pending[start..]);
+            let r = l.send_record(epoch, bytes);
             self.dtl_result_locked(st, r)?;
         }
         Ok(())
@@ -391,7 +387,7 @@ impl Volume {
             let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
             let io = file.writev_at(&v, (index as u64) << self.shift);
             let mut st = self.state.lock();
-            if let Some(l) = st.local.get_mut(&file.number) {
+            if let Some(l) = st.scos.local.get_mut(&file.number) {
                 l.inflight -= 1;
             }
             if let Err(e) = io {
@@ -403,7 +399,7 @@ impl Volume {
                 let r = l.send_data(file.number, index, 0, self.cs, &v);
                 self.dtl_result_locked(&mut st, r)?;
             }
-            st.dirty.insert(file.number);
+            st.log.dirty.insert(file.number);
             landed(&mut st, Location::new(file.number, index), done, take)?;
             done += take;
         }
@@ -438,8 +434,8 @@ impl Volume {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
             // Unmapped clusters read as zeroes (a clone records ZERO: no fall-through).
-            let entry = st.zero_entry();
-            st.map.fill(c, n, entry);
+            let entry = st.maps.zero_entry();
+            st.maps.map.fill(c, n, entry);
             self.append_record(&mut st, &Record::Fill { cluster: c, count: n, entry })?;
             drop(st);
             c += n;
