@@ -255,7 +255,7 @@ impl Volume {
         // The footer must end the file (a preallocated file may be longer).
         let appended = file.set_len(len + tail.len() as u64).and_then(|()| file.write_durably_at(&tail, len));
         if let Err(e) = appended {
-            if !super::flush::out_of_space(&e) {
+            if !super::write_log::out_of_space(&e) {
                 return Err(e);
             }
             // No room for the footer on a full write-buffer disk: upload a copy instead
@@ -558,7 +558,7 @@ impl UploadSource for Volume {
                 Ok(()) => return true,
                 // Logged by the flush (now and then); uploads of durable epochs go on
                 // meanwhile: they are what frees space on the write buffer's disk.
-                Err(e) if super::flush::out_of_space(&e) => {}
+                Err(e) if super::write_log::out_of_space(&e) => {}
                 Err(e) => {
                     tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
                     return true;

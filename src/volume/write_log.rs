@@ -4,12 +4,15 @@
 //! is `super::flush`; rolling to a new epoch is `super::epochs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::io::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::sco_file::ScoFile;
+use super::sco_set::ScoSet;
 use super::sync_set::SyncSet;
 use super::tlog::{Record, TlogWriter};
+use crate::error::{Error, Result};
 
 /// The write log's part of the volume state (under the volume lock).
 pub(crate) struct WriteLog {
@@ -24,6 +27,16 @@ pub(crate) struct WriteLog {
     /// Since when TLog writes find the write buffer's file system full (cleared by the
     /// next flush that gets its records written).
     pub log_full_since: Option<Instant>,
+}
+
+/// What one flush takes from the write log under the volume lock (see
+/// [`WriteLog::take_flush`]).
+pub(crate) struct FlushWork {
+    pub dirty: Vec<Arc<ScoFile>>,
+    pub batches: Vec<PendingBatch>,
+    pub new_tlogs: Vec<TlogWriter>,
+    /// The open epoch's flushes cover little data: prepare a zero-filled spare SCO.
+    pub flush_heavy: bool,
 }
 
 impl WriteLog {
@@ -41,6 +54,57 @@ impl WriteLog {
     /// The open epoch holds data or records (see [`OpenEpoch::has_content`]).
     pub fn has_content(&self) -> bool {
         self.open.as_ref().is_some_and(|o| o.has_content())
+    }
+
+    /// Take what a flush writes: for a synced flush (`sync`) the files of the SCOs written
+    /// since the last one (from `scos`), and every pending batch in order (sealed epochs
+    /// first, then the open epoch's records), and the TLog writers opened since. A synced
+    /// flush counts on the open epoch (flush-heavy volumes get zero-filled SCOs).
+    pub fn take_flush(&mut self, scos: &ScoSet, sync: bool, shift: u32) -> FlushWork {
+        let dirty: Vec<Arc<ScoFile>> = if sync {
+            std::mem::take(&mut self.dirty)
+                .into_iter()
+                .filter_map(|n| scos.local.get(&n).map(|l| l.file.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut batches = std::mem::take(&mut self.sealing);
+        if let Some(o) = self.open.as_mut() {
+            if o.pending_count > 0 {
+                batches.push(PendingBatch {
+                    epoch: o.epoch,
+                    payload: std::mem::replace(&mut o.pending, Vec::with_capacity(4096)),
+                    count: std::mem::take(&mut o.pending_count),
+                    seal: false,
+                });
+            }
+        }
+        let flush_heavy = sync
+            && self.open.as_mut().is_some_and(|o| {
+                o.flushes = o.flushes.saturating_add(1);
+                o.flush_heavy(shift)
+            });
+        FlushWork { dirty, batches, new_tlogs: std::mem::take(&mut self.new_tlogs), flush_heavy }
+    }
+
+    /// Move the open epoch's pending records into `out` (cleared first, reused: no
+    /// allocation); their epoch and count, `None` when there are none.
+    pub fn take_open_pending(&mut self, out: &mut Vec<u8>) -> Option<(u64, u32)> {
+        let o = self.open.as_mut().filter(|o| o.pending_count > 0)?;
+        out.clear();
+        out.extend_from_slice(&o.pending);
+        o.pending.clear();
+        Some((o.epoch, std::mem::take(&mut o.pending_count)))
+    }
+
+    /// Put TLog batches a full file system refused back in front of the newer ones, for
+    /// the next flush, and note since when the TLog cannot be written.
+    pub fn requeue(&mut self, batches: impl Iterator<Item = PendingBatch>) {
+        self.log_full_since.get_or_insert_with(Instant::now);
+        let mut front: Vec<PendingBatch> = batches.collect();
+        front.append(&mut self.sealing);
+        self.sealing = front;
     }
 
     /// Encode `rec` into the open epoch's pending batch; returns the epoch and the
@@ -109,4 +173,98 @@ pub(crate) struct FlushSide {
     pub(crate) unsynced_sealed: Vec<u64>,
     /// The open epoch's records on their way to its TLog (reused: no allocation).
     pub(crate) logging: Vec<u8>,
+}
+
+impl FlushSide {
+    /// Group commit of `batches` (taken by [`WriteLog::take_flush`]): sync the `dirty`
+    /// SCOs, write the batches to their TLogs (`new_tlogs` joins the open writers) and,
+    /// for a synced flush, sync those TLogs and finish the sealed ones. Returns the epochs
+    /// whose sealed TLog is complete and durable; when the file system ran out of space,
+    /// also the index of the first batch not written (the caller requeues it and those
+    /// after). Without `sync` the batches are written only (synced by the next flush).
+    pub fn commit(
+        &mut self,
+        dirty: &[Arc<ScoFile>],
+        batches: &[PendingBatch],
+        new_tlogs: Vec<TlogWriter>,
+        sync: bool,
+    ) -> (Result<Vec<u64>>, Option<usize>) {
+        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, .. } = self;
+        for t in new_tlogs {
+            tlogs.insert(t.epoch(), t);
+        }
+        // Set when the file system ran out of space writing batch `i` (and those after).
+        let mut unwritten_from = None;
+        let result = (|| -> Result<Vec<u64>> {
+            // The SCO data first: a TLog record must never reach the disk before the data
+            // it maps. (Writing the records with O_DIRECT and letting the SCOs' fdatasync
+            // flush both let a power loss between the two leave records pointing at data
+            // that never got there: the cluster read zeroes instead of its older, flushed
+            // content; found by tests/guest/powerloss-e2e.sh.)
+            let sco_fds: Vec<RawFd> = dirty.iter().map(|f| f.buffered_fd()).collect();
+            syncs
+                .sync_all(&sco_fds)
+                .map_err(|(i, e)| Error::io(format!("cannot sync {}", dirty[i].path().display()), e))?;
+            let mut touched = BTreeSet::new();
+            let mut sealed = Vec::new();
+            if sync {
+                touched.append(unsynced);
+                sealed.append(unsynced_sealed);
+            }
+            for (i, b) in batches.iter().enumerate() {
+                let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
+                    Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
+                })?;
+                if let Err(e) = w.write_batch(&b.payload, b.count) {
+                    if out_of_space(&e) {
+                        // Nothing is lost: the batches written so far are synced by the
+                        // next flush, the others are written by it (see `requeue`).
+                        unsynced.append(&mut touched);
+                        unsynced_sealed.append(&mut sealed);
+                        unwritten_from = Some(i);
+                    }
+                    return Err(e);
+                }
+                touched.insert(b.epoch);
+                if b.seal {
+                    sealed.push(b.epoch);
+                }
+            }
+            if !sync {
+                // Records of completed writes logged for a restart (no sync): their data
+                // went before them (the writes completed); the next flush syncs both.
+                unsynced.append(&mut touched);
+                unsynced_sealed.append(&mut sealed);
+                return Ok(Vec::new());
+            }
+            // Then the records, made durable by their own fdatasync (a device flush even
+            // when they went with O_DIRECT).
+            let fds: Vec<RawFd> = touched.iter().map(|e| tlogs[e].raw_fd()).collect();
+            syncs
+                .sync_all(&fds)
+                .map_err(|(_, e)| Error::io(format!("cannot sync the TLog of epoch(s) {touched:?}"), e))?;
+            for e in &touched {
+                if let Some(w) = tlogs.get_mut(e) {
+                    w.synced();
+                }
+            }
+            for e in &sealed {
+                if let Some(mut w) = tlogs.remove(e) {
+                    w.finish();
+                }
+            }
+            Ok(sealed)
+        })();
+        (result, unwritten_from)
+    }
+}
+
+/// Whether `e` is the file system running out of space (or quota) while writing: the
+/// write had no effect worth keeping and can be retried once space is freed.
+pub(crate) fn out_of_space(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
+        Error::NoSpace { .. } => true,
+        _ => false,
+    }
 }
