@@ -11,22 +11,16 @@ use super::checkpoint::{self, CheckpointData};
 use super::cluster_crc;
 use super::engine::Volume;
 use super::sco_file::ScoFile;
-use super::sco_set::{LocalSco, LINKED_MAX};
+use super::sco_set::LocalSco;
 use super::state::State;
 use super::tlog::{self, Record, TlogWriter};
-use super::upload_queue::{EpochUpload, JobState};
+use super::upload_queue::{Job, Pick};
 use super::write_log::{OpenEpoch, PendingBatch};
 use crate::backend::keys;
 use crate::backend::sco_object;
 use crate::backend::upload_buffers;
 use crate::backend::uploader::UploadSource;
 use crate::error::{Error, IoContext, Result};
-
-enum Job {
-    Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
-    Tlog { epoch: u64 },
-    Checkpoint(CheckpointData),
-}
 
 /// Result of closing a volume.
 #[derive(Debug, Clone)]
@@ -62,16 +56,7 @@ impl Volume {
                 count: o.pending_count + 1,
                 seal: true,
             });
-            st.uploads.jobs.insert(
-                o.epoch,
-                EpochUpload {
-                    sco_clusters: o.next_index,
-                    durable: false,
-                    sco: JobState::Waiting,
-                    tlog: JobState::Waiting,
-                    attempts: 0,
-                },
-            );
+            st.uploads.add(o.epoch, o.next_index);
             st.maps.sco_sizes.insert(o.epoch, o.next_index);
             if o.next_index < self.meta.sco_clusters {
                 // Sealed early (snapshot, timer, shutdown): give back the preallocated
@@ -80,13 +65,8 @@ impl Volume {
                     tracing::warn!(volume = %self.name, epoch = o.epoch, error = %e, "cannot trim a sealed SCO file");
                 }
             }
-            if st.uploads.checkpoint_due.is_none()
-                && (st.uploads.checkpoint_at_seal
-                    || o.epoch >= st.uploads.last_checkpoint + self.env.opts.checkpoint_every)
-            {
-                st.uploads.checkpoint_due = Some(st.maps.checkpoint_data(o.epoch));
-                st.uploads.checkpoint_at_seal = false;
-            }
+            let maps = &st.maps;
+            st.uploads.checkpoint_if_due(o.epoch, self.env.opts.checkpoint_every, || maps.checkpoint_data(o.epoch));
         }
         if !open_next {
             return Ok(());
@@ -140,56 +120,15 @@ impl Volume {
         if st.fenced {
             return None;
         }
-        let now = Instant::now();
-        let ready = |s: JobState| match s {
-            JobState::Waiting => true,
-            JobState::RetryAt(t) => t <= now,
-            _ => false,
-        };
-        // SCOs of durable sealed epochs whose writes have all landed.
-        let mut pick = None;
-        for (&e, u) in st.uploads.jobs.iter() {
-            if !u.durable {
-                break;
+        let s = &mut *st;
+        match s.uploads.next_job(&s.scos) {
+            Pick::Job(job) => Some(job),
+            Pick::Again => {
+                drop(st);
+                self.take_job()
             }
-            if u.sco != JobState::Done && ready(u.sco) && st.scos.local.get(&e).is_none_or(|l| l.inflight == 0) {
-                pick = Some(e);
-                break;
-            }
+            Pick::Nothing => None,
         }
-        let first_tlog = st.uploads.jobs.iter().next().filter(|(_, u)| u.durable).map(|(e, _)| *e);
-        if let Some(e) = pick {
-            let file = st.scos.local.get(&e).map(|l| l.file.clone());
-            let u = st.uploads.jobs.get_mut(&e).unwrap();
-            u.sco = JobState::Running;
-            let clusters = u.sco_clusters;
-            match file {
-                Some(file) if clusters > 0 => return Some(Job::Sco { epoch: e, file, clusters }),
-                _ => {
-                    u.sco = JobState::Done;
-                    drop(st);
-                    return self.take_job();
-                }
-            }
-        }
-        // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded.
-        if let Some(e) = first_tlog {
-            let u = st.uploads.jobs.get_mut(&e).unwrap();
-            if u.sco == JobState::Done && ready(u.tlog) {
-                u.tlog = JobState::Running;
-                return Some(Job::Tlog { epoch: e });
-            }
-        }
-        if !st.uploads.checkpoint_running {
-            if let Some(cp) = &st.uploads.checkpoint_due {
-                if cp.epoch <= st.uploads.last_uploaded {
-                    let cp = st.uploads.checkpoint_due.take().unwrap();
-                    st.uploads.checkpoint_running = true;
-                    return Some(Job::Checkpoint(cp));
-                }
-            }
-        }
-        None
     }
 
     /// Upload SCO `epoch` by making its local file the object, when the store is a local
@@ -388,32 +327,17 @@ impl Volume {
         let mut unlink = Vec::new();
         let mut st = self.state.lock();
         match (&job, res) {
-            (Job::Sco { epoch, .. }, Ok(())) => {
-                if let Some(u) = st.uploads.jobs.get_mut(epoch) {
-                    u.sco = JobState::Done;
-                    u.attempts = 0;
-                }
-                st.uploads.upload_error = None;
-            }
+            (Job::Sco { epoch, .. }, Ok(())) => st.uploads.sco_done(*epoch),
             (Job::Tlog { epoch }, Ok(())) => {
                 let epoch = *epoch;
-                let u = st.uploads.jobs.remove(&epoch);
-                st.uploads.last_uploaded = epoch;
-                st.uploads.upload_error = None;
-                let bytes = u.map(|u| (u.sco_clusters as u64) << self.shift).unwrap_or(0);
-                if let Some(l) = st.scos.local.get_mut(&epoch) {
-                    l.uploaded = true;
-                    st.scos.wb_bytes = st.scos.wb_bytes.saturating_sub(bytes);
+                let bytes = (st.uploads.tlog_done(epoch) as u64) << self.shift;
+                if st.scos.uploaded(epoch, bytes) {
                     self.pacer.drained(bytes);
-                    st.scos.kept_bytes += bytes;
                 }
                 unlink.push(self.tlog_path(epoch));
-                unlink.extend(self.evict_uploaded(&mut st));
+                unlink.extend(st.scos.evict_uploaded(self.env.opts.wb_limit / 4 * 3, self.shift));
             }
-            (Job::Checkpoint(cp), Ok(())) => {
-                st.uploads.checkpoint_running = false;
-                st.uploads.last_checkpoint = st.uploads.last_checkpoint.max(cp.epoch);
-            }
+            (Job::Checkpoint(cp), Ok(())) => st.uploads.checkpoint_done(cp.epoch),
             (_, Err(e)) => {
                 let (epoch, what) = match &job {
                     Job::Sco { epoch, .. } => (*epoch, "SCO"),
@@ -421,23 +345,7 @@ impl Volume {
                     Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
-                st.uploads.upload_error = Some(e.to_string());
-                if let Job::Checkpoint(cp) = job {
-                    st.uploads.checkpoint_running = false;
-                    if st.uploads.checkpoint_due.is_none() {
-                        st.uploads.checkpoint_due = Some(cp);
-                    }
-                } else if let Some(u) = st.uploads.jobs.get_mut(&epoch) {
-                    u.attempts += 1;
-                    let backoff = Duration::from_millis((100u64 << u.attempts.min(8)).min(30_000));
-                    // Jitter: up to a quarter of the backoff.
-                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-                    let at = Instant::now() + backoff + jitter;
-                    match what {
-                        "SCO" => u.sco = JobState::RetryAt(at),
-                        _ => u.tlog = JobState::RetryAt(at),
-                    }
-                }
+                st.uploads.failed(job, e.to_string());
             }
         }
         drop(st);
@@ -449,29 +357,6 @@ impl Volume {
             }
         }
         self.progress.notify_all();
-    }
-
-    /// Forget local copies of uploaded SCOs, oldest first, while local data exceeds
-    /// three quarters of the write-buffer limit; returns the files to delete. Hard-linked
-    /// ones stay open for reads (see [`State::linked`]).
-    fn evict_uploaded(&self, st: &mut State) -> Vec<std::path::PathBuf> {
-        let budget = self.env.opts.wb_limit / 4 * 3;
-        let mut files = Vec::new();
-        while st.scos.wb_bytes + st.scos.kept_bytes > budget {
-            let victim = st.scos.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
-            let Some(e) = victim else { break };
-            let l = st.scos.local.remove(&e).unwrap();
-            st.scos.kept_bytes = st.scos.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-            files.push(l.file.path().to_path_buf());
-            if l.linked {
-                // Unlinking the write-buffer name frees nothing: the object is this inode.
-                st.scos.linked.insert(e, l.file);
-                while st.scos.linked.len() > LINKED_MAX {
-                    st.scos.linked.pop_first();
-                }
-            }
-        }
-        files
     }
 
     /// Close the volume: seal the open epoch, wait up to the drain timeout for every

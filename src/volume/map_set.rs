@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::checkpoint::CheckpointData;
 use super::layers::Layer;
-use super::location::{UNMAPPED, ZERO};
+use super::location::{Location, UNMAPPED, ZERO};
 use super::map::ClusterMap;
 use super::snap_set::Snapshots;
 
@@ -52,6 +52,31 @@ impl MapSet {
             }
         }
         (0, UNMAPPED)
+    }
+
+    /// The run of clusters from `first` (up to `last`) that read from one place: the
+    /// layer (as [`MapSet::lookup`]), the location of `first` (`None`: zeroes) and the
+    /// run's length (data runs: consecutive locations of one layer, at most 2^20).
+    pub fn run(&self, first: u64, last: u64) -> (usize, Option<Location>, u64) {
+        let (layer, e0) = self.lookup(first);
+        let mut run = 1u64;
+        match Location::unpack(e0) {
+            None => {
+                while first + run <= last && Location::unpack(self.lookup(first + run).1).is_none() {
+                    run += 1;
+                }
+                (layer, None, run)
+            }
+            Some(loc) => {
+                while first + run <= last
+                    && run < 1 << 20
+                    && self.lookup(first + run) == (layer, loc.advance(run as u32).pack())
+                {
+                    run += 1;
+                }
+                (layer, Some(loc), run)
+            }
+        }
     }
 
     /// The entry a discard leaves: UNMAPPED, or ZERO when it would fall through to a parent.

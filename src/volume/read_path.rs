@@ -115,30 +115,14 @@ impl Volume {
     /// Resolve clusters from `first` (up to `last`) to one source run.
     fn resolve_run(&self, first: u64, last: u64) -> (Source, u64) {
         let st = self.state.lock();
-        let (layer, e0) = st.maps.lookup(first);
-        let mut run = 1u64;
-        match Location::unpack(e0) {
-            None => {
-                while first + run <= last && Location::unpack(st.maps.lookup(first + run).1).is_none() {
-                    run += 1;
-                }
-                (Source::Zero, run)
-            }
-            Some(loc) => {
-                while first + run <= last
-                    && run < 1 << 20
-                    && st.maps.lookup(first + run) == (layer, loc.advance(run as u32).pack())
-                {
-                    run += 1;
-                }
-                if layer > 0 {
-                    return (Source::Remote(Some(st.maps.layers[layer - 1].clone()), loc), run);
-                }
-                match st.scos.file(loc.sco) {
-                    Some(f) => (Source::Local(f.clone(), loc), run),
-                    None => (Source::Remote(None, loc), run),
-                }
-            }
+        let (layer, loc, run) = st.maps.run(first, last);
+        let Some(loc) = loc else { return (Source::Zero, run) };
+        if layer > 0 {
+            return (Source::Remote(Some(st.maps.layers[layer - 1].clone()), loc), run);
+        }
+        match st.scos.file(loc.sco) {
+            Some(f) => (Source::Local(f.clone(), loc), run),
+            None => (Source::Remote(None, loc), run),
         }
     }
 

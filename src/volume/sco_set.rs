@@ -3,6 +3,7 @@
 //! the same inode, and the byte and cluster counts the throttle and the space gate use.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::sco_file::ScoFile;
@@ -40,5 +41,37 @@ impl ScoSet {
     /// The open file of SCO `sco`, local or linked (`None`: only in the object store).
     pub fn file(&self, sco: u64) -> Option<&Arc<ScoFile>> {
         self.local.get(&sco).map(|l| &l.file).or_else(|| self.linked.get(&sco))
+    }
+
+    /// SCO `epoch` (`bytes` of data) is in the object store: its local copy becomes
+    /// evictable. False when there is no local copy.
+    pub fn uploaded(&mut self, epoch: u64, bytes: u64) -> bool {
+        let Some(l) = self.local.get_mut(&epoch) else { return false };
+        l.uploaded = true;
+        self.wb_bytes = self.wb_bytes.saturating_sub(bytes);
+        self.kept_bytes += bytes;
+        true
+    }
+
+    /// Forget local copies of uploaded SCOs, oldest first, while local data exceeds
+    /// `budget` bytes; returns the files to delete. Hard-linked ones stay open for reads
+    /// (see [`ScoSet::linked`]).
+    pub fn evict_uploaded(&mut self, budget: u64, shift: u32) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        while self.wb_bytes + self.kept_bytes > budget {
+            let victim = self.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
+            let Some(e) = victim else { break };
+            let l = self.local.remove(&e).unwrap();
+            self.kept_bytes = self.kept_bytes.saturating_sub((l.clusters as u64) << shift);
+            files.push(l.file.path().to_path_buf());
+            if l.linked {
+                // Unlinking the write-buffer name frees nothing: the object is this inode.
+                self.linked.insert(e, l.file);
+                while self.linked.len() > LINKED_MAX {
+                    self.linked.pop_first();
+                }
+            }
+        }
+        files
     }
 }
