@@ -13,9 +13,8 @@ use super::engine::Volume;
 use super::sco_file::ScoFile;
 use super::sco_set::LocalSco;
 use super::state::State;
-use super::tlog::{self, Record, TlogWriter};
+use super::tlog::{self, TlogWriter};
 use super::upload_queue::{Job, Pick};
-use super::write_log::{OpenEpoch, PendingBatch};
 use crate::backend::keys;
 use crate::backend::sco_object;
 use crate::backend::upload_buffers;
@@ -42,20 +41,12 @@ impl Volume {
 
     /// Seal the open epoch (if any) and, when `open_next`, open a new one.
     pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
-        if let Some(mut o) = st.log.open.take() {
-            let start = o.pending.len();
-            Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
+        if let Some((o, seal_record)) = st.log.seal_open() {
             if let Some(l) = &*self.dtl.read() {
-                let r = l.send_record(o.epoch, &o.pending[start..]);
+                let r = l.send_record(o.epoch, seal_record);
                 // Fenced: the seal still goes to the local TLog; writes stop.
                 let _ = self.dtl_result_locked(st, r);
             }
-            st.log.sealing.push(PendingBatch {
-                epoch: o.epoch,
-                payload: o.pending,
-                count: o.pending_count + 1,
-                seal: true,
-            });
             st.uploads.add(o.epoch, o.next_index);
             st.maps.sco_sizes.insert(o.epoch, o.next_index);
             if o.next_index < self.meta.sco_clusters {
@@ -79,22 +70,10 @@ impl Volume {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
-        st.log.next_epoch += 1;
-        st.log.new_tlogs.push(tlog);
         st.scos
             .local
             .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
-        st.log.open = Some(OpenEpoch {
-            epoch,
-            sco,
-            next_index: 0,
-            pending: Vec::with_capacity(4096),
-            pending_count: 0,
-            records: 0,
-            opened_at: Instant::now(),
-            zeroed,
-            flushes: 0,
-        });
+        st.log.open_next(sco, tlog, zeroed);
         Ok(())
     }
 

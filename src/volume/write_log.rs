@@ -29,6 +29,14 @@ pub(crate) struct WriteLog {
     pub log_full_since: Option<Instant>,
 }
 
+/// An epoch [`WriteLog::seal_open`] just sealed.
+pub(crate) struct SealedEpoch {
+    pub epoch: u64,
+    /// Clusters written to its SCO.
+    pub next_index: u32,
+    pub sco: Arc<ScoFile>,
+}
+
 /// What one flush takes from the write log under the volume lock (see
 /// [`WriteLog::take_flush`]).
 pub(crate) struct FlushWork {
@@ -48,6 +56,50 @@ impl WriteLog {
             sealing: Vec::new(),
             new_tlogs: Vec::new(),
             log_full_since: None,
+        }
+    }
+
+    /// Seal the open epoch: a `Seal` record ends its pending records, which join the
+    /// sealed batches for the next flush. Returns the epoch as it was sealed (its
+    /// `next_index` is its size) and the seal record's bytes (for a DTL peer).
+    pub fn seal_open(&mut self) -> Option<(SealedEpoch, &[u8])> {
+        let mut o = self.open.take()?;
+        let start = o.pending.len();
+        Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
+        self.sealing.push(PendingBatch { epoch: o.epoch, payload: o.pending, count: o.pending_count + 1, seal: true });
+        let sealed = SealedEpoch { epoch: o.epoch, next_index: o.next_index, sco: o.sco };
+        let b = self.sealing.last().expect("just pushed");
+        Some((sealed, &b.payload[start..]))
+    }
+
+    /// Open epoch `next_epoch` on `sco` (zero-filled ahead or not) and `tlog`, whose
+    /// writer the next flush hands to the flush side.
+    pub fn open_next(&mut self, sco: Arc<ScoFile>, tlog: TlogWriter, zeroed: bool) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.new_tlogs.push(tlog);
+        self.open = Some(OpenEpoch {
+            epoch,
+            sco,
+            next_index: 0,
+            pending: Vec::with_capacity(4096),
+            pending_count: 0,
+            records: 0,
+            opened_at: Instant::now(),
+            zeroed,
+            flushes: 0,
+        });
+    }
+
+    /// A reservation must roll to a new epoch first: none is open, its SCO (of
+    /// `sco_clusters`) is full, or a flush-heavy volume can move to the zero-filled spare
+    /// (`spare_ready`) as soon as it is ready.
+    pub fn needs_roll(&self, sco_clusters: u32, shift: u32, spare_ready: impl FnOnce() -> bool) -> bool {
+        match &self.open {
+            Some(o) => {
+                o.next_index >= sco_clusters || (o.next_index > 0 && !o.zeroed && o.flush_heavy(shift) && spare_ready())
+            }
+            None => true,
         }
     }
 

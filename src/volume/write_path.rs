@@ -137,23 +137,10 @@ impl Volume {
         ok: bool,
         crcs: &[u64],
     ) -> Result<()> {
-        if let Some(l) = st.scos.local.get_mut(&sco) {
-            l.inflight -= 1;
-            if ok && crcs.len() == take as usize {
-                l.file.crcs.store(index, crcs);
-            } else {
-                (index..index + take).for_each(|i| l.file.crcs.clear(i));
-            }
-        }
-        if !ok {
+        let Some(loc) = st.land(sco, index, cluster, take, ok, crcs) else {
             self.env.uploader.notify();
             return Ok(());
-        }
-        let loc = Location::new(sco, index);
-        for i in 0..take as u64 {
-            st.maps.map.set(cluster + i, loc.advance(i as u32).pack());
-        }
-        st.log.dirty.insert(sco);
+        };
         self.append_record(st, &Record::Write { cluster, count: take, loc })
     }
 
@@ -265,32 +252,14 @@ impl Volume {
             tracing::debug!(volume = %self.name, waited_ms = t.elapsed().as_millis() as u64, "write buffer throttle released");
         }
         let sco_clusters = self.meta.sco_clusters;
-        let full = match &st.log.open {
-            // A flush-heavy volume moves to the zero-filled spare as soon as it is ready.
-            Some(o) => {
-                o.next_index >= sco_clusters
-                    || (o.next_index > 0 && !o.zeroed && o.flush_heavy(self.shift) && self.spare.is_ready())
-            }
-            None => true,
-        };
-        if full {
+        if st.log.needs_roll(sco_clusters, self.shift, || self.spare.is_ready()) {
             if st.log.open.is_some() {
                 // The uploader makes the seal durable (a flush) in the background.
                 self.env.uploader.notify();
             }
             self.roll(&mut st, true)?;
         }
-        let o = st.log.open.as_mut().expect("open epoch");
-        let take = (sco_clusters - o.next_index).min(want.min(u32::MAX as u64) as u32);
-        let index = o.next_index;
-        o.next_index += take;
-        let file = o.sco.clone();
-        let epoch = o.epoch;
-        let l = st.scos.local.get_mut(&epoch).expect("local SCO of open epoch");
-        l.inflight += 1;
-        l.clusters = index + take;
-        st.scos.wb_bytes += (take as u64) << self.shift;
-        st.scos.log_clusters += take as u64;
+        let (file, index, take) = st.reserve_tail(want, sco_clusters, self.shift);
         self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         Ok((file, index, take))
     }
