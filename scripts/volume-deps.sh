@@ -11,12 +11,12 @@ edges() {
         m=${f%.rs}
         [ "$m" = mod ] && continue
         echo "$m $m"
-        grep -v '^\s*//' "$f" |
-            grep -oE '(super|crate::volume)::[A-Za-z_]+' |
+        { grep -v '^\s*//' "$f" || true; } |
+            { grep -oE '(super|crate::volume)::[A-Za-z_]+' || true; } |
             sed -E 's/^(super|crate::volume):://' |
             sed -E 's/^(Volume|VolumeEnv|EngineOptions)$/engine/; s/^CloseReport$/epochs/; s/^(VolumeMeta|ParentRef)$/meta/' |
-            grep -vE '^[A-Z]' | sort -u | while read -r d; do
-            [ "$d" != "$m" ] && [ -f "$d.rs" ] && echo "$d $m"
+            { grep -vE '^[A-Z]' || true; } | sort -u | while read -r d; do
+            if [ "$d" != "$m" ] && [ -f "$d.rs" ]; then echo "$d $m"; fi
         done
     done
 }
