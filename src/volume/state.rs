@@ -1,6 +1,6 @@
 //! The state a volume's lock guards, as components that each own their part: the write
-//! log ([`WriteLog`]), the map set ([`MapSet`]), the write buffer's SCO files
-//! ([`ScoSet`]) and the upload queue ([`UploadQueue`]), plus the volume's status flags.
+//! log (`WriteLog`), the map set (`MapSet`), the write buffer's SCO files (`ScoSet`)
+//! and the upload queue (`UploadQueue`), plus the volume's status flags.
 //! One lock guards them all, so the critical sections of the engine stay as they were.
 
 use std::sync::Arc;
