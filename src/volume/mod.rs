@@ -38,6 +38,7 @@ pub mod sync_set;
 pub mod tlog;
 pub mod tlog_fuzzing;
 pub mod upload_queue;
+pub mod uploads;
 pub mod write_log;
 pub mod write_pacer;
 pub mod write_path;
