@@ -50,6 +50,7 @@ if [[ $QUICK = 0 ]]; then
     stage "install test dependencies" scripts/install-test-deps.sh
 fi
 stage "cargo fmt --check" cargo fmt --all -- --check
+stage "src/volume has no import cycle" scripts/volume-deps.sh
 # --release: clippy then compiles the build scripts (aws-lc's C library) and proc macros
 # once for both itself and the release build that follows.
 stage "cargo clippy -D warnings" cargo clippy --release --workspace --all-targets -- -D warnings

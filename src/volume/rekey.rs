@@ -73,7 +73,7 @@ impl Volume {
             {
                 let mut st = self.state.lock();
                 self.append_record(&mut st, &Record::Fill { cluster: 0, count: 0, entry: UNMAPPED })?;
-                st.checkpoint_at_seal = true;
+                st.uploads.checkpoint_at_seal = true;
             }
             self.seal()?;
             self.upload_all("while rewriting metadata under the new key")?;
