@@ -66,9 +66,30 @@ pub struct DtlClientConfig {
     /// The shared token: the same file as the server's `--token-file`. Without it the
     /// client sends an empty token (only an `--insecure` server accepts that).
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of the CA(s) that signed the DTL servers' certificates: the client
+    /// speaks TLS and checks the certificate against the host part of the peer address
+    /// (only these CAs are trusted, not the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Speak plain text to the DTL server (it must run with `--insecure`).
+    pub insecure: bool,
 }
 
 impl DtlClientConfig {
+    /// The TLS settings: `Some` with `ca_file`, `None` (plain text) only with `insecure`.
+    pub fn tls(&self) -> crate::error::Result<Option<crate::dtl::tls::ClientTls>> {
+        match (&self.ca_file, self.insecure) {
+            (Some(_), true) => Err(crate::error::Error::Config(
+                "dtl: give either ca_file (TLS) or insecure = true (plain text), not both".into(),
+            )),
+            (Some(f), false) => crate::dtl::tls::client_config(f).map(Some),
+            (None, true) => Ok(None),
+            (None, false) => Err(crate::error::Error::Config(
+                "dtl: give ca_file = \"CA.pem\" (TLS to the DTL server) or insecure = true (plain text) in [dtl]"
+                    .into(),
+            )),
+        }
+    }
+
     /// The token (the file's content without surrounding whitespace).
     pub fn token(&self) -> crate::error::Result<Vec<u8>> {
         match &self.token_file {
