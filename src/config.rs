@@ -249,6 +249,9 @@ pub struct S3Config {
     /// Request checksums: "when_supported" (SDK default, CRC32 on every upload) or
     /// "when_required" (for servers that reject the SDK's checksum trailers).
     pub request_checksums: String,
+    /// PEM bundle of extra CA certificates trusted for https endpoints (a self-hosted
+    /// store with a private CA), in addition to the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -270,6 +273,7 @@ impl std::fmt::Debug for S3Config {
             .field("multipart_concurrency", &self.multipart_concurrency)
             .field("list_page_size", &self.list_page_size)
             .field("request_checksums", &self.request_checksums)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -293,6 +297,7 @@ impl Default for S3Config {
             multipart_concurrency: 4,
             list_page_size: 1000,
             request_checksums: "when_supported".into(),
+            ca_file: None,
         }
     }
 }

@@ -27,7 +27,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM file; at least one, else a one-line error.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bad = |e: &dyn std::fmt::Display| Error::Config(format!("certificate file {}: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(&e))?
@@ -39,12 +40,18 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// A client configuration trusting exactly the CA certificates of `ca_file` (PEM).
-pub fn client_config(ca_file: &Path) -> Result<ClientTls> {
+/// The CA certificates of a PEM bundle, each checked to be usable as a trust anchor.
+pub fn read_roots(ca_file: &Path) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(ca_file)? {
         roots.add(c).map_err(|e| Error::Config(format!("CA file {}: {e}", ca_file.display())))?;
     }
+    Ok(roots)
+}
+
+/// A client configuration trusting exactly the CA certificates of `ca_file` (PEM).
+pub fn client_config(ca_file: &Path) -> Result<ClientTls> {
+    let roots = read_roots(ca_file)?;
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS: {e}")))?
