@@ -263,3 +263,28 @@ fn degraded_then_back_and_refused_takeover() {
     assert_eq!(rep.forced.len(), 1, "{rep:?}");
     drop(srv);
 }
+
+/// A host whose config names no DTL CA (and not `insecure`) refuses to open a volume with
+/// a DTL in one line; one set to plain text is refused by the TLS server.
+#[test]
+fn dtl_volume_needs_tls_or_an_explicit_insecure() {
+    let h = Hosts::new();
+    let srv = h.server("127.0.0.1:0");
+    let addr = srv.local_addr().to_string();
+    let mut dd1 = h.host(1);
+    create(&mut dd1, "v", Some(dtl(&addr, DtlMode::Sync)));
+    drop(dd1);
+    let open = |tweak: &dyn Fn(&mut Config)| {
+        let mut cfg = h.cfg.clone();
+        tweak(&mut cfg);
+        let mut dd = DataDir::open(&h.t.path().join("host1"), Some(&h.backend), cfg).unwrap();
+        dd.open_volume("v", false).map(|_| ()).unwrap_err().to_string()
+    };
+    let m = open(&|c| c.dtl.ca_file = None);
+    assert!(m.contains("ca_file") && m.contains("insecure = true") && m.lines().count() == 1, "{m}");
+    let m = open(&|c| {
+        c.dtl.ca_file = None;
+        c.dtl.insecure = true;
+    });
+    assert!(m.contains("requires TLS"), "{m}");
+}
