@@ -171,3 +171,39 @@ fn untrusted_certificates_wrong_tokens_and_plain_peers_are_refused() {
     let plain = DtlServer::start("127.0.0.1:0", &t.path().join("plain"), Some(TOKEN.to_vec())).unwrap();
     expect_tls_error(connect(&plain.local_addr().to_string(), TOKEN, Some(&certs.ca), 1), "TLS handshake failed");
 }
+
+/// Peers that stall inside the TLS record header or send garbage after it are dropped
+/// within the hello timeout; the server goes on serving good clients.
+#[test]
+fn stalled_or_garbage_handshakes_are_dropped() {
+    let t = tempfile::tempdir().unwrap();
+    let certs = tls::make(&t.path().join("certs"), &["IP:127.0.0.1"]);
+    let opts = ServerOptions {
+        tls: Some(server_config(&certs.cert, &certs.key).unwrap()),
+        hello_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let server = DtlServer::start_with("127.0.0.1:0", &t.path().join("dtl"), Some(TOKEN.to_vec()), opts).unwrap();
+    let addr = server.local_addr();
+    let closed_within = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        // Read until EOF or reset (a TLS alert may come first).
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        t0.elapsed()
+    };
+    assert!(closed_within(&[0x16, 0x03]) < std::time::Duration::from_secs(5), "stalled header not dropped");
+    let mut junk = vec![0x16, 0x03, 0x03, 0x00, 0x40];
+    junk.extend(std::iter::repeat_n(0xAB, 64));
+    assert!(closed_within(&junk) < std::time::Duration::from_secs(5), "garbage handshake not dropped");
+    let c = connect(&addr.to_string(), TOKEN, Some(&certs.ca), 1).unwrap();
+    assert_eq!(c.state(), DtlState::InSync);
+    c.close();
+}

@@ -262,7 +262,7 @@ fn error_message(e: &Error) -> String {
 /// start a TLS handshake gets a plain error frame saying so.
 fn secure(tcp: TcpStream, shared: &Shared) -> std::result::Result<Conn, ConnEnd> {
     let Some(cfg) = &shared.opts.tls else { return Ok(Conn::plain(tcp)) };
-    if !starts_with_tls(&tcp).map_err(ConnEnd::Io)? {
+    if !starts_with_tls(&tcp, shared.opts.hello_timeout).map_err(ConnEnd::Io)? {
         let msg = "this DTL server requires TLS: give the client the server's CA (dtl.ca_file)";
         tracing::info!(peer = ?tcp.peer_addr().ok(), "DTL: a client without TLS refused");
         let _ = (&tcp).write_all(&error_frame(0, ErrorCode::Malformed, msg));

@@ -86,9 +86,10 @@ pub fn host_of(addr: &str) -> &str {
 
 /// Whether the first bytes a client sent look like a TLS handshake record (0x16 0x03
 /// 0x01..=0x04). A DTL frame cannot start so: its little-endian length would be far above
-/// the HELLO limit. Waits for 3 bytes (within the socket's read timeout).
-pub fn starts_with_tls(tcp: &TcpStream) -> io::Result<bool> {
+/// the HELLO limit. Waits for 3 bytes, at most `timeout`.
+pub fn starts_with_tls(tcp: &TcpStream, timeout: std::time::Duration) -> io::Result<bool> {
     let mut b = [0u8; 3];
+    let end = std::time::Instant::now() + timeout;
     loop {
         let n = tcp.peek(&mut b)?;
         if n == 0 {
@@ -99,6 +100,9 @@ pub fn starts_with_tls(tcp: &TcpStream) -> io::Result<bool> {
         }
         if n >= 3 {
             return Ok((1..=4).contains(&b[2]));
+        }
+        if std::time::Instant::now() >= end {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete TLS record header in time"));
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
