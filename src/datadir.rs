@@ -406,7 +406,8 @@ impl DataDir {
     /// Connect volume `vol` to DTL peer `d` with the configured token.
     pub fn dtl_link(&self, vol: &Volume, d: DtlSettings) -> Result<DtlLink> {
         let token = self.config.dtl.token()?;
-        DtlLink::start(d, &token, vol.name(), vol.meta().generation, self.store.as_ref())
+        let tls = self.config.dtl.tls()?;
+        DtlLink::start(d, &token, tls, vol.name(), vol.meta().generation, self.store.as_ref())
     }
 
     /// This host's settings of volume `name`.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::iov::{self, iovec};
 use crate::backend::{keys, ObjectStore};
 use crate::dtl::protocol::MAX_DATA;
+use crate::dtl::tls::ClientTls;
 use crate::dtl::{DtlClient, DtlConfig, DtlState, Entry, ErrorCode};
 use crate::error::{Error, Result};
 
@@ -122,12 +123,15 @@ impl DtlLink {
     pub fn start(
         settings: DtlSettings,
         token: &[u8],
+        tls: Option<ClientTls>,
         volume: &str,
         generation: u32,
         store: &dyn ObjectStore,
     ) -> Result<DtlLink> {
         let (_, next) = newest_mark(store, volume)?;
-        let client = DtlClient::connect_with(DtlConfig::new(settings.addr.clone(), token, volume, generation))?;
+        let mut cfg = DtlConfig::new(settings.addr.clone(), token, volume, generation);
+        cfg.tls = tls;
+        let client = DtlClient::connect_with(cfg)?;
         Ok(DtlLink {
             settings,
             volume: volume.to_string(),
