@@ -107,29 +107,11 @@ pub fn crypto_erase(dd: &DataDir, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Delete versions of volume `name`'s record sealed under a key other than the current
-/// one (after a rotation; the newest version is always under the current key). Returns
-/// how many went.
-pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
-    let m = dd.volume_meta(name)?;
-    match current_key(&m) {
-        Some(cur) => prune_record_versions(dd.store().as_ref(), name, cur),
-        None => Ok(0),
-    }
-}
-
 /// Delete the versions of volume `name`'s record not sealed under key `cur` (older
 /// versions: a rotation stores the newest under its new key first).
 pub fn prune_record_versions(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<usize> {
-    let mut old = Vec::new();
-    for o in store.list(&keys::volume_meta_prefix(name))? {
-        // A version deleted since the listing is no longer there to prune.
-        match store.get_range(&o.key, 0, 16) {
-            Ok(head) if crate::volume::rekey::blob_header_key_id(&head) != Some(cur) => old.push(o.key),
-            Ok(_) | Err(Error::ObjectNotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let versions = store.list(&keys::volume_meta_prefix(name))?.into_iter().map(|o| o.key);
+    let old = crate::volume::rekey::sealed_under_other_keys(store, versions, cur)?;
     store.delete_many(&old)?;
     Ok(old.len())
 }
@@ -138,18 +120,14 @@ pub fn prune_record_versions(store: &dyn ObjectStore, name: &str, cur: KeyId) ->
 /// older keys (a new version, if it named any) and record versions under them go.
 pub fn forget_old_keys(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<()> {
     let mut m = VolumeMeta::load(store, name)?;
-    if let Some(enc) = m.encryption.as_mut() {
-        if enc.key_id == cur.to_string() && !enc.old_key_ids.is_empty() {
-            enc.old_key_ids.clear();
-            m.store_new_version(store, false)?;
-        }
+    let Some(enc) = m.encryption.as_mut().filter(|e| e.key_id == cur.to_string()) else {
+        // Not (or no longer) this key's volume: nothing of it to forget.
+        return Ok(());
+    };
+    if !enc.old_key_ids.is_empty() {
+        enc.old_key_ids.clear();
+        m.store_new_version(store, false)?;
     }
     prune_record_versions(store, name, cur)?;
     Ok(())
-}
-
-/// Whether `meta` still has SCOs sealed under a key other than its current one is for
-/// scrub to find out; this names the current key id.
-pub fn current_key(meta: &VolumeMeta) -> Option<KeyId> {
-    meta.encryption.as_ref().and_then(|e| KeyId::parse(&e.key_id))
 }

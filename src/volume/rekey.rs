@@ -12,13 +12,32 @@ use super::location::UNMAPPED;
 use super::scrub_policy::Goal;
 use super::tlog::Record;
 use super::Volume;
-use crate::backend::keys;
+use crate::backend::{keys, ObjectStore};
 use crate::crypto::{cipher, KeyId};
 use crate::error::{Error, Result};
 
 /// The key id a sealed whole object names (from its first 16 bytes).
 pub fn blob_header_key_id(head: &[u8]) -> Option<KeyId> {
     (head.len() >= 16 && &head[..8] == cipher::BLOB_MAGIC).then(|| KeyId(head[8..16].try_into().expect("8 bytes")))
+}
+
+/// Those of the whole (not SCO) objects `keys` whose header names a key other than
+/// `cur`, or none. An object deleted since it was listed (checkpoint pruning) is not
+/// old: it is skipped.
+pub fn sealed_under_other_keys(
+    store: &dyn ObjectStore,
+    keys: impl IntoIterator<Item = String>,
+    cur: KeyId,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for key in keys {
+        match store.get_range(&key, 0, 16) {
+            Ok(head) if blob_header_key_id(&head) != Some(cur) => out.push(key),
+            Ok(_) | Err(Error::ObjectNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 impl Volume {
@@ -48,21 +67,11 @@ impl Volume {
         let Some(cur) = self.current_key_id() else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        for o in self.env.store.list(&keys::volume_prefix(&self.name))? {
-            let tlog = matches!(keys::parse_data_key(&self.name, &o.key), Some((_, "tlog", _)));
-            let cp = o.key.contains("/meta/checkpoint/");
-            if !(tlog || cp) {
-                continue;
-            }
-            // Checkpoint pruning may delete what was just listed: gone is not old.
-            match self.env.store.get_range(&o.key, 0, 16) {
-                Ok(head) if blob_header_key_id(&head) != Some(cur) => out.push(o.key),
-                Ok(_) | Err(Error::ObjectNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        let listed = self.env.store.list(&keys::volume_prefix(&self.name))?;
+        let metadata = listed.into_iter().map(|o| o.key).filter(|k| {
+            matches!(keys::parse_data_key(&self.name, k), Some((_, "tlog", _))) || k.contains("/meta/checkpoint/")
+        });
+        sealed_under_other_keys(self.env.store.as_ref(), metadata, cur)
     }
 
     /// Seal two epochs holding only a no-op record, each ending in a checkpoint under
@@ -92,15 +101,8 @@ impl Volume {
             self.rekey_metadata()?;
         }
         let store = self.env.store.as_ref();
-        let mut stale_marks = false;
-        for o in store.list(&keys::dtl_mark_prefix(&self.name))? {
-            match store.get_range(&o.key, 0, 16) {
-                Ok(head) if blob_header_key_id(&head) != Some(cur) => stale_marks = true,
-                Ok(_) | Err(Error::ObjectNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if stale_marks {
+        let marks = store.list(&keys::dtl_mark_prefix(&self.name))?.into_iter().map(|o| o.key);
+        if !sealed_under_other_keys(store, marks, cur)?.is_empty() {
             let link = self.dtl.read().clone();
             super::dtl_link::rewrite_marks(store, &self.name, link.as_deref())?;
         }
