@@ -13,6 +13,7 @@
 #   randwrite-4k-qd32   4 KiB random writes, 32 in flight
 #   randread-4k-qd32    4 KiB random reads, 32 in flight (the region was written: cache hit)
 #   randread-4k-qd1     the same, one at a time
+#   randrw70-4k-qd16    4 KiB random 70 % reads / 30 % writes, 16 in flight (counts both)
 #   read-1m-qd8         1 MiB sequential reads, 8 in flight
 #   write-1m-qd8        1 MiB sequential writes, 8 in flight
 #   writeflush-4k-qd1   4 KiB random write + FLUSH (waited for), one at a time; counts writes
@@ -160,12 +161,13 @@ stop_pid() {  # SIGTERM and wait (no time limit: logdisk drains uploads for up t
 }
 
 # ------------------------------------------------------------------ the comparison
-ALL_JOBS=(randwrite-4k-qd32 randread-4k-qd32 randread-4k-qd1 read-1m-qd8 write-1m-qd8 writeflush-4k-qd1)
+ALL_JOBS=(randwrite-4k-qd32 randread-4k-qd32 randread-4k-qd1 randrw70-4k-qd16 read-1m-qd8 write-1m-qd8 writeflush-4k-qd1)
 job_args() {
     case "$1" in
         randwrite-4k-qd32) echo "--rw randwrite --bs 4k --iodepth 32" ;;
         randread-4k-qd32)  echo "--rw randread --bs 4k --iodepth 32" ;;
         randread-4k-qd1)   echo "--rw randread --bs 4k --iodepth 1" ;;
+        randrw70-4k-qd16)  echo "--rw randrw --rwmixread 70 --bs 4k --iodepth 16" ;;
         read-1m-qd8)       echo "--rw read --bs 1M --iodepth 8" ;;
         write-1m-qd8)      echo "--rw write --bs 1M --iodepth 8" ;;
         writeflush-4k-qd1) echo "--rw randwrite --bs 4k --iodepth 1 --fsync-every 1" ;;
