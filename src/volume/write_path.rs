@@ -13,6 +13,12 @@ use super::iov::{self, iovec, AlignedBuf};
 use super::location::Location;
 use super::plan::{IoPlan, MAX_SEGS};
 use super::sco_file::ScoFile;
+
+thread_local! {
+    /// Per-thread scratch for a synchronous write's cluster checksums (no allocation per
+    /// write once it has grown to the largest write's cluster count).
+    static CRCS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 use super::space::Admit;
 use super::state::State;
 use super::tlog::Record;
@@ -94,19 +100,22 @@ impl Volume {
                 iov::sub_range(iovs, done << self.shift, bytes, &mut sub);
                 &sub
             };
-            let mut crcs = Vec::new();
-            // SAFETY: `piece` points into the caller's buffers, valid for this call.
-            unsafe { cluster_crc::compute(piece, self.cs as usize, &mut crcs) };
-            let io = file.writev_at(piece, (index as u64) << self.shift);
-            // SAFETY: as above.
-            unsafe { cluster_crc::recheck(piece, self.cs as usize, &mut crcs) };
-            let ok = io.is_ok();
-            if let (Some(l), true) = (&dtl, ok) {
-                // The data goes to the peer before the record that maps it.
-                let r = l.send_data(file.number, index, cluster + done, self.cs, piece);
-                self.dtl_result(r)?;
-            }
-            self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok, &crcs)?;
+            let io = CRCS.with_borrow_mut(|crcs| -> Result<_> {
+                crcs.clear();
+                // SAFETY: `piece` points into the caller's buffers, valid for this call.
+                unsafe { cluster_crc::compute(piece, self.cs as usize, crcs) };
+                let io = file.writev_at(piece, (index as u64) << self.shift);
+                // SAFETY: as above.
+                unsafe { cluster_crc::recheck(piece, self.cs as usize, crcs) };
+                let ok = io.is_ok();
+                if let (Some(l), true) = (&dtl, ok) {
+                    // The data goes to the peer before the record that maps it.
+                    let r = l.send_data(file.number, index, cluster + done, self.cs, piece);
+                    self.dtl_result(r)?;
+                }
+                self.commit(&mut self.state.lock(), file.number, index, cluster + done, take, ok, crcs)?;
+                Ok(io)
+            })?;
             if let Err(e) = io {
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
             }
