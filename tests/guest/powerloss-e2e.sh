@@ -15,6 +15,9 @@
 #   POWERLOSS_POINTS   replay points checked: a number (a spread sample, default 40) or
 #                      "all" (every mark, FLUSH/FUA entry and a point between each pair:
 #                      the full run, hours)
+#   POWERLOSS_DTL_POINTS  at how many of the checked marks (plus the end) to also restart
+#                      the volume from the object store + the DTL server's log (a takeover
+#                      on an empty data dir); default 6, "all" with POWERLOSS_POINTS=all
 #   POWERLOSS_SEED     workload seed (default 1)
 #   POWERLOSS_WORK     keep the images here (default a temp dir)
 set -euo pipefail
@@ -30,6 +33,7 @@ done
 export PATH=$PATH:/usr/sbin
 FLUSHES=${POWERLOSS_FLUSHES:-2000}
 POINTS=${POWERLOSS_POINTS:-24}
+if [[ $POINTS = all ]]; then DTL_POINTS=${POWERLOSS_DTL_POINTS:-all}; else DTL_POINTS=${POWERLOSS_DTL_POINTS:-6}; fi
 SEED=${POWERLOSS_SEED:-1}
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
@@ -61,8 +65,9 @@ grep -E '^\[powerloss-guest|^powerloss:|POWERLOSS-JOURNAL' "$T/guest.log" | tr -
 tr -d '\0' <"$T/journal.img" >"$T/journal.txt"
 tail -n 1 "$T/journal.txt" | grep -qx E || fail "journal incomplete"
 
-say "replay: $POINTS points"
+say "replay: $POINTS points, object store + DTL at $DTL_POINTS marks and the end"
 "$REPLAY" --log "$T/log.img" --dev-size 256M --journal "$T/journal.txt" --seed "$SEED" \
     --logdisk "$T/logdisk" --config "$HERE/powerloss.toml" --volume vm --work "$T/replay" --points "$POINTS" \
+    --dtl-dir /dtl --dtl-points "$DTL_POINTS" \
     || fail "replay checker reported violations (see above)"
 say "PASS"
