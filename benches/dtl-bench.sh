@@ -27,6 +27,8 @@
 #   --dir DIR       where data dirs go (default: $LOGDISK_BENCH_TMPDIR, $TMPDIR or /tmp
 #                   unless tmpfs, else ~/.cache/logdisk); a fresh temp dir inside
 #   --out DIR       results (default <target dir>/bench/dtl-<date>)
+#   --plain         DTL in plain text (server --insecure, [dtl] insecure = true) instead
+#                   of TLS (a throwaway CA from tests/dtl/make-certs.sh), to see TLS's cost
 #   --keep          keep the temp dir
 #   --no-build      use the binaries already built
 # Environment: CARGO_TARGET_DIR is honoured; LOGDISK_BIN / LOGDISK_LOADGEN override the binaries.
@@ -46,7 +48,7 @@ LD_TAG=dtl-bench
 # shellcheck source=../tests/dtl/lib.sh
 source "$REPO/tests/dtl/lib.sh"
 
-TIME=10 RAMP=1 SIZE=1G PREFILL=0 QUEUES=1 MODES="none,async,sync" DIR="" OUT="" KEEP=0 BUILD=1
+TIME=10 RAMP=1 SIZE=1G PREFILL=0 QUEUES=1 MODES="none,async,sync" DIR="" OUT="" KEEP=0 BUILD=1 PLAIN=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --time) TIME=$2; shift 2 ;;
@@ -58,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --dir) DIR=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --plain) PLAIN=1; shift ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -100,10 +103,18 @@ DTL_PORT=$(ld_free_ports "$NS2" "$IP2" 1)
 DTL_ADDR="$IP2:$DTL_PORT"
 head -c 32 /dev/urandom | base64 >"$TMP/dtl.token"
 chmod 600 "$TMP/dtl.token"
-printf '[dtl]\ntoken_file = "%s"\n' "$TMP/dtl.token" >"$TMP/logdisk.toml"
+if [[ $PLAIN = 1 ]]; then
+    printf '[dtl]\ntoken_file = "%s"\ninsecure = true\n' "$TMP/dtl.token" >"$TMP/logdisk.toml"
+    TLS_ARGS=(--insecure)
+else
+    "$REPO/tests/dtl/make-certs.sh" "$TMP/certs" "IP:$IP2" || die "cannot make TLS certificates (openssl)"
+    printf '[dtl]\ntoken_file = "%s"\nca_file = "%s"\n' "$TMP/dtl.token" "$TMP/certs/ca.pem" >"$TMP/logdisk.toml"
+    TLS_ARGS=(--tls-cert "$TMP/certs/server.pem" --tls-key "$TMP/certs/server.key")
+fi
+log "DTL transport: $([[ $PLAIN = 1 ]] && echo 'plain text (--plain)' || echo TLS)"
 mkdir -p "$TMP/dtl"
 (cd "$TMP/dtl" && exec ip netns exec "$NS2" "$BIN" dtl serve --listen "$DTL_ADDR" --dir "$TMP/dtl/logs" \
-    --token-file "$TMP/dtl.token") >"$OUT/dtl-server.log" 2>&1 &
+    --token-file "$TMP/dtl.token" "${TLS_ARGS[@]}") >"$OUT/dtl-server.log" 2>&1 &
 DTL_PID=$!
 ld_track "$DTL_PID"
 ld_wait_port "$NS1" "$IP2" "$DTL_PORT" 100 || die "the DTL server did not start: $(tail -n 5 "$OUT/dtl-server.log")"

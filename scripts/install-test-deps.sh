@@ -29,7 +29,7 @@ APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
           libvirt-daemon libvirt-daemon-driver-qemu
           build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck
-          libnbd-bin nbdkit dmsetup)
+          libnbd-bin nbdkit dmsetup openssl)
 BACKPORTS_PKGS=(qemu-system-x86 qemu-utils)
 BACKPORTS_LIST=/etc/apt/sources.list.d/logdisk-bookworm-backports.sources
 # deb-src for bookworm: tests/guest/build-guest.sh rebuilds Debian's fio from its source

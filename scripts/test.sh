@@ -50,6 +50,7 @@ if [[ $QUICK = 0 ]]; then
     stage "install test dependencies" scripts/install-test-deps.sh
 fi
 stage "cargo fmt --check" cargo fmt --all -- --check
+stage "src/volume has no import cycle" scripts/volume-deps.sh
 # --release: clippy then compiles the build scripts (aws-lc's C library) and proc macros
 # once for both itself and the release build that follows.
 stage "cargo clippy -D warnings" cargo clippy --release --workspace --all-targets -- -D warnings
@@ -66,7 +67,7 @@ if [[ $QUICK = 0 ]]; then
         scripts/fuzz.sh
     stage "qemu/libvirt configs" tests/guest/check-configs.sh
     stage "guest: build image" tests/guest/build-guest.sh
-    stage "guest: logdisk end to end" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
+    stage "guest: logdisk end to end (encrypted volume: no guest text in the store, key needed)" tests/guest/logdisk-e2e.sh --bin target/release/logdisk
     stage "guest: snapshot while writing, clone, snapshot served read-only, scrub" \
         tests/guest/snapshot-e2e.sh --bin target/release/logdisk
     stage "guest: online resize seen without a reboot, resize2fs, kill -9 restart, fresh data dir" \

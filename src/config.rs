@@ -57,6 +57,10 @@ pub struct Config {
 pub struct EncryptionConfig {
     pub key_files: Vec<PathBuf>,
     pub key_commands: Vec<String>,
+    /// Every volume of this data dir must be encrypted: creating a plain one is refused,
+    /// and so is a plain record or object found in the store (someone with write access
+    /// to the bucket cannot swap in a plain volume before this host first opens it).
+    pub require: bool,
 }
 
 /// The DTL client side (each volume's peer and mode are set per volume).
@@ -66,9 +70,30 @@ pub struct DtlClientConfig {
     /// The shared token: the same file as the server's `--token-file`. Without it the
     /// client sends an empty token (only an `--insecure` server accepts that).
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of the CA(s) that signed the DTL servers' certificates: the client
+    /// speaks TLS and checks the certificate against the host part of the peer address
+    /// (only these CAs are trusted, not the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Speak plain text to the DTL server (it must run with `--insecure`).
+    pub insecure: bool,
 }
 
 impl DtlClientConfig {
+    /// The TLS settings: `Some` with `ca_file`, `None` (plain text) only with `insecure`.
+    pub fn tls(&self) -> crate::error::Result<Option<crate::dtl::tls::ClientTls>> {
+        match (&self.ca_file, self.insecure) {
+            (Some(_), true) => Err(crate::error::Error::Config(
+                "dtl: give either ca_file (TLS) or insecure = true (plain text), not both".into(),
+            )),
+            (Some(f), false) => crate::dtl::tls::client_config(f).map(Some),
+            (None, true) => Ok(None),
+            (None, false) => Err(crate::error::Error::Config(
+                "dtl: give ca_file = \"CA.pem\" (TLS to the DTL server) or insecure = true (plain text) in [dtl]"
+                    .into(),
+            )),
+        }
+    }
+
     /// The token (the file's content without surrounding whitespace).
     pub fn token(&self) -> crate::error::Result<Vec<u8>> {
         match &self.token_file {
@@ -228,6 +253,9 @@ pub struct S3Config {
     /// Request checksums: "when_supported" (SDK default, CRC32 on every upload) or
     /// "when_required" (for servers that reject the SDK's checksum trailers).
     pub request_checksums: String,
+    /// PEM bundle of extra CA certificates trusted for https endpoints (a self-hosted
+    /// store with a private CA), in addition to the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -249,6 +277,7 @@ impl std::fmt::Debug for S3Config {
             .field("multipart_concurrency", &self.multipart_concurrency)
             .field("list_page_size", &self.list_page_size)
             .field("request_checksums", &self.request_checksums)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -272,6 +301,7 @@ impl Default for S3Config {
             multipart_concurrency: 4,
             list_page_size: 1000,
             request_checksums: "when_supported".into(),
+            ca_file: None,
         }
     }
 }

@@ -175,6 +175,7 @@ impl DataDir {
             }
         };
         let keys = Arc::new(KeyRing::default());
+        keys.set_require(config.encryption.require);
         for s in crate::crypto::store::sources(&config.encryption.key_files, &config.encryption.key_commands) {
             keys.add_source(s);
         }
@@ -312,6 +313,10 @@ impl DataDir {
             meta.encryption = Some(EncryptionInfo { old_key_ids: Vec::new(), ..enc.clone() });
             self.keys.set_writer(&name, id);
             sources = parent_sources;
+        } else if self.keys.requires_encryption() {
+            return Err(Error::Refused(format!(
+                "volume {name}: this data dir requires encryption ([encryption] require = true): give --encrypt --key-file or --key-command"
+            )));
         } else {
             self.keys.forget_volume(&name);
         }
@@ -401,7 +406,8 @@ impl DataDir {
     /// Connect volume `vol` to DTL peer `d` with the configured token.
     pub fn dtl_link(&self, vol: &Volume, d: DtlSettings) -> Result<DtlLink> {
         let token = self.config.dtl.token()?;
-        DtlLink::start(d, &token, vol.name(), vol.meta().generation, self.store.as_ref())
+        let tls = self.config.dtl.tls()?;
+        DtlLink::start(d, &token, tls, vol.name(), vol.meta().generation, self.store.as_ref())
     }
 
     /// This host's settings of volume `name`.

@@ -48,6 +48,10 @@ pub enum Error {
     DtlRefused { code: crate::dtl::ErrorCode, message: String },
     #[error("DTL: {0}")]
     Dtl(String),
+    /// The TLS handshake with a DTL server failed (untrusted certificate, wrong name, a
+    /// server without TLS).
+    #[error("{0}")]
+    DtlTls(String),
     /// A key source that cannot be read or holds no valid key (never the key itself).
     #[error("encryption key: {0}")]
     Key(String),

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::backend::{keys, ObjectStore};
 use crate::datadir::DataDir;
-use crate::dtl::{DtlClient, DtlState, EntryBody};
+use crate::dtl::{DtlClient, DtlConfig, DtlState, EntryBody};
 use crate::error::{Error, IoContext, Result};
 use crate::local_settings::LocalSettings;
 use crate::volume::dtl_link::{newest_mark, store_mark, CoverageMark, DtlSettings};
@@ -101,7 +101,9 @@ pub fn takeover(dd: &mut DataDir, name: &str, dtl: DtlSettings, force: bool) -> 
     // nor trim, so the DTL keeps everything the object store may lack.
     let new_gen = meta.generation + 1;
     let token = dd.config().dtl.token()?;
-    let client = DtlClient::connect(&dtl.addr, &token, name, new_gen)?;
+    let mut cfg = DtlConfig::new(dtl.addr.clone(), token, name, new_gen);
+    cfg.tls = dd.config().dtl.tls()?;
+    let client = DtlClient::connect_with(cfg)?;
     let reachable = !matches!(client.state(), DtlState::Degraded(_));
     check(reachable, format!("the DTL server {} is not reachable", dtl.addr))?;
 

@@ -46,7 +46,19 @@ fn ops(scrub: bool) -> impl Iterator<Item = Op> {
 fn crash_child() {
     let Ok(dir) = std::env::var("LOGDISK_CRASH_CHILD") else { return };
     let dir = std::path::PathBuf::from(dir);
-    let mut dd = open_dd(&dir.join("host"), &dir.join("objects"), small_config());
+    // The parent has just closed the data dir; a child the other test of this process
+    // forked meanwhile may still hold the lock's file description until its exec (a CI
+    // rehearsal saw DataDirInUse here): wait for it, briefly.
+    let backend = format!("file://{}", dir.join("objects").display());
+    let t0 = Instant::now();
+    let mut dd = loop {
+        match logdisk::datadir::DataDir::open(&dir.join("host"), Some(&backend), small_config()) {
+            Err(logdisk::Error::DataDirInUse { .. }) if t0.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => break r.expect("open data dir"),
+        }
+    };
     let name = std::env::var("LOGDISK_CRASH_VOLUME").unwrap();
     let vol = dd.open_volume(&name, false).unwrap();
     let scrub = std::env::var("LOGDISK_CRASH_SCRUB").is_ok();

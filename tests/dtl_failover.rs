@@ -3,9 +3,12 @@
 //! paused and disappears without a clean close; host 2 takes the volume over and must
 //! read back every write host 1 completed. Also: a fenced old owner (dead or alive),
 //! a refused takeover when the DTL was not in sync, and DEGRADED → in sync.
+//! The DTL runs over TLS with a CA made at test time, as in production.
 //! (`tests/dtl/failover.sh` does the same across network namespaces with kill -9.)
 
-use std::path::Path;
+#[path = "common/tls.rs"]
+mod tls;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,8 @@ use logdisk::config::Config;
 use logdisk::control::ops;
 use logdisk::control::protocol::Request;
 use logdisk::datadir::DataDir;
-use logdisk::dtl::DtlServer;
+use logdisk::dtl::tls::server_config;
+use logdisk::dtl::{DtlServer, ServerOptions};
 use logdisk::volume::dtl_link::{DtlMode, DtlSettings};
 use logdisk::volume::Volume;
 use logdisk::Error;
@@ -34,6 +38,8 @@ impl Hosts {
         std::fs::write(t.path().join("token"), format!("{TOKEN}\n")).unwrap();
         let mut cfg = Config::default();
         cfg.dtl.token_file = Some(t.path().join("token"));
+        let certs = tls::make(&t.path().join("certs"), &["IP:127.0.0.1"]);
+        cfg.dtl.ca_file = Some(certs.ca);
         cfg.upload.drain_timeout_secs = 60;
         cfg.write_buffer.seal_after_secs = 0;
         cfg.read_cache.size = logdisk::config::ByteSize(16 << 20);
@@ -50,8 +56,14 @@ impl Hosts {
     }
 }
 
-fn server(dir: &Path, addr: &str) -> DtlServer {
-    DtlServer::start(addr, dir, Some(TOKEN.as_bytes().to_vec())).unwrap()
+impl Hosts {
+    /// The DTL server over TLS (the certificate made in [`Hosts::new`]).
+    fn server(&self, addr: &str) -> DtlServer {
+        let certs = self.t.path().join("certs");
+        let tls = server_config(&certs.join("server.pem"), &certs.join("server.key")).unwrap();
+        let opts = ServerOptions { tls: Some(tls), ..Default::default() };
+        DtlServer::start_with(addr, &self.dtl_dir(), Some(TOKEN.as_bytes().to_vec()), opts).unwrap()
+    }
 }
 
 fn create(dd: &mut DataDir, name: &str, dtl: Option<DtlSettings>) {
@@ -110,7 +122,7 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 /// Host 1 writes (part uploaded, then uploads paused), disappears; host 2 takes over.
 fn failover(mode: DtlMode) {
     let h = Hosts::new();
-    let srv = server(&h.dtl_dir(), "127.0.0.1:0");
+    let srv = h.server("127.0.0.1:0");
     let addr = srv.local_addr().to_string();
     let mut rng = StdRng::seed_from_u64(7 + mode as u64);
     let mut model = vec![0u8; SIZE as usize];
@@ -179,7 +191,7 @@ fn takeover_async_mode() {
 #[test]
 fn live_old_owner_is_fenced() {
     let h = Hosts::new();
-    let srv = server(&h.dtl_dir(), "127.0.0.1:0");
+    let srv = h.server("127.0.0.1:0");
     let addr = srv.local_addr().to_string();
     let mut rng = StdRng::seed_from_u64(11);
     let mut model = vec![0u8; SIZE as usize];
@@ -214,7 +226,7 @@ fn live_old_owner_is_fenced() {
 #[test]
 fn degraded_then_back_and_refused_takeover() {
     let h = Hosts::new();
-    let srv = server(&h.dtl_dir(), "127.0.0.1:0");
+    let srv = h.server("127.0.0.1:0");
     let addr = srv.local_addr().to_string();
     let mut rng = StdRng::seed_from_u64(13);
     let mut model = vec![0u8; SIZE as usize];
@@ -230,7 +242,7 @@ fn degraded_then_back_and_refused_takeover() {
     let state = v1.dtl_status().unwrap().1;
     assert!(state == "degraded" || state == "catching_up", "{state}");
     // The peer returns on the same address: the client catches up, a tick marks it covered.
-    let srv = server(&h.dtl_dir(), &addr);
+    let srv = h.server(&addr);
     wait_for("DTL back in sync", 30, || v1.dtl_status().unwrap().1 == "in_sync");
     write_random(&v1, &mut model, &mut rng, 20);
     v1.flush().unwrap();
@@ -240,7 +252,7 @@ fn degraded_then_back_and_refused_takeover() {
     v1.flush().unwrap();
     drop(v1);
     drop(dd1);
-    let srv = server(&h.dtl_dir(), &addr);
+    let srv = h.server(&addr);
     let mut dd2 = h.host(2);
     match logdisk::takeover::takeover(&mut dd2, "v", dtl(&addr, DtlMode::Sync), false) {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("not in sync"), "{m}"),
@@ -250,4 +262,29 @@ fn degraded_then_back_and_refused_takeover() {
     let rep = logdisk::takeover::takeover(&mut dd2, "v", dtl(&addr, DtlMode::Sync), true).unwrap();
     assert_eq!(rep.forced.len(), 1, "{rep:?}");
     drop(srv);
+}
+
+/// A host whose config names no DTL CA (and not `insecure`) refuses to open a volume with
+/// a DTL in one line; one set to plain text is refused by the TLS server.
+#[test]
+fn dtl_volume_needs_tls_or_an_explicit_insecure() {
+    let h = Hosts::new();
+    let srv = h.server("127.0.0.1:0");
+    let addr = srv.local_addr().to_string();
+    let mut dd1 = h.host(1);
+    create(&mut dd1, "v", Some(dtl(&addr, DtlMode::Sync)));
+    drop(dd1);
+    let open = |tweak: &dyn Fn(&mut Config)| {
+        let mut cfg = h.cfg.clone();
+        tweak(&mut cfg);
+        let mut dd = DataDir::open(&h.t.path().join("host1"), Some(&h.backend), cfg).unwrap();
+        dd.open_volume("v", false).map(|_| ()).unwrap_err().to_string()
+    };
+    let m = open(&|c| c.dtl.ca_file = None);
+    assert!(m.contains("ca_file") && m.contains("insecure = true") && m.lines().count() == 1, "{m}");
+    let m = open(&|c| {
+        c.dtl.ca_file = None;
+        c.dtl.insecure = true;
+    });
+    assert!(m.contains("requires TLS"), "{m}");
 }

@@ -2,6 +2,9 @@
 //! across restarts, QUERY/TRIM, fencing, tokens, hostile input, reconnects after the
 //! server is killed, and the `logdisk dtl serve` command line.
 
+#[path = "common/tls.rs"]
+mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -336,14 +339,18 @@ fn full_queue_drops_to_needs_resync_and_trim_heals() {
     server.stop();
 }
 
-/// `logdisk dtl serve` as a process; returns it and its address.
-fn spawn_cli(dir: &Path, listen: &str, token_file: &Path) -> (Child, SocketAddr) {
+/// `logdisk dtl serve` over TLS as a process; returns it and its address.
+fn spawn_cli(dir: &Path, listen: &str, token_file: &Path, certs: &tls::Certs) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_logdisk"))
         .current_dir(dir)
         .args(["dtl", "serve", "--listen", listen, "--dir"])
         .arg(dir.join("dtl"))
         .arg("--token-file")
         .arg(token_file)
+        .arg("--tls-cert")
+        .arg(&certs.cert)
+        .arg("--tls-key")
+        .arg(&certs.key)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -363,9 +370,15 @@ fn client_reconnects_after_the_server_is_killed() {
     let t = tempfile::tempdir().unwrap();
     let token_file = t.path().join("token");
     std::fs::write(&token_file, [TOKEN, b"\n"].concat()).unwrap();
-    let (mut child, addr) = spawn_cli(t.path(), "127.0.0.1:0", &token_file);
+    let certs = tls::make(&t.path().join("certs"), &["IP:127.0.0.1"]);
+    let (mut child, addr) = spawn_cli(t.path(), "127.0.0.1:0", &token_file, &certs);
     let mut rng = StdRng::seed_from_u64(5);
-    let c = client(addr, "vm", 1);
+    // Over TLS: the client reconnects with a fresh handshake after the kill.
+    let mut cfg = DtlConfig::new(addr.to_string(), TOKEN, "vm", 1);
+    cfg.backoff_min = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(200);
+    cfg.tls = Some(logdisk::dtl::tls::client_config(&certs.ca).unwrap());
+    let c = DtlClient::connect_with(cfg).unwrap();
     let mut all = entries(&mut rng, 1..=2, 10);
     c.append(all.clone()).unwrap();
     c.sync().unwrap();
@@ -379,7 +392,7 @@ fn client_reconnects_after_the_server_is_killed() {
     all.extend(during);
     assert!(c.sync().is_err());
 
-    let (mut child, addr2) = spawn_cli(t.path(), &addr.to_string(), &token_file);
+    let (mut child, addr2) = spawn_cli(t.path(), &addr.to_string(), &token_file, &certs);
     assert_eq!(addr, addr2);
     wait_for("back in sync", 30, || c.state() == DtlState::InSync);
     let last = entries(&mut rng, 4..=4, 3);
@@ -395,7 +408,7 @@ fn client_reconnects_after_the_server_is_killed() {
 }
 
 #[test]
-fn cli_refuses_to_start_without_a_token() {
+fn cli_refuses_to_start_without_a_token_or_tls() {
     let t = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_logdisk"))
@@ -416,6 +429,15 @@ fn cli_refuses_to_start_without_a_token() {
     assert!(!o.status.success() && err.contains("is empty"), "{err}");
     let o = run(&["--token-file", "missing"]);
     assert!(!o.status.success());
+    // A token but no certificate: TLS (or an explicit --insecure) is required.
+    std::fs::write(t.path().join("token"), "tok\n").unwrap();
+    let o = run(&["--token-file", "token"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--tls-cert") && err.contains("--insecure"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = run(&["--token-file", "token", "--tls-cert", "missing.pem", "--tls-key", "missing.key"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("missing.pem"), "{err}");
     // The DTL server needs no logdisk data dir.
     assert!(!t.path().join("logdisk-data").exists());
 }

@@ -6,7 +6,8 @@
 //! fails with IOERR and the guest buffer holds none of the bad bytes; once uploaded to a
 //! store holding its own copy, the read returns the written data from the object store;
 //! uploaded by hard link (the object is the same inode) the read fails. Partial-cluster
-//! reads and the engine's own read path (NBD, CLI) are checked the same way.
+//! reads and the engine's own read path (NBD, CLI) are checked the same way. A read-cache
+//! block that rots is a miss: the data comes from the object store again.
 
 mod common;
 
@@ -154,8 +155,7 @@ fn rot_in_the_write_buffer_fails_the_read_and_no_bad_byte_reaches_the_guest() {
 fn rot_after_upload_reads_the_object_store_copy() {
     let mut s = Served::new(false);
     let img = image(64, 2);
-    // SCO 1: 4 KiB writes (checksummed as written). SCO 2: one 128 KiB write (no checksum
-    // at write time: the upload reads it back and takes them then).
+    // SCO 1: 4 KiB writes. SCO 2: one 128 KiB write. Both checksummed as written.
     for c in 0..32 {
         s.write(c as u64, cl(&img, c));
     }
@@ -192,4 +192,50 @@ fn rot_in_a_hard_linked_sco_fails_the_read() {
     assert!(data.iter().all(|&b| b == 0));
     assert_eq!(s.read(10 * CS as u64, CS), (OK, cl(&img, 10).to_vec()));
     s.stop();
+}
+
+/// A read-cache block that rotted on the disk is never returned: the read goes to the
+/// object store (whose frames carry their own checksums) and the block leaves the cache.
+#[test]
+fn rot_in_the_read_cache_reads_the_object_store_copy() {
+    let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+    let backend = t.path().join("objects");
+    let img = image(64, 4);
+    {
+        let mut a = common::open_dd(&t.path().join("a"), &backend, common::small_config());
+        a.create_volume("v", 1 << 20, None, None).unwrap();
+        let v = a.open_volume("v", false).unwrap();
+        v.write_at(0, &img).unwrap();
+        v.close().unwrap();
+    }
+    // A fresh data dir: every read comes from the object store and fills the cache.
+    let mut b = common::open_dd(&t.path().join("b"), &backend, common::small_config());
+    let v = b.open_volume("v", true).unwrap();
+    let cache = b.env().unwrap().cache.clone();
+    let mut buf = vec![0u8; img.len()];
+    let t0 = Instant::now();
+    loop {
+        v.read_at(0, &mut buf).unwrap();
+        assert!(buf == img);
+        let (hits, _) = cache.stats();
+        if hits >= 64 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the read cache never filled (hits {hits})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One bit flips in every block of the cache file.
+    let path = t.path().join("b/cache/blocks");
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut byte = [0u8];
+    for at in (0..len).step_by(CS).map(|o| o + 77) {
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x08], at).unwrap();
+    }
+    f.sync_data().unwrap();
+    let mut again = vec![0u8; img.len()];
+    v.read_at(0, &mut again).unwrap();
+    assert!(again == img, "bytes from a rotten read-cache block were returned");
+    assert!(cache.rotten() >= 1, "the rotten blocks were not detected");
 }

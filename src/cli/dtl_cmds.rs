@@ -24,9 +24,16 @@ pub struct DtlServeArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
     /// File holding the shared access token (clients use the same file)
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Accept clients without a token
+    /// The server's certificate chain (PEM); clients trust its CA with `dtl.ca_file`
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow what is otherwise refused: plain text (no --tls-cert) and clients without a
+    /// token (no --token-file)
     #[arg(long)]
     pub insecure: bool,
 }
@@ -55,8 +62,19 @@ pub fn serve(args: &DtlServeArgs) -> Result<()> {
             bail!("refusing to start the DTL server without access control: give --token-file FILE (or --insecure)")
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key, args.insecure) {
+        (Some(c), Some(k), _) => Some(logdisk::dtl::tls::server_config(c, k)?),
+        (None, None, true) => {
+            tracing::warn!("--insecure without --tls-cert: DTL traffic on {} is plain text", args.listen);
+            None
+        }
+        _ => {
+            bail!("refusing to start the DTL server in plain text: give --tls-cert FILE --tls-key FILE (or --insecure)")
+        }
+    };
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
-    let server = DtlServer::start(args.listen.as_str(), &args.dir, token)
+    let opts = logdisk::dtl::ServerOptions { tls, ..Default::default() };
+    let server = DtlServer::start_with(args.listen.as_str(), &args.dir, token, opts)
         .with_context(|| format!("cannot start the DTL server on {}", args.listen))?;
     println!("DTL server listening on {} (dir {})", server.local_addr(), args.dir.display());
     use std::io::Write;

@@ -141,6 +141,12 @@ pub fn render(state: &DaemonState) -> String {
             "Read-cache block misses.",
             &mut std::iter::once((String::new(), misses as f64)),
         );
+        metric(
+            "read_cache_rotten_total",
+            "counter",
+            "Read-cache blocks that failed their checksum (dropped, read from the object store).",
+            &mut std::iter::once((String::new(), v.env.cache.rotten() as f64)),
+        );
     }
     out
 }

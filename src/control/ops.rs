@@ -244,9 +244,9 @@ pub fn run(dd: &mut DataDir, served: &Served, req: Request) -> Result<Value> {
             "attach and detach need the running daemon of this data dir: start `logdisk serve`".into(),
         )),
         Request::Scrub { volume, threshold } => {
+            // After a key rotation, scrub also rewrites what is under older keys and
+            // prunes the record versions under them (`Volume::finish_rekey`).
             let rep = with_volume(dd, served, &volume, false, |v| v.scrub(threshold))?;
-            // After a key rotation: record versions under older keys go too.
-            crate::crypto::ops::prune_records(dd, &volume)?;
             Ok(to_json(rep))
         }
     }

@@ -10,6 +10,7 @@ pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use aws_lc_rs::hmac;
@@ -189,7 +190,13 @@ pub struct KeyRing {
     pending: Mutex<Vec<KeySource>>,
     loaded: Mutex<HashSet<KeySource>>,
     writers: RwLock<HashMap<String, KeyId>>,
-    encrypted: RwLock<HashSet<String>>,
+    pub(crate) encrypted: RwLock<HashSet<String>>,
+    /// Volumes rotated to a new key whose objects may still be sealed under an older
+    /// one: the scrubber rewrites them in the background (`volume::rekey`).
+    rekey: Mutex<HashSet<String>>,
+    /// `[encryption] require`: every volume must be encrypted; a plain record or object
+    /// is refused (a plain record swapped into the bucket is not a way to downgrade).
+    require: AtomicBool,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -275,13 +282,38 @@ impl KeyRing {
 
     /// Whether objects of `volume` must be encrypted (plain ones are refused).
     pub fn is_encrypted(&self, volume: &str) -> bool {
-        self.encrypted.read().contains(volume)
+        self.requires_encryption() || self.encrypted.read().contains(volume)
+    }
+
+    /// Refuse every plain volume (`[encryption] require = true`).
+    pub fn set_require(&self, on: bool) {
+        self.require.store(on, Ordering::SeqCst);
+    }
+
+    pub fn requires_encryption(&self) -> bool {
+        self.require.load(Ordering::SeqCst)
+    }
+
+    /// Volume `volume` may hold objects under an older key (after a rotation, or when
+    /// its record names older keys); `false` once a pass found none.
+    pub fn set_rekey_pending(&self, volume: &str, pending: bool) {
+        let mut r = self.rekey.lock();
+        if pending {
+            r.insert(volume.to_string());
+        } else {
+            r.remove(volume);
+        }
+    }
+
+    pub fn rekey_pending(&self, volume: &str) -> bool {
+        self.rekey.lock().contains(volume)
     }
 
     /// Forget a volume (deleted or crypto-erased).
     pub fn forget_volume(&self, volume: &str) {
         self.writers.write().remove(volume);
         self.encrypted.write().remove(volume);
+        self.rekey.lock().remove(volume);
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::store::ERASED_MAGIC;
 use super::{EncryptionInfo, KeyId, KeyRing, KeySource};
 use crate::backend::keys;
+use crate::backend::ObjectStore;
 use crate::datadir::DataDir;
 use crate::error::{Error, IoContext, Result};
 use crate::volume::VolumeMeta;
@@ -25,6 +26,10 @@ pub fn register(ring: &KeyRing, name: &str, enc: &EncryptionInfo) -> Result<()> 
         }
     }
     ring.set_writer(name, id);
+    if !enc.old_key_ids.is_empty() {
+        // Older objects may still be under those keys: the scrubber looks (once).
+        ring.set_rekey_pending(name, true);
+    }
     Ok(())
 }
 
@@ -59,7 +64,8 @@ pub fn rotate(dd: &DataDir, name: &str, src: &KeySource) -> Result<EncryptionInf
             }
             return Err(e);
         }
-        tracing::info!(volume = name, key_id = %enc.key_id, "volume key rotated");
+        dd.keys().set_rekey_pending(name, true);
+        tracing::info!(volume = name, key_id = %enc.key_id, "volume key rotated; the scrubber rewrites older objects under the new key");
     }
     dd.save_local_settings(name, &settings)?;
     Ok(enc)
@@ -101,33 +107,27 @@ pub fn crypto_erase(dd: &DataDir, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Delete versions of volume `name`'s record sealed under a key other than the current
-/// one (after a rotation; the newest version is always under the current key). Returns
-/// how many went.
-pub fn prune_records(dd: &DataDir, name: &str) -> Result<usize> {
-    let m = dd.volume_meta(name)?;
-    let Some(cur) = current_key(&m) else {
-        return Ok(0);
-    };
-    let store = dd.store();
-    let mut old = Vec::new();
-    for o in store.list(&keys::volume_meta_prefix(name))? {
-        if keys::trailing_number(&o.key) == Some(m.version) {
-            continue;
-        }
-        // A version deleted since the listing is no longer there to prune.
-        match store.get_range(&o.key, 0, 16) {
-            Ok(head) if crate::volume::rekey::blob_header_key_id(&head) != Some(cur) => old.push(o.key),
-            Ok(_) | Err(Error::ObjectNotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
+/// Delete the versions of volume `name`'s record not sealed under key `cur` (older
+/// versions: a rotation stores the newest under its new key first).
+pub fn prune_record_versions(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<usize> {
+    let versions = store.list(&keys::volume_meta_prefix(name))?.into_iter().map(|o| o.key);
+    let old = crate::volume::rekey::sealed_under_other_keys(store, versions, cur)?;
     store.delete_many(&old)?;
     Ok(old.len())
 }
 
-/// Whether `meta` still has SCOs sealed under a key other than its current one is for
-/// scrub to find out; this names the current key id.
-pub fn current_key(meta: &VolumeMeta) -> Option<KeyId> {
-    meta.encryption.as_ref().and_then(|e| KeyId::parse(&e.key_id))
+/// Once nothing of volume `name` is under an older key: its newest record stops naming
+/// older keys (a new version, if it named any) and record versions under them go.
+pub fn forget_old_keys(store: &dyn ObjectStore, name: &str, cur: KeyId) -> Result<()> {
+    let mut m = VolumeMeta::load(store, name)?;
+    let Some(enc) = m.encryption.as_mut().filter(|e| e.key_id == cur.to_string()) else {
+        // Not (or no longer) this key's volume: nothing of it to forget.
+        return Ok(());
+    };
+    if !enc.old_key_ids.is_empty() {
+        enc.old_key_ids.clear();
+        m.store_new_version(store, false)?;
+    }
+    prune_record_versions(store, name, cur)?;
+    Ok(())
 }

@@ -55,7 +55,12 @@ impl CryptoStore {
         if self.keys.is_encrypted(volume) && !bytes.starts_with(ERASED_MAGIC) {
             return Err(Error::Corrupt {
                 key: key.into(),
-                detail: "a plain object in an encrypted volume (refused)".into(),
+                detail: if self.keys.encrypted.read().contains(volume) {
+                    "a plain object in an encrypted volume (refused)".into()
+                } else {
+                    "a plain object, and this data dir requires encryption ([encryption] require = true): refused"
+                        .into()
+                },
             });
         }
         Ok(bytes)

@@ -29,6 +29,8 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+
+use super::tls::{host_of, ClientTls, Conn};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +63,8 @@ pub struct DtlConfig {
     pub backoff_max: Duration,
     /// An idle connection sends a SYNC this often.
     pub heartbeat: Duration,
+    /// Speak TLS and verify the server's certificate against this; `None`: plain text.
+    pub tls: Option<ClientTls>,
 }
 
 impl DtlConfig {
@@ -77,6 +81,7 @@ impl DtlConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             heartbeat: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -121,7 +126,7 @@ struct Inner {
     /// Connection epoch; 0 while not connected.
     conn: u64,
     epochs: u64,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     last_sent_seq: u64,
     last_sync_sent_seq: u64,
     sync_in_flight: bool,
@@ -208,7 +213,7 @@ fn proto(e: ProtoError) -> Error {
 }
 
 /// Connect and say hello; returns the stream and the server's (last_seq, trimmed_upto).
-fn handshake(cfg: &DtlConfig) -> Result<(TcpStream, u64, u64)> {
+fn handshake(cfg: &DtlConfig) -> Result<(Conn, u64, u64)> {
     let addrs: Vec<_> = cfg
         .addr
         .to_socket_addrs()
@@ -225,7 +230,7 @@ fn handshake(cfg: &DtlConfig) -> Result<(TcpStream, u64, u64)> {
             Err(e) => last = Some(e),
         }
     }
-    let Some(stream) = stream else {
+    let Some(tcp) = stream else {
         return Err(Error::Dtl(format!(
             "cannot connect to DTL server {}: {}",
             cfg.addr,
@@ -233,9 +238,14 @@ fn handshake(cfg: &DtlConfig) -> Result<(TcpStream, u64, u64)> {
         )));
     };
     let io = |e: std::io::Error| Error::Dtl(format!("DTL server {}: {e}", cfg.addr));
-    let _ = stream.set_nodelay(true);
-    stream.set_read_timeout(Some(cfg.io_timeout + cfg.heartbeat)).map_err(io)?;
-    stream.set_write_timeout(Some(cfg.io_timeout)).map_err(io)?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(cfg.io_timeout + cfg.heartbeat)).map_err(io)?;
+    tcp.set_write_timeout(Some(cfg.io_timeout)).map_err(io)?;
+    let stream = match &cfg.tls {
+        None => Conn::plain(tcp),
+        Some(tls) => Conn::client(tcp, tls, host_of(&cfg.addr))
+            .map_err(|e| Error::DtlTls(format!("DTL server {}: TLS handshake failed: {e}", cfg.addr)))?,
+    };
     (&stream).write_all(&hello_frame(cfg.generation, &cfg.volume, &cfg.token)).map_err(io)?;
     let mut body = Vec::new();
     if !read_frame(&mut &stream, MAX_FRAME, &mut body).map_err(proto)? {
@@ -269,7 +279,7 @@ impl DtlClient {
         cfg.batch_bytes = cfg.batch_bytes.clamp(1, 4 << 20);
         let first = match handshake(&cfg) {
             Ok(c) => Some(c),
-            Err(e @ Error::DtlRefused { .. }) => return Err(e),
+            Err(e @ (Error::DtlRefused { .. } | Error::DtlTls(_))) => return Err(e),
             Err(e) => {
                 tracing::warn!(volume = %cfg.volume, "DTL not reachable, will retry: {e}");
                 None
@@ -509,7 +519,7 @@ impl Drop for DtlClient {
 }
 
 /// The sender: (re)connect with backoff, then feed the connection until it breaks.
-fn sender_loop(sh: &Arc<Shared>, mut first: Option<(TcpStream, u64)>) {
+fn sender_loop(sh: &Arc<Shared>, mut first: Option<(Conn, u64)>) {
     let cfg = &sh.cfg;
     let mut backoff = cfg.backoff_min;
     loop {
@@ -569,7 +579,7 @@ fn sender_loop(sh: &Arc<Shared>, mut first: Option<(TcpStream, u64)>) {
 }
 
 /// Bookkeeping for a fresh connection whose server holds everything up to `last_seq`.
-fn connected(sh: &Shared, stream: &TcpStream, last_seq: u64) -> u64 {
+fn connected(sh: &Shared, stream: &Conn, last_seq: u64) -> u64 {
     let mut g = sh.m.lock();
     while g.unacked.front().is_some_and(|i| i.seq <= last_seq) {
         let i = g.unacked.pop_front().unwrap();
@@ -605,7 +615,7 @@ fn connected(sh: &Shared, stream: &TcpStream, last_seq: u64) -> u64 {
 }
 
 /// Send batches and SYNCs on connection `epoch` until it breaks or the client closes.
-fn feed(sh: &Shared, mut stream: &TcpStream, epoch: u64) {
+fn feed(sh: &Shared, mut stream: &Conn, epoch: u64) {
     let cfg = &sh.cfg;
     let mut req = 0u64;
     let mut out = Vec::new();
@@ -662,7 +672,7 @@ fn feed(sh: &Shared, mut stream: &TcpStream, epoch: u64) {
 }
 
 /// Take replies on connection `epoch`: SYNC replies release durable entries.
-fn reader_loop(sh: &Shared, stream: TcpStream, epoch: u64) {
+fn reader_loop(sh: &Shared, stream: Conn, epoch: u64) {
     let mut body = Vec::new();
     let why = loop {
         match read_frame(&mut &stream, MAX_FRAME, &mut body) {

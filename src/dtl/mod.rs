@@ -7,6 +7,7 @@
 //!   owner-generation fencing, trim by SCO).
 //! - [`server`]: `logdisk dtl serve` — TCP listener, a thread per connection.
 //! - [`fuzzing`]: the protocol decoder fuzz body (cargo-fuzz target `dtl`).
+//! - [`tls`]: plain or rustls connections shared by a reader and a writer thread.
 //! - [`client`]: what a volume uses — batching, pipelining, reconnect with backoff.
 //!
 //! Ownership: each owner of a volume says hello with a generation; a higher generation
@@ -18,6 +19,7 @@ pub mod fuzzing;
 pub mod log;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 pub use client::{DtlClient, DtlConfig, DtlState};
 pub use protocol::{Entry, EntryBody, ErrorCode};

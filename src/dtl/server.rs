@@ -26,6 +26,7 @@ use super::protocol::{
     error_frame, has_complete_frame, read_frame, token_eq, valid_name, ErrorCode, FrameBuf, ProtoError, Request,
     MAX_FRAME, MAX_HELLO_FRAME, T_APPENDED, T_DONE, T_ENTRIES, T_SYNCED, T_TRIMMED, T_WELCOME, VERSION,
 };
+use super::tls::{starts_with_tls, Conn, ServerTls};
 use crate::error::{Error, IoContext, Result};
 
 /// Tunables of a DTL server.
@@ -38,6 +39,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// Connections above this many are refused with `busy`.
     pub max_connections: usize,
+    /// Serve TLS with this certificate; `None`: plain text (the CLI needs `--insecure`).
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ServerOptions {
@@ -46,6 +49,7 @@ impl Default for ServerOptions {
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 256,
+            tls: None,
         }
     }
 }
@@ -254,10 +258,25 @@ fn error_message(e: &Error) -> String {
     }
 }
 
-fn serve_conn(stream: TcpStream, shared: &Shared) -> std::result::Result<(), ConnEnd> {
-    let _ = stream.set_nodelay(true);
-    stream.set_read_timeout(Some(shared.opts.hello_timeout)).map_err(ConnEnd::Io)?;
-    stream.set_write_timeout(Some(shared.opts.idle_timeout)).map_err(ConnEnd::Io)?;
+/// Wrap the socket in TLS when the server has a certificate. A client that does not
+/// start a TLS handshake gets a plain error frame saying so.
+fn secure(tcp: TcpStream, shared: &Shared) -> std::result::Result<Conn, ConnEnd> {
+    let Some(cfg) = &shared.opts.tls else { return Ok(Conn::plain(tcp)) };
+    if !starts_with_tls(&tcp, shared.opts.hello_timeout).map_err(ConnEnd::Io)? {
+        let msg = "this DTL server requires TLS: give the client the server's CA (dtl.ca_file)";
+        tracing::info!(peer = ?tcp.peer_addr().ok(), "DTL: a client without TLS refused");
+        let _ = (&tcp).write_all(&error_frame(0, ErrorCode::Malformed, msg));
+        let _ = tcp.shutdown(Shutdown::Write);
+        return Err(ConnEnd::Refused(ErrorCode::Malformed, msg.into()));
+    }
+    Conn::server(tcp, cfg).map_err(|e| ConnEnd::Io(std::io::Error::other(format!("TLS handshake: {e}"))))
+}
+
+fn serve_conn(tcp: TcpStream, shared: &Shared) -> std::result::Result<(), ConnEnd> {
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(shared.opts.hello_timeout)).map_err(ConnEnd::Io)?;
+    tcp.set_write_timeout(Some(shared.opts.idle_timeout)).map_err(ConnEnd::Io)?;
+    let stream = secure(tcp, shared)?;
     let mut r = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(ConnEnd::Io)?);
     let mut w = BufWriter::with_capacity(256 << 10, stream.try_clone().map_err(ConnEnd::Io)?);
     let mut req_id = 0;
@@ -268,7 +287,7 @@ fn serve_conn(stream: TcpStream, shared: &Shared) -> std::result::Result<(), Con
         }
         let (vol, generation, welcome) = hello(&body, shared)?;
         w.write_all(&welcome).and_then(|_| w.flush()).map_err(ConnEnd::Io)?;
-        stream.set_read_timeout(Some(shared.opts.idle_timeout)).map_err(ConnEnd::Io)?;
+        stream.tcp().set_read_timeout(Some(shared.opts.idle_timeout)).map_err(ConnEnd::Io)?;
         loop {
             if !read_frame(&mut r, MAX_FRAME, &mut body).map_err(proto_refusal)? {
                 return Err(ConnEnd::Closed);
@@ -315,10 +334,10 @@ fn serve_conn(stream: TcpStream, shared: &Shared) -> std::result::Result<(), Con
     })();
     match result {
         Err(ConnEnd::Refused(code, msg)) => {
-            tracing::info!(peer = ?stream.peer_addr().ok(), "DTL request refused ({code}): {msg}");
+            tracing::info!(peer = ?stream.tcp().peer_addr().ok(), "DTL request refused ({code}): {msg}");
             let _ = w.write_all(&error_frame(req_id, code, &msg));
             let _ = w.flush();
-            let _ = stream.shutdown(Shutdown::Write);
+            stream.close_write();
             Err(ConnEnd::Refused(code, msg))
         }
         Err(ConnEnd::Closed) => {

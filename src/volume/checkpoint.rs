@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use super::location::{Location, MAX_CLUSTERS_PER_SCO, ZERO};
 use super::map::ClusterMap;
-use super::snapshots::{Snapshot, Snapshots};
+use super::snap_set::{Snapshot, Snapshots};
 use crate::error::{Error, Result};
 
 const MAGIC_V2: &[u8; 8] = b"LDCKPT02";

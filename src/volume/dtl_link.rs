@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::iov::{self, iovec};
 use crate::backend::{keys, ObjectStore};
 use crate::dtl::protocol::MAX_DATA;
+use crate::dtl::tls::ClientTls;
 use crate::dtl::{DtlClient, DtlConfig, DtlState, Entry, ErrorCode};
 use crate::error::{Error, Result};
 
@@ -122,12 +123,15 @@ impl DtlLink {
     pub fn start(
         settings: DtlSettings,
         token: &[u8],
+        tls: Option<ClientTls>,
         volume: &str,
         generation: u32,
         store: &dyn ObjectStore,
     ) -> Result<DtlLink> {
         let (_, next) = newest_mark(store, volume)?;
-        let client = DtlClient::connect_with(DtlConfig::new(settings.addr.clone(), token, volume, generation))?;
+        let mut cfg = DtlConfig::new(settings.addr.clone(), token, volume, generation);
+        cfg.tls = tls;
+        let client = DtlClient::connect_with(cfg)?;
         Ok(DtlLink {
             settings,
             volume: volume.to_string(),
@@ -236,9 +240,14 @@ impl DtlLink {
             time: now_secs(),
             reason: "in sync".into(),
         };
+        // Held while storing: a key rotation's mark rewrite waits (see `rewrite_marks`).
+        let mut u = self.uncovered.lock();
+        if u.is_none() {
+            return;
+        }
         match store_mark(store, &self.volume, &self.next_mark, &mark) {
             Ok(()) => {
-                *self.uncovered.lock() = None;
+                *u = None;
                 tracing::info!(volume = %self.volume, "DTL back in sync: it covers every write not yet uploaded");
             }
             Err(e) => {
@@ -272,4 +281,21 @@ impl DtlLink {
     pub fn client(&self) -> &DtlClient {
         &self.client
     }
+}
+
+/// Bring `volume`'s DTL coverage marks under the store's current key (after a key
+/// rotation): the newest mark is stored again under a new number, then every older one
+/// is deleted (only the newest counts). `link`, the served volume's, is held meanwhile
+/// so that no mark is stored between the two steps. Returns how many marks went.
+pub fn rewrite_marks(store: &dyn ObjectStore, volume: &str, link: Option<&DtlLink>) -> Result<usize> {
+    let _held = link.map(|l| l.uncovered.lock());
+    let (mark, next) = newest_mark(store, volume)?;
+    let Some(mark) = mark else { return Ok(0) };
+    let old: Vec<String> = store.list(&keys::dtl_mark_prefix(volume))?.into_iter().map(|o| o.key).collect();
+    let local = AtomicU64::new(next);
+    let counter = link.map_or(&local, |l| &l.next_mark);
+    counter.fetch_max(next, Ordering::SeqCst);
+    store_mark(store, volume, counter, &mark)?;
+    store.delete_many(&old)?;
+    Ok(old.len())
 }

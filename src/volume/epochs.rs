@@ -1,28 +1,18 @@
 //! Epochs of a volume: epoch `n` is SCO `n` plus TLog `n`. Rolling seals the open epoch
 //! and opens the next; sealed epochs go to the object store in order (SCO first, then
-//! the TLog that references it), after which local copies become evictable and
-//! metadata checkpoints are written. Also the volume's clean close (seal + drain).
+//! the TLog that references it: `super::uploads`), after which local copies become
+//! evictable and metadata checkpoints are written. Also the volume's clean close (seal +
+//! drain).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{self, CheckpointData};
-use super::cluster_crc;
-use super::engine::{EpochUpload, JobState, LocalSco, OpenEpoch, PendingBatch, State, Volume, LINKED_MAX};
+use super::engine::Volume;
 use super::sco_file::ScoFile;
-use super::tlog::{self, Record, TlogWriter};
-use crate::backend::keys;
-use crate::backend::sco_object;
-use crate::backend::upload_buffers;
-use crate::backend::uploader::UploadSource;
-use crate::error::{Error, IoContext, Result};
-
-enum Job {
-    Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
-    Tlog { epoch: u64 },
-    Checkpoint(CheckpointData),
-}
+use super::sco_set::LocalSco;
+use super::state::State;
+use super::tlog::TlogWriter;
+use crate::error::{Error, Result};
 
 /// Result of closing a volume.
 #[derive(Debug, Clone)]
@@ -44,31 +34,14 @@ impl Volume {
 
     /// Seal the open epoch (if any) and, when `open_next`, open a new one.
     pub(crate) fn roll(&self, st: &mut State, open_next: bool) -> Result<()> {
-        if let Some(mut o) = st.open.take() {
-            let start = o.pending.len();
-            Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
+        if let Some((o, seal_record)) = st.log.seal_open() {
             if let Some(l) = &*self.dtl.read() {
-                let r = l.send_record(o.epoch, &o.pending[start..]);
+                let r = l.send_record(o.epoch, seal_record);
                 // Fenced: the seal still goes to the local TLog; writes stop.
                 let _ = self.dtl_result_locked(st, r);
             }
-            st.sealing.push(PendingBatch {
-                epoch: o.epoch,
-                payload: o.pending,
-                count: o.pending_count + 1,
-                seal: true,
-            });
-            st.uploads.insert(
-                o.epoch,
-                EpochUpload {
-                    sco_clusters: o.next_index,
-                    durable: false,
-                    sco: JobState::Waiting,
-                    tlog: JobState::Waiting,
-                    attempts: 0,
-                },
-            );
-            st.sco_sizes.insert(o.epoch, o.next_index);
+            st.uploads.add(o.epoch, o.next_index);
+            st.maps.sco_sizes.insert(o.epoch, o.next_index);
             if o.next_index < self.meta.sco_clusters {
                 // Sealed early (snapshot, timer, shutdown): give back the preallocated
                 // tail. Every reservation lies below next_index: no IO in flight is cut.
@@ -76,17 +49,13 @@ impl Volume {
                     tracing::warn!(volume = %self.name, epoch = o.epoch, error = %e, "cannot trim a sealed SCO file");
                 }
             }
-            if st.checkpoint_due.is_none()
-                && (st.checkpoint_at_seal || o.epoch >= st.last_checkpoint + self.env.opts.checkpoint_every)
-            {
-                st.checkpoint_due = Some(st.checkpoint_data(o.epoch));
-                st.checkpoint_at_seal = false;
-            }
+            let maps = &st.maps;
+            st.uploads.checkpoint_if_due(o.epoch, self.env.opts.checkpoint_every, || maps.checkpoint_data(o.epoch));
         }
         if !open_next {
             return Ok(());
         }
-        let epoch = st.next_epoch;
+        let epoch = st.log.next_epoch;
         let path = self.sco_path(epoch);
         let zeroed = self.spare.take(&path);
         let sco = Arc::new(ScoFile::open(&path, epoch, self.meta.sco_clusters, true, self.env.opts.direct)?);
@@ -94,21 +63,10 @@ impl Volume {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
-        st.next_epoch += 1;
-        st.new_tlogs.push(tlog);
-        st.local
+        st.scos
+            .local
             .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
-        st.open = Some(OpenEpoch {
-            epoch,
-            sco,
-            next_index: 0,
-            pending: Vec::with_capacity(4096),
-            pending_count: 0,
-            records: 0,
-            opened_at: Instant::now(),
-            zeroed,
-            flushes: 0,
-        });
+        st.log.open_next(sco, tlog, zeroed);
         Ok(())
     }
 
@@ -116,7 +74,7 @@ impl Volume {
     pub fn seal(&self) -> Result<()> {
         {
             let mut st = self.state.lock();
-            let has_data = st.open.as_ref().is_some_and(|o| o.has_content());
+            let has_data = st.log.has_content();
             if !has_data {
                 // An empty open epoch stays open; nothing to seal.
                 return Ok(());
@@ -124,348 +82,6 @@ impl Volume {
             self.roll(&mut st, false)?;
         }
         self.flush()
-    }
-
-    fn take_job(&self) -> Option<Job> {
-        if self.uploads_paused() {
-            return None;
-        }
-        let mut st = self.state.lock();
-        if st.fenced {
-            return None;
-        }
-        let now = Instant::now();
-        let ready = |s: JobState| match s {
-            JobState::Waiting => true,
-            JobState::RetryAt(t) => t <= now,
-            _ => false,
-        };
-        // SCOs of durable sealed epochs whose writes have all landed.
-        let mut pick = None;
-        for (&e, u) in st.uploads.iter() {
-            if !u.durable {
-                break;
-            }
-            if u.sco != JobState::Done && ready(u.sco) && st.local.get(&e).is_none_or(|l| l.inflight == 0) {
-                pick = Some(e);
-                break;
-            }
-        }
-        let first_tlog = st.uploads.iter().next().filter(|(_, u)| u.durable).map(|(e, _)| *e);
-        if let Some(e) = pick {
-            let file = st.local.get(&e).map(|l| l.file.clone());
-            let u = st.uploads.get_mut(&e).unwrap();
-            u.sco = JobState::Running;
-            let clusters = u.sco_clusters;
-            match file {
-                Some(file) if clusters > 0 => return Some(Job::Sco { epoch: e, file, clusters }),
-                _ => {
-                    u.sco = JobState::Done;
-                    drop(st);
-                    return self.take_job();
-                }
-            }
-        }
-        // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded.
-        if let Some(e) = first_tlog {
-            let u = st.uploads.get_mut(&e).unwrap();
-            if u.sco == JobState::Done && ready(u.tlog) {
-                u.tlog = JobState::Running;
-                return Some(Job::Tlog { epoch: e });
-            }
-        }
-        if !st.checkpoint_running {
-            if let Some(cp) = &st.checkpoint_due {
-                if cp.epoch <= st.last_uploaded {
-                    let cp = st.checkpoint_due.take().unwrap();
-                    st.checkpoint_running = true;
-                    return Some(Job::Checkpoint(cp));
-                }
-            }
-        }
-        None
-    }
-
-    /// Upload SCO `epoch` by making its local file the object, when the store is a local
-    /// directory on the same filesystem: the frames stay raw, the index and footer are
-    /// appended to the file, and the store hard-links it. Frame checksums come from the
-    /// cluster checksums taken as the data was written; only frames with a cluster
-    /// without one (written before a restart, or whose buffer changed during its write)
-    /// are read back (O_DIRECT, in chunks). Nothing is copied. `None`: not possible here.
-    fn adopt_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<Option<usize>> {
-        let store = &self.env.store;
-        // An encrypted volume's SCOs are sealed copies, never the local file itself.
-        if !self.env.opts.link_local
-            || !store.adopts_files()
-            || len == 0
-            || self.env.keys.writer_id(&self.name).is_some()
-        {
-            return Ok(None);
-        }
-        let frame = self.env.opts.frame_size;
-        let cs = 1usize << self.shift;
-        let n_frames = (len as usize).div_ceil(frame);
-        let written = file.crcs.values((len >> self.shift) as usize);
-        let mut crcs: Vec<Option<u32>> = if frame.is_multiple_of(cs) && written.len() as u64 >= len >> self.shift {
-            let per_frame = frame / cs;
-            let combine = cluster_crc::Combiner::new(cs);
-            let clusters = &written[..(len >> self.shift) as usize];
-            clusters.chunks(per_frame).map(|c| combine.all(c)).collect()
-        } else {
-            vec![None; n_frames]
-        };
-        let unknown = crcs.iter().filter(|c| c.is_none()).count();
-        if unknown > 0 {
-            self.counters.upload_frames_read.fetch_add(unknown as u64, Ordering::Relaxed);
-            let chunk = ((8usize << 20) / frame).max(1) * frame;
-            upload_buffers::with(chunk, 0, |buf, _| -> Result<()> {
-                let mut f = 0;
-                while f < n_frames {
-                    if crcs[f].is_some() {
-                        f += 1;
-                        continue;
-                    }
-                    // A run of frames without checksums, read at once.
-                    let mut end = f + 1;
-                    while end < n_frames && crcs[end].is_none() && (end + 1 - f) * frame <= chunk {
-                        end += 1;
-                    }
-                    let off = (f * frame) as u64;
-                    let n = ((end * frame) as u64).min(len) - off;
-                    let v = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: n as usize }];
-                    file.readv_at(&v, off).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-                    for (i, data) in buf[..n as usize].chunks(frame).enumerate() {
-                        crcs[f + i] = Some(crc32c::crc32c(data));
-                    }
-                    // Clusters written without checksums get them now (reads check them).
-                    file.crcs.fill_unknown((off >> self.shift) as u32, &buf[..n as usize], cs);
-                    f = end;
-                }
-                Ok(())
-            })?;
-        }
-        let crcs: Vec<u32> = crcs.into_iter().map(|c| c.expect("every frame checksummed")).collect();
-        let tail = sco_object::raw_tail(len, frame, &crcs);
-        // The footer must end the file (a preallocated file may be longer).
-        let appended = file.set_len(len + tail.len() as u64).and_then(|()| file.write_durably_at(&tail, len));
-        if let Err(e) = appended {
-            if !super::engine::out_of_space(&e) {
-                return Err(e);
-            }
-            // No room for the footer on a full write-buffer disk: upload a copy instead
-            // (it takes no local space), which lets this SCO's space be freed.
-            tracing::debug!(volume = %self.name, epoch, error = %e, "no room to adopt the SCO file: uploading a copy");
-            let _ = file.set_len(len);
-            return Ok(None);
-        }
-        match store.adopt_file(key, file.path()) {
-            Ok(true) | Err(Error::ObjectExists(_)) => Ok(Some(len as usize + tail.len())),
-            Ok(false) => {
-                file.set_len(len)?;
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Upload SCO `epoch` as an encoded (compressed) copy; returns the object's size.
-    fn encode_and_put_sco(&self, key: &str, epoch: u64, file: &ScoFile, len: u64) -> Result<usize> {
-        let store = &self.env.store;
-        let frame = self.env.opts.frame_size;
-        // Encrypted volume: a fresh salt per upload attempt (see crypto::cipher).
-        let seal = self
-            .env
-            .keys
-            .writer(&self.name)?
-            .map(|k| crate::crypto::cipher::ObjectCipher::derive(&k, crate::crypto::cipher::random_salt(), key));
-        upload_buffers::with(len as usize, sco_object::max_encoded_len(len as usize, frame), |raw, out| {
-            // Page-aligned: straight from the disk (O_DIRECT), no page-cache copy.
-            let v = [libc::iovec { iov_base: raw.as_mut_ptr() as *mut libc::c_void, iov_len: raw.len() }];
-            file.readv_at(&v, 0).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
-            // Clusters written without checksums get them now (reads check them).
-            file.crcs.fill_unknown(0, raw, 1 << self.shift);
-            let n = sco_object::encode_into(raw, frame, self.env.opts.codec, seal.as_ref(), out);
-            match store.put(key, &out[..n]) {
-                Ok(()) | Err(Error::ObjectExists(_)) => Ok(n),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn run_job(&self, job: &Job) -> Result<()> {
-        let store = &self.env.store;
-        let gen = self.meta.generation;
-        match job {
-            Job::Sco { epoch, file, clusters } => {
-                let len = (*clusters as u64) << self.shift;
-                // Slots at the end whose writes failed (ENOSPC, EIO) were never written:
-                // no map entry points at them; they go up as zeroes.
-                if file.file_len()? < len {
-                    file.set_len(len)?;
-                }
-                let key = keys::sco(&self.name, gen, *epoch);
-                let obj_len = match self.adopt_sco(&key, *epoch, file, len)? {
-                    Some(n) => {
-                        if let Some(l) = self.state.lock().local.get_mut(epoch) {
-                            l.linked = true;
-                        }
-                        n
-                    }
-                    None => self.encode_and_put_sco(&key, *epoch, file, len)?,
-                };
-                self.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
-                self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
-                self.counters.uploaded_stored_bytes.fetch_add(obj_len as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Job::Tlog { epoch } => {
-                // The TLog makes the epoch visible to a restart: never after a takeover.
-                self.check_owner()?;
-                let path = self.tlog_path(*epoch);
-                let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
-                let key = keys::tlog(&self.name, gen, *epoch);
-                tlog::parse_sealed(&key, &bytes, *epoch)?;
-                match store.put(&key, &bytes) {
-                    Ok(()) | Err(Error::ObjectExists(_)) => {
-                        self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Job::Checkpoint(cp) => self.write_checkpoint(cp),
-        }
-    }
-
-    /// Delete objects in batches, counting the requests (S3 takes 1000 keys in one).
-    pub(crate) fn delete_objects(&self, keys: &[String]) -> Result<()> {
-        self.env.store.delete_many(keys)?;
-        self.counters.store_delete_requests.fetch_add(keys.len().div_ceil(1000) as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Store a checkpoint, keep the two newest, and delete TLog objects that neither
-    /// kept checkpoint needs any more (a restart replays only TLogs after one).
-    pub(crate) fn write_checkpoint(&self, cp: &CheckpointData) -> Result<()> {
-        let store = &self.env.store;
-        self.check_owner()?;
-        let key = keys::checkpoint(&self.name, self.meta.generation, cp.epoch);
-        match store.put(&key, &checkpoint::encode(cp)) {
-            Ok(()) | Err(Error::ObjectExists(_)) => {
-                self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e),
-        }
-        let cps = super::recovery::valid_checkpoints(store.as_ref(), &self.meta)?;
-        if cps.len() > 2 {
-            let old: Vec<String> = cps[..cps.len() - 2].iter().map(|(_, k)| k.clone()).collect();
-            self.delete_objects(&old)?;
-        }
-        if cps.len() >= 2 {
-            let oldest_kept = cps[cps.len() - 2].0;
-            let mut old = Vec::new();
-            for o in store.list(&keys::volume_prefix(&self.name))? {
-                if let Some((_, "tlog", n)) = keys::parse_data_key(&self.name, &o.key) {
-                    if n <= oldest_kept {
-                        old.push(o.key);
-                    }
-                }
-            }
-            self.delete_objects(&old)?;
-        }
-        tracing::debug!(volume = %self.name, epoch = cp.epoch, "metadata checkpoint written");
-        Ok(())
-    }
-
-    fn finish_job(&self, job: Job, res: Result<()>) {
-        // Files to delete once the lock is released (unlinking a large file is slow).
-        let mut unlink = Vec::new();
-        let mut st = self.state.lock();
-        match (&job, res) {
-            (Job::Sco { epoch, .. }, Ok(())) => {
-                if let Some(u) = st.uploads.get_mut(epoch) {
-                    u.sco = JobState::Done;
-                    u.attempts = 0;
-                }
-                st.upload_error = None;
-            }
-            (Job::Tlog { epoch }, Ok(())) => {
-                let epoch = *epoch;
-                let u = st.uploads.remove(&epoch);
-                st.last_uploaded = epoch;
-                st.upload_error = None;
-                let bytes = u.map(|u| (u.sco_clusters as u64) << self.shift).unwrap_or(0);
-                if let Some(l) = st.local.get_mut(&epoch) {
-                    l.uploaded = true;
-                    st.wb_bytes = st.wb_bytes.saturating_sub(bytes);
-                    self.pacer.drained(bytes);
-                    st.kept_bytes += bytes;
-                }
-                unlink.push(self.tlog_path(epoch));
-                unlink.extend(self.evict_uploaded(&mut st));
-            }
-            (Job::Checkpoint(cp), Ok(())) => {
-                st.checkpoint_running = false;
-                st.last_checkpoint = st.last_checkpoint.max(cp.epoch);
-            }
-            (_, Err(e)) => {
-                let (epoch, what) = match &job {
-                    Job::Sco { epoch, .. } => (*epoch, "SCO"),
-                    Job::Tlog { epoch } => (*epoch, "TLog"),
-                    Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
-                };
-                tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
-                st.upload_error = Some(e.to_string());
-                if let Job::Checkpoint(cp) = job {
-                    st.checkpoint_running = false;
-                    if st.checkpoint_due.is_none() {
-                        st.checkpoint_due = Some(cp);
-                    }
-                } else if let Some(u) = st.uploads.get_mut(&epoch) {
-                    u.attempts += 1;
-                    let backoff = Duration::from_millis((100u64 << u.attempts.min(8)).min(30_000));
-                    // Jitter: up to a quarter of the backoff.
-                    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-                    let at = Instant::now() + backoff + jitter;
-                    match what {
-                        "SCO" => u.sco = JobState::RetryAt(at),
-                        _ => u.tlog = JobState::RetryAt(at),
-                    }
-                }
-            }
-        }
-        drop(st);
-        for p in unlink {
-            if let Err(err) = std::fs::remove_file(&p) {
-                if err.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(volume = %self.name, file = %p.display(), error = %err, "cannot remove an uploaded local file");
-                }
-            }
-        }
-        self.progress.notify_all();
-    }
-
-    /// Forget local copies of uploaded SCOs, oldest first, while local data exceeds
-    /// three quarters of the write-buffer limit; returns the files to delete. Hard-linked
-    /// ones stay open for reads (see [`State::linked`]).
-    fn evict_uploaded(&self, st: &mut State) -> Vec<std::path::PathBuf> {
-        let budget = self.env.opts.wb_limit / 4 * 3;
-        let mut files = Vec::new();
-        while st.wb_bytes + st.kept_bytes > budget {
-            let victim = st.local.iter().find(|(_, l)| l.uploaded && l.inflight == 0).map(|(e, _)| *e);
-            let Some(e) = victim else { break };
-            let l = st.local.remove(&e).unwrap();
-            st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-            files.push(l.file.path().to_path_buf());
-            if l.linked {
-                // Unlinking the write-buffer name frees nothing: the object is this inode.
-                st.linked.insert(e, l.file);
-                while st.linked.len() > LINKED_MAX {
-                    st.linked.pop_first();
-                }
-            }
-        }
-        files
     }
 
     /// Close the volume: seal the open epoch, wait up to the drain timeout for every
@@ -477,14 +93,15 @@ impl Volume {
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while !st.uploads.is_empty() && Instant::now() < deadline && st.failed.is_none() && !self.uploads_paused() {
+        while !st.uploads.jobs.is_empty() && Instant::now() < deadline && st.failed.is_none() && !self.uploads_paused()
+        {
             self.progress.wait_for(&mut st, Duration::from_millis(200));
         }
-        let drained = st.uploads.is_empty();
-        let pending_bytes = st.wb_bytes;
-        let final_cp = if drained && st.last_uploaded > st.last_checkpoint {
-            st.checkpoint_due = None;
-            Some(st.checkpoint_data(st.last_uploaded))
+        let drained = st.uploads.jobs.is_empty();
+        let pending_bytes = st.scos.wb_bytes;
+        let final_cp = if drained && st.uploads.last_uploaded > st.uploads.last_checkpoint {
+            st.uploads.checkpoint_due = None;
+            Some(st.maps.checkpoint_data(st.uploads.last_uploaded))
         } else {
             None
         };
@@ -492,7 +109,7 @@ impl Volume {
         drop(st);
         if let Some(cp) = final_cp {
             self.write_checkpoint(&cp)?;
-            self.state.lock().last_checkpoint = cp.epoch;
+            self.state.lock().uploads.last_checkpoint = cp.epoch;
         }
         if drained {
             tracing::info!(volume = %self.name, "closed: every write is in the object store");
@@ -512,15 +129,15 @@ impl Volume {
     /// message.
     pub fn upload_all(&self, why: &str) -> Result<()> {
         // Every epoch up to this one is sealed once `seal` returns.
-        let through = self.state.lock().next_epoch.saturating_sub(1);
+        let through = self.state.lock().log.next_epoch.saturating_sub(1);
         self.seal()?;
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while st.uploads.range(..=through).next().is_some() && Instant::now() < deadline {
+        while st.uploads.jobs.range(..=through).next().is_some() && Instant::now() < deadline {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
-        if st.uploads.range(..=through).next().is_none() {
+        if st.uploads.jobs.range(..=through).next().is_none() {
             return Ok(());
         }
         drop(st);
@@ -535,59 +152,9 @@ impl Volume {
         let deadline = Instant::now() + timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while !st.uploads.is_empty() && Instant::now() < deadline {
+        while !st.uploads.jobs.is_empty() && Instant::now() < deadline {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
-        st.uploads.is_empty()
-    }
-}
-
-impl UploadSource for Volume {
-    fn run_one_job(&self) -> bool {
-        // Seals waiting to be made durable (rolled by writers) come first.
-        let sealing = { !self.state.lock().sealing.is_empty() };
-        if sealing {
-            match self.flush() {
-                Ok(()) => return true,
-                // Logged by the flush (now and then); uploads of durable epochs go on
-                // meanwhile: they are what frees space on the write buffer's disk.
-                Err(e) if super::engine::out_of_space(&e) => {}
-                Err(e) => {
-                    tracing::warn!(volume = %self.name, error = %e, "flushing a sealed epoch failed");
-                    return true;
-                }
-            }
-        }
-        let Some(job) = self.take_job() else { return false };
-        let res = self.run_job(&job);
-        let trim = match (&job, &res) {
-            (Job::Tlog { epoch }, Ok(())) => Some(*epoch),
-            _ => None,
-        };
-        self.finish_job(job, res);
-        if let (Some(epoch), Some(l)) = (trim, self.dtl.read().clone()) {
-            // The epoch is in the object store: the DTL peer may drop it.
-            l.trim(epoch);
-        }
-        true
-    }
-
-    fn tick(&self) {
-        if let Some(l) = self.dtl.read().clone() {
-            let last_uploaded = self.state.lock().last_uploaded;
-            l.tick(self.env.store.as_ref(), last_uploaded);
-        }
-        let Some(after) = self.env.opts.seal_after else { return };
-        let due = {
-            let st = self.state.lock();
-            !st.closed
-                && st.failed.is_none()
-                && st.open.as_ref().is_some_and(|o| o.has_content() && o.opened_at.elapsed() >= after)
-        };
-        if due {
-            if let Err(e) = self.seal() {
-                tracing::warn!(volume = %self.name, error = %e, "timed seal failed");
-            }
-        }
+        st.uploads.jobs.is_empty()
     }
 }

@@ -50,7 +50,7 @@ impl Volume {
             let stop = (c + SCAN_CHUNK).min(last + 1);
             let st = self.state.lock();
             while c < stop {
-                let data = Location::unpack(st.lookup(c).1).is_some();
+                let data = Location::unpack(st.maps.lookup(c).1).is_some();
                 let start = (c << self.shift).max(offset);
                 let stop_b = ((c + 1) << self.shift).min(end);
                 match &mut cur {
@@ -85,7 +85,7 @@ impl Volume {
     /// Changed runs between two maps of this volume (see [`Volume::snapshot_diff`]).
     pub fn diff_maps(&self, a: &ClusterMap, b: &ClusterMap) -> Vec<ChangedExtent> {
         let st = self.state.lock();
-        let layers = st.layers.clone();
+        let layers = st.maps.layers.clone();
         drop(st);
         // What a cluster reads as: its own entry, else the parents'; all zero kinds alike.
         let effective = |m: &ClusterMap, c: u64| {

@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use super::dtl_link::{DtlLink, DtlMode};
-use super::engine::{State, Volume};
+use super::engine::Volume;
 use super::meta::VolumeMeta;
+use super::state::State;
 use crate::dtl::ErrorCode;
 use crate::error::{Error, Result};
 
@@ -80,7 +81,7 @@ impl Volume {
         if at == DtlMode::Sync && l.mode() != DtlMode::Sync {
             return Ok(());
         }
-        let since = self.state.lock().last_uploaded + 1;
+        let since = self.state.lock().uploads.last_uploaded + 1;
         let r = l.wait_covered(self.env.store.as_ref(), since);
         self.dtl_result(r)
     }
@@ -91,8 +92,8 @@ impl Volume {
         let link = link.map(std::sync::Arc::new);
         if let Some(l) = &link {
             let st = self.state.lock();
-            let pending = !st.uploads.is_empty() || st.open.as_ref().is_some_and(|o| o.has_content());
-            let (since, until) = (st.last_uploaded + 1, st.next_epoch.saturating_sub(1));
+            let pending = !st.uploads.jobs.is_empty() || st.log.has_content();
+            let (since, until) = (st.uploads.last_uploaded + 1, st.log.next_epoch.saturating_sub(1));
             drop(st);
             if pending {
                 let _ = l.mark_uncovered(

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use super::engine::VolumeEnv;
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
-use super::recovery::replay_from_store;
-use super::snapshots::Relocation;
+use super::read_cache::ReadCache;
+use super::replay::replay_from_store;
+use super::snap_set::Relocation;
+use crate::backend::ObjectStore;
 use crate::error::{Error, Result};
 
 /// Longest chain of clones of clones.
@@ -34,19 +35,19 @@ impl Layer {
 }
 
 /// A layer holding `map` of volume `meta` (a snapshot's map, or a template's map).
-pub fn layer_of(env: &VolumeEnv, meta: &VolumeMeta, map: ClusterMap) -> Arc<Layer> {
-    Arc::new(Layer { volume: meta.name.clone(), owner: env.cache.owner_id(&meta.name), meta: meta.clone(), map })
+pub fn layer_of(cache: &ReadCache, meta: &VolumeMeta, map: ClusterMap) -> Arc<Layer> {
+    Arc::new(Layer { volume: meta.name.clone(), owner: cache.owner_id(&meta.name), meta: meta.clone(), map })
 }
 
 /// The parent chain of `meta` (empty unless it is a clone), from the object store.
-pub fn load_layers(env: &VolumeEnv, meta: &VolumeMeta) -> Result<Vec<Arc<Layer>>> {
+pub fn load_layers(store: &dyn ObjectStore, cache: &ReadCache, meta: &VolumeMeta) -> Result<Vec<Arc<Layer>>> {
     let mut out = Vec::new();
     let mut next = meta.parent.clone();
     while let Some(p) = next {
         if out.len() >= MAX_DEPTH {
             return Err(Error::InvalidArgument(format!("clone chain of {} is deeper than {MAX_DEPTH}", meta.name)));
         }
-        let pm = VolumeMeta::load(env.store.as_ref(), &p.volume).map_err(|e| match e {
+        let pm = VolumeMeta::load(store, &p.volume).map_err(|e| match e {
             Error::VolumeNotFound(_) => Error::Corrupt {
                 key: meta.name.clone(),
                 detail: format!("its parent volume {} does not exist", p.volume),
@@ -57,7 +58,7 @@ pub fn load_layers(env: &VolumeEnv, meta: &VolumeMeta) -> Result<Vec<Arc<Layer>>
         if pm.cluster_size != meta.cluster_size {
             return Err(Error::Corrupt { key: meta.name.clone(), detail: format!("parent {p} has another geometry") });
         }
-        let replay = replay_from_store(env.store.as_ref(), &pm)?;
+        let replay = replay_from_store(store, &pm)?;
         let map = match &p.snapshot {
             Some(s) => replay
                 .snaps
@@ -70,7 +71,7 @@ pub fn load_layers(env: &VolumeEnv, meta: &VolumeMeta) -> Result<Vec<Arc<Layer>>
                 .clone(),
             None => replay.map,
         };
-        out.push(layer_of(env, &pm, map));
+        out.push(layer_of(cache, &pm, map));
         next = pm.parent.clone();
     }
     Ok(out)

@@ -32,7 +32,7 @@ impl Volume {
     /// Whether the object store holds a copy of SCO `sco` other than the local file.
     pub(crate) fn has_remote_copy(&self, sco: u64) -> bool {
         let st = self.state.lock();
-        st.local.get(&sco).is_some_and(|l| l.uploaded && !l.linked)
+        st.scos.local.get(&sco).is_some_and(|l| l.uploaded && !l.linked)
     }
 
     /// Record that cluster `index` of SCO `file` read back other bytes than were written.

@@ -6,13 +6,17 @@
 //! per-slot version afterwards, so an eviction racing a read is detected and retried.
 //! Fills from object-store fetches are written by a background thread (bounded backlog;
 //! a fill that does not fit is dropped — it is only a cache), so a cold read does not
-//! wait for hundreds of small cache writes.
+//! wait for hundreds of small cache writes. Each slot's crc32c is kept in memory: a hit
+//! reads the whole block into a private buffer and checks it before any byte is handed
+//! out, so a block that rotted on the disk is a miss (read again from the object store,
+//! which checks its own checksums), never returned.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Weak};
 
@@ -44,9 +48,13 @@ pub struct ReadCache {
     direct: Option<File>,
     slots: usize,
     versions: Vec<AtomicU64>,
+    /// crc32c of each slot's block, set when it is written (read under the index lock).
+    crcs: Vec<AtomicU32>,
     index: Mutex<Index>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Hits whose block failed its checksum (dropped from the cache, served as misses).
+    rotten: AtomicU64,
     filler: Mutex<Option<SyncSender<Fill>>>,
     fill_backlog: AtomicU64,
 }
@@ -60,6 +68,11 @@ pub struct Fill {
     pub data: Arc<Vec<u8>>,
     pub start: usize,
     pub blocks: usize,
+}
+
+thread_local! {
+    /// One block read from the cache file, checked before any of it is handed out.
+    static BLOCK_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::zeroed(BLOCK));
 }
 
 /// Most bytes of fills waiting for the background writer.
@@ -88,6 +101,7 @@ impl ReadCache {
             direct,
             slots,
             versions: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            crcs: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             index: Mutex::new(Index {
                 map: HashMap::with_capacity(slots.min(1 << 20)),
                 slot_key: vec![None; slots],
@@ -97,6 +111,7 @@ impl ReadCache {
             }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            rotten: AtomicU64::new(0),
             filler: Mutex::new(None),
             fill_backlog: AtomicU64::new(0),
         })
@@ -113,17 +128,24 @@ impl ReadCache {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
-    /// Read `[off, off+len)` of a cached block into `iovs`; false on a miss.
+    /// Hits refused because the block failed its checksum.
+    pub fn rotten(&self) -> u64 {
+        self.rotten.load(Ordering::Relaxed)
+    }
+
+    /// Read `[off, off+len)` of a cached block into `iovs`; false on a miss (also when
+    /// the block fails its checksum: the entry is dropped).
     pub fn read(&self, key: BlockKey, off: usize, iovs: &[iovec]) -> bool {
         let len = iov::total(iovs) as usize;
         debug_assert!(off + len <= BLOCK);
         for _ in 0..3 {
-            let (slot, ver) = {
+            let (slot, ver, crc) = {
                 let mut ix = self.index.lock();
                 match ix.map.get(&key).copied() {
                     Some(s) => {
-                        ix.referenced[s as usize] = true;
-                        (s as usize, self.versions[s as usize].load(Ordering::Acquire))
+                        let s = s as usize;
+                        ix.referenced[s] = true;
+                        (s, self.versions[s].load(Ordering::Acquire), self.crcs[s].load(Ordering::Acquire))
                     }
                     None => {
                         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -131,20 +153,54 @@ impl ReadCache {
                     }
                 }
             };
-            let pos = (slot * BLOCK + off) as u64;
-            let f = match &self.direct {
-                Some(d) if off.is_multiple_of(512) && iov::aligned(iovs, 512) => d,
-                _ => &self.buffered,
-            };
-            if read_into(f, iovs, pos).is_err() {
-                return false;
-            }
-            if self.versions[slot].load(Ordering::Acquire) == ver {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return true;
+            let f = self.direct.as_ref().unwrap_or(&self.buffered);
+            // The whole block into a private buffer, checked, then copied out: the check
+            // never runs over guest memory (which the guest may change meanwhile).
+            let got = BLOCK_BUF.with(|b| {
+                let mut b = b.borrow_mut();
+                let v = [b.as_iovec()];
+                if read_into(f, &v, (slot * BLOCK) as u64).is_err() {
+                    return Some(false);
+                }
+                if self.versions[slot].load(Ordering::Acquire) != ver {
+                    return None; // Evicted while read: look again.
+                }
+                if crc32c::crc32c(&b) != crc {
+                    self.drop_rotten(key, slot, ver);
+                    return Some(false);
+                }
+                // SAFETY: the caller's iovecs are writable buffers of `len` bytes.
+                unsafe { iov::copy_in(iovs, &b[off..off + len]) };
+                Some(true)
+            });
+            match got {
+                Some(true) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Some(false) => return false,
+                None => continue,
             }
         }
         false
+    }
+
+    /// A block that failed its checksum leaves the cache (unless evicted meanwhile).
+    fn drop_rotten(&self, key: BlockKey, slot: usize, ver: u64) {
+        let n = self.rotten.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                sco = key.sco,
+                block = key.block,
+                rotten = n,
+                "read-cache block failed its checksum: dropped, read from the object store instead"
+            );
+        }
+        let mut ix = self.index.lock();
+        if ix.map.get(&key) == Some(&(slot as u32)) && self.versions[slot].load(Ordering::Acquire) == ver {
+            ix.map.remove(&key);
+            ix.slot_key[slot] = None;
+        }
     }
 
     /// Insert a whole block (overwriting an existing entry for the key).
@@ -181,6 +237,7 @@ impl ReadCache {
             return; // Slot stays free: a cache write failure only costs a miss later.
         }
         let mut ix = self.index.lock();
+        self.crcs[slot].store(crc32c::crc32c(data), Ordering::Release);
         ix.slot_key[slot] = Some(key);
         ix.referenced[slot] = false;
         ix.map.insert(key, slot as u32);
@@ -278,5 +335,30 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(out[0], 43);
+    }
+
+    #[test]
+    fn a_rotten_block_is_a_miss_never_returned() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("c");
+        let c = ReadCache::create(&path, 16 * BLOCK as u64, true).unwrap();
+        let key = BlockKey { owner: c.owner_id("v"), sco: 1, block: 0 };
+        c.insert(key, &[7u8; BLOCK]);
+        let mut out = AlignedBuf::zeroed(BLOCK);
+        assert!(c.read(key, 0, &[out.as_iovec()]));
+        // One bit flips on the disk, in every block of the file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.chunks_mut(BLOCK).for_each(|b| b[123] ^= 0x10);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut small = [0u8; 16];
+        let v = [iovec { iov_base: small.as_mut_ptr() as *mut _, iov_len: 16 }];
+        assert!(!c.read(key, 0, &v), "a rotten block was served");
+        assert_eq!(small, [0u8; 16], "bytes of a rotten block reached the caller");
+        assert_eq!(c.rotten(), 1);
+        assert!(!c.read(key, 0, &[out.as_iovec()]), "the rotten entry stays");
+        assert_eq!(c.rotten(), 1, "the second read is a plain miss");
+        c.insert(key, &[8u8; BLOCK]);
+        assert!(c.read(key, 0, &[out.as_iovec()]));
+        assert_eq!(out[123], 8);
     }
 }

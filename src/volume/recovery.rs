@@ -4,22 +4,23 @@
 //! sealed epoch that is not yet in the object store for upload. Works on a fresh data
 //! dir too ("another host"): then everything comes from the object store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::checkpoint::{self, CheckpointData};
-use super::engine::{EpochUpload, JobState, LocalSco, State, Volume, VolumeEnv};
+use super::engine::{Volume, VolumeEnv};
 use super::layers::load_layers;
-use super::location::{Location, MAX_CLUSTERS_PER_SCO};
-use super::map::ClusterMap;
 use super::meta::VolumeMeta;
+pub(crate) use super::replay::uploaded_upto;
+use super::replay::{load_checkpoint, store_objects};
 use super::sco_file::ScoFile;
-use super::snapshots::{Relocation, Snapshot, Snapshots};
+use super::sco_set::LocalSco;
+use super::state::State;
 use super::tlog::{self, Record, TlogWriter};
+use super::upload_queue::{EpochUpload, JobState};
+use crate::backend::keys;
 use crate::backend::uploader::UploadSource;
-use crate::backend::{keys, ObjectStore};
 use crate::error::{Error, IoContext, Result};
 
 fn local_numbers(dir: &Path) -> Result<BTreeSet<u64>> {
@@ -35,160 +36,6 @@ fn local_numbers(dir: &Path) -> Result<BTreeSet<u64>> {
         }
     }
     Ok(out)
-}
-
-/// Maps rebuilt by replaying TLogs on top of a checkpoint.
-pub(crate) struct Replay {
-    pub map: ClusterMap,
-    pub snaps: Snapshots,
-    pub sco_sizes: BTreeMap<u64, u32>,
-    /// Relocations of the TLog being replayed, applied to every map at its end.
-    reloc: Relocation,
-}
-
-impl Replay {
-    pub fn new(cp: CheckpointData) -> Replay {
-        Replay { map: cp.map, snaps: cp.snaps, sco_sizes: cp.sco_sizes, reloc: Relocation::default() }
-    }
-
-    /// Apply every record of TLog `epoch` (read from `key`).
-    pub fn tlog(&mut self, records: &[Record], epoch: u64, key: &str) -> Result<()> {
-        for r in records {
-            self.apply(r, epoch, key)?;
-        }
-        // Relocations commute with the other records of their TLog (they only rewrite
-        // old locations, which no later record can produce), so one pass at the end.
-        self.reloc.apply_all(&mut self.map, &mut self.snaps);
-        self.reloc.clear();
-        Ok(())
-    }
-
-    fn apply(&mut self, rec: &Record, epoch: u64, key: &str) -> Result<()> {
-        let map = &mut self.map;
-        let clusters = map.clusters();
-        let bad = |what: &str| Error::Corrupt { key: key.to_string(), detail: format!("record {rec:?} {what}") };
-        match *rec {
-            Record::Write { cluster, count, loc } => {
-                if cluster.checked_add(count as u64).is_none_or(|e| e > clusters) {
-                    return Err(bad("is outside the volume"));
-                }
-                for i in 0..count {
-                    map.set(cluster + i as u64, Location::advance(loc, i).pack());
-                }
-            }
-            Record::Fill { cluster, count, entry } => {
-                if cluster.checked_add(count).is_none_or(|e| e > clusters) {
-                    return Err(bad("is outside the volume"));
-                }
-                map.fill(cluster, count, entry);
-            }
-            Record::Seal { .. } => {}
-            Record::Snapshot { id, created, name } => {
-                self.snaps.insert(Snapshot { id, name: name.as_str().to_string(), created, epoch, map: map.clone() });
-            }
-            Record::SnapDelete { id } => {
-                self.snaps.list.remove(&id);
-            }
-            Record::Rollback { id } => {
-                // Pending relocations of this TLog apply to the snapshot's map too.
-                let s = self.snaps.list.get(&id).ok_or_else(|| bad("names an unknown snapshot"))?;
-                // The volume keeps its size; the snapshot's content is what fits.
-                *map = s.map.clone();
-                map.resize(clusters);
-            }
-            Record::Resize { clusters: n } => {
-                if n == 0 || n >= 1 << 40 {
-                    return Err(bad("has a bad size"));
-                }
-                map.resize(n);
-            }
-            Record::Relocate { from, count, to } => {
-                if from.index as u64 + count as u64 > MAX_CLUSTERS_PER_SCO {
-                    return Err(bad("is outside its SCO"));
-                }
-                self.reloc.add(from, count, to);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The maps of volume `meta` as the object store alone has them (newest checkpoint plus
-/// every later uploaded TLog). Used for the parent layers of clones.
-pub(crate) fn replay_from_store(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<Replay> {
-    let (cp_epoch, mut replay) = load_checkpoint(store, meta)?;
-    let tlogs = store_objects(store, meta, "tlog")?;
-    // Uploads go in order: stop at the first gap.
-    for (expect, (e, key)) in (cp_epoch + 1..).zip(tlogs.range(cp_epoch + 1..)) {
-        if *e != expect {
-            break;
-        }
-        let bytes = store.get(key)?;
-        let p = tlog::parse_sealed(key, &bytes, *e)?;
-        replay.tlog(&p.records, *e, key)?;
-    }
-    Ok(replay)
-}
-
-/// Objects of `kind` ("sco", "tlog") of volume `meta` by number, written by the
-/// generation that owns each number (objects of fenced owners are left out).
-pub(crate) fn store_objects(store: &dyn ObjectStore, meta: &VolumeMeta, kind: &str) -> Result<BTreeMap<u64, String>> {
-    let mut out = BTreeMap::new();
-    for o in store.list(&keys::volume_prefix(&meta.name))? {
-        if let Some((gen, k, n)) = keys::parse_data_key(&meta.name, &o.key) {
-            if k == kind && meta.owns(gen, n) {
-                out.insert(n, o.key);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The last epoch the object store holds with every earlier one (newest valid
-/// checkpoint, then uploaded TLogs without a gap).
-pub(crate) fn uploaded_upto(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<u64> {
-    let cp = valid_checkpoints(store, meta)?.last().map(|(e, _)| *e).unwrap_or(0);
-    let tlogs = store_objects(store, meta, "tlog")?;
-    Ok((cp + 1..)
-        .zip(tlogs.range(cp + 1..))
-        .take_while(|(want, (e, _))| want == *e)
-        .last()
-        .map(|(e, _)| e)
-        .unwrap_or(cp))
-}
-
-/// Checkpoint keys of `meta` that a restart may use, oldest first.
-pub(crate) fn valid_checkpoints(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<Vec<(u64, String)>> {
-    let mut cps: Vec<(u64, String)> = store
-        .list(&keys::checkpoint_prefix(&meta.name))?
-        .into_iter()
-        .filter_map(|o| {
-            let (epoch, gen) = keys::parse_checkpoint_key(&o.key)?;
-            meta.checkpoint_valid(gen, epoch).then_some((epoch, o.key))
-        })
-        .collect();
-    cps.sort_unstable();
-    Ok(cps)
-}
-
-/// The newest valid checkpoint of `meta` (or an empty state at epoch 0).
-fn load_checkpoint(store: &dyn ObjectStore, meta: &VolumeMeta) -> Result<(u64, Replay)> {
-    // Without a checkpoint the log is replayed from its start: at the size the volume was
-    // created with (its Resize records change it).
-    let (name, clusters) = (&meta.name, meta.initial_size.unwrap_or(meta.size) / meta.cluster_size as u64);
-    for (_, key) in valid_checkpoints(store, meta)?.iter().rev() {
-        match store.get(key).and_then(|b| checkpoint::decode(key, &b)) {
-            Ok(cp) => return Ok((cp.epoch, Replay::new(cp))),
-            Err(e) => tracing::warn!(volume = %name, error = %e, "skipping unusable checkpoint"),
-        }
-    }
-    let empty = CheckpointData {
-        epoch: 0,
-        map: ClusterMap::new(clusters),
-        snaps: Snapshots::default(),
-        sco_sizes: BTreeMap::new(),
-    };
-    Ok((0, Replay::new(empty)))
 }
 
 impl Volume {
@@ -260,14 +107,14 @@ impl Volume {
         }
 
         // Seal epochs a crash left open, then queue everything not yet uploaded.
-        let layers = load_layers(&env, &meta)?;
+        let layers = load_layers(env.store.as_ref(), &env.cache, &meta)?;
         let mut state = State::empty(clusters, max_epoch + 1);
-        state.map = replay.map;
-        state.snaps = replay.snaps;
-        state.sco_sizes = replay.sco_sizes;
-        state.layers = layers;
-        state.last_checkpoint = cp_epoch;
-        state.last_uploaded = last_uploaded;
+        state.maps.map = replay.map;
+        state.maps.snaps = replay.snaps;
+        state.maps.sco_sizes = replay.sco_sizes;
+        state.maps.layers = layers;
+        state.uploads.last_checkpoint = cp_epoch;
+        state.uploads.last_uploaded = last_uploaded;
         let cs = meta.cluster_size as u64;
         for &e in &local_scos {
             let path = dir.join("sco").join(format!("{e:016x}"));
@@ -276,7 +123,7 @@ impl Volume {
             // A preallocated SCO file is longer than its data: a sealed SCO's size is in
             // its seal record; an unsealed one's is what its durable records reference.
             let unsealed = unsealed_local.iter().find(|u| u.0 == e).map(|u| u.3);
-            let known = state.sco_sizes.get(&e).copied().or(unsealed);
+            let known = state.maps.sco_sizes.get(&e).copied().or(unsealed);
             let clusters = known.map_or((len / cs) as u32, |k| k.min((len / cs) as u32));
             if unsealed.is_some() && len > clusters as u64 * cs {
                 file.set_len(clusters as u64 * cs)?;
@@ -289,11 +136,11 @@ impl Volume {
                 continue;
             }
             if uploaded {
-                state.kept_bytes += clusters as u64 * cs;
+                state.scos.kept_bytes += clusters as u64 * cs;
             } else {
-                state.wb_bytes += clusters as u64 * cs;
+                state.scos.wb_bytes += clusters as u64 * cs;
             }
-            state.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
+            state.scos.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
         }
         for (e, valid_len, batches, _) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
@@ -303,8 +150,8 @@ impl Volume {
                 .open(&path)
                 .ctx(|| format!("cannot open {}", path.display()))?;
             f.set_len(valid_len).ctx(|| format!("cannot truncate {}", path.display()))?;
-            let clusters = state.local.get(&e).map(|l| l.clusters).unwrap_or(0);
-            state.sco_sizes.insert(e, clusters);
+            let clusters = state.scos.local.get(&e).map(|l| l.clusters).unwrap_or(0);
+            state.maps.sco_sizes.insert(e, clusters);
             let mut w = TlogWriter::new(f, e, valid_len, batches);
             let mut payload = Vec::new();
             Record::Seal { sco: e, clusters }.encode(&mut payload);
@@ -313,11 +160,11 @@ impl Volume {
         }
         for &e in local_tlogs.iter().filter(|e| !remote_tlogs.contains_key(e) && **e > cp_epoch) {
             // Replay (or the re-seal above) recorded every local epoch's SCO size.
-            let clusters = *state.sco_sizes.get(&e).ok_or_else(|| Error::Corrupt {
+            let clusters = *state.maps.sco_sizes.get(&e).ok_or_else(|| Error::Corrupt {
                 key: dir.join("tlog").join(format!("{e:016x}")).display().to_string(),
                 detail: "local TLog was not replayed".into(),
             })?;
-            state.uploads.insert(
+            state.uploads.jobs.insert(
                 e,
                 EpochUpload {
                     sco_clusters: clusters,
@@ -328,13 +175,13 @@ impl Volume {
                 },
             );
         }
-        state.log_clusters = state.sco_sizes.values().map(|&n| n as u64).sum();
+        state.scos.log_clusters = state.maps.sco_sizes.values().map(|&n| n as u64).sum();
         tracing::info!(
             volume = %name,
             checkpoint = cp_epoch,
             replayed_tlogs = replayed,
-            pending_uploads = state.uploads.len(),
-            mapped_clusters = state.map.mapped(),
+            pending_uploads = state.uploads.jobs.len(),
+            mapped_clusters = state.maps.map.mapped(),
             "volume opened"
         );
         let vol = Arc::new(Volume::new_internal(meta, dir, env.clone(), read_only, state));

@@ -16,7 +16,7 @@ use super::iov::AlignedBuf;
 use super::location::Location;
 use super::map::ClusterMap;
 use super::scrub_policy::{self, Candidate, Goal};
-use super::snapshots::{Relocation, SnapshotInfo};
+use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
 use crate::error::{Error, IoContext, Result};
@@ -40,6 +40,8 @@ pub struct ScrubReport {
     pub moved_bytes: u64,
     /// Stored bytes of the deleted SCO objects.
     pub freed_bytes: u64,
+    /// SCOs found sealed under an older key (before this pass rewrote some of them).
+    pub stale_key_scos: u64,
 }
 
 /// Space use of a volume, from the live accounting.
@@ -142,9 +144,9 @@ impl Volume {
     /// Copies of every map (current first, then snapshots by id), sharing pages.
     fn all_maps(&self) -> (Vec<ClusterMap>, Vec<SnapshotInfo>) {
         let st = self.state.lock();
-        let mut maps = vec![st.map.clone()];
-        maps.extend(st.snaps.list.values().map(|s| s.map.clone()));
-        (maps, st.snaps.list.values().map(|s| s.info()).collect())
+        let mut maps = vec![st.maps.map.clone()];
+        maps.extend(st.maps.snaps.list.values().map(|s| s.map.clone()));
+        (maps, st.maps.snaps.list.values().map(|s| s.info()).collect())
     }
 
     /// SCO objects of this volume in the store: number → (key, stored bytes).
@@ -167,7 +169,7 @@ impl Volume {
         let refs: Vec<&ClusterMap> = maps.iter().collect();
         let live = live_bitmaps(&refs, self.meta.sco_clusters);
         let st = self.state.lock();
-        Accounting { maps, snaps, live, sizes: st.sco_sizes.clone(), last_uploaded: st.last_uploaded }
+        Accounting { maps, snaps, live, sizes: st.maps.sco_sizes.clone(), last_uploaded: st.uploads.last_uploaded }
     }
 
     /// Live and garbage bytes, and what each snapshot alone holds.
@@ -218,14 +220,14 @@ impl Volume {
         drop(refs);
         drop(maps);
         let mut st = self.state.lock();
-        let open = st.open.as_ref().map(|o| (o.epoch, o.next_index as u64));
-        let mut u = Usage { newest: st.next_epoch, ..Usage::default() };
-        for (&n, &size) in &st.sco_sizes {
+        let open = st.log.open.as_ref().map(|o| (o.epoch, o.next_index as u64));
+        let mut u = Usage { newest: st.log.next_epoch, ..Usage::default() };
+        for (&n, &size) in &st.maps.sco_sizes {
             let total = size as u64;
             let l = live.get(&n).map(|b| popcount(b)).unwrap_or(0).min(total);
             u.log += total;
             u.live += l;
-            if n <= st.last_uploaded {
+            if n <= st.uploads.last_uploaded {
                 u.reclaimable += total - l;
                 u.candidates.push(Candidate { sco: n, total, live: l });
             }
@@ -237,9 +239,9 @@ impl Volume {
         u.garbage = u.log - u.live;
         // Clusters reserved after the maps were copied count as garbage here until the
         // next look: a small over-estimate, never an under-estimate.
-        st.log_clusters = u.log;
+        st.scos.log_clusters = u.log;
         u.live_adjust = u.live as i64 - mapped as i64;
-        self.space.refresh(st.log_clusters, st.map.mapped());
+        self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         u
     }
 
@@ -250,9 +252,8 @@ impl Volume {
             return Err(Error::InvalidArgument(format!("scrub threshold {threshold} must be between 0 and 1")));
         }
         let rep = self.scrub_pass(&Goal::all_below(threshold), &mut |_| {})?;
-        if !self.metadata_under_old_keys()?.is_empty() {
-            self.rekey_metadata()?;
-        }
+        // The pass rewrote every SCO under an older key: the rest of a rotation follows.
+        self.finish_rekey()?;
         Ok(rep)
     }
 
@@ -282,17 +283,26 @@ impl Volume {
             })
             .collect();
         rep.scos_examined = cands.len() as u64;
-        let newest = self.state.lock().next_epoch;
+        let newest = self.state.lock().log.next_epoch;
         let (dead, mut victims) = scrub_policy::choose(&cands, newest, goal);
-        if goal.free_clusters == u64::MAX {
-            // A full scrub (`logdisk scrub`) also rewrites SCOs sealed under an older
-            // key of an encrypted volume (after a rotation), whatever their live part.
+        if goal.rekey {
+            // SCOs sealed under an older key of an encrypted volume (after a rotation)
+            // are rewritten whatever their live part, as far as the goal's copy bound
+            // allows (the rest: next pass).
             let stale = self.scos_under_old_keys(&objects)?;
+            rep.stale_key_scos = stale.len() as u64;
             let live_of = |n: &u64| cands.iter().find(|c| c.sco == *n).map(|c| c.live).unwrap_or(0);
+            let mut moving: u64 = victims.iter().map(live_of).sum();
             for n in stale {
-                if live_of(&n) > 0 && !victims.contains(&n) && !dead.contains(&n) {
-                    victims.push(n);
+                let l = live_of(&n);
+                if l == 0 || victims.contains(&n) || dead.contains(&n) {
+                    continue;
                 }
+                if !victims.is_empty() && moving + l > goal.max_moved_clusters {
+                    break;
+                }
+                moving += l;
+                victims.push(n);
             }
         }
 
@@ -367,15 +377,18 @@ impl Volume {
             rep.freed_bytes += size;
             rep.scos_deleted += 1;
             let mut st = self.state.lock();
-            if let Some(c) = st.sco_sizes.remove(n) {
-                st.log_clusters = st.log_clusters.saturating_sub(c as u64);
+            if let Some(c) = st.maps.sco_sizes.remove(n) {
+                st.scos.log_clusters = st.scos.log_clusters.saturating_sub(c as u64);
             }
-            st.linked.remove(n);
-            if let Some(l) = st.local.get(n) {
+            st.scos.linked.remove(n);
+            if let Some(l) = st.scos.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
-                    let l = st.local.remove(n).expect("present");
-                    st.kept_bytes = st.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
-                    unlink.push(l.file.path().to_path_buf());
+                    let l = st.scos.local.remove(n).expect("present");
+                    st.scos.kept_bytes = st.scos.kept_bytes.saturating_sub((l.clusters as u64) << self.shift);
+                    // Reusable only when no read holds the file (a plan keeps it open):
+                    // new writes into it must never reach a read of the old data.
+                    let idle = Arc::strong_count(&l.file) == 1;
+                    unlink.push((l.file.path().to_path_buf(), idle));
                 }
             }
         }
@@ -385,18 +398,23 @@ impl Volume {
         }
         {
             let st = self.state.lock();
-            self.space.refresh(st.log_clusters, st.map.mapped());
+            self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         }
         self.progress.notify_all();
-        // Unlinking a large file takes a while: never under the volume lock.
-        for p in unlink {
-            let _ = std::fs::remove_file(p);
+        // Unlinking a large file takes a while: never under the volume lock. Dead files
+        // nothing reads are kept for the next SCOs instead (see `spare_sco`).
+        for (p, idle) in unlink {
+            if !(idle && self.spare.offer(&p)) {
+                let _ = std::fs::remove_file(p);
+            }
         }
         // SCO sizes of objects gone earlier (a crashed scrub) are forgotten too.
         {
             let mut st = self.state.lock();
             let st = &mut *st;
-            st.sco_sizes.retain(|n, _| *n > last_uploaded || objects.contains_key(n) || st.local.contains_key(n));
+            st.maps
+                .sco_sizes
+                .retain(|n, _| *n > last_uploaded || objects.contains_key(n) || st.scos.local.contains_key(n));
         }
         let t_delete = started.elapsed();
         if rep.scos_deleted > 0 {
@@ -404,7 +422,7 @@ impl Volume {
             // needs), taken when the open epoch is sealed: a checkpoint holds the maps as
             // of an epoch's end, never entries of an epoch still being written (a crash
             // could cut those off).
-            self.state.lock().checkpoint_at_seal = true;
+            self.state.lock().uploads.checkpoint_at_seal = true;
         }
         let secs = started.elapsed().as_secs_f64();
         tracing::debug!(
@@ -469,7 +487,7 @@ impl Volume {
                 for k in 0..count {
                     let (old, new) = (src.advance(k).pack(), to.advance(k).pack());
                     for &c in holders.get(&old).map(|v| v.as_slice()).unwrap_or(&[]) {
-                        for m in std::iter::once(&mut st.map).chain(st.snaps.maps_mut()) {
+                        for m in std::iter::once(&mut st.maps.map).chain(st.maps.snaps.maps_mut()) {
                             if m.get(c) == old {
                                 m.set(c, new);
                             }
@@ -486,7 +504,7 @@ impl Volume {
     /// Read whole clusters from `from` of an uploaded SCO (local copy or object store).
     fn read_sco(&self, from: Location, buf: &mut [u8]) -> Result<()> {
         let off = (from.index as u64) << self.shift;
-        let local = self.state.lock().local.get(&from.sco).map(|l| l.file.clone());
+        let local = self.state.lock().scos.local.get(&from.sco).map(|l| l.file.clone());
         if let Some(f) = local {
             return f.read_exact_at(buf, off).ctx(|| format!("cannot read SCO {} for scrub", from.sco));
         }

@@ -28,6 +28,9 @@ const PASS_LIVE_FRACTION: u64 = 32;
 const PASS_MAX_SCOS: u64 = 4;
 /// The store is listed (to measure it against `scrub.store_budget`) at most this often.
 const STORE_LIST_EVERY: Duration = Duration::from_secs(5);
+/// A failed background rekey pass (an old key not given, the store unreachable) is
+/// tried again after this long, not at every look.
+const REKEY_RETRY: Duration = Duration::from_secs(60);
 /// Near a budget means above this fraction of it: scrub harder.
 const NEAR: f64 = 0.9;
 /// The local disk is short when less than this fraction (or `DISK_MIN_FREE`) is free.
@@ -47,6 +50,8 @@ struct Watch {
     /// The last pass failed (object store unreachable, say): until one succeeds, guest
     /// writes are not held back for garbage only scrub could reclaim.
     failing: bool,
+    /// A background rekey pass failed: the next try waits until then.
+    rekey_after: Option<Instant>,
 }
 
 /// The store's size against its budget: the last listing, plus what each volume's log
@@ -191,6 +196,7 @@ impl Run {
             next_backstop: backstop.map(|b| now + b),
             io_bytes: io,
             failing: false,
+            rekey_after: None,
         });
         let guest_active = io != w.io_bytes;
         w.io_bytes = io;
@@ -261,6 +267,16 @@ impl Run {
             _ => false,
         };
         if !scrub_now && w.next_backstop.is_none_or(|t| now < t) {
+            if v.env.keys.rekey_pending(v.name()) && w.rekey_after.is_none_or(|t| now >= t) {
+                // After a key rotation: rewrite what is under older keys, a bounded,
+                // paced pass per look, so a rotation completes without `logdisk scrub`.
+                let rate = if guest_active { cfg.rate.0 } else { 0 };
+                let mut pace = Pacer::new(rate, v.clone());
+                if let Err(e) = v.rekey_pass(pass_max, &mut |b| pace.copied(b)) {
+                    w.rekey_after = Some(now + REKEY_RETRY);
+                    return Err(e);
+                }
+            }
             return Ok(false);
         }
         w.next_backstop = backstop.map(|b| now + b);
@@ -271,6 +287,7 @@ impl Run {
                 max_live_fraction: if pressure || waiting { 0.98 } else { 0.9 },
                 free_clusters: u.garbage.saturating_sub(keep).max(1),
                 max_moved_clusters: pass_max,
+                rekey: false,
             }
         } else {
             Goal::all_below(cfg.threshold)

@@ -1,127 +1,20 @@
-//! Snapshots of a volume (named, frozen copies of its cluster map that share pages with
-//! the live map) and scrub relocations, which rewrite locations in every map at once.
+//! Snapshot operations of a volume: create, list, delete, roll back, open a snapshot as a
+//! read-only view, and flatten a clone (the snapshot set itself is [`super::snap_set`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::engine::{State, Volume, VolumeEnv};
+use super::engine::{Volume, VolumeEnv};
 use super::iov::AlignedBuf;
 use super::layers::{layer_of, load_layers};
 use super::location::{Location, UNMAPPED};
 use super::map::ClusterMap;
 use super::meta::VolumeMeta;
+pub use super::snap_set::SnapshotInfo;
+use super::snap_set::{Relocation, Snapshot};
+use super::state::State;
 use super::tlog::{Record, SnapName};
 use crate::error::{Error, Result};
 use crate::units::validate_name;
-
-/// One snapshot: the map as of the TLog record that created it.
-#[derive(Clone)]
-pub struct Snapshot {
-    pub id: u32,
-    pub name: String,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
-    /// The epoch whose TLog holds the snapshot record (sealed right after it).
-    pub epoch: u64,
-    pub map: ClusterMap,
-}
-
-impl Snapshot {
-    /// What `snapshot list` shows (exclusive bytes come from the space accounting).
-    pub fn info(&self) -> SnapshotInfo {
-        SnapshotInfo {
-            name: self.name.clone(),
-            id: self.id,
-            created: self.created,
-            epoch: self.epoch,
-            exclusive_bytes: 0,
-        }
-    }
-}
-
-/// Every snapshot of a volume, by id (ids are never reused).
-#[derive(Clone, Default)]
-pub struct Snapshots {
-    pub list: BTreeMap<u32, Snapshot>,
-    pub next_id: u32,
-}
-
-impl Snapshots {
-    pub fn by_name(&self, name: &str) -> Option<&Snapshot> {
-        self.list.values().find(|s| s.name == name)
-    }
-
-    pub fn insert(&mut self, s: Snapshot) {
-        self.next_id = self.next_id.max(s.id + 1);
-        self.list.insert(s.id, s);
-    }
-
-    pub fn maps_mut(&mut self) -> impl Iterator<Item = &mut ClusterMap> {
-        self.list.values_mut().map(|s| &mut s.map)
-    }
-}
-
-/// Old location → new location of clusters a scrub moved.
-#[derive(Default, Clone)]
-pub struct Relocation {
-    table: HashMap<u64, u64>,
-    scos: HashSet<u64>,
-}
-
-impl Relocation {
-    pub fn add(&mut self, from: Location, count: u32, to: Location) {
-        self.scos.insert(from.sco);
-        for i in 0..count {
-            self.table.insert(from.advance(i).pack(), to.advance(i).pack());
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-
-    /// The new entry for map entry `e`, if `e` moved.
-    pub fn lookup(&self, e: u64) -> Option<u64> {
-        let loc = Location::unpack(e)?;
-        if !self.scos.contains(&loc.sco) {
-            return None;
-        }
-        self.table.get(&e).copied()
-    }
-
-    /// Rewrite every moved entry of `map` (a full pass).
-    pub fn apply(&self, map: &mut ClusterMap) -> u64 {
-        if self.is_empty() {
-            return 0;
-        }
-        map.remap(|e| self.lookup(e))
-    }
-
-    /// Rewrite moved entries of the current map and every snapshot.
-    pub fn apply_all(&self, map: &mut ClusterMap, snaps: &mut Snapshots) {
-        self.apply(map);
-        for m in snaps.maps_mut() {
-            self.apply(m);
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.table.clear();
-        self.scos.clear();
-    }
-}
-
-/// What `snapshot list` shows of one snapshot (space figures come from scrub's accounting).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotInfo {
-    pub name: String,
-    pub id: u32,
-    pub created: u64,
-    pub epoch: u64,
-    /// Bytes of data only this snapshot references (what deleting it frees).
-    #[serde(default)]
-    pub exclusive_bytes: u64,
-}
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -138,15 +31,15 @@ impl Volume {
         let info = {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            if st.snaps.by_name(name).is_some() {
+            if st.maps.snaps.by_name(name).is_some() {
                 return Err(Error::InvalidArgument(format!("snapshot {}@{name} already exists", self.name)));
             }
-            let id = st.snaps.next_id.max(1);
+            let id = st.maps.snaps.next_id.max(1);
             let created = now_secs();
             self.append_record(&mut st, &Record::Snapshot { id, created, name: tname })?;
-            let epoch = st.open.as_ref().expect("open epoch").epoch;
-            let map = st.map.clone();
-            st.snaps.insert(Snapshot { id, name: name.to_string(), created, epoch, map });
+            let epoch = st.log.open.as_ref().expect("open epoch").epoch;
+            let map = st.maps.map.clone();
+            st.maps.snaps.insert(Snapshot { id, name: name.to_string(), created, epoch, map });
             self.roll(&mut st, false)?;
             SnapshotInfo { name: name.to_string(), id, created, epoch, exclusive_bytes: 0 }
         };
@@ -158,13 +51,13 @@ impl Volume {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        self.state.lock().snaps.list.values().map(Snapshot::info).collect()
+        self.state.lock().maps.snaps.list.values().map(Snapshot::info).collect()
     }
 
     /// The frozen map of snapshot `name`.
     pub fn snapshot_map(&self, name: &str) -> Result<ClusterMap> {
         let st = self.state.lock();
-        st.snaps.by_name(name).map(|s| s.map.clone()).ok_or_else(|| self.no_snapshot(name))
+        st.maps.snaps.by_name(name).map(|s| s.map.clone()).ok_or_else(|| self.no_snapshot(name))
     }
 
     fn no_snapshot(&self, name: &str) -> Error {
@@ -177,9 +70,9 @@ impl Volume {
         {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            let id = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?.id;
+            let id = st.maps.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?.id;
             self.append_record(&mut st, &Record::SnapDelete { id })?;
-            st.snaps.list.remove(&id);
+            st.maps.snaps.list.remove(&id);
         }
         self.flush()?;
         tracing::info!(volume = %self.name, snapshot = name, "snapshot deleted");
@@ -192,12 +85,12 @@ impl Volume {
         {
             let mut st = self.state.lock();
             self.check_writable(&st)?;
-            let s = st.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
+            let s = st.maps.snaps.by_name(name).ok_or_else(|| self.no_snapshot(name))?;
             let (id, mut map) = (s.id, s.map.clone());
             self.append_record(&mut st, &Record::Rollback { id })?;
             // The volume keeps its size; the snapshot's content is what fits.
-            map.resize(st.map.clusters());
-            st.map = map;
+            map.resize(st.maps.map.clusters());
+            st.maps.map = map;
         }
         self.flush()?;
         tracing::info!(volume = %self.name, snapshot = name, "rolled back");
@@ -207,12 +100,12 @@ impl Volume {
     /// A read-only view of `map` of volume `meta` (a snapshot, or a template's content),
     /// reading through to `meta`'s own parents. Its data must be in the object store.
     pub fn open_view(env: Arc<VolumeEnv>, meta: VolumeMeta, label: &str, map: ClusterMap) -> Result<Arc<Volume>> {
-        let mut layers = vec![layer_of(&env, &meta, map)];
-        layers.extend(load_layers(&env, &meta)?);
+        let mut layers = vec![layer_of(&env.cache, &meta, map)];
+        layers.extend(load_layers(env.store.as_ref(), &env.cache, &meta)?);
         // A snapshot keeps the size the volume had when it was taken.
         let clusters = layers[0].map.clusters();
         let mut st = State::empty(clusters, 1);
-        st.layers = layers;
+        st.maps.layers = layers;
         let mut vmeta = meta;
         vmeta.size = clusters * vmeta.cluster_size as u64;
         vmeta.name = label.to_string();
@@ -224,13 +117,13 @@ impl Volume {
 
     /// The parent chain this volume reads through (nearest first).
     pub fn parent_volumes(&self) -> Vec<String> {
-        self.state.lock().layers.iter().map(|l| l.volume.clone()).collect()
+        self.state.lock().maps.layers.iter().map(|l| l.volume.clone()).collect()
     }
 
     /// Apply a scrub of `volume` to this volume's layers of it.
     pub(crate) fn relocate_layers(&self, volume: &str, reloc: &Relocation) {
         let mut st = self.state.lock();
-        for l in st.layers.iter_mut() {
+        for l in st.maps.layers.iter_mut() {
             if l.volume == volume {
                 *l = Arc::new(l.relocated(reloc));
             }
@@ -243,7 +136,7 @@ impl Volume {
     pub fn flatten(&self) -> Result<u64> {
         {
             let st = self.state.lock();
-            if !st.snaps.list.is_empty() {
+            if !st.maps.snaps.list.is_empty() {
                 return Err(Error::InvalidArgument(format!(
                     "volume {} has snapshots, which read through to its parent too: delete them before flattening",
                     self.name
@@ -260,7 +153,7 @@ impl Volume {
             let (start, n) = {
                 let st = self.state.lock();
                 let inherited = |c: u64| {
-                    let (layer, e) = st.lookup(c);
+                    let (layer, e) = st.maps.lookup(c);
                     layer > 0 && Location::unpack(e).is_some()
                 };
                 while c < clusters && !inherited(c) {
@@ -282,7 +175,7 @@ impl Volume {
         }
         self.flush()?;
         self.upload_all("after flattening")?;
-        self.state.lock().layers.clear();
+        self.state.lock().maps.layers.clear();
         tracing::info!(volume = %self.name, copied, "flattened");
         Ok(copied)
     }
@@ -294,46 +187,21 @@ impl Volume {
             let first = cluster + done as u64;
             let mut i = 0u32;
             while i < take {
-                if st.map.get(first + i as u64) != UNMAPPED {
+                if st.maps.map.get(first + i as u64) != UNMAPPED {
                     i += 1;
                     continue;
                 }
                 let start = i;
-                while i < take && st.map.get(first + i as u64) == UNMAPPED {
+                while i < take && st.maps.map.get(first + i as u64) == UNMAPPED {
                     i += 1;
                 }
                 let run = loc.advance(start);
                 for k in 0..i - start {
-                    st.map.set(first + (start + k) as u64, run.advance(k).pack());
+                    st.maps.map.set(first + (start + k) as u64, run.advance(k).pack());
                 }
                 self.append_record(st, &Record::Write { cluster: first + start as u64, count: i - start, loc: run })?;
             }
             Ok(())
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relocation_rewrites_only_moved_entries() {
-        let mut m = ClusterMap::new(1000);
-        m.set(0, Location::new(2, 0).pack());
-        m.set(1, Location::new(2, 1).pack());
-        m.set(2, Location::new(3, 0).pack());
-        let mut snaps = Snapshots::default();
-        snaps.insert(Snapshot { id: 4, name: "a".into(), created: 0, epoch: 1, map: m.clone() });
-        assert_eq!(snaps.next_id, 5);
-        m.set(1, Location::new(5, 0).pack());
-        let mut r = Relocation::default();
-        r.add(Location::new(2, 0), 2, Location::new(7, 10));
-        r.apply_all(&mut m, &mut snaps);
-        assert_eq!(m.get(0), Location::new(7, 10).pack());
-        assert_eq!(m.get(1), Location::new(5, 0).pack());
-        assert_eq!(m.get(2), Location::new(3, 0).pack());
-        let s = &snaps.by_name("a").unwrap().map;
-        assert_eq!(s.get(1), Location::new(7, 11).pack());
     }
 }

@@ -34,6 +34,8 @@ pub struct Weed {
     pub secret_key: String,
     pub pid: u32,
     pub dir: PathBuf,
+    /// `https://127.0.0.1:PORT` when started by [`Weed::start_https`].
+    pub https_endpoint: Option<String>,
     stop_tx: Option<mpsc::Sender<()>>,
     supervisor: Option<std::thread::JoinHandle<()>>,
     shared: bool,
@@ -45,7 +47,7 @@ static BUCKET_SEQ: AtomicU64 = AtomicU64::new(0);
 /// The server shared by every test of this binary.
 pub fn shared() -> &'static Weed {
     SHARED.get_or_init(|| {
-        let w = Weed::launch(true);
+        let w = Weed::launch(true, None);
         extern "C" fn stop_shared() {
             if let Some(w) = SHARED.get() {
                 w.terminate();
@@ -150,10 +152,16 @@ fn http_status(port: u16) -> Option<u16> {
 impl Weed {
     /// A private server, stopped when dropped.
     pub fn start() -> Weed {
-        Weed::launch(false)
+        Weed::launch(false, None)
     }
 
-    fn launch(shared: bool) -> Weed {
+    /// A private server that also serves S3 over https on another port with this PEM
+    /// certificate and key (`https_endpoint`); setup still goes over plain http.
+    pub fn start_https(cert: &Path, key: &Path) -> Weed {
+        Weed::launch(false, Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn launch(shared: bool, tls: Option<(PathBuf, PathBuf)>) -> Weed {
         let bin = weed_binary();
         match Command::new(&bin).arg("version").output() {
             Ok(o) if o.status.success() => {}
@@ -163,7 +171,7 @@ impl Weed {
         remove_stale_dirs(&base);
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Weed::try_launch(&bin, &base, shared) {
+            match Weed::try_launch(&bin, &base, shared, tls.as_ref()) {
                 Ok(w) => return w,
                 Err(e) => last_err = e,
             }
@@ -171,7 +179,7 @@ impl Weed {
         panic!("cannot start weed mini: {last_err}");
     }
 
-    fn try_launch(bin: &Path, base: &Path, shared: bool) -> Result<Weed, String> {
+    fn try_launch(bin: &Path, base: &Path, shared: bool, tls: Option<&(PathBuf, PathBuf)>) -> Result<Weed, String> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = base.join(format!("logdisk-weed-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
@@ -184,9 +192,9 @@ impl Weed {
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]});
         std::fs::write(dir.join("identities.json"), identities.to_string()).unwrap();
-        let (p, admin) = pick_ports(9);
+        let (p, admin) = pick_ports(10);
         let d = dir.display();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "mini".into(),
             format!("-dir={d}/data"),
             "-ip=127.0.0.1".into(),
@@ -211,6 +219,12 @@ impl Weed {
             format!("-filer.localSocket={d}/filer.sock"),
             format!("-s3.localSocket={d}/s3.sock"),
         ];
+        if let Some((cert, key)) = tls {
+            args.push(format!("-s3.cert.file={}", cert.display()));
+            args.push(format!("-s3.key.file={}", key.display()));
+            args.push(format!("-s3.port.https={}", p[9]));
+        }
+        let https_endpoint = tls.map(|_| format!("https://127.0.0.1:{}", p[9]));
         let s3_port = p[6];
         let log = std::fs::File::create(dir.join("weed.log")).unwrap();
         let (pid_tx, pid_rx) = mpsc::channel();
@@ -272,6 +286,7 @@ impl Weed {
             secret_key,
             pid,
             dir,
+            https_endpoint,
             stop_tx: Some(stop_tx),
             supervisor: Some(supervisor),
             shared,

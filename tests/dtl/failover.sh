@@ -12,10 +12,11 @@
 #   - two network namespaces, "host 1" and "host 2", a veth pair between them (a private
 #     10.213.x.0/24), lo up in both; nothing listens outside them;
 #   - in host 2's namespace, bound to its veth address: SeaweedFS (`weed mini`, the object
-#     store both hosts use, host 1 over the veth) and `logdisk dtl serve` with a token file;
+#     store both hosts use, host 1 over the veth) and `logdisk dtl serve` with a token file
+#     and a TLS certificate for its address (a CA made by tests/dtl/make-certs.sh);
 #   - logdisk daemons: host 1's in ns1 with data dir h1, host 2's in ns2 with data dir h2;
 #     both use the same --backend s3://BUCKET/PREFIX and a config file whose [dtl]
-#     token_file is the server's token;
+#     token_file is the server's token and ca_file the CA (the DTL runs over TLS);
 #   - logdisk-loadgen (a native vhost-user-blk frontend) writes a (seed, sector) verify
 #     pattern and later reads it back, checking every byte (exit 2 on a mismatch).
 # Volumes use 8 MiB SCOs, so the data written spans several SCOs.
@@ -153,6 +154,8 @@ DTL_ADDR="$IP2:$DTL_PORT"
 head -c 32 /dev/urandom | base64 >"$T/dtl.token"
 chmod 600 "$T/dtl.token"
 mkdir -p "$T/dtl"
+# TLS: a throwaway CA and a certificate for the server's address (host 1 checks it).
+"$ROOT/tests/dtl/make-certs.sh" "$T/certs" "IP:$IP2" || ld_die "cannot make TLS certificates (openssl)"
 DTL_LOG="$T/dtl-server.log"
 : >"$DTL_LOG"
 DTL_PID=""
@@ -160,7 +163,8 @@ dtl_server_start() {
     local i
     echo "--- $(date +%T) starting the DTL server" >>"$DTL_LOG"
     (cd "$T/dtl" && exec ip netns exec "$NS2" "$BIN" dtl serve --listen "$DTL_ADDR" --dir "$T/dtl/logs" \
-        --token-file "$T/dtl.token") >>"$DTL_LOG" 2>&1 &
+        --token-file "$T/dtl.token" --tls-cert "$T/certs/server.pem" --tls-key "$T/certs/server.key") \
+        >>"$DTL_LOG" 2>&1 &
     DTL_PID=$!
     ld_track "$DTL_PID"
     for ((i = 0; i < 100; i++)); do
@@ -184,7 +188,7 @@ HAVE_DTL=0 HAVE_TAKEOVER=0 HAVE_SET=0
 "$BIN" volume set --help >/dev/null 2>&1 && HAVE_SET=1
 CFG_ARGS=()
 if [[ $HAVE_DTL = 1 ]]; then
-    printf '[dtl]\ntoken_file = "%s"\n' "$T/dtl.token" >"$T/logdisk.toml"
+    printf '[dtl]\ntoken_file = "%s"\nca_file = "%s"\n' "$T/dtl.token" "$T/certs/ca.pem" >"$T/logdisk.toml"
     CFG_ARGS=(--config "$T/logdisk.toml")
 fi
 ld_log "this build: volume create --dtl: $([[ $HAVE_DTL = 1 ]] && echo yes || echo NO);" \

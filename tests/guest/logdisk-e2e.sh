@@ -7,19 +7,24 @@
 #   3. boot a second VM: fsck, mount, every checksum from boot 1 matches.
 #   4. SIGTERM the daemon (clean shutdown: drains uploads); export the volume from a fresh
 #      data dir on the same backend and check it equals an export from the original one.
-# Usage: tests/guest/logdisk-e2e.sh [--bin PATH] [--queues N] [--keep]
+# The volume is encrypted (`--encrypt --key-file`): the object store must not hold the text
+# the guest wrote, the fresh data dir needs the key and refuses without it. --plain: a
+# plain volume (then the text must be found there: the scan can fail).
+# Usage: tests/guest/logdisk-e2e.sh [--bin PATH] [--queues N] [--plain] [--keep]
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${LOGDISK_BIN:-$ROOT/target/release/logdisk}
 QUEUES=2
 KEEP=0
+PLAIN=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --bin) BIN=$2; shift 2 ;;
         --queues) QUEUES=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        *) echo "usage: $0 [--bin PATH] [--queues N] [--keep]" >&2; exit 125 ;;
+        --plain) PLAIN=1; shift ;;
+        *) echo "usage: $0 [--bin PATH] [--queues N] [--plain] [--keep]" >&2; exit 125 ;;
     esac
 done
 [[ -x $BIN ]] || { echo "logdisk binary $BIN not found (cargo build --release)" >&2; exit 125; }
@@ -45,7 +50,14 @@ start_daemon() {
 
 GUEST=$("$HERE/build-guest.sh" | tail -n 1)
 say "guest image: $GUEST"
-"$BIN" --data-dir "$DD" volume create vm --size 1G
+KEYARGS=()
+if [[ $PLAIN = 0 ]]; then
+    head -c 32 /dev/urandom >"$T/vm.key"
+    KEYARGS=(--key-file "$T/vm.key")
+    "$BIN" --data-dir "$DD" volume create vm --size 1G --encrypt --key-file "$T/vm.key"
+else
+    "$BIN" --data-dir "$DD" volume create vm --size 1G
+fi
 start_daemon
 say "daemon pid $DAEMON; boot 1"
 "$HERE/run-guest.sh" --socket "$SOCK" --queues "$QUEUES" --cpus "$QUEUES" --script "$HERE/persist-write.sh" \
@@ -74,6 +86,15 @@ DAEMON=
 [[ $status = 0 ]] || { tail -n 20 "$T/daemon.log"; fail "daemon exited $status on SIGTERM"; }
 grep -q "flushed and uploaded" "$T/daemon.log" || fail "clean shutdown did not drain uploads"
 "$BIN" --data-dir "$DD" volume export vm "$T/a.raw" >/dev/null
-"$BIN" --data-dir "$T/fresh" --backend "file://$DD/objects" volume export vm "$T/b.raw" >/dev/null
+if [[ $PLAIN = 0 ]]; then
+    "$BIN" --data-dir "$T/nokey" --backend "file://$DD/objects" volume export vm "$T/c.raw" >"$T/nokey.out" 2>&1 \
+        && fail "a fresh data dir exported the encrypted volume without its key"
+    grep -q "is encrypted with key id" "$T/nokey.out" || { cat "$T/nokey.out"; fail "no clear error without the key"; }
+    grep -rlq "logdisk-e2e-plaintext-marker" "$DD/objects" && fail "the guest's text is readable in the object store"
+    say "encrypted: no object holds the guest's text; without the key: $(head -c 120 "$T/nokey.out")"
+else
+    grep -rlq "logdisk-e2e-plaintext-marker" "$DD/objects" || fail "the scan does not find the guest's text in a plain volume"
+fi
+"$BIN" --data-dir "$T/fresh" --backend "file://$DD/objects" volume export vm "$T/b.raw" "${KEYARGS[@]}" >/dev/null
 cmp "$T/a.raw" "$T/b.raw" || fail "export from the object store alone differs"
-say "PASS: guest checks, kill -9 + restart, clean shutdown, restart from the object store"
+say "PASS: guest checks, kill -9 + restart, clean shutdown, restart from the object store ($([[ $PLAIN = 0 ]] && echo encrypted || echo plain))"

@@ -14,6 +14,8 @@ while [ "$i" -le 12 ]; do
     dd if=/dev/urandom of="$MNT/data/file$i" bs=256k count=$((i * 3)) 2>/dev/null || fail "write file$i"
     i=$((i + 1))
 done
+# Text the host looks for in the object store (an encrypted volume must not show it).
+yes "logdisk-e2e-plaintext-marker" | head -c 1048576 >"$MNT/data/marker.txt" || fail "write marker.txt"
 sync
 (cd "$MNT" && find data -type f | sort | xargs sha256sum) >/tmp/psums
 sed 's/^/PSUM /' /tmp/psums

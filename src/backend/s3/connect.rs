@@ -43,7 +43,26 @@ fn strip_userinfo(url: &str) -> String {
     }
 }
 
-async fn load_sdk_config(cfg: &S3Config) -> SdkConfig {
+/// The SDK's https client trusting the system roots plus `s3.ca_file` (checked here: the
+/// SDK would panic on a bad PEM later).
+fn https_client(ca_file: &std::path::Path) -> Result<aws_sdk_s3::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+    crate::dtl::tls::read_roots(ca_file).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("s3.ca_file: {m}")),
+        e => e,
+    })?;
+    let pem = std::fs::read(ca_file).map_err(|e| Error::Config(format!("s3.ca_file {}: {e}", ca_file.display())))?;
+    let ctx = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| Error::Config(format!("s3.ca_file: {e}")))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(ctx)
+        .build_https())
+}
+
+async fn load_sdk_config(cfg: &S3Config) -> Result<SdkConfig> {
     let mut region_chain = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
         .or_else(EnvironmentVariableRegionProvider::new());
     let mut profile_region = ProfileFileRegionProvider::builder();
@@ -61,13 +80,16 @@ async fn load_sdk_config(cfg: &S3Config) -> SdkConfig {
     if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
         loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "logdisk-config"));
     }
-    loader.load().await
+    if let Some(ca) = &cfg.ca_file {
+        loader = loader.http_client(https_client(ca)?);
+    }
+    Ok(loader.load().await)
 }
 
 /// Build the clients and resolve the credentials once (for a clear error when there are
 /// none, and to know which strings to redact).
 pub(crate) async fn build(cfg: &S3Config) -> Result<Clients> {
-    let sdk = load_sdk_config(cfg).await;
+    let sdk = load_sdk_config(cfg).await?;
     let env_s3_endpoint = std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|s| !s.is_empty());
     let custom = cfg.endpoint.clone().or_else(|| sdk.endpoint_url().map(str::to_string)).or(env_s3_endpoint);
     let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
