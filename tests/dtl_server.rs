@@ -1,6 +1,7 @@
 //! The DTL server and client over real TCP on 127.0.0.1 with real files: round trips
 //! across restarts, QUERY/TRIM, fencing, tokens, hostile input, reconnects after the
-//! server is killed, and the `logdisk dtl serve` command line.
+//! server is killed, and the `logdisk dtl serve` command line (also its stop with
+//! loopback down).
 
 #[path = "common/tls.rs"]
 mod tls;
@@ -466,4 +467,39 @@ fn server_that_lost_acknowledged_entries_is_not_trusted_silently() {
     assert_eq!(c.query(0).unwrap(), more);
     c.close();
     server.stop();
+}
+
+/// `dtl serve` stops on SIGTERM even where its own address cannot be connected to: in a
+/// network namespace whose loopback is down (as in a freshly booted guest), a stop that
+/// woke the accept loop by connecting to itself waited forever.
+#[test]
+fn cli_stops_on_sigterm_with_loopback_down() {
+    if !Command::new("unshare").args(["-n", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot create a network namespace (needs root and unshare)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // A fresh network namespace: `lo` exists but is down.
+    let mut child = Command::new("unshare")
+        .args(["-n", env!("CARGO_BIN_EXE_logdisk"), "dtl", "serve", "--listen", "127.0.0.1:7400", "--insecure"])
+        .arg("--dir")
+        .arg(t.path().join("dtl"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    // SAFETY: signalling our own child (unshare execs logdisk in place: same pid).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the DTL server did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.wait().unwrap().success());
 }

@@ -73,6 +73,8 @@ pub struct DtlServer {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    /// A second handle of the listening socket, shut down to wake the accept loop.
+    listener: TcpListener,
     _lock: File,
 }
 
@@ -114,6 +116,7 @@ impl DtlServer {
         let lock = lock_dir(dir)?;
         let listener = TcpListener::bind(listen).ctx(|| "bind the DTL listener".to_string())?;
         let local_addr = listener.local_addr().ctx(|| "DTL listener address".to_string())?;
+        let wake = listener.try_clone().ctx(|| "clone the DTL listener".to_string())?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             token,
@@ -128,7 +131,7 @@ impl DtlServer {
             .spawn(move || accept_loop(listener, s))
             .ctx(|| "spawn the DTL accept thread".to_string())?;
         tracing::info!(%local_addr, dir = %dir.display(), "DTL server listening");
-        Ok(DtlServer { local_addr, shared, accept: Some(accept), _lock: lock })
+        Ok(DtlServer { local_addr, shared, accept: Some(accept), listener: wake, _lock: lock })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -143,8 +146,11 @@ impl DtlServer {
     fn shutdown(&mut self) {
         let Some(accept) = self.accept.take() else { return };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        // Wake the accept loop: shutting the listening socket down makes a blocked
+        // accept(2) fail at once. (A connect to our own address, the old way, fails where
+        // the address is not reachable, e.g. loopback down, and then stop waited forever.)
+        // SAFETY: shutdown(2) on the fd of a listener this server owns, still open.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         let _ = accept.join();
         let conns: Vec<_> = self.shared.conns.lock().drain().collect();
         for (_, (s, _)) in &conns {
