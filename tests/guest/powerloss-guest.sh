@@ -33,6 +33,8 @@ DTL=${DTL:-1}
 if [ "$DTL" = 1 ]; then
     # The DTL flags, in one place: loopback, no token (the replay restarts it the same way).
     DTL_ADDR=127.0.0.1:7400
+    # The guest boots with loopback down.
+    ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || fail "loopback up"
     logdisk -v dtl serve --listen $DTL_ADDR --dir /mnt/nvme/dtl --insecure >/tmp/dtl.log 2>&1 &
     DTLPID=$!
     n=0  # listening: port 7400 = 0x1CE8, state 0A in /proc/net/tcp
@@ -79,6 +81,8 @@ wait $DAEMON || fail "daemon exit on SIGTERM"
 if [ "$DTL" = 1 ]; then
     say "daemon's DTL lines: $(grep -ci dtl /tmp/daemon.log) ($(grep -i dtl /tmp/daemon.log | grep -ci -e degraded -e 'not covered'), degraded or not covered)"
     grep -i dtl /tmp/daemon.log | tail -n 5
+    # The takeover checks at marks rely on a DTL in sync all along.
+    grep -q 'DTL degraded' /tmp/daemon.log && fail "the DTL was degraded during the run"
     kill -TERM $DTLPID
     # Bounded: a first run hung here (the DTL server did not exit on SIGTERM in 1100 s).
     n=0

@@ -219,6 +219,8 @@ fn run() -> Result<u64> {
     let mut buf = Vec::new();
     let (mut checked, mut violations, mut by_kind) = (0u64, 0u64, [0u64; 4]);
     let (mut store_checked, mut store_violations) = (0u64, 0u64);
+    // Takeovers that replayed DTL entries, and how many in all.
+    let (mut dtl_used, mut dtl_total) = (0u64, 0u64);
     for (n, p) in points.iter().enumerate() {
         while applied < p.after {
             log.apply(applied, &img, &mut buf)?;
@@ -238,6 +240,11 @@ fn run() -> Result<u64> {
             if r.problems.is_empty() { "ok".to_string() } else { format!("VIOLATION: {}", r.problems.join("; ")) };
         if let Some(sp) = &r.store {
             store_checked += 1;
+            if let Some(n) = r.dtl_entries {
+                status.push_str(&format!("; takeover replayed {n} DTL entries"));
+                dtl_used += u64::from(n > 0);
+                dtl_total += n;
+            }
             if sp.is_empty() {
                 status.push_str("; object store ok");
             } else {
@@ -261,7 +268,8 @@ fn run() -> Result<u64> {
     }
     println!(
         "logwrites-replay: data dir: {checked} points checked ({} marks, {} FLUSH/FUA, {} between, {} end), {violations} with violations; \
-         object store{}: {store_checked} points checked, {store_violations} with violations; {:.0}s",
+         object store{}: {store_checked} points checked, {store_violations} with violations \
+         ({dtl_used} takeovers replayed DTL entries, {dtl_total} in all); {:.0}s",
         by_kind[0],
         by_kind[1],
         by_kind[2],

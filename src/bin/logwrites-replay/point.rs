@@ -71,6 +71,8 @@ pub struct Report {
     /// Problems of the object store check (alone at the end, + DTL where asked); None: not
     /// checked at this point.
     pub store: Option<Vec<String>>,
+    /// DTL entries the takeover replayed (None: no takeover at this point).
+    pub dtl_entries: Option<u64>,
     /// Sectors read back holding a write.
     pub written: usize,
     pub seconds: f64,
@@ -93,6 +95,7 @@ impl Ctx {
         let t0 = Instant::now();
         let mut problems = Vec::new();
         let mut store: Option<Vec<String>> = None;
+        let mut dtl_entries = None;
         let copy = self.work.join("point.img");
         let out = self.work.join("point");
         let _ = std::fs::remove_dir_all(&out);
@@ -145,7 +148,8 @@ impl Ctx {
                     &out,
                     &raw,
                 )? {
-                    Ok(()) => {
+                    Ok(n) => {
+                        dtl_entries = Some(n);
                         check_raw(&raw, model, what, list)?;
                     }
                     Err(e) => list.push(format!("{what}: {e}")),
@@ -180,7 +184,7 @@ impl Ctx {
             std::fs::rename(&out, &keep)?;
             std::fs::rename(&copy, keep.join("point.img"))?;
         }
-        Ok(Report { problems, store, written, seconds: t0.elapsed().as_secs_f64() })
+        Ok(Report { problems, store, dtl_entries, written, seconds: t0.elapsed().as_secs_f64() })
     }
 
     /// Export the volume from data dir `dd` (on `backend` when given) to `raw` and check it

@@ -50,8 +50,9 @@ impl Drop for DtlServer {
 }
 
 /// Copy `objects` and `dtl` (the replayed dirs) under `out`, take the volume over from
-/// them on an empty data dir and export it to `raw`. Returns Err(message) when logdisk
-/// refuses; the caller checks the exported image.
+/// them on an empty data dir and export it to `raw`. Returns the number of DTL entries
+/// the takeover replayed, or Err(message) when logdisk refuses; the caller checks the
+/// exported image.
 pub fn takeover_export(
     logdisk: &Path,
     config: Option<&Path>,
@@ -60,7 +61,7 @@ pub fn takeover_export(
     dtl: &Path,
     out: &Path,
     raw: &Path,
-) -> Result<std::result::Result<(), String>> {
+) -> Result<std::result::Result<u64, String>> {
     let store = out.join("objects-dtl");
     let dtl_copy = out.join("dtl-copy");
     for (from, to) in [(objects, &store), (dtl, &dtl_copy)] {
@@ -86,11 +87,18 @@ pub fn takeover_export(
     if !ok {
         return Ok(Err(format!("takeover refused: {}", last(&text))));
     }
+    // "... N DTL entries replayed into M epochs ..."
+    let replayed = text
+        .split(" DTL entries replayed")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("no DTL entry count in the takeover's output: {}", last(&text)))?;
     let raw_s = raw.to_str().context("path")?;
     let (ok, text) = ld(&["volume", "export", volume, raw_s])?;
     drop(srv);
     if !ok {
         return Ok(Err(format!("export after takeover failed: {}", last(&text))));
     }
-    Ok(Ok(()))
+    Ok(Ok(replayed))
 }
