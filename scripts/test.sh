@@ -79,7 +79,7 @@ if [[ $QUICK = 0 ]]; then
     stage "guest: qemu-storage-daemon (same harness)" tests/guest/selftest-qsd.sh
     # 2,000 acknowledged flushes under dm-log-writes; a spread sample of the replay points
     # (POWERLOSS_POINTS=all tests/guest/powerloss-e2e.sh --bin ... checks every one).
-    stage "guest: power loss at sampled dm-log-writes points (2000 flushes), logdisk opens and keeps every acked write" \
+    stage "guest: power loss at sampled dm-log-writes points (2000 flushes), logdisk opens and keeps every acked write; takeover from object store + DTL at marks" \
         tests/guest/powerloss-e2e.sh --bin target/release/logdisk
     stage "guest: dm-flakey fails every write under the data dir, requests fail, nothing acked is lost, restart after recovery" \
         tests/guest/flakey-e2e.sh --bin target/release/logdisk
