@@ -80,7 +80,12 @@ if [[ $QUICK = 0 ]]; then
     # 2,000 acknowledged flushes under dm-log-writes; a spread sample of the replay points
     # (POWERLOSS_POINTS=all tests/guest/powerloss-e2e.sh --bin ... checks every one).
     stage "guest: power loss at sampled dm-log-writes points (2000 flushes), logdisk opens and keeps every acked write" \
-        tests/guest/powerloss-e2e.sh --bin target/release/logdisk
+        env POWERLOSS_DTL=0 tests/guest/powerloss-e2e.sh --bin target/release/logdisk
+    # The same with a DTL server in the guest (sync mode: each flush a round trip, so a
+    # shorter workload): at 10 marks another host takes the volume over from the replayed
+    # object store + DTL log.
+    stage "guest: power loss with a DTL in sync (300 flushes), takeover from object store + DTL at marks" \
+        env POWERLOSS_FLUSHES=300 POWERLOSS_POINTS=20 POWERLOSS_DTL_POINTS=all tests/guest/powerloss-e2e.sh --bin target/release/logdisk
     stage "guest: dm-flakey fails every write under the data dir, requests fail, nothing acked is lost, restart after recovery" \
         tests/guest/flakey-e2e.sh --bin target/release/logdisk
 fi

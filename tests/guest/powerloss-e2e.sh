@@ -15,6 +15,12 @@
 #   POWERLOSS_POINTS   replay points checked: a number (a spread sample, default 40) or
 #                      "all" (every mark, FLUSH/FUA entry and a point between each pair:
 #                      the full run, hours)
+#   POWERLOSS_DTL      1 (default): a DTL server in the guest, the volume in sync mode, and
+#                      takeovers from the object store + DTL checked at marks; 0: none
+#                      (a DTL in sync makes each flush a round trip: ~3x slower under TCG)
+#   POWERLOSS_DTL_POINTS  at how many of the checked marks (plus the end) to also restart
+#                      the volume from the object store + the DTL server's log (a takeover
+#                      on an empty data dir); default 6, "all" with POWERLOSS_POINTS=all
 #   POWERLOSS_SEED     workload seed (default 1)
 #   POWERLOSS_WORK     keep the images here (default a temp dir)
 set -euo pipefail
@@ -30,6 +36,8 @@ done
 export PATH=$PATH:/usr/sbin
 FLUSHES=${POWERLOSS_FLUSHES:-2000}
 POINTS=${POWERLOSS_POINTS:-24}
+USE_DTL=${POWERLOSS_DTL:-1}
+if [[ $POINTS = all ]]; then DTL_POINTS=${POWERLOSS_DTL_POINTS:-all}; else DTL_POINTS=${POWERLOSS_DTL_POINTS:-6}; fi
 SEED=${POWERLOSS_SEED:-1}
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
@@ -54,15 +62,22 @@ drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end
 say "guest run: $FLUSHES flushes"
 "$HERE/run-guest.sh" --script "$HERE/powerloss-guest.sh" --mem 1G --timeout 1200 \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
-    --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" \
+    --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" --env "DTL=$USE_DTL" \
     --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null || { tail -n 40 "$T/guest.log"; fail "guest run"; }
 grep -q POWERLOSS-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 grep -E '^\[powerloss-guest|^powerloss:|POWERLOSS-JOURNAL' "$T/guest.log" | tr -d '\r'
 tr -d '\0' <"$T/journal.img" >"$T/journal.txt"
 tail -n 1 "$T/journal.txt" | grep -qx E || fail "journal incomplete"
 
-say "replay: $POINTS points"
+DTL_ARGS=()
+if [[ $USE_DTL = 1 ]]; then
+    DTL_ARGS=(--dtl-dir /dtl --dtl-points "$DTL_POINTS")
+    say "replay: $POINTS points, object store + DTL at $DTL_POINTS marks and the end"
+else
+    say "replay: $POINTS points (no DTL: object store alone at the end)"
+fi
 "$REPLAY" --log "$T/log.img" --dev-size 256M --journal "$T/journal.txt" --seed "$SEED" \
     --logdisk "$T/logdisk" --config "$HERE/powerloss.toml" --volume vm --work "$T/replay" --points "$POINTS" \
+    "${DTL_ARGS[@]}" \
     || fail "replay checker reported violations (see above)"
 say "PASS"

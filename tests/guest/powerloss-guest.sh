@@ -6,7 +6,10 @@
 # logdisk-loadgen --journal writing verifiable patterns on 2 queues with flushes, a mark
 # in the log after each completed flush; meanwhile snapshots, scrubs, SCO/TLog roll-over
 # (256K SCOs) and checkpoints (every 2 TLogs). Then a clean shutdown (also logged).
-# Environment: FLUSHES (default 2000), SEED (default 1), FLAKEY=1 for the dm-flakey run.
+# A DTL server (`logdisk dtl serve`, loopback) keeps its log on the same file system and
+# the volume uses it in sync mode, so the host can also restart the volume from the object
+# store + DTL alone at each replay point.
+# Environment: FLUSHES (default 2000), SEED (default 1), DTL (default 1; 0: no DTL server).
 set -u
 fail() { echo "POWERLOSS-GUEST FAILED: $*"; [ -f /tmp/daemon.log ] && tail -n 40 /tmp/daemon.log; exit 1; }
 say() { echo "[powerloss-guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
@@ -26,7 +29,22 @@ mkdir -p /mnt/nvme
 mount -t ext4 -o noatime $DEV /mnt/nvme || fail "mount"
 DD=/mnt/nvme/ld
 L="logdisk --data-dir $DD --config /root/pl.toml"
-$L volume create vm --size 32M >/dev/null || fail "volume create"
+DTL=${DTL:-1}
+if [ "$DTL" = 1 ]; then
+    # The DTL flags, in one place: loopback, no token (the replay restarts it the same way).
+    DTL_ADDR=127.0.0.1:7400
+    # The guest boots with loopback down.
+    ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || fail "loopback up"
+    logdisk -v dtl serve --listen $DTL_ADDR --dir /mnt/nvme/dtl --insecure >/tmp/dtl.log 2>&1 &
+    DTLPID=$!
+    n=0  # listening: port 7400 = 0x1CE8, state 0A in /proc/net/tcp
+    until grep -q ':1CE8 00000000:0000 0A' /proc/net/tcp; do
+        n=$((n + 1)); [ $n -le 300 ] || { cat /tmp/dtl.log; fail "DTL server did not listen"; }; sleep 0.1
+    done
+    $L volume create vm --size 32M --dtl $DTL_ADDR --dtl-mode sync >/dev/null || fail "volume create (DTL sync)"
+else
+    $L volume create vm --size 32M >/dev/null || fail "volume create"
+fi
 $L -v serve vm --socket /tmp/vm.sock --num-queues 2 >/tmp/daemon.log 2>&1 &
 DAEMON=$!
 n=0
@@ -60,6 +78,20 @@ grep -q FAILED /tmp/ops && { tail -n 20 /tmp/ops.log; fail "a management operati
 [ $LGRC = 0 ] || fail "loadgen exited $LGRC"
 kill -TERM $DAEMON
 wait $DAEMON || fail "daemon exit on SIGTERM"
+if [ "$DTL" = 1 ]; then
+    say "daemon's DTL lines: $(grep -ci dtl /tmp/daemon.log) ($(grep -i dtl /tmp/daemon.log | grep -ci -e degraded -e 'not covered'), degraded or not covered)"
+    grep -i dtl /tmp/daemon.log | tail -n 5
+    # The takeover checks at marks rely on a DTL in sync all along.
+    grep -q 'DTL degraded' /tmp/daemon.log && fail "the DTL was degraded during the run"
+    kill -TERM $DTLPID
+    # Bounded: a first run hung here (the DTL server did not exit on SIGTERM in 1100 s).
+    n=0
+    while kill -0 $DTLPID 2>/dev/null; do
+        n=$((n + 1)); [ $n -le 200 ] || { tail -n 20 /tmp/dtl.log; kill -KILL $DTLPID; fail "DTL server did not exit within 20 s of SIGTERM"; }
+        sleep 0.1
+    done
+    say "DTL dir: $(find /mnt/nvme/dtl -name '*.seg' | wc -l) segments, $(du -sk /mnt/nvme/dtl | cut -f1) KiB"
+fi
 say "store: $(find $DD/objects -path '*/sco/*' -type f | wc -l) SCOs, $(find $DD/objects -path '*/tlog/*' -type f | wc -l) TLogs, $(find $DD/objects -type f | wc -l) objects in all; data dir $(du -sk $DD | cut -f1) KiB; daemon log: $(grep -ci checkpoint /tmp/daemon.log) lines on checkpoints, $(grep -ci scrub /tmp/daemon.log) on scrub"
 umount /mnt/nvme || fail "umount"
 dmsetup remove logw || fail "dmsetup remove"

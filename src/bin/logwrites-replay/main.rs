@@ -8,6 +8,9 @@
 //! checks every sector against the client's journal (model.rs). Points: every mark after
 //! the client's flushes, FLUSH/FUA entries, a write between each pair of those, and the
 //! end of the log (after a clean shutdown every acknowledged write must be there).
+//! With `--dtl-dir` (the run had a DTL server in sync mode), marks and the end are also
+//! checked as a takeover would see them: a DTL server on this host on the replayed DTL
+//! dir, `logdisk volume takeover` on an empty data dir from the replayed object store.
 //!
 //!   logwrites-replay --log log.img --dev-size 512M --journal journal.txt \
 //!       --logdisk target/release/logdisk --volume vm --work /tmp/w --points all
@@ -18,6 +21,7 @@ mod crashpattern;
 mod log;
 mod model;
 mod point;
+mod takeover;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -71,6 +75,13 @@ struct Args {
     /// "all", or how many points to check (spread over marks, FLUSH/FUA entries and points between)
     #[arg(long, default_value = "40")]
     points: String,
+    /// Path of the DTL server's dir inside the file system (the run had a DTL in sync mode)
+    #[arg(long)]
+    dtl_dir: Option<String>,
+    /// "all", or at how many of the chosen marks (spread; plus the end) to also restart
+    /// from the object store + DTL (needs --dtl-dir)
+    #[arg(long, default_value = "all")]
+    dtl_points: String,
     /// Mark after which the volume exists (earlier points are not checked)
     #[arg(long, default_value = "ready")]
     start_mark: String,
@@ -186,12 +197,30 @@ fn run() -> Result<u64> {
         config: a.config.clone(),
         volume: a.volume.clone(),
         data_dir: a.data_dir.clone(),
+        dtl_dir: a.dtl_dir.clone(),
     };
+    // Points that also get the object store + DTL check: marks (spread) and the end.
+    let marks: Vec<usize> = points.iter().filter(|p| matches!(p.kind, Kind::Mark(_))).map(|p| p.after).collect();
+    let dtl_marks: Vec<usize> = match a.dtl_points.as_str() {
+        "all" => marks,
+        n => {
+            let k: usize = n.parse().context("--dtl-points: 'all' or a number")?;
+            if marks.len() <= k {
+                marks
+            } else {
+                (0..k).map(|j| marks[(j * 2 + 1) * marks.len() / (2 * k)]).collect()
+            }
+        }
+    };
+    let with_dtl = |p: &Point| a.dtl_dir.is_some() && (p.kind == Kind::End || dtl_marks.contains(&p.after));
 
     let mut applied = 0usize;
     let mut req_pos = 0usize;
     let mut buf = Vec::new();
     let (mut checked, mut violations, mut by_kind) = (0u64, 0u64, [0u64; 4]);
+    let (mut store_checked, mut store_violations) = (0u64, 0u64);
+    // Takeovers that replayed DTL entries, and how many in all.
+    let (mut dtl_used, mut dtl_total) = (0u64, 0u64);
     for (n, p) in points.iter().enumerate() {
         while applied < p.after {
             log.apply(applied, &img, &mut buf)?;
@@ -204,11 +233,25 @@ fn run() -> Result<u64> {
         }
         let pos = if p.kind == Kind::End { model.end_position() } else { req_pos };
         model.require_until(pos);
-        let r = ctx.check(p, &model).with_context(|| format!("point after entry {}", p.after))?;
+        let r = ctx.check(p, &model, with_dtl(p)).with_context(|| format!("point after entry {}", p.after))?;
         checked += 1;
         by_kind[p.kind.index()] += 1;
-        let status =
+        let mut status =
             if r.problems.is_empty() { "ok".to_string() } else { format!("VIOLATION: {}", r.problems.join("; ")) };
+        if let Some(sp) = &r.store {
+            store_checked += 1;
+            if let Some(n) = r.dtl_entries {
+                status.push_str(&format!("; takeover replayed {n} DTL entries"));
+                dtl_used += u64::from(n > 0);
+                dtl_total += n;
+            }
+            if sp.is_empty() {
+                status.push_str("; object store ok");
+            } else {
+                store_violations += 1;
+                status.push_str(&format!("; OBJECT STORE VIOLATION: {}", sp.join("; ")));
+            }
+        }
         println!(
             "point {}/{} after entry {} ({}): {} sectors required, {} written sectors read back, {status} [{:.1}s]",
             n + 1,
@@ -224,17 +267,20 @@ fn run() -> Result<u64> {
         }
     }
     println!(
-        "logwrites-replay: {checked} points checked ({} marks, {} FLUSH/FUA, {} between, {} end), {violations} with violations, {:.0}s",
+        "logwrites-replay: data dir: {checked} points checked ({} marks, {} FLUSH/FUA, {} between, {} end), {violations} with violations; \
+         object store{}: {store_checked} points checked, {store_violations} with violations \
+         ({dtl_used} takeovers replayed DTL entries, {dtl_total} in all); {:.0}s",
         by_kind[0],
         by_kind[1],
         by_kind[2],
         by_kind[3],
+        if a.dtl_dir.is_some() { " + DTL (alone at the end)" } else { " alone (at the end)" },
         t0.elapsed().as_secs_f64()
     );
     if checked == 0 {
         bail!("no point checked");
     }
-    Ok(violations)
+    Ok(violations + store_violations)
 }
 
 /// `--volume-image`: one exported volume against the journal.

@@ -1,6 +1,7 @@
 //! Checking one replay point: copy the replayed image, replay ext4's journal, copy the
 //! data dir out, open and export the volume with logdisk, compare with the model. At the
-//! end of the log (after a clean shutdown) also from a copy of the object store alone.
+//! end of the log (after a clean shutdown) also from a copy of the object store alone;
+//! at the points asked for, from the object store + the DTL server's log (takeover.rs).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::model::Model;
+use crate::takeover;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -59,10 +61,18 @@ pub struct Ctx {
     pub config: Option<PathBuf>,
     pub volume: String,
     pub data_dir: String,
+    /// Path of the DTL server's dir inside the file system, when the run had one.
+    pub dtl_dir: Option<String>,
 }
 
 pub struct Report {
+    /// Problems of the data dir check.
     pub problems: Vec<String>,
+    /// Problems of the object store check (alone at the end, + DTL where asked); None: not
+    /// checked at this point.
+    pub store: Option<Vec<String>>,
+    /// DTL entries the takeover replayed (None: no takeover at this point).
+    pub dtl_entries: Option<u64>,
     /// Sectors read back holding a write.
     pub written: usize,
     pub seconds: f64,
@@ -80,9 +90,12 @@ fn last_line(s: &str) -> &str {
 }
 
 impl Ctx {
-    pub fn check(&self, p: &Point, model: &Model) -> Result<Report> {
+    /// Check point `p`; `with_dtl`: also restart from the object store + DTL.
+    pub fn check(&self, p: &Point, model: &Model, with_dtl: bool) -> Result<Report> {
         let t0 = Instant::now();
         let mut problems = Vec::new();
+        let mut store: Option<Vec<String>> = None;
+        let mut dtl_entries = None;
         let copy = self.work.join("point.img");
         let out = self.work.join("point");
         let _ = std::fs::remove_dir_all(&out);
@@ -98,6 +111,21 @@ impl Ctx {
             .arg("-R")
             .arg(format!("rdump {} {}", self.data_dir, out.display()))
             .arg(&copy))?;
+        let dtl_copy = match &self.dtl_dir {
+            Some(d) if with_dtl => {
+                let (_, text) =
+                    run(Command::new("debugfs").arg("-R").arg(format!("rdump {d} {}", out.display())).arg(&copy))?;
+                let name = Path::new(d).file_name().context("--dtl-dir needs a name")?;
+                let dir = out.join(name);
+                if !dir.is_dir() {
+                    store.get_or_insert_with(Vec::new).push(format!("no DTL dir: {}", last_line(&text)));
+                    None
+                } else {
+                    Some(dir)
+                }
+            }
+            _ => None,
+        };
         let name = Path::new(&self.data_dir).file_name().context("--data-dir needs a name")?;
         let dd = out.join(name);
         let mut written = 0;
@@ -105,6 +133,28 @@ impl Ctx {
             problems.push(format!("no data dir in the file system: {}", last_line(&text)));
         } else {
             let objects = dd.join("objects");
+            if let Some(dtl) = &dtl_copy {
+                // A takeover after the power loss: object store + DTL, empty data dir
+                // (before the data dir is opened below, which may upload).
+                let raw = out.join("takeover.raw");
+                let what = "object store + DTL";
+                let list = store.get_or_insert_with(Vec::new);
+                match takeover::takeover_export(
+                    &self.logdisk,
+                    self.config.as_deref(),
+                    &self.volume,
+                    &objects,
+                    dtl,
+                    &out,
+                    &raw,
+                )? {
+                    Ok(n) => {
+                        dtl_entries = Some(n);
+                        check_raw(&raw, model, what, list)?;
+                    }
+                    Err(e) => list.push(format!("{what}: {e}")),
+                }
+            }
             if p.kind == Kind::End {
                 // After a clean shutdown the object store alone holds every write: open a
                 // copy of it from an empty data dir first (opening the data dir below may
@@ -120,21 +170,21 @@ impl Ctx {
                     &out.join("alone.raw"),
                     model,
                     "object store alone",
-                    &mut problems,
+                    store.get_or_insert_with(Vec::new),
                 )?;
             }
             // The embedded store is recorded by absolute path; it moved with the copy.
             std::fs::write(dd.join("backend"), format!("file://{}\n", objects.display()))?;
             written = self.export_and_check(&dd, None, &out.join("volume.raw"), model, "data dir", &mut problems)?;
         }
-        if !problems.is_empty() {
+        if !problems.is_empty() || store.as_ref().is_some_and(|s| !s.is_empty()) {
             // keep the evidence
             let keep = self.work.join(format!("failed-{}", p.after));
             let _ = std::fs::remove_dir_all(&keep);
             std::fs::rename(&out, &keep)?;
             std::fs::rename(&copy, keep.join("point.img"))?;
         }
-        Ok(Report { problems, written, seconds: t0.elapsed().as_secs_f64() })
+        Ok(Report { problems, store, dtl_entries, written, seconds: t0.elapsed().as_secs_f64() })
     }
 
     /// Export the volume from data dir `dd` (on `backend` when given) to `raw` and check it
@@ -162,15 +212,19 @@ impl Ctx {
             problems.push(format!("{what}: logdisk did not open the volume (exit {rc}): {}", last_line(&text)));
             return Ok(0);
         }
-        let data = std::fs::read(raw).with_context(|| format!("read {}", raw.display()))?;
-        let (bad, count) = model.check(&data, 5);
-        if count > 0 {
-            let detail: Vec<String> = bad
-                .iter()
-                .map(|b| format!("sector {}: {} (required write {})", b.sector, b.found, b.required))
-                .collect();
-            problems.push(format!("{what}: {count} bad sectors: {}", detail.join(", ")));
-        }
-        Ok(data.chunks_exact(512).filter(|s| s.iter().any(|b| *b != 0)).count())
+        check_raw(raw, model, what, problems)
     }
+}
+
+/// Check the exported image `raw` against the model; problems are pushed, labelled
+/// `what`. Returns the written sectors.
+fn check_raw(raw: &Path, model: &Model, what: &str, problems: &mut Vec<String>) -> Result<usize> {
+    let data = std::fs::read(raw).with_context(|| format!("read {}", raw.display()))?;
+    let (bad, count) = model.check(&data, 5);
+    if count > 0 {
+        let detail: Vec<String> =
+            bad.iter().map(|b| format!("sector {}: {} (required write {})", b.sector, b.found, b.required)).collect();
+        problems.push(format!("{what}: {count} bad sectors: {}", detail.join(", ")));
+    }
+    Ok(data.chunks_exact(512).filter(|s| s.iter().any(|b| *b != 0)).count())
 }
