@@ -13,7 +13,8 @@
 # fio, e2fsprogs (mkfs.ext4/e2fsck/tune2fs/dumpe2fs), util-linux (blkdiscard/fstrim/lsblk),
 # the shared libraries they need, the modules for virtio-pci, virtio-blk and ext4, and for
 # the power-loss and device-fault tests (tests/guest/powerloss-e2e.sh) the device-mapper
-# modules dm-mod, dm-log-writes and dm-flakey with dmsetup and libdevmapper.
+# modules dm-mod, dm-log-writes and dm-flakey with dmsetup and libdevmapper, and the xfs
+# module with xfsprogs' mkfs.xfs alone (POWERLOSS_FS=xfs).
 # Its /init mounts proc/sys/dev, loads the modules, waits for the virtio disks, runs
 # /test.sh if present, prints `LOGDISK-GUEST-EXIT <status>` and powers off.
 #
@@ -48,14 +49,15 @@ FLAVOUR=${LOGDISK_GUEST_KERNEL_FLAVOUR:-amd64}
 # kernel's modules.dep/modules.softdep/modules.alias; crc32c_generic backs ext4's
 # metadata_csum and jbd2 checksums without needing modprobe in the guest).
 read -r -a EXTRA_MODULES <<<"${LOGDISK_GUEST_EXTRA_MODULES:-}"
-MODULES=(crc32c_generic virtio_pci virtio_blk ext4 dm_mod dm_log_writes dm_flakey "${EXTRA_MODULES[@]}")
+MODULES=(crc32c_generic virtio_pci virtio_blk ext4 xfs dm_mod dm_log_writes dm_flakey "${EXTRA_MODULES[@]}")
 # Host binaries copied (with their shared libraries, found by ldd) into the guest's /usr/bin;
 # the guest has a merged /usr: /bin, /sbin and /usr/sbin all point at /usr/bin.
 BINARIES=(
     /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/tune2fs /usr/sbin/dumpe2fs
-    /usr/sbin/blkdiscard /usr/sbin/fstrim /usr/bin/lsblk /usr/sbin/dmsetup
+    /usr/sbin/blkdiscard /usr/sbin/fstrim /usr/bin/lsblk /usr/sbin/dmsetup /usr/sbin/mkfs.xfs
 )
-HOST_PKGS=(busybox-static fio e2fsprogs util-linux libc6 libgcc-s1 dmsetup libdevmapper1.02.1)
+HOST_PKGS=(busybox-static fio e2fsprogs util-linux libc6 libgcc-s1 dmsetup libdevmapper1.02.1
+           xfsprogs libinih1 liburcu8)
 
 log() { printf '[build-guest] %s\n' "$*" >&2; }
 die() { printf '[build-guest] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -6,7 +6,8 @@
 # logdisk-loadgen --journal writing verifiable patterns on 2 queues with flushes, a mark
 # in the log after each completed flush; meanwhile snapshots, scrubs, SCO/TLog roll-over
 # (256K SCOs) and checkpoints (every 2 TLogs). Then a clean shutdown (also logged).
-# Environment: FLUSHES (default 2000), SEED (default 1), FLAKEY=1 for the dm-flakey run.
+# Environment: FLUSHES (default 2000), SEED (default 1), FLAKEY=1 for the dm-flakey run,
+# FS=ext4|xfs (default ext4): the file system on the log-writes device.
 set -u
 fail() { echo "POWERLOSS-GUEST FAILED: $*"; [ -f /tmp/daemon.log ] && tail -n 40 /tmp/daemon.log; exit 1; }
 say() { echo "[powerloss-guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
@@ -21,9 +22,15 @@ dmsetup create logw --table "0 $SECT log-writes /dev/vda /dev/vdb" || fail "dmse
 DEV=/dev/mapper/logw
 [ -b $DEV ] || dmsetup mknodes logw   # no udev in the guest
 [ -b $DEV ] || fail "$DEV missing"
-mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 $DEV || fail "mkfs.ext4"
+FS=${FS:-ext4}
+case $FS in
+    ext4) mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 $DEV || fail "mkfs.ext4" ;;
+    xfs) mkfs.xfs -q -f -K $DEV || fail "mkfs.xfs" ;;
+    *) fail "FS must be ext4 or xfs (got '$FS')" ;;
+esac
 mkdir -p /mnt/nvme
-mount -t ext4 -o noatime $DEV /mnt/nvme || fail "mount"
+mount -t "$FS" -o noatime $DEV /mnt/nvme || fail "mount $FS"
+say "file system: $FS"
 DD=/mnt/nvme/ld
 L="logdisk --data-dir $DD --config /root/pl.toml"
 $L volume create vm --size 32M >/dev/null || fail "volume create"
