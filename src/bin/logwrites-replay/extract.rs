@@ -42,8 +42,10 @@ pub fn extract(fs: Fs, img: &Path, data_dir: &str, out: &Path, problems: &mut Ve
             // another copy still mounted somewhere.
             let (rc, text) = run(Command::new("mount").args(["-t", "xfs", "-o", "loop,nouuid"]).arg(img).arg(&mnt))?;
             if rc != 0 {
-                problems.push(format!("xfs mount (log recovery) failed (mount {rc}): {}", last_line(&text)));
-                return Ok(text);
+                // mount(8) ends with "dmesg(1) may have more information": the line before.
+                let why = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("dmesg(1)"));
+                problems.push(format!("xfs mount (log recovery) failed (mount {rc}): {}", why.unwrap_or("")));
+                return Ok("not copied (no mount)".into());
             }
             let mounted = Mount { dir: mnt, done: false };
             let src = mounted.dir.join(data_dir.trim_start_matches('/'));
