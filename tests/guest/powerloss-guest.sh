@@ -25,8 +25,8 @@ DEV=/dev/mapper/logw
 FS=${FS:-ext4}
 case $FS in
     ext4) mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 $DEV || fail "mkfs.ext4" ;;
-    xfs) grep -qw xfs /proc/filesystems || for m in $(cat /etc/logdisk/modules.xfs); do
-            insmod "/lib/modules/$(uname -r)/$m" || fail "insmod $m"; done
+    xfs) grep -qw xfs /proc/filesystems || while read -r m; do
+            insmod "/lib/modules/$(uname -r)/$m" || fail "insmod $m"; done </etc/logdisk/modules.xfs
         mkfs.xfs -q -f -K $DEV || fail "mkfs.xfs" ;;
     *) fail "FS must be ext4 or xfs (got '$FS')" ;;
 esac
