@@ -47,7 +47,8 @@ SEED=${POWERLOSS_SEED:-1}
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
 mkdir -p "$T"
-cleanup() { if [[ $KEEP = 1 || -n ${POWERLOSS_WORK:-} ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi; }
+# A failed run keeps its images and the replay's failed-<entry> directories as evidence.
+cleanup() { local rc=$?; if [[ $KEEP = 1 || -n ${POWERLOSS_WORK:-} || $rc != 0 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 say() { echo "[powerloss-e2e $(date +%T)] $*"; }
 fail() { echo "POWERLOSS E2E FAILED: $*" >&2; exit 1; }
