@@ -7,7 +7,7 @@
 # - qemu-system-x86 + qemu-utils from bookworm-backports, installed TOGETHER
 #   (bookworm's qemu-system-x86 7.2 would otherwise drag qemu-utils back to 7.2,
 #   silently removing the 10.x qemu-storage-daemon the benchmarks use).
-# - fio, e2fsprogs, busybox-static, cpio, util-linux, kmod, xz-utils, zstd, and
+# - fio, e2fsprogs, xfsprogs (mkfs.xfs for the guest), busybox-static, cpio, util-linux, kmod, xz-utils, zstd, and
 #   build-essential + libaio-dev + zlib1g-dev + a bookworm deb-src entry (the guest image
 #   build rebuilds Debian's fio statically), libvirt-clients + libxml2-utils
 #   (virt-xml-validate), libvirt-daemon + libvirt-daemon-driver-qemu (a private libvirtd
@@ -25,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 SEAWEEDFS_VERSION=4.48
 CARGO_FUZZ_VERSION=0.13.2
 QEMU_MIN_MAJOR=10
-APT_PKGS=(fio e2fsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
+APT_PKGS=(fio e2fsprogs xfsprogs busybox-static cpio util-linux kmod xz-utils zstd gzip
           libvirt-clients libxml2-utils iproute2 ca-certificates
           libvirt-daemon libvirt-daemon-driver-qemu
           build-essential dpkg-dev libaio-dev zlib1g-dev binutils shellcheck

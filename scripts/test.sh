@@ -46,6 +46,10 @@ dtl_failover() {
     return $rc
 }
 
+# The power-loss test on XFS is not a CI stage: one run in ~23 (300 flushes) reported
+# acknowledged writes reading zeroes at 2 points, not explained yet (README, power loss).
+# Run it by hand: POWERLOSS_FS=xfs tests/guest/powerloss-e2e.sh --bin target/release/logdisk
+
 if [[ $QUICK = 0 ]]; then
     stage "install test dependencies" scripts/install-test-deps.sh
 fi

@@ -13,7 +13,9 @@
 # fio, e2fsprogs (mkfs.ext4/e2fsck/tune2fs/dumpe2fs), util-linux (blkdiscard/fstrim/lsblk),
 # the shared libraries they need, the modules for virtio-pci, virtio-blk and ext4, and for
 # the power-loss and device-fault tests (tests/guest/powerloss-e2e.sh) the device-mapper
-# modules dm-mod, dm-log-writes and dm-flakey with dmsetup and libdevmapper.
+# modules dm-mod, dm-log-writes and dm-flakey with dmsetup and libdevmapper, and the xfs
+# module with xfsprogs' mkfs.xfs alone (POWERLOSS_FS=xfs; the module is in the image but
+# loaded only by the test that needs it: /etc/logdisk/modules.xfs lists it and what it needs).
 # Its /init mounts proc/sys/dev, loads the modules, waits for the virtio disks, runs
 # /test.sh if present, prints `LOGDISK-GUEST-EXIT <status>` and powers off.
 #
@@ -49,13 +51,16 @@ FLAVOUR=${LOGDISK_GUEST_KERNEL_FLAVOUR:-amd64}
 # metadata_csum and jbd2 checksums without needing modprobe in the guest).
 read -r -a EXTRA_MODULES <<<"${LOGDISK_GUEST_EXTRA_MODULES:-}"
 MODULES=(crc32c_generic virtio_pci virtio_blk ext4 dm_mod dm_log_writes dm_flakey "${EXTRA_MODULES[@]}")
+# In the image but not loaded at boot (xfs.ko alone would add ~1 s to every boot under TCG).
+ONDEMAND_MODULES=(xfs)
 # Host binaries copied (with their shared libraries, found by ldd) into the guest's /usr/bin;
 # the guest has a merged /usr: /bin, /sbin and /usr/sbin all point at /usr/bin.
 BINARIES=(
     /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/tune2fs /usr/sbin/dumpe2fs
-    /usr/sbin/blkdiscard /usr/sbin/fstrim /usr/bin/lsblk /usr/sbin/dmsetup
+    /usr/sbin/blkdiscard /usr/sbin/fstrim /usr/bin/lsblk /usr/sbin/dmsetup /usr/sbin/mkfs.xfs
 )
-HOST_PKGS=(busybox-static fio e2fsprogs util-linux libc6 libgcc-s1 dmsetup libdevmapper1.02.1)
+HOST_PKGS=(busybox-static fio e2fsprogs util-linux libc6 libgcc-s1 dmsetup libdevmapper1.02.1
+           xfsprogs libinih1 liburcu8)
 
 log() { printf '[build-guest] %s\n' "$*" >&2; }
 die() { printf '[build-guest] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -167,7 +172,7 @@ mapfile -t HOSTLIST < <(printf '%s\n' "${!HOSTFILES[@]}" | sort)
 KEY=$( {
     printf 'script %s\n' "$(sha256sum <"$SELF" | cut -d' ' -f1)"
     printf 'kernel %s=%s\n' "$KPKG" "$KVERSION"
-    printf 'modules %s\n' "${MODULES[*]}"
+    printf 'modules %s; on demand %s\n' "${MODULES[*]}" "${ONDEMAND_MODULES[*]}"
     printf 'fio %s %s\n' "$FIO_MODE" "$FIO_VERSION"
     [[ "$FIO_MODE" == source ]] && printf 'toolchain %s\n' "$(gcc -dumpfullversion) $(dpkg-query -W -f='${Version}' libc6-dev libaio-dev 2>/dev/null | tr '\n' ' ')"
     dpkg-query -W -f='pkg ${Package}=${Version}\n' "${HOST_PKGS[@]}"
@@ -283,7 +288,12 @@ add_module() {
     ORDER+=("${MODPATH[$name]}")
 }
 for m in "${MODULES[@]}"; do add_module "$m"; done
+NBOOT=${#ORDER[@]}
+for m in "${ONDEMAND_MODULES[@]}"; do add_module "$m"; done
+ONDEMAND=("${ORDER[@]:NBOOT}")
+ORDER=("${ORDER[@]:0:NBOOT}")
 log "modules (load order): $(for p in "${ORDER[@]}"; do norm "$p"; done | tr '\n' ' ')"
+log "modules on demand (/etc/logdisk/modules.xfs): $(for p in "${ONDEMAND[@]}"; do norm "$p"; done | tr '\n' ' ')"
 
 # ---- root filesystem (merged /usr)
 R="$WORK/root"
@@ -321,11 +331,12 @@ for alias in fsck.ext4 fsck.ext3 fsck.ext2; do ln -sf e2fsck "$R/usr/bin/$alias"
 ln -sf tune2fs "$R/usr/bin/e2label"
 
 mkdir -p "$R/lib/modules/$KREL"
-for p in "${ORDER[@]}"; do
+for p in "${ORDER[@]}" "${ONDEMAND[@]}"; do
     mkdir -p "$R/lib/modules/$KREL/$(dirname "$p")"
     cp "$MODROOT/$p" "$R/lib/modules/$KREL/$p"
 done
 printf '%s\n' "${ORDER[@]}" >"$R/etc/logdisk/modules"
+printf '%s\n' "${ONDEMAND[@]}" >"$R/etc/logdisk/modules.xfs"
 printf '%s\n' "$KREL" >"$R/etc/logdisk/kernel-release"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$R/etc/passwd"
 printf 'root:x:0:\n' >"$R/etc/group"
@@ -439,6 +450,7 @@ fi
     echo "key $KEY"
     echo "kernel $KPKG $KVERSION ($KREL)"
     echo "modules $(for p in "${ORDER[@]}"; do norm "$p"; done | tr '\n' ' ')"
+    echo "modules on demand $(for p in "${ONDEMAND[@]}"; do norm "$p"; done | tr '\n' ' ')"
     echo "fio $FIO_VERSION ($FIO_MODE)"
     dpkg-query -W -f='package ${Package} ${Version}\n' "${HOST_PKGS[@]}"
     echo "initramfs $(stat -c %s "$WORK/initramfs.cpio.gz") bytes gzip, $(du -sb "$R" | cut -f1) bytes unpacked"

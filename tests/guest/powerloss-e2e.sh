@@ -7,7 +7,10 @@
 # roll-over, checkpoints). On the host, logwrites-replay replays the log to points (marks,
 # FLUSH/FUA entries, points between), replays ext4's journal (e2fsck -E journal_only),
 # copies the data dir out (debugfs rdump), exports the volume with logdisk and checks every
-# sector against the client's journal.
+# sector against the client's journal. POWERLOSS_FS=xfs: XFS instead of ext4 (a 512M device,
+# the XFS minimum being 300M); the checker then mounts each replayed copy with a loop mount
+# (the kernel recovers XFS's log; there is no userspace log replay) and copies the data dir
+# out with cp -a: needs root and a host kernel with xfs.
 #
 # Usage: tests/guest/powerloss-e2e.sh [--bin PATH] [--keep]
 # Environment:
@@ -23,6 +26,7 @@
 #                      on an empty data dir); default 6, "all" with POWERLOSS_POINTS=all
 #   POWERLOSS_SEED     workload seed (default 1)
 #   POWERLOSS_WORK     keep the images here (default a temp dir)
+#   POWERLOSS_FS       ext4 (default) or xfs: the file system holding the data dir
 set -euo pipefail
 source "$(dirname "$0")/e2e-args.sh" "$@"
 REPLAY=${LOGDISK_REPLAY_BIN:-$(dirname "$BIN")/logwrites-replay}
@@ -30,8 +34,17 @@ LOADGEN=${LOGDISK_LOADGEN_BIN:-$(dirname "$BIN")/logdisk-loadgen}
 for b in "$REPLAY" "$LOADGEN"; do
     [[ -x $b ]] || { echo "$b not found (cargo build --release --bins -p logdisk -p logdisk-loadgen)" >&2; exit 125; }
 done
-for t in debugfs e2fsck strip; do
-    command -v "$t" >/dev/null || [[ -x /usr/sbin/$t ]] || { echo "$t not found (e2fsprogs, binutils)" >&2; exit 125; }
+FS=${POWERLOSS_FS:-ext4}
+case $FS in
+    ext4) TOOLS=(debugfs e2fsck strip) NVME_SIZE=256M ;;
+    xfs) TOOLS=(mount umount mountpoint strip) NVME_SIZE=512M
+        [[ $(id -u) == 0 ]] || { echo "POWERLOSS_FS=xfs needs root (loop mounts)" >&2; exit 125; }
+        grep -qw xfs /proc/filesystems || modprobe xfs 2>/dev/null \
+            || { echo "the host kernel has no xfs (POWERLOSS_FS=xfs)" >&2; exit 125; } ;;
+    *) echo "POWERLOSS_FS must be ext4 or xfs (got '$FS')" >&2; exit 2 ;;
+esac
+for t in "${TOOLS[@]}"; do
+    command -v "$t" >/dev/null || [[ -x /usr/sbin/$t ]] || { echo "$t not found (e2fsprogs, util-linux, binutils)" >&2; exit 125; }
 done
 export PATH=$PATH:/usr/sbin
 FLUSHES=${POWERLOSS_FLUSHES:-2000}
@@ -42,7 +55,8 @@ SEED=${POWERLOSS_SEED:-1}
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
 mkdir -p "$T"
-cleanup() { if [[ $KEEP = 1 || -n ${POWERLOSS_WORK:-} ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi; }
+# A failed run keeps its images and the replay's failed-<entry> directories as evidence.
+cleanup() { local rc=$?; if [[ $KEEP = 1 || -n ${POWERLOSS_WORK:-} || $rc != 0 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 say() { echo "[powerloss-e2e $(date +%T)] $*"; }
 fail() { echo "POWERLOSS E2E FAILED: $*" >&2; exit 1; }
@@ -51,7 +65,7 @@ fail() { echo "POWERLOSS E2E FAILED: $*" >&2; exit 1; }
 strip -o "$T/logdisk" "$BIN"
 strip -o "$T/logdisk-loadgen" "$LOADGEN"
 rm -f "$T/nvme.img" "$T/log.img" "$T/journal.img"
-truncate -s 256M "$T/nvme.img"
+truncate -s "$NVME_SIZE" "$T/nvme.img"
 truncate -s 4G "$T/log.img"
 truncate -s 64M "$T/journal.img"
 QEXTRA=()
@@ -59,10 +73,11 @@ drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=thr
 drive "$T/nvme.img" nvme    # vda: the "host NVMe" under dm-log-writes
 drive "$T/log.img" logw     # vdb: the log
 drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end
-say "guest run: $FLUSHES flushes"
+say "guest run: $FLUSHES flushes on $FS"
 "$HERE/run-guest.sh" --script "$HERE/powerloss-guest.sh" --mem 1G --timeout 1200 \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
-    --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" --env "DTL=$USE_DTL" \
+    --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" --env "FS=$FS" \
+    --env "DTL=$USE_DTL" \
     --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null || { tail -n 40 "$T/guest.log"; fail "guest run"; }
 grep -q POWERLOSS-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 grep -E '^\[powerloss-guest|^powerloss:|POWERLOSS-JOURNAL' "$T/guest.log" | tr -d '\r'
@@ -76,7 +91,7 @@ if [[ $USE_DTL = 1 ]]; then
 else
     say "replay: $POINTS points (no DTL: object store alone at the end)"
 fi
-"$REPLAY" --log "$T/log.img" --dev-size 256M --journal "$T/journal.txt" --seed "$SEED" \
+"$REPLAY" --log "$T/log.img" --dev-size "$NVME_SIZE" --fs "$FS" --journal "$T/journal.txt" --seed "$SEED" \
     --logdisk "$T/logdisk" --config "$HERE/powerloss.toml" --volume vm --work "$T/replay" --points "$POINTS" \
     "${DTL_ARGS[@]}" \
     || fail "replay checker reported violations (see above)"

@@ -9,7 +9,8 @@
 # A DTL server (`logdisk dtl serve`, loopback) keeps its log on the same file system and
 # the volume uses it in sync mode, so the host can also restart the volume from the object
 # store + DTL alone at each replay point.
-# Environment: FLUSHES (default 2000), SEED (default 1), DTL (default 1; 0: no DTL server).
+# Environment: FLUSHES (default 2000), SEED (default 1), DTL (default 1; 0: no DTL server),
+# FS=ext4|xfs (default ext4): the file system on the log-writes device.
 set -u
 fail() { echo "POWERLOSS-GUEST FAILED: $*"; [ -f /tmp/daemon.log ] && tail -n 40 /tmp/daemon.log; exit 1; }
 say() { echo "[powerloss-guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
@@ -24,9 +25,17 @@ dmsetup create logw --table "0 $SECT log-writes /dev/vda /dev/vdb" || fail "dmse
 DEV=/dev/mapper/logw
 [ -b $DEV ] || dmsetup mknodes logw   # no udev in the guest
 [ -b $DEV ] || fail "$DEV missing"
-mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 $DEV || fail "mkfs.ext4"
+FS=${FS:-ext4}
+case $FS in
+    ext4) mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 $DEV || fail "mkfs.ext4" ;;
+    xfs) grep -qw xfs /proc/filesystems || while read -r m; do
+            insmod "/lib/modules/$(uname -r)/$m" || fail "insmod $m"; done </etc/logdisk/modules.xfs
+        mkfs.xfs -q -f -K $DEV || fail "mkfs.xfs" ;;
+    *) fail "FS must be ext4 or xfs (got '$FS')" ;;
+esac
 mkdir -p /mnt/nvme
-mount -t ext4 -o noatime $DEV /mnt/nvme || fail "mount"
+mount -t "$FS" -o noatime $DEV /mnt/nvme || fail "mount $FS"
+say "file system: $FS"
 DD=/mnt/nvme/ld
 L="logdisk --data-dir $DD --config /root/pl.toml"
 DTL=${DTL:-1}

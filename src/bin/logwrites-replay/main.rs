@@ -1,9 +1,10 @@
 //! logwrites-replay: the power-loss checker of tests/guest/powerloss-e2e.sh.
 //!
-//! Replays a dm-log-writes log (taken under ext4 holding a logdisk data dir, while
-//! `logdisk-loadgen --journal` wrote to a served volume) onto an image, point by point;
-//! at each chosen point it copies the image, replays ext4's journal (`e2fsck -E
-//! journal_only`, what a mount does), copies the data dir out (`debugfs rdump`), exports
+//! Replays a dm-log-writes log (taken under ext4, or XFS with `--fs xfs`, holding a logdisk
+//! data dir, while `logdisk-loadgen --journal` wrote to a served volume) onto an image, point
+//! by point; at each chosen point it copies the image, recovers the file system as a mount
+//! would and copies the data dir out (extract.rs: ext4 `e2fsck -E journal_only` + `debugfs
+//! rdump`; XFS a loop mount, as root, + `cp -a`), exports
 //! the volume with logdisk (the open runs logdisk's own recovery, no manual step) and
 //! checks every sector against the client's journal (model.rs). Points: every mark after
 //! the client's flushes, FLUSH/FUA entries, a write between each pair of those, and the
@@ -18,6 +19,7 @@
 #[allow(dead_code)] // fill() is the writer's half
 #[path = "../../../benches/loadgen/src/crashpattern.rs"]
 mod crashpattern;
+mod extract;
 mod log;
 mod model;
 mod point;
@@ -66,6 +68,9 @@ struct Args {
     /// Volume name
     #[arg(long, default_value = "vm")]
     volume: String,
+    /// File system the data dir is on (ext4: e2fsck + debugfs; xfs: a loop mount, as root)
+    #[arg(long, value_enum, default_value = "ext4")]
+    fs: extract::Fs,
     /// Path of the data dir inside the file system
     #[arg(long, default_value = "/ld")]
     data_dir: String,
@@ -198,6 +203,7 @@ fn run() -> Result<u64> {
         volume: a.volume.clone(),
         data_dir: a.data_dir.clone(),
         dtl_dir: a.dtl_dir.clone(),
+        fs: a.fs,
     };
     // Points that also get the object store + DTL check: marks (spread) and the end.
     let marks: Vec<usize> = points.iter().filter(|p| matches!(p.kind, Kind::Mark(_))).map(|p| p.after).collect();

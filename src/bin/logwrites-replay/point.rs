@@ -1,7 +1,8 @@
-//! Checking one replay point: copy the replayed image, replay ext4's journal, copy the
-//! data dir out, open and export the volume with logdisk, compare with the model. At the
-//! end of the log (after a clean shutdown) also from a copy of the object store alone;
-//! at the points asked for, from the object store + the DTL server's log (takeover.rs).
+//! Checking one replay point: copy the replayed image, recover the file system's journal
+//! and copy the data dir out (extract.rs), open and export the volume with logdisk, compare
+//! with the model. At the end of the log (after a clean shutdown) also from a copy of the
+//! object store alone; at the points asked for, from the object store + the DTL server's
+//! log (takeover.rs).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::extract::{self, Fs};
 use crate::model::Model;
 use crate::takeover;
 
@@ -63,6 +65,7 @@ pub struct Ctx {
     pub data_dir: String,
     /// Path of the DTL server's dir inside the file system, when the run had one.
     pub dtl_dir: Option<String>,
+    pub fs: Fs,
 }
 
 pub struct Report {
@@ -78,14 +81,14 @@ pub struct Report {
     pub seconds: f64,
 }
 
-fn run(cmd: &mut Command) -> Result<(i32, String)> {
+pub fn run(cmd: &mut Command) -> Result<(i32, String)> {
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
     let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     Ok((out.status.code().unwrap_or(-1), text))
 }
 
-fn last_line(s: &str) -> &str {
+pub fn last_line(s: &str) -> &str {
     s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
 }
 
@@ -102,19 +105,12 @@ impl Ctx {
         std::fs::create_dir_all(&out)?;
         let (rc, text) = run(Command::new("cp").arg("--sparse=always").arg(&self.image).arg(&copy))?;
         anyhow::ensure!(rc == 0, "cp: {}", last_line(&text));
-        // What mounting does first: replay the ext4 journal (0/1: fine; more: damaged).
-        let (rc, text) = run(Command::new("e2fsck").args(["-E", "journal_only", "-y"]).arg(&copy))?;
-        if rc > 1 {
-            problems.push(format!("ext4 journal replay failed (e2fsck {rc}): {}", last_line(&text)));
-        }
-        let (_, text) = run(Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("rdump {} {}", self.data_dir, out.display()))
-            .arg(&copy))?;
-        let dtl_copy = match &self.dtl_dir {
-            Some(d) if with_dtl => {
-                let (_, text) =
-                    run(Command::new("debugfs").arg("-R").arg(format!("rdump {d} {}", out.display())).arg(&copy))?;
+        let dtl_dir = self.dtl_dir.as_deref().filter(|_| with_dtl);
+        let mut dirs = vec![self.data_dir.as_str()];
+        dirs.extend(dtl_dir);
+        let text = extract::extract(self.fs, &copy, &dirs, &out, &mut problems)?;
+        let dtl_copy = match dtl_dir {
+            Some(d) => {
                 let name = Path::new(d).file_name().context("--dtl-dir needs a name")?;
                 let dir = out.join(name);
                 if !dir.is_dir() {
@@ -124,7 +120,7 @@ impl Ctx {
                     Some(dir)
                 }
             }
-            _ => None,
+            None => None,
         };
         let name = Path::new(&self.data_dir).file_name().context("--data-dir needs a name")?;
         let dd = out.join(name);
