@@ -1,0 +1,93 @@
+#!/bin/sh
+# Runs INSIDE the test guest for tests/guest/enospc-e2e.sh (busybox sh). vda = a small
+# "host NVMe" (the host sizes it, 64 MiB): ext4 holding logdisk's data dir AND its embedded
+# object store (the default file://<data-dir>/objects; uploads are hard links on the same
+# file system), plus a ballast file that leaves ROOM_MB free. vdb / vdc = the client's two
+# journals, vdd = the volume exported at the end. The volume (256 MiB) is larger than the
+# free space. Phase 1: logdisk-loadgen --journal --allow-errors writes verifiable patterns
+# with flushes to 0..240M until ext4 is full and goes on writing into the full file system
+# (requests must fail with "no space", the daemon must not crash or hang). Then the ballast
+# is deleted (space returns) and phase 2 (no --allow-errors: any failure fails the test)
+# writes with flushes to 240M..256M on the same daemon, no restart. Then logdisk stops
+# (SIGTERM, status 0) and the volume is exported for the host to check both journals.
+set -u
+fail() { echo "ENOSPC-GUEST FAILED: $*"; [ -f /tmp/daemon.log ] && tail -n 30 /tmp/daemon.log; exit 1; }
+say() { echo "[enospc-guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
+ROOM_MB=${ROOM_MB:-12}
+FILL_SECS=${FILL_SECS:-30}
+for d in vda vdb vdc vdd; do
+    n=0
+    while [ ! -b /dev/$d ]; do n=$((n + 1)); [ $n -le 300 ] || fail "/dev/$d missing"; sleep 0.1; done
+done
+DEV=/dev/vda
+mkfs.ext4 -q -F -m 0 -E nodiscard $DEV || fail "mkfs.ext4"
+mkdir -p /mnt/nvme
+mount -t ext4 -o noatime $DEV /mnt/nvme || fail "mount"
+DD=/mnt/nvme/ld
+L="logdisk --data-dir $DD --config /root/pl.toml"
+$L volume create vm --size 256M >/dev/null || fail "volume create"
+avail_kb() { df -k /mnt/nvme | awk 'NR == 2 { print $4 }'; }
+dfline() { df -k /mnt/nvme | awk 'NR == 2 { printf "size %d KiB, used %d KiB, available %d KiB", $2, $3, $4 }'; }
+start_daemon() {
+    rm -f /tmp/vm.sock
+    $L serve vm --socket /tmp/vm.sock --num-queues 2 >>/tmp/daemon.log 2>&1 &
+    DAEMON=$!
+    n=0
+    while [ ! -S /tmp/vm.sock ]; do n=$((n + 1)); [ $n -le 300 ] || fail "daemon socket"; sleep 0.1; done
+}
+start_daemon
+BALLAST_MB=$(($(avail_kb) / 1024 - ROOM_MB))
+[ $BALLAST_MB -gt 8 ] || fail "file system too small for a ballast ($(dfline))"
+dd if=/dev/zero of=/mnt/nvme/ballast bs=1M count=$BALLAST_MB conv=fsync 2>/dev/null || fail "ballast"
+say "ballast ${BALLAST_MB} MiB; df before the run: $(dfline)"
+
+# Phase 1: fill the file system, then keep writing into it.
+logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
+    --size 240M --seed 1 --fsync-every 4 --flushes 1000000 --time "$FILL_SECS" --allow-errors \
+    --journal /tmp/journal1 --timeout 60 >/tmp/loadgen1.out 2>&1 &
+LG=$!
+FULL_AT=
+MIN_KB=$(avail_kb)
+while kill -0 $LG 2>/dev/null; do
+    a=$(avail_kb)
+    [ "$a" -lt "$MIN_KB" ] && MIN_KB=$a
+    if [ -z "$FULL_AT" ] && grep -q 'no space' /tmp/daemon.log; then
+        FULL_AT=$(cut -d' ' -f1 /proc/uptime)
+        say "first 'no space' in the daemon log; df: $(dfline)"
+    fi
+    kill -0 $DAEMON 2>/dev/null || fail "the daemon died while the file system was full"
+    sleep 0.5
+done
+wait $LG
+LGRC=$?
+cat /tmp/loadgen1.out
+[ $LGRC = 0 ] || fail "phase 1 loadgen exited $LGRC"
+say "df at the end of phase 1: $(dfline); lowest available seen: $MIN_KB KiB"
+[ -n "$FULL_AT" ] || fail "the daemon never logged 'no space' (df: $(dfline))"
+grep -q ' 0 failed requests' /tmp/loadgen1.out && fail "no request failed while the file system was full"
+kill -0 $DAEMON 2>/dev/null || fail "the daemon died while the file system was full"
+echo "ENOSPC-DAEMON-LOG-BEGIN"
+grep -iE 'error|fail|space|warn' /tmp/daemon.log | sed -E 's/^[0-9T:.-]+Z +//; s/ queue=[0-9]+//; s/failures=[0-9]+/failures=N/' \
+    | sort | uniq -c | sort -rn | head -n 10
+echo "ENOSPC-DAEMON-LOG-END"
+
+# Space returns: the same daemon, no restart, must take writes and flushes again.
+rm -f /mnt/nvme/ballast
+sync
+say "ballast deleted; df: $(dfline)"
+logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
+    --offset 240M --size 16M --seed 2 --fsync-every 4 --flushes 1000000 --time 4 \
+    --journal /tmp/journal2 --timeout 30 >/tmp/loadgen2.out 2>&1
+LGRC=$?
+cat /tmp/loadgen2.out
+[ $LGRC = 0 ] || fail "writes and flushes after space returned: loadgen exited $LGRC"
+grep -q ' 0 failed requests' /tmp/loadgen2.out || fail "requests failed after space returned"
+say "writes and flushes work again after space returned; df: $(dfline)"
+kill -TERM $DAEMON
+wait $DAEMON || fail "daemon exit status $? after the run"
+say "daemon stopped (status 0); df: $(dfline)"
+$L volume export vm /tmp/vol.raw || fail "export"
+dd if=/tmp/vol.raw of=/dev/vdd bs=1M conv=fsync 2>/dev/null || fail "volume to vdd"
+dd if=/tmp/journal1 of=/dev/vdb bs=1M conv=fsync 2>/dev/null || fail "journal 1 to vdb"
+dd if=/tmp/journal2 of=/dev/vdc bs=1M conv=fsync 2>/dev/null || fail "journal 2 to vdc"
+echo "ENOSPC-GUEST-DONE"
