@@ -8,7 +8,9 @@
 # again with no failure; it stops cleanly; and in the exported volume every write
 # acknowledged before the last completed flush of each phase reads back, no sector holds
 # garbage (logwrites-replay --volume-image, once per phase over that phase's region).
-# Usage: tests/guest/enospc-e2e.sh [--bin PATH] [--keep]
+# ENOSPC_RESTART_WHILE_FULL=1: logdisk is stopped (SIGTERM) while the file system is
+# full, started on it once, and started again after the space returned.
+# Usage: [ENOSPC_RESTART_WHILE_FULL=1] tests/guest/enospc-e2e.sh [--bin PATH] [--keep]
 set -euo pipefail
 source "$(dirname "$0")/e2e-args.sh" "$@"
 REPLAY=$(dirname "$BIN")/logwrites-replay
@@ -29,6 +31,7 @@ drive "$T/journal2.img" jnl2
 drive "$T/volume.gz.img" vol
 START=$(date +%s)
 "$HERE/run-guest.sh" --script "$HERE/enospc-guest.sh" --mem 1G --timeout 600 \
+    --env RESTART_WHILE_FULL="${ENOSPC_RESTART_WHILE_FULL:-0}" \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
     --file "$HERE/powerloss.toml:/root/pl.toml" --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null \
     || { tail -n 40 "$T/guest.log"; fail "guest run"; }

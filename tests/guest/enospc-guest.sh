@@ -15,6 +15,7 @@ fail() { echo "ENOSPC-GUEST FAILED: $*"; [ -f /tmp/daemon.log ] && tail -n 30 /t
 say() { echo "[enospc-guest $(cut -d' ' -f1 /proc/uptime)] $*"; }
 ROOM_MB=${ROOM_MB:-12}
 FILL_SECS=${FILL_SECS:-20}
+RESTART_WHILE_FULL=${RESTART_WHILE_FULL:-0}
 for d in vda vdb vdc vdd; do
     n=0
     while [ ! -b /dev/$d ]; do n=$((n + 1)); [ $n -le 300 ] || fail "/dev/$d missing"; sleep 0.1; done
@@ -72,10 +73,39 @@ grep -E ' (WARN|ERROR) ' /tmp/daemon.log | sed -E 's/^[0-9T:.-]+Z +//; s/ queue=
     | sort | uniq -c | sort -rn | head -n 10
 echo "ENOSPC-DAEMON-LOG-END"
 
-# Space returns: the same daemon, no restart, must take writes and flushes again.
+if [ "$RESTART_WHILE_FULL" = 1 ]; then
+    # Variant: logdisk stopped while the file system is still full, started again on it
+    # (it must serve or refuse with a clear error, not crash), then once more after the
+    # space returned; nothing acknowledged may be lost across these restarts.
+    T0=$(cut -d' ' -f1 /proc/uptime)
+    kill -TERM $DAEMON
+    wait $DAEMON
+    say "SIGTERM while full: daemon exit status $? after $(echo "$(cut -d' ' -f1 /proc/uptime) $T0" | awk '{ printf "%.1f", $1 - $2 }') s"
+    tail -n 3 /tmp/daemon.log
+    rm -f /tmp/vm.sock
+    $L serve vm --socket /tmp/vm.sock --num-queues 2 >/tmp/daemon-full.log 2>&1 &
+    DAEMON=$!
+    n=0
+    while [ ! -S /tmp/vm.sock ] && kill -0 $DAEMON 2>/dev/null && [ $n -le 300 ]; do n=$((n + 1)); sleep 0.1; done
+    if [ -S /tmp/vm.sock ]; then
+        say "started on the full file system: serving"
+        kill -TERM $DAEMON
+    fi
+    wait $DAEMON
+    say "start on the full file system: exit status $?"
+    grep -E ' (WARN|ERROR) |Error|error' /tmp/daemon-full.log | head -n 5
+    cat /tmp/daemon-full.log >>/tmp/daemon.log
+fi
+
+# Space returns: the daemon must take writes and flushes again (the same daemon, not
+# restarted, unless RESTART_WHILE_FULL=1).
 rm -f /mnt/nvme/ballast
 sync
 say "ballast deleted; df: $(dfline)"
+if [ "$RESTART_WHILE_FULL" = 1 ]; then
+    start_daemon
+    say "restarted after the space returned"
+fi
 logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
     --offset 240M --size 16M --seed 2 --fsync-every 4 --flushes 1000000 --time 4 \
     --journal /tmp/journal2 --timeout 30 >/tmp/loadgen2.out 2>&1
