@@ -92,6 +92,8 @@ if [[ $QUICK = 0 ]]; then
         env POWERLOSS_FLUSHES=300 POWERLOSS_POINTS=20 POWERLOSS_DTL_POINTS=all tests/guest/powerloss-e2e.sh --bin target/release/logdisk
     stage "guest: dm-flakey fails every write under the data dir, requests fail, nothing acked is lost, restart after recovery" \
         tests/guest/flakey-e2e.sh --bin target/release/logdisk
+    stage "guest: full write-buffer file system (ENOSPC), requests fail, nothing acked is lost, writes again once space returns" \
+        tests/guest/enospc-e2e.sh --bin target/release/logdisk
 fi
 
 echo "=== $(( $(date +%s) - START ))s in all"

@@ -93,6 +93,12 @@ fn clear_errors_for_bad_input() {
     std::fs::write(d.join("big"), vec![1u8; 2 << 20]).unwrap();
     fails(d, &["volume", "import", "a", "big"], "larger than volume");
     fails(d, &["volume", "import", "a", "missing-file"], "cannot open");
+    // An IO error's OS error is named once, not once more as its source.
+    std::fs::write(d.join("plain-file"), b"x").unwrap();
+    let o = logdisk(d, &["--data-dir", "plain-file/dd", "volume", "list"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("Not a directory"), "stderr {err:?}");
+    assert_eq!(err.matches("Not a directory").count(), 1, "OS error repeated: {err:?}");
     std::fs::write(d.join("bad.toml"), "[volume]\ncluster_size = 100\n").unwrap();
     fails(d, &["--config", "bad.toml", "volume", "list"], "cluster_size");
     // Global options after the subcommand.

@@ -45,7 +45,11 @@ impl Volume {
         if let Err(e) = w.write_batch(logging, count) {
             if out_of_space(&e) {
                 // The next flush writes these records (it reports the failure if space
-                // is still short); the completed writes are not lost.
+                // is still short); the completed writes are not lost. The open TLogs
+                // give back the zeroes written ahead of their batches.
+                for w in tlogs.values_mut() {
+                    w.drop_zeroed_tail();
+                }
                 let batch = PendingBatch { epoch, payload: logging.clone(), count, seal: false };
                 self.requeue(std::iter::once(batch), &e);
                 return Err(self.log_space_error(&e));

@@ -267,9 +267,11 @@ impl TlogWriter {
                     return Ok(());
                 }
                 Err(e) => {
-                    // Fall back to the page cache (and a sync of this file) from here on.
+                    // Fall back to the page cache (and a sync of this file) from here on,
+                    // without the zeroes written ahead (all of them, or the part a full
+                    // file system let through): nothing would trim them later.
                     tracing::warn!(epoch = self.epoch, error = %e, "O_DIRECT TLog write failed; writing through the page cache");
-                    self.direct = None;
+                    self.drop_zeroed_tail();
                 }
             }
         }
@@ -319,9 +321,19 @@ impl TlogWriter {
 
     /// The epoch is sealed: cut the zeroed tail so the file holds exactly its batches.
     pub fn finish(&mut self) {
+        self.drop_zeroed_tail();
+    }
+
+    /// Give the zeroes written ahead of the batches (up to 2 MiB a TLog) back to the file
+    /// system and write later batches through the page cache (each flush syncs the file).
+    /// Called when the epoch is sealed, when an O_DIRECT write failed, and on every open
+    /// TLog when the file system is full: otherwise the TLogs of the epochs that rolled
+    /// while flushes failed for space take 2 MiB each once space returns, fill it again
+    /// before any of them is sealed, and flushes keep failing.
+    pub fn drop_zeroed_tail(&mut self) {
         if self.direct.take().is_some() {
             if let Err(e) = self.file.set_len(self.len) {
-                tracing::warn!(epoch = self.epoch, error = %e, "cannot trim a sealed TLog (zeroes after it are ignored)");
+                tracing::warn!(epoch = self.epoch, error = %e, "cannot trim a TLog's zeroed tail (zeroes after it are ignored)");
             }
         }
     }

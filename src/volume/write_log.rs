@@ -270,7 +270,11 @@ impl FlushSide {
                 if let Err(e) = w.write_batch(&b.payload, b.count) {
                     if out_of_space(&e) {
                         // Nothing is lost: the batches written so far are synced by the
-                        // next flush, the others are written by it (see `requeue`).
+                        // next flush, the others are written by it (see `requeue`). The
+                        // open TLogs give back the zeroes written ahead of their batches.
+                        for w in tlogs.values_mut() {
+                            w.drop_zeroed_tail();
+                        }
                         unsynced.append(&mut touched);
                         unsynced_sealed.append(&mut sealed);
                         unwritten_from = Some(i);
