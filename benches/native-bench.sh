@@ -36,6 +36,9 @@
 #   --jobs LIST         comma-separated subset of the job names above
 #   --restart-size SIZE volume written for the memory/restart figures (default 4G)
 #   --no-restart        skip the memory/restart figures
+#   --no-ceiling        skip the disk's own ceiling (benches/disk-ceiling.sh on the same dir,
+#                       --region sized, run first; ~1 min); the report prints it beside the
+#                       ratios: logdisk's 1 MiB write rate against the disk's log rate
 #   --only-restart      only the memory/restart figures
 #   --settle S          wait at most S seconds for a backend to go idle after a job (default 120)
 #   --dir DIR           where data dir and raw file go (default: $LOGDISK_BENCH_TMPDIR, $TMPDIR
@@ -57,7 +60,7 @@ die() { printf '[native-bench] ERROR: %s\n' "$*" >&2; exit 1; }
 source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
-RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120
+RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120 DO_CEILING=1
 DIR="" OUT="" KEEP=0 BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -69,6 +72,7 @@ while [[ $# -gt 0 ]]; do
         --jobs) JOBS=$2; shift 2 ;;
         --restart-size) RESTART_SIZE=$2; shift 2 ;;
         --no-restart) DO_RESTART=0; shift ;;
+        --no-ceiling) DO_CEILING=0; shift ;;
         --only-restart) DO_BENCH=0; shift ;;
         --settle) SETTLE=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
@@ -212,6 +216,13 @@ print("[native-bench] %-8s %-18s run %d: %9.0f IOPS %8.1f MB/s  p50 %7.1f us  p9
     r["cpu_seconds"], 1e6 * r["cpu_seconds"] / ops, r["settle_seconds"]))' "$(tail -n 1 "$RESULTS")" >&2
 }
 
+CEILING_REPORT="$OUT/ceiling/ceiling-report.txt"
+if [[ $DO_BENCH -eq 1 && $DO_CEILING -eq 1 ]]; then
+    log "the disk's own ceiling (benches/disk-ceiling.sh, $REGION files in $TMP)"
+    "$HERE/disk-ceiling.sh" --dir "$TMP" --size "$REGION" --time 5 --out "$OUT/ceiling" >/dev/null \
+        || die "benches/disk-ceiling.sh failed"
+fi
+
 if [[ $DO_BENCH -eq 1 ]]; then
     DD="$TMP/logdisk-data" RAW="$TMP/disk.raw"
     LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
@@ -348,9 +359,9 @@ print(json.dumps(out, indent=1))' "$RESTART_SIZE" "$RSS_IDLE" "$W_MBS" "$W_S" "$
 fi
 
 # ------------------------------------------------------------------ report
-python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" <<'PY'
-import json, os, statistics, sys
-results_path, restart_path, out, region, queues, secs, runs = sys.argv[1:8]
+python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" "$CEILING_REPORT" <<'PY'
+import json, os, re, statistics, sys
+results_path, restart_path, out, region, queues, secs, runs, ceiling_path = sys.argv[1:9]
 rows = [json.loads(l) for l in open(results_path) if l.strip()]
 lines = []
 if rows:
@@ -388,6 +399,27 @@ if rows:
             rs = [r for r in rows if r["job"] == job and r["backend"] == be]
             f = (lambda r: r["mb_s"]) if "1m" in job else (lambda r: r["iops"])
             lines.append(f"  {job:<18} {be:<8} " + " ".join(f"{f(r):.0f}" for r in sorted(rs, key=lambda r: r["run"])))
+    if os.path.exists(ceiling_path):
+        # | job | unit | in-place | log (best case) | ceiling | ... (thousands separated by spaces)
+        ceil = {}
+        for l in open(ceiling_path):
+            cells = [c.strip() for c in l.strip().strip("|").split("|")]
+            if len(cells) >= 5 and re.fullmatch(r"[\d ]+", cells[2] or "x") and re.fullmatch(r"[\d ]+", cells[3] or "x"):
+                ceil[cells[0].split()[0]] = (float(cells[2].replace(" ", "")), float(cells[3].replace(" ", "")))
+        lines.append("")
+        lines.append("the disk's own ceiling, measured in this run (benches/disk-ceiling.sh, fio O_DIRECT):")
+        lines.extend("  " + l.rstrip() for l in open(ceiling_path) if l.startswith("|"))
+        if "write-1m-qd8" in ceil and "write-1m-qd8" in jobs:
+            inplace, lograte = ceil["write-1m-qd8"]
+            ld = med("write-1m-qd8", "logdisk", lambda r: r["mb_s"])
+            qs = med("write-1m-qd8", "qsd", lambda r: r["mb_s"])
+            cl = med("write-1m-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cq = med("write-1m-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            lines.append(f"  write-1m-qd8: logdisk {ld:.0f} MB/s = {ratio(ld, lograte):.2f} x the disk's log rate "
+                         f"({lograte:.0f} MB/s; target >= 0.90); qsd {qs:.0f} MB/s = {ratio(qs, inplace):.2f} x in-place "
+                         f"({inplace:.0f} MB/s)")
+            lines.append(f"  write-1m-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us "
+                         f"(target <= 1.50)")
 if os.path.exists(restart_path):
     rs = json.load(open(restart_path))
     lines.append("")
