@@ -41,17 +41,32 @@ pub fn extract(fs: Fs, img: &Path, dirs: &[&str], out: &Path, problems: &mut Vec
             let mnt = out.with_extension("mnt");
             std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
             // A mount left by a killed earlier run would hide this one.
-            Mount::release(&mnt)?;
+            Mount::release(&mnt, None)?;
+            // A loop device of our own for this copy. `mount -o loop` may reuse a loop device
+            // still attached to the same file (its detach after the previous point's unmount
+            // is asynchronous), whose cache holds the previous point's blocks: the image was
+            // rewritten in place. That made 2 of ~30 XFS runs report acknowledged writes
+            // reading zeroes and a file system xfs_repair calls corrupt, where a re-check of
+            // the same log found nothing and the guest's own disk was clean.
+            let (rc, text) = run(Command::new("losetup").args(["--find", "--show"]).arg(img))?;
+            anyhow::ensure!(rc == 0, "losetup {}: {}", img.display(), last_line(&text));
+            let dev = text.trim().to_string();
+            let (rc, text) = run(Command::new("blockdev").args(["--flushbufs", &dev]))?;
+            if rc != 0 {
+                let _ = run(Command::new("losetup").args(["-d", &dev]));
+                anyhow::bail!("blockdev --flushbufs {dev}: {}", last_line(&text));
+            }
             // The mount replays XFS's log; nouuid: the image may share its UUID with
             // another copy still mounted somewhere.
-            let (rc, text) = run(Command::new("mount").args(["-t", "xfs", "-o", "loop,nouuid"]).arg(img).arg(&mnt))?;
+            let (rc, text) = run(Command::new("mount").args(["-t", "xfs", "-o", "nouuid", &dev]).arg(&mnt))?;
             if rc != 0 {
+                let _ = run(Command::new("losetup").args(["-d", &dev]));
                 // mount(8) ends with "dmesg(1) may have more information": the line before.
                 let why = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("dmesg(1)"));
                 problems.push(format!("xfs mount (log recovery) failed (mount {rc}): {}", why.unwrap_or("")));
                 return Ok("not copied (no mount)".into());
             }
-            let mounted = Mount { dir: mnt, done: false };
+            let mounted = Mount { dir: mnt, dev: Some(dev), done: false };
             let mut all = String::new();
             for dir in dirs {
                 let src = mounted.dir.join(dir.trim_start_matches('/'));
@@ -70,27 +85,33 @@ pub fn extract(fs: Fs, img: &Path, dirs: &[&str], out: &Path, problems: &mut Vec
     }
 }
 
-/// A mounted directory, unmounted when dropped (errors too).
+/// A mounted directory (on loop device `dev`), unmounted and detached when dropped
+/// (errors too).
 struct Mount {
     dir: PathBuf,
+    dev: Option<String>,
     done: bool,
 }
 
 impl Mount {
-    /// Unmounts `dir` if something is mounted there.
-    fn release(dir: &Path) -> Result<()> {
+    /// Unmounts `dir` if something is mounted there, then detaches `dev`.
+    fn release(dir: &Path, dev: Option<&str>) -> Result<()> {
         let (rc, _) = run(Command::new("mountpoint").arg("-q").arg(dir))?;
         if rc == 0 {
             let (rc, text) = run(Command::new("umount").arg(dir))?;
             anyhow::ensure!(rc == 0, "umount {}: {}", dir.display(), last_line(&text));
         }
+        if let Some(dev) = dev {
+            let (rc, text) = run(Command::new("losetup").args(["-d", dev]))?;
+            anyhow::ensure!(rc == 0, "losetup -d {dev}: {}", last_line(&text));
+        }
         Ok(())
     }
 
-    /// Unmounts now, reporting a failure.
+    /// Unmounts and detaches now, reporting a failure.
     fn unmount(mut self) -> Result<()> {
         self.done = true;
-        Self::release(&self.dir)
+        Self::release(&self.dir, self.dev.as_deref())
     }
 }
 
@@ -99,7 +120,7 @@ impl Drop for Mount {
         if self.done {
             return;
         }
-        if let Err(e) = Self::release(&self.dir) {
+        if let Err(e) = Self::release(&self.dir, self.dev.as_deref()) {
             eprintln!("logwrites-replay: {e:#}");
         }
     }
