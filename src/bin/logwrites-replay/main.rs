@@ -274,13 +274,17 @@ fn run() -> Result<u64> {
     }
     println!(
         "logwrites-replay: data dir: {checked} points checked ({} marks, {} FLUSH/FUA, {} between, {} end), {violations} with violations; \
-         object store{}: {store_checked} points checked, {store_violations} with violations \
-         ({dtl_used} takeovers replayed DTL entries, {dtl_total} in all); {:.0}s",
+         object store{}: {store_checked} points checked, {store_violations} with violations{}; {:.0}s",
         by_kind[0],
         by_kind[1],
         by_kind[2],
         by_kind[3],
         if a.dtl_dir.is_some() { " + DTL (alone at the end)" } else { " alone (at the end)" },
+        if a.dtl_dir.is_some() {
+            format!(" ({dtl_used} takeovers replayed DTL entries, {dtl_total} in all)")
+        } else {
+            String::new()
+        },
         t0.elapsed().as_secs_f64()
     );
     if checked == 0 {
