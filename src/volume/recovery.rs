@@ -4,7 +4,7 @@
 //! sealed epoch that is not yet in the object store for upload. Works on a fresh data
 //! dir too ("another host"): then everything comes from the object store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +66,11 @@ impl Volume {
         let last_tlog = remote_tlogs.keys().chain(local_tlogs.iter()).copied().max().unwrap_or(0);
         // (epoch, valid TLog length, batches, clusters of its SCO that records reference)
         let mut unsealed_local: Vec<(u64, u64, u32, u32)> = Vec::new();
+        // Clusters of each SCO that any replayed record references: a write reserved in
+        // an epoch's SCO can complete (and be logged) after that epoch was sealed, so its
+        // record sits in a later TLog, and that TLog can be durable while the seal of the
+        // earlier one is not (their fdatasyncs run together).
+        let mut referenced: HashMap<u64, u32> = HashMap::new();
         let mut last_uploaded = cp_epoch;
         let mut replayed = 0u64;
         for e in (cp_epoch + 1)..=last_tlog {
@@ -73,6 +78,7 @@ impl Volume {
             if let Some(key) = remote_tlogs.get(&e) {
                 let bytes = store.get(key)?;
                 let p = tlog::parse_sealed(key, &bytes, e)?;
+                note_references(&p.records, &mut referenced);
                 replay.tlog(&p.records, e, key)?;
                 if let Some((sco, n)) = p.sealed() {
                     replay.sco_sizes.insert(sco, n);
@@ -89,12 +95,13 @@ impl Volume {
                     tracing::warn!(volume = %name, tlog = %key, valid = p.valid_len, len = bytes.len(),
                         "cutting a torn TLog tail (writes that were never flushed)");
                 }
+                note_references(&p.records, &mut referenced);
                 replay.tlog(&p.records, e, &key)?;
                 match p.sealed() {
                     Some((sco, n)) if !p.torn => {
                         replay.sco_sizes.insert(sco, n);
                     }
-                    _ => unsealed_local.push((e, p.valid_len, p.batches, clusters_written(&p.records, e))),
+                    _ => unsealed_local.push((e, p.valid_len, p.batches, 0)),
                 }
             } else if e > last_uploaded {
                 // A gap: an epoch's TLog is neither local nor uploaded.
@@ -104,6 +111,10 @@ impl Volume {
                 });
             }
             replayed += 1;
+        }
+
+        for u in &mut unsealed_local {
+            u.3 = referenced.get(&u.0).copied().unwrap_or(0);
         }
 
         // Seal epochs a crash left open, then queue everything not yet uploaded.
@@ -192,18 +203,15 @@ impl Volume {
     }
 }
 
-/// Clusters of SCO `sco` that `records` place data in (one past the highest index).
-fn clusters_written(records: &[Record], sco: u64) -> u32 {
-    let mut n = 0u32;
+/// Note, per SCO, the clusters `records` place data in (one past the highest index).
+fn note_references(records: &[Record], referenced: &mut HashMap<u64, u32>) {
     for r in records {
         let (loc, count) = match *r {
             Record::Write { loc, count, .. } => (loc, count),
             Record::Relocate { to, count, .. } => (to, count),
             _ => continue,
         };
-        if loc.sco == sco {
-            n = n.max(loc.index.saturating_add(count));
-        }
+        let n = referenced.entry(loc.sco).or_insert(0);
+        *n = (*n).max(loc.index.saturating_add(count));
     }
-    n
 }
