@@ -195,6 +195,10 @@ struct DirectLog {
 const SECTOR: u64 = 512;
 /// The zeroed region grows by at least this much at a time.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// The zeroed region is written with O_DIRECT from a boundary of this size (a file system
+/// block): a TLog continued after a restart with a length not on one stays in the page
+/// cache path.
+const ZERO_ALIGN: u64 = 4096;
 
 impl TlogWriter {
     /// Continue a TLog file whose valid content is `len` bytes with `next_seq` batches.
@@ -287,11 +291,28 @@ impl TlogWriter {
         let padded = (batch.len() as u64).next_multiple_of(SECTOR);
         let end = start + padded;
         if end > d.zeroed_end {
-            // Grow the zeroed region: zeroes through the page cache. This flush syncs the
-            // file (with the SCOs, at once) so later batches change no metadata.
+            // Grow the zeroed region, with O_DIRECT too: the blocks must be allocated and
+            // written (not unwritten extents, not dirty page-cache pages) before a batch
+            // goes into part of one. A 512-byte O_DIRECT write into a block the file
+            // system still holds as unwritten makes it zero the rest of the block on disk:
+            // with the zeroes written through the page cache (their conversion to written
+            // extents completes after their writeback), a power-loss replay found a TLog
+            // whose first batch read zeroes while the three after it, in the same block,
+            // were intact (tests/guest/powerloss-e2e.sh, CI rehearsal 2026-12-04). This
+            // flush syncs the file (with the SCOs, at once) so later batches change no
+            // metadata.
+            if d.zeroed_end % ZERO_ALIGN != 0 {
+                return Err(std::io::Error::other("the zeroed region does not end on a 4 KiB boundary"));
+            }
             let new_end = (end + ZERO_CHUNK).next_multiple_of(ZERO_CHUNK);
-            let zeros = vec![0u8; (new_end - d.zeroed_end) as usize];
-            self.file.write_all_at(&zeros, d.zeroed_end)?;
+            let piece = d.buf.len() as u64;
+            let mut at = d.zeroed_end;
+            while at < new_end {
+                let n = (new_end - at).min(piece) as usize;
+                d.buf[..n].fill(0);
+                d.file.write_all_at(&d.buf[..n], at)?;
+                at += n as u64;
+            }
             d.zeroed_end = new_end;
             d.grown = true;
         }
