@@ -301,7 +301,7 @@ impl TlogWriter {
             // were intact (tests/guest/powerloss-e2e.sh, CI rehearsal 2026-12-04). This
             // flush syncs the file (with the SCOs, at once) so later batches change no
             // metadata.
-            if d.zeroed_end % ZERO_ALIGN != 0 {
+            if !d.zeroed_end.is_multiple_of(ZERO_ALIGN) {
                 return Err(std::io::Error::other("the zeroed region does not end on a 4 KiB boundary"));
             }
             let new_end = (end + ZERO_CHUNK).next_multiple_of(ZERO_CHUNK);
