@@ -340,10 +340,19 @@ fn full_queue_drops_to_needs_resync_and_trim_heals() {
     server.stop();
 }
 
+/// Start a `dtl serve` command line; returns the process and the first line it prints
+/// (once it prints one, it is listening).
+fn spawn_serving(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
 /// `logdisk dtl serve` over TLS as a process; returns it and its address.
 fn spawn_cli(dir: &Path, listen: &str, token_file: &Path, certs: &tls::Certs) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_logdisk"))
-        .current_dir(dir)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logdisk"));
+    cmd.current_dir(dir)
         .args(["dtl", "serve", "--listen", listen, "--dir"])
         .arg(dir.join("dtl"))
         .arg("--token-file")
@@ -352,13 +361,8 @@ fn spawn_cli(dir: &Path, listen: &str, token_file: &Path, certs: &tls::Certs) ->
         .arg(&certs.cert)
         .arg("--tls-key")
         .arg(&certs.key)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        .env_remove("RUST_LOG");
+    let (child, line) = spawn_serving(&mut cmd);
     let addr = line
         .split_whitespace()
         .find_map(|w| w.parse::<SocketAddr>().ok())
@@ -480,16 +484,12 @@ fn cli_stops_on_sigterm_with_loopback_down() {
     }
     let t = tempfile::tempdir().unwrap();
     // A fresh network namespace: `lo` exists but is down.
-    let mut child = Command::new("unshare")
-        .args(["-n", env!("CARGO_BIN_EXE_logdisk"), "dtl", "serve", "--listen", "127.0.0.1:7400", "--insecure"])
-        .arg("--dir")
-        .arg(t.path().join("dtl"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (mut child, line) = spawn_serving(
+        Command::new("unshare")
+            .args(["-n", env!("CARGO_BIN_EXE_logdisk"), "dtl", "serve", "--listen", "127.0.0.1:7400", "--insecure"])
+            .arg("--dir")
+            .arg(t.path().join("dtl")),
+    );
     assert!(line.contains("listening"), "{line}");
     // SAFETY: signalling our own child (unshare execs logdisk in place: same pid).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -64,8 +64,8 @@ impl Volume {
 
         // Replay every TLog after the checkpoint, in order.
         let last_tlog = remote_tlogs.keys().chain(local_tlogs.iter()).copied().max().unwrap_or(0);
-        // (epoch, valid TLog length, batches, clusters of its SCO that records reference)
-        let mut unsealed_local: Vec<(u64, u64, u32, u32)> = Vec::new();
+        // (epoch, valid TLog length, batches)
+        let mut unsealed_local: Vec<(u64, u64, u32)> = Vec::new();
         // Clusters of each SCO that any replayed record references: a write reserved in
         // an epoch's SCO can complete (and be logged) after that epoch was sealed, so its
         // record sits in a later TLog, and that TLog can be durable while the seal of the
@@ -101,7 +101,7 @@ impl Volume {
                     Some((sco, n)) if !p.torn => {
                         replay.sco_sizes.insert(sco, n);
                     }
-                    _ => unsealed_local.push((e, p.valid_len, p.batches, 0)),
+                    _ => unsealed_local.push((e, p.valid_len, p.batches)),
                 }
             } else if e > last_uploaded {
                 // A gap: an epoch's TLog is neither local nor uploaded.
@@ -111,10 +111,6 @@ impl Volume {
                 });
             }
             replayed += 1;
-        }
-
-        for u in &mut unsealed_local {
-            u.3 = referenced.get(&u.0).copied().unwrap_or(0);
         }
 
         // Seal epochs a crash left open, then queue everything not yet uploaded.
@@ -132,8 +128,9 @@ impl Volume {
             let file = Arc::new(ScoFile::open(&path, e, meta.sco_clusters, false, env.opts.direct)?);
             let len = file.file_len()?;
             // A preallocated SCO file is longer than its data: a sealed SCO's size is in
-            // its seal record; an unsealed one's is what its durable records reference.
-            let unsealed = unsealed_local.iter().find(|u| u.0 == e).map(|u| u.3);
+            // its seal record; an unsealed one's is what durable records (of any TLog)
+            // reference.
+            let unsealed = unsealed_local.iter().any(|u| u.0 == e).then(|| referenced.get(&e).copied().unwrap_or(0));
             let known = state.maps.sco_sizes.get(&e).copied().or(unsealed);
             let clusters = known.map_or((len / cs) as u32, |k| k.min((len / cs) as u32));
             if unsealed.is_some() && len > clusters as u64 * cs {
@@ -153,7 +150,7 @@ impl Volume {
             }
             state.scos.local.insert(e, LocalSco { file, clusters, inflight: 0, uploaded, linked: false });
         }
-        for (e, valid_len, batches, _) in unsealed_local {
+        for (e, valid_len, batches) in unsealed_local {
             let path = dir.join("tlog").join(format!("{e:016x}"));
             let f = OpenOptions::new()
                 .read(true)

@@ -13,16 +13,16 @@ use super::iov::{self, iovec, AlignedBuf};
 use super::location::Location;
 use super::plan::{IoPlan, MAX_SEGS};
 use super::sco_file::ScoFile;
+use super::space::Admit;
+use super::state::State;
+use super::tlog::Record;
+use crate::error::{Error, Result};
 
 thread_local! {
     /// Per-thread scratch for a synchronous write's cluster checksums (no allocation per
     /// write once it has grown to the largest write's cluster count).
     static CRCS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-use super::space::Admit;
-use super::state::State;
-use super::tlog::Record;
-use crate::error::{Error, Result};
 
 /// Once the TLog's file system has been full this long, a write throttled on a full write
 /// buffer fails: the uploads that would make room need the TLog.

@@ -18,13 +18,10 @@ REPLAY=$(dirname "$BIN")/logwrites-replay
 LOADGEN=$(dirname "$BIN")/logdisk-loadgen
 for b in "$REPLAY" "$LOADGEN"; do [[ -x $b ]] || { echo "$b not found" >&2; exit 125; }; done
 e2e_setup enospc-e2e ENOSPC-E2E
-strip -o "$T/logdisk" "$BIN"
-strip -o "$T/logdisk-loadgen" "$LOADGEN"
+strip_binaries
 truncate -s 64M "$T/nvme.img"
 truncate -s 8M "$T/journal1.img"
 truncate -s 8M "$T/journal2.img"
-QEXTRA=()
-drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"); }
 drive "$T/nvme.img" nvme
 drive "$T/journal1.img" jnl1
 drive "$T/journal2.img" jnl2

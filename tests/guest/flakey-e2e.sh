@@ -17,13 +17,10 @@ cleanup() { if [[ $KEEP = 1 ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 say() { echo "[flakey-e2e $(date +%T)] $*"; }
 fail() { echo "FLAKEY E2E FAILED: $*" >&2; exit 1; }
-strip -o "$T/logdisk" "$BIN"
-strip -o "$T/logdisk-loadgen" "$LOADGEN"
+strip_binaries
 truncate -s 256M "$T/nvme.img"
 truncate -s 16M "$T/journal.img"
 truncate -s 32M "$T/volume.img"
-QEXTRA=()
-drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"); }
 drive "$T/nvme.img" nvme
 drive "$T/journal.img" jnl
 drive "$T/volume.img" vol

@@ -61,15 +61,11 @@ trap cleanup EXIT
 say() { echo "[powerloss-e2e $(date +%T)] $*"; }
 fail() { echo "POWERLOSS E2E FAILED: $*" >&2; exit 1; }
 
-# Stripped copies keep the per-run initramfs small (the release build carries debug info).
-strip -o "$T/logdisk" "$BIN"
-strip -o "$T/logdisk-loadgen" "$LOADGEN"
+strip_binaries
 rm -f "$T/nvme.img" "$T/log.img" "$T/journal.img"
 truncate -s "$NVME_SIZE" "$T/nvme.img"
 truncate -s 4G "$T/log.img"
 truncate -s 64M "$T/journal.img"
-QEXTRA=()
-drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"); }
 drive "$T/nvme.img" nvme    # vda: the "host NVMe" under dm-log-writes
 drive "$T/log.img" logw     # vdb: the log
 drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::point::{last_line, run};
+
 /// A DTL server child, stopped (SIGTERM, then waited for) when dropped.
 struct DtlServer {
     child: Child,
@@ -77,15 +79,12 @@ pub fn takeover_export(
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        let o = cmd.args(args).output().context("run logdisk")?;
-        let mut text = String::from_utf8_lossy(&o.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&o.stdout));
-        Ok((o.status.success(), text))
+        let (rc, text) = run(cmd.args(args))?;
+        Ok((rc == 0, text))
     };
-    let last = |t: &str| t.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
     let (ok, text) = ld(&["volume", "takeover", volume, "--dtl", &srv.addr, "--dtl-mode", "sync"])?;
     if !ok {
-        return Ok(Err(format!("takeover refused: {}", last(&text))));
+        return Ok(Err(format!("takeover refused: {}", last_line(&text))));
     }
     // "... N DTL entries replayed into M epochs ..."
     let replayed = text
@@ -93,12 +92,12 @@ pub fn takeover_export(
         .next()
         .and_then(|h| h.rsplit(' ').next())
         .and_then(|n| n.parse::<u64>().ok())
-        .with_context(|| format!("no DTL entry count in the takeover's output: {}", last(&text)))?;
+        .with_context(|| format!("no DTL entry count in the takeover's output: {}", last_line(&text)))?;
     let raw_s = raw.to_str().context("path")?;
     let (ok, text) = ld(&["volume", "export", volume, raw_s])?;
     drop(srv);
     if !ok {
-        return Ok(Err(format!("export after takeover failed: {}", last(&text))));
+        return Ok(Err(format!("export after takeover failed: {}", last_line(&text))));
     }
     Ok(Ok(replayed))
 }
