@@ -9,6 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crc_records::Replayed;
 use super::engine::{Volume, VolumeEnv};
 use super::layers::load_layers;
 use super::meta::VolumeMeta;
@@ -68,12 +69,15 @@ impl Volume {
         let mut unsealed_local: Vec<(u64, u64, u32, u32)> = Vec::new();
         let mut last_uploaded = cp_epoch;
         let mut replayed = 0u64;
+        // Cluster checksums the TLogs carry, for the local SCO files opened below.
+        let mut crcs = Replayed::default();
         for e in (cp_epoch + 1)..=last_tlog {
             let local_path = dir.join("tlog").join(format!("{e:016x}"));
             if let Some(key) = remote_tlogs.get(&e) {
                 let bytes = store.get(key)?;
                 let p = tlog::parse_sealed(key, &bytes, e)?;
                 replay.tlog(&p.records, e, key)?;
+                crcs.collect(&p.records);
                 if let Some((sco, n)) = p.sealed() {
                     replay.sco_sizes.insert(sco, n);
                 }
@@ -90,6 +94,7 @@ impl Volume {
                         "cutting a torn TLog tail (writes that were never flushed)");
                 }
                 replay.tlog(&p.records, e, &key)?;
+                crcs.collect(&p.records);
                 match p.sealed() {
                     Some((sco, n)) if !p.torn => {
                         replay.sco_sizes.insert(sco, n);
@@ -134,6 +139,10 @@ impl Volume {
                 tracing::warn!(volume = %name, epoch = e, "removing an SCO file that no TLog references");
                 let _ = fs::remove_file(&path);
                 continue;
+            }
+            let checked = crcs.apply(e, clusters, &file.crcs);
+            if checked > 0 {
+                tracing::debug!(volume = %name, sco = e, clusters = checked, "cluster checksums restored from the TLog");
             }
             if uploaded {
                 state.scos.kept_bytes += clusters as u64 * cs;
