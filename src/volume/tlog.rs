@@ -572,6 +572,7 @@ mod tests {
             Record::SnapDelete { id: 2 },
             Record::Rollback { id: 3 },
             Record::Relocate { from: Location::new(2, 5), count: 7, to: Location::new(9, 3) },
+            Record::Crcs { loc: Location::new(9, 1), count: 3, crcs: [7, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
         ];
         for r in &more {
             let mut b = Vec::new();
