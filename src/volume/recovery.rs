@@ -140,6 +140,17 @@ impl Volume {
                 let _ = fs::remove_file(&path);
                 continue;
             }
+            if uploaded && e <= cp_epoch {
+                // Kept after upload, its TLog older than the checkpoint (not replayed):
+                // its checksums come from the uploaded TLog (one small GET).
+                if let Some(key) = remote_tlogs.get(&e) {
+                    match store.get(key).and_then(|b| tlog::parse_sealed(key, &b, e)) {
+                        Ok(p) => crcs.collect(&p.records),
+                        Err(err) => tracing::warn!(volume = %name, sco = e, error = %err,
+                            "cannot read the TLog of a kept SCO: its clusters are not checked for rot"),
+                    }
+                }
+            }
             let checked = crcs.apply(e, clusters, &file.crcs);
             if checked > 0 {
                 tracing::debug!(volume = %name, sco = e, clusters = checked, "cluster checksums restored from the TLog");
