@@ -15,7 +15,7 @@ use logdisk::dtl::fuzzing::{fuzz_dtl, FuzzPath as DtlPath};
 use logdisk::dtl::protocol::*;
 use logdisk::dtl::Entry;
 use logdisk::volume::location::Location;
-use logdisk::volume::tlog::{encode_batch, parse, Record, SnapName};
+use logdisk::volume::tlog::{encode_batch, parse, Record, SnapName, CRCS_PER_RECORD};
 use logdisk::volume::tlog_fuzzing::{fuzz_tlog, FuzzPath as TlogPath};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -162,12 +162,18 @@ fn sco_random_objects_reach_every_path() {
 
 fn record(rng: &mut StdRng) -> Record {
     let loc = || Location::new(3, 5);
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..7) {
         0 => Record::Write { cluster: rng.gen_range(0..100), count: rng.gen_range(1..9), loc: loc() },
         1 => Record::Fill { cluster: rng.gen_range(0..100), count: 3, entry: rng.gen_range(0..2) },
         2 => Record::Snapshot { id: rng.gen(), created: rng.gen(), name: SnapName::new("snap").unwrap() },
         3 => Record::Relocate { from: loc(), count: 2, to: Location::new(9, 1) },
         4 => Record::Resize { clusters: rng.gen() },
+        5 => {
+            let count = rng.gen_range(1..=CRCS_PER_RECORD);
+            let mut crcs = [0u32; CRCS_PER_RECORD];
+            crcs[..count].iter_mut().for_each(|c| *c = rng.gen());
+            Record::Crcs { loc: loc(), count: count as u8, crcs }
+        }
         _ => Record::SnapDelete { id: rng.gen() },
     }
 }

@@ -9,6 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crc_records::Replayed;
 use super::engine::{Volume, VolumeEnv};
 use super::layers::load_layers;
 use super::meta::VolumeMeta;
@@ -73,6 +74,8 @@ impl Volume {
         let mut referenced: HashMap<u64, u32> = HashMap::new();
         let mut last_uploaded = cp_epoch;
         let mut replayed = 0u64;
+        // Cluster checksums the TLogs carry, for the local SCO files opened below.
+        let mut crcs = Replayed::default();
         for e in (cp_epoch + 1)..=last_tlog {
             let local_path = dir.join("tlog").join(format!("{e:016x}"));
             if let Some(key) = remote_tlogs.get(&e) {
@@ -80,6 +83,7 @@ impl Volume {
                 let p = tlog::parse_sealed(key, &bytes, e)?;
                 note_references(&p.records, &mut referenced);
                 replay.tlog(&p.records, e, key)?;
+                crcs.collect(&p.records);
                 if let Some((sco, n)) = p.sealed() {
                     replay.sco_sizes.insert(sco, n);
                 }
@@ -97,6 +101,7 @@ impl Volume {
                 }
                 note_references(&p.records, &mut referenced);
                 replay.tlog(&p.records, e, &key)?;
+                crcs.collect(&p.records);
                 match p.sealed() {
                     Some((sco, n)) if !p.torn => {
                         replay.sco_sizes.insert(sco, n);
@@ -142,6 +147,21 @@ impl Volume {
                 tracing::warn!(volume = %name, epoch = e, "removing an SCO file that no TLog references");
                 let _ = fs::remove_file(&path);
                 continue;
+            }
+            if uploaded && e <= cp_epoch {
+                // Kept after upload, its TLog older than the checkpoint (not replayed):
+                // its checksums come from the uploaded TLog (one small GET).
+                if let Some(key) = remote_tlogs.get(&e) {
+                    match store.get(key).and_then(|b| tlog::parse_sealed(key, &b, e)) {
+                        Ok(p) => crcs.collect(&p.records),
+                        Err(err) => tracing::warn!(volume = %name, sco = e, error = %err,
+                            "cannot read the TLog of a kept SCO: its clusters are not checked for rot"),
+                    }
+                }
+            }
+            let checked = crcs.apply(e, clusters, &file.crcs);
+            if checked > 0 {
+                tracing::debug!(volume = %name, sco = e, clusters = checked, "cluster checksums restored from the TLog");
             }
             if uploaded {
                 state.scos.kept_bytes += clusters as u64 * cs;

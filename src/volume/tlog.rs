@@ -11,6 +11,9 @@
 //!         6 Rollback { id u32 }                              map := snapshot's map
 //!         7 Relocate { from u64, count u32, to u64 }         scrub moved data: in every
 //!                                                            map, from+i -> to+i
+//!         8 Resize { clusters u64 }
+//!         9 Crcs { location u64, count u8, crc32c u32 * count }  checksums of `count`
+//!                                                            clusters from location (1..=16)
 //! ```
 //! A torn tail (crash during a batch write) fails its checksum and is cut off on replay.
 //! Batches written with O_DIRECT start on 512-byte sectors; the zeroes between them, and
@@ -45,7 +48,14 @@ pub enum Record {
     /// The volume has `clusters` clusters from here on (grown, or shrunk: clusters beyond
     /// the end are dropped). Snapshots keep the size they had.
     Resize { clusters: u64 },
+    /// The crc32c of the `count` (1..=[`CRCS_PER_RECORD`]) clusters of data from `loc`
+    /// (entries past `count` are zero). Logged after the record that maps them, so a
+    /// restart can check reads of local SCO data for rot (see `super::crc_records`).
+    Crcs { loc: Location, count: u8, crcs: [u32; CRCS_PER_RECORD] },
 }
+
+/// Most cluster checksums one [`Record::Crcs`] carries.
+pub const CRCS_PER_RECORD: usize = 16;
 
 /// A snapshot name stored inline (1..=64 bytes), so records stay `Copy`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,6 +131,14 @@ impl Record {
                 out.push(8);
                 out.extend_from_slice(&clusters.to_le_bytes());
             }
+            Record::Crcs { loc, count, crcs } => {
+                out.push(9);
+                out.extend_from_slice(&loc.pack().to_le_bytes());
+                out.push(count);
+                for c in &crcs[..(count as usize).min(CRCS_PER_RECORD)] {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+            }
         }
     }
 
@@ -153,6 +171,18 @@ impl Record {
                 Some((Record::Relocate { from, count: u32_at(9)?, to }, 21))
             }
             8 => Some((Record::Resize { clusters: u64_at(1)? }, 9)),
+            9 => {
+                let loc = Location::unpack(u64_at(1)?)?;
+                let count = *b.get(9)?;
+                if count == 0 || count as usize > CRCS_PER_RECORD {
+                    return None;
+                }
+                let mut crcs = [0u32; CRCS_PER_RECORD];
+                for (i, c) in crcs[..count as usize].iter_mut().enumerate() {
+                    *c = u32_at(10 + 4 * i)?;
+                }
+                Some((Record::Crcs { loc, count, crcs }, 10 + 4 * count as usize))
+            }
             _ => None,
         }
     }
@@ -563,6 +593,7 @@ mod tests {
             Record::SnapDelete { id: 2 },
             Record::Rollback { id: 3 },
             Record::Relocate { from: Location::new(2, 5), count: 7, to: Location::new(9, 3) },
+            Record::Crcs { loc: Location::new(9, 1), count: 3, crcs: [7, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
         ];
         for r in &more {
             let mut b = Vec::new();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cluster_crc;
+use super::crc_records;
 use super::dtl_link::DtlMode;
 use super::engine::Volume;
 use super::iov::{self, iovec, AlignedBuf};
@@ -142,7 +143,12 @@ impl Volume {
             self.env.uploader.notify();
             return Ok(());
         };
-        self.append_record(st, &Record::Write { cluster, count: take, loc })
+        self.append_record(st, &Record::Write { cluster, count: take, loc })?;
+        // The checksums follow in the same batch, so a restart gets them back.
+        if crcs.len() == take as usize {
+            crc_records::for_each_record(loc, crcs, |r| self.append_record(st, &r))?;
+        }
+        Ok(())
     }
 
     /// Plan a write the caller performs itself (io_uring): reserves space for whole,
@@ -354,6 +360,8 @@ impl Volume {
             let (file, index, take) = self.reserve((n - done) as u64, false)?;
             let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
             let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
+            let crcs: Vec<u64> =
+                piece.chunks(self.cs as usize).map(|c| cluster_crc::known(crc32c::crc32c(c))).collect();
             let io = file.writev_at(&v, (index as u64) << self.shift);
             let mut st = self.state.lock();
             if let Some(l) = st.scos.local.get_mut(&file.number) {
@@ -369,7 +377,13 @@ impl Volume {
                 self.dtl_result_locked(&mut st, r)?;
             }
             st.log.dirty.insert(file.number);
-            landed(&mut st, Location::new(file.number, index), done, take)?;
+            let loc = Location::new(file.number, index);
+            landed(&mut st, loc, done, take)?;
+            // The copy's checksums, in memory and logged after the records that map it.
+            if let Some(l) = st.scos.local.get(&file.number) {
+                l.file.crcs.store(index, &crcs);
+            }
+            crc_records::for_each_record(loc, &crcs, |r| self.append_record(&mut st, &r))?;
             done += take;
         }
         Ok(())
