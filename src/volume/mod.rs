@@ -37,6 +37,7 @@ pub mod spare_sco;
 pub mod state;
 pub mod sync_set;
 pub mod tlog;
+pub mod tlog_record;
 pub mod tlog_fuzzing;
 pub mod upload_queue;
 pub mod uploads;

@@ -28,6 +28,11 @@ const PASS_LIVE_FRACTION: u64 = 32;
 const PASS_MAX_SCOS: u64 = 4;
 /// The store is listed (to measure it against `scrub.store_budget`) at most this often.
 const STORE_LIST_EVERY: Duration = Duration::from_secs(5);
+/// Between looks the scrubber checks this often whether a volume's writes made a pass
+/// due (one atomic per volume) ...
+const POLL: Duration = Duration::from_millis(20);
+/// ... and looks again no sooner than this after a look that freed nothing.
+const MIN_GAP: Duration = Duration::from_millis(50);
 /// A failed background rekey pass (an old key not given, the store unreachable) is
 /// tried again after this long, not at every look.
 const REKEY_RETRY: Duration = Duration::from_secs(60);
@@ -120,9 +125,13 @@ impl Run {
             if busy {
                 continue;
             }
-            let until = Instant::now() + every;
-            while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20).min(every));
+            // Until the next interval, or earlier when a volume's writes made a pass due.
+            let start = Instant::now();
+            while start.elapsed() < every && !self.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(POLL.min(every));
+                if start.elapsed() >= MIN_GAP && (self.volumes)().iter().any(|v| v.space.scrub_due()) {
+                    break;
+                }
             }
         }
     }
@@ -221,6 +230,7 @@ impl Run {
                 (Some(b), Some(l)) => Some(b.min(u.log + l / cs)),
                 (b, l) => b.or(l.map(|l| u.log + l / cs)),
             },
+            scrub_at: None,
             store_short: store.short,
             full: store.full.clone(),
         };
@@ -237,7 +247,12 @@ impl Run {
         let near_budget = budget.is_some_and(|b| u.log as f64 >= NEAR * b as f64);
         let pressure = near_budget || store.near || disk_low;
         let waiting = v.space.writers_waiting();
-        let trigger = u.garbage >= min_garbage && u.garbage as f64 > cfg.garbage_ratio * u.log as f64;
+        // Due at `garbage_ratio` of the log, and at the latest half-way to the garbage at
+        // which writes wait (with a small volume the ratio alone comes after it).
+        let ratio_at = (cfg.garbage_ratio * u.log as f64) as u64;
+        let scrub_at = limits.max_garbage.map_or(ratio_at, |m| ratio_at.min(m / 2)).max(min_garbage);
+        limits.scrub_at = (can_scrub && !v.uploads_paused()).then_some(scrub_at);
+        let trigger = u.garbage > scrub_at;
         let state = match (&limits.full, waiting, trigger || pressure) {
             (Some(_), _, _) => "full",
             (None, true, _) => "throttled",
