@@ -14,13 +14,16 @@
 #   randread-4k-qd32    4 KiB random reads, 32 in flight (the region was written: cache hit)
 #   randread-4k-qd1     the same, one at a time
 #   randrw70-4k-qd16    4 KiB random 70 % reads / 30 % writes, 16 in flight (counts both)
-#   read-1m-qd8         1 MiB sequential reads, 8 in flight
+#   read-1m-qd8         1 MiB sequential reads, 8 in flight (after the random-write jobs)
+#   read-1m-seq-qd8     the same after the region was written again with 1 MiB sequential writes
 #   write-1m-qd8        1 MiB sequential writes, 8 in flight
 #   writeflush-4k-qd1   4 KiB random write + FLUSH (waited for), one at a time; counts writes
 # Backend CPU: utime+stime of the backend process (from /proc/PID/stat) from the start of a
 # job until the backend is idle again after it (so logdisk's uploads caused by the job are
 # counted), divided by the job's IOs.
 #
+# Before the jobs (unless --no-ceiling): the disk's own ceiling, and the checksum floor
+# (src/bin/crc-floor.rs: the CPU logdisk's two crc32c passes take per 1 MiB write here).
 # Then (unless --no-restart) the memory and restart figures, on a separate logdisk data dir:
 # a --restart-size volume written completely (1 MiB writes, verify pattern), daemon RSS,
 # restart after kill -9 (time until the socket serves a read again), SIGTERM (drain) time,
@@ -118,6 +121,9 @@ trap 'exit 143' TERM
 
 CLK_TCK=$(getconf CLK_TCK)
 rss_kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The daemon's own memory: anonymous + file-backed RSS, without the shared guest memory it
+# maps (RssShmem: the generator's memfd, a VM's RAM), which is the guest's, not logdisk's.
+own_kib() { echo $(( $(rss_kib "$1" RssAnon) + $(rss_kib "$1" RssFile) )); }
 now() { printf '%s\n' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }
 
@@ -165,14 +171,14 @@ stop_pid() {  # SIGTERM and wait (no time limit: logdisk drains uploads for up t
 }
 
 # ------------------------------------------------------------------ the comparison
-ALL_JOBS=(randwrite-4k-qd32 randread-4k-qd32 randread-4k-qd1 randrw70-4k-qd16 read-1m-qd8 write-1m-qd8 writeflush-4k-qd1)
+ALL_JOBS=(randwrite-4k-qd32 randread-4k-qd32 randread-4k-qd1 randrw70-4k-qd16 read-1m-qd8 read-1m-seq-qd8 write-1m-qd8 writeflush-4k-qd1)
 job_args() {
     case "$1" in
         randwrite-4k-qd32) echo "--rw randwrite --bs 4k --iodepth 32" ;;
         randread-4k-qd32)  echo "--rw randread --bs 4k --iodepth 32" ;;
         randread-4k-qd1)   echo "--rw randread --bs 4k --iodepth 1" ;;
         randrw70-4k-qd16)  echo "--rw randrw --rwmixread 70 --bs 4k --iodepth 16" ;;
-        read-1m-qd8)       echo "--rw read --bs 1M --iodepth 8" ;;
+        read-1m-qd8|read-1m-seq-qd8) echo "--rw read --bs 1M --iodepth 8" ;;
         write-1m-qd8)      echo "--rw write --bs 1M --iodepth 8" ;;
         writeflush-4k-qd1) echo "--rw randwrite --bs 4k --iodepth 1 --fsync-every 1" ;;
         *) return 1 ;;
@@ -190,6 +196,11 @@ run_job() {
     local be=$1 pid=$2 sock=$3 job=$4 run=$5 c0 c1 c2 js settle_s
     local -a args
     read -r -a args <<<"$(job_args "$job")"
+    if [[ $job == read-1m-seq-qd8 ]]; then
+        # Reads after sequential writes: the region written again in order first (unmeasured).
+        "$LOADGEN" --socket "$sock" --queues "$QUEUES" --rw write --bs 1M --iodepth 8 --once --quiet >/dev/null \
+            || die "$be: sequential rewrite before $job failed"
+    fi
     settle "$pid" >/dev/null
     c0=$(cpu_ticks "$pid")
     js=$("$LOADGEN" --socket "$sock" --queues "$QUEUES" --time "$TIME" --ramp "$RAMP" --json --quiet \
@@ -217,6 +228,12 @@ print("[native-bench] %-8s %-18s run %d: %9.0f IOPS %8.1f MB/s  p50 %7.1f us  p9
 }
 
 CEILING_REPORT="$OUT/ceiling/ceiling-report.txt"
+CRC_FLOOR="$OUT/crc-floor.txt"
+if [[ $DO_BENCH -eq 1 && $DO_CEILING -eq 1 && -x "$TARGET/release/crc-floor" ]]; then
+    # The CPU no checksumming backend can go below: logdisk's two crc32c passes per write.
+    "$TARGET/release/crc-floor" --seconds 2 >"$CRC_FLOOR" || die "crc-floor failed"
+    log "checksum floor: $(cat "$CRC_FLOOR")"
+fi
 if [[ $DO_BENCH -eq 1 && $DO_CEILING -eq 1 ]]; then
     log "the disk's own ceiling (benches/disk-ceiling.sh, $REGION files in $TMP)"
     "$HERE/disk-ceiling.sh" --dir "$TMP" --size "$REGION" --time 5 --out "$OUT/ceiling" >/dev/null \
@@ -297,12 +314,12 @@ if [[ $DO_RESTART -eq 1 ]]; then
     "$BIN" --data-dir "$RD" volume create vm --size "$RESTART_SIZE" >/dev/null || die "volume create failed"
     start_logdisk "$RD" "$RSOCK" "$RLOG"
     wait_serving "$LD_PID" "$RLOG" 0
-    RSS_IDLE=$(rss_kib "$LD_PID" VmRSS)
+    RSS_IDLE=$(own_kib "$LD_PID")
     log "memory/restart: writing $RESTART_SIZE to a fresh volume (1 MiB writes, QD8, verify pattern)"
     W=$("$LOADGEN" --socket "$RSOCK" --queues "$QUEUES" --rw write --bs 1M --iodepth 8 --once --verify --seed 42 \
         --json --quiet) || die "writing $RESTART_SIZE failed"
     read -r W_MBS W_S <<<"$(rate "$W")"
-    RSS_WRITTEN=$(rss_kib "$LD_PID" VmRSS) HWM_WRITTEN=$(rss_kib "$LD_PID" VmHWM)
+    RSS_WRITTEN=$(own_kib "$LD_PID") HWM_WRITTEN=$(rss_kib "$LD_PID" VmHWM)
     log "wrote $RESTART_SIZE in ${W_S}s ($W_MBS MB/s); RSS ${RSS_WRITTEN} KiB (idle ${RSS_IDLE} KiB, peak ${HWM_WRITTEN} KiB)"
     # One more pattern write with a FLUSH: the flush makes every earlier write durable.
     "$LOADGEN" --socket "$RSOCK" --rw write --bs 4k --iodepth 1 --ops 1 --fsync-every 1 --verify --seed 42 \
@@ -316,7 +333,7 @@ if [[ $DO_RESTART -eq 1 ]]; then
     log "restart after kill -9: serving after ${K_SERVE}s, first read after ${K_IO}s; reading all back"
     V1=$(verify "kill -9 restart" --rw read --bs 1M --iodepth 8 --once)
     read -r V1_MBS _ <<<"$(rate "$V1")"
-    RSS_RESTARTED=$(rss_kib "$LD_PID" VmRSS)
+    RSS_RESTARTED=$(own_kib "$LD_PID")
 
     # 2. SIGTERM (drains uploads), restart after the clean stop.
     t0=$(now)
@@ -337,7 +354,7 @@ if [[ $DO_RESTART -eq 1 ]]; then
     log "restart from the object store: serving after ${O_SERVE}s, first read after ${O_IO}s; reading all back"
     V3=$(verify "object-store restart" --rw read --bs 1M --iodepth 8 --once)
     read -r V3_MBS _ <<<"$(rate "$V3")"
-    RSS_OBJ=$(rss_kib "$LD_PID" VmRSS)
+    RSS_OBJ=$(own_kib "$LD_PID")
     stop_pid "$LD_PID"
 
     python3 -c '
@@ -420,13 +437,21 @@ if rows:
                          f"({inplace:.0f} MB/s)")
             lines.append(f"  write-1m-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us "
                          f"(target <= 1.50)")
+            floor = os.path.join(out, "crc-floor.txt")
+            if os.path.exists(floor):
+                us, gbs = (float(x) for x in open(floor).read().split()[1:3])
+                lines.append(f"  write-1m-qd8: the checksum floor alone (2 crc32c passes over 1 MiB, {gbs:.1f} GB/s each, "
+                             f"src/bin/crc-floor.rs) is {us:.0f} us = {ratio(us, cq):.2f} x qsd's CPU per IO")
 if os.path.exists(restart_path):
     rs = json.load(open(restart_path))
     lines.append("")
     lines.append(f"logdisk memory and restart ({rs['restart_size']} volume written with 1 MiB sequential writes):")
+    size = str(rs['restart_size']).upper().rstrip('IB')
+    gib = float(size[:-1]) * {'K': 2**-20, 'M': 2**-10, 'G': 1, 'T': 1024}[size[-1]] if size[-1:].isalpha() else float(size) / 2**30
+    lines.append(f"  own memory (RSS without the guest memory it maps); target <= 64 MiB + 2 MiB per written GiB = {64 + 2 * gib:.0f} MiB")
     lines.append(f"  RSS idle before writing          {rs['rss_idle_kib'] / 1024:8.1f} MiB")
     lines.append(f"  write {rs['restart_size']:<5}                      {rs['write_mb_s']:8.1f} MB/s ({rs['write_seconds']} s)")
-    lines.append(f"  RSS after writing                {rs['rss_after_write_kib'] / 1024:8.1f} MiB (peak {rs['hwm_after_write_kib'] / 1024:.1f} MiB)")
+    lines.append(f"  RSS after writing                {rs['rss_after_write_kib'] / 1024:8.1f} MiB (peak VmHWM, guest memory included: {rs['hwm_after_write_kib'] / 1024:.1f} MiB)")
     lines.append(f"  restart after kill -9            {rs['kill9_restart_serving_s']:8.2f} s to serving, {rs['kill9_restart_first_io_s']:.2f} s to first read")
     lines.append(f"    RSS after it                   {rs['rss_after_kill9_restart_kib'] / 1024:8.1f} MiB; full read-back {rs['kill9_readback_mb_s']} MB/s, data OK")
     lines.append(f"  SIGTERM stop (upload drain)      {rs['sigterm_stop_s']:8.2f} s (a second stop: {rs['second_sigterm_stop_s']} s)")

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 const INDEX_CACHE_ENTRIES: usize = 2048;
 /// Bytes of recently fetched frames kept in memory.
-const STAGING_BYTES: usize = 32 << 20;
+const STAGING_BYTES: usize = 8 << 20;
 /// First tail fetch: footer plus the index of a 32 MiB SCO with 64 KiB frames.
 const TAIL_GUESS: u64 = 16 << 10;
 

@@ -86,8 +86,11 @@ pub unsafe fn recheck(iovs: &[iovec], cs: usize, crcs: &mut [u64]) {
 
 /// Combines checksums of consecutive pieces of one fixed length.
 pub struct Combiner {
-    /// The operator that appends `len` zero bytes to a crc register.
-    shift: [u32; 32],
+    /// The operator that appends `len` zero bytes to a crc register, as four byte
+    /// tables: `bytes[k][b]` is its product with `b << 8k`, so applying it costs four
+    /// lookups (the bit-by-bit product was ~6 % of the daemon's samples under 1 MiB
+    /// writes: one per cluster at every SCO upload).
+    bytes: Box<[[u32; 256]; 4]>,
 }
 
 fn times(m: &[u32; 32], mut v: u32) -> u32 {
@@ -136,12 +139,20 @@ impl Combiner {
             base = product(&base, &base);
             n >>= 1;
         }
-        Combiner { shift }
+        let mut bytes = Box::new([[0u32; 256]; 4]);
+        for (k, table) in bytes.iter_mut().enumerate() {
+            for (b, t) in table.iter_mut().enumerate() {
+                *t = times(&shift, (b as u32) << (8 * k));
+            }
+        }
+        Combiner { bytes }
     }
 
     /// crc32c(A ‖ B) from crc32c(A) and crc32c(B), B being `len` bytes long.
     pub fn append(&self, crc_a: u32, crc_b: u32) -> u32 {
-        times(&self.shift, crc_a) ^ crc_b
+        let t = &self.bytes;
+        let [b0, b1, b2, b3] = crc_a.to_le_bytes();
+        t[0][b0 as usize] ^ t[1][b1 as usize] ^ t[2][b2 as usize] ^ t[3][b3 as usize] ^ crc_b
     }
 
     /// The checksum of the concatenation of pieces with the given stored checksums, or

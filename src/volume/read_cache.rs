@@ -76,7 +76,7 @@ thread_local! {
 }
 
 /// Most bytes of fills waiting for the background writer.
-const MAX_FILL_BACKLOG: u64 = 64 << 20;
+const MAX_FILL_BACKLOG: u64 = 16 << 20;
 
 impl ReadCache {
     /// Create (replacing any old one) a cache of `size` bytes in file `path`.
