@@ -48,6 +48,8 @@
 #                       or /tmp unless tmpfs, else ~/.cache/logdisk); a fresh temp dir inside
 #   --out DIR           results (default <target dir>/bench/native-<date>)
 #   --keep              keep the temp dir
+#   --logdisk-config F  logdisk's TOML config for the comparison (e.g. [scrub] max_space_amp = 0
+#                       to see random overwrites without the space bound's scrub)
 #   --no-build          use the binaries already built
 # Environment: CARGO_TARGET_DIR is honoured; LOGDISK_BIN / LOGDISK_LOADGEN override the binaries.
 #
@@ -63,7 +65,7 @@ die() { printf '[native-bench] ERROR: %s\n' "$*" >&2; exit 1; }
 source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
-RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120 DO_CEILING=1
+LD_CONFIG="" RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120 DO_CEILING=1
 DIR="" OUT="" KEEP=0 BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -81,6 +83,7 @@ while [[ $# -gt 0 ]]; do
         --dir) DIR=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --logdisk-config) LD_CONFIG=$(realpath "$2"); shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -244,7 +247,7 @@ if [[ $DO_BENCH -eq 1 ]]; then
     DD="$TMP/logdisk-data" RAW="$TMP/disk.raw"
     LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
     "$BIN" --data-dir "$DD" volume create vm --size "$REGION" >/dev/null || die "volume create failed"
-    start_logdisk "$DD" "$LSOCK" "$OUT/logdisk.log"
+    start_logdisk "$DD" "$LSOCK" "$OUT/logdisk.log" ${LD_CONFIG:+--config "$LD_CONFIG"}
     LPID=$LD_PID
     wait_serving "$LPID" "$OUT/logdisk.log" 0
 

@@ -28,6 +28,7 @@ pub mod sco_crcs;
 pub mod sco_file;
 pub mod sco_set;
 pub mod scrub;
+pub mod scrub_holders;
 pub mod scrub_policy;
 pub mod scrubber;
 pub mod snap_set;

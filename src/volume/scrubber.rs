@@ -296,8 +296,10 @@ impl Run {
         }
         w.next_backstop = backstop.map(|b| now + b);
         let goal = if scrub_now {
-            // Down to half the trigger (nothing left when space is short).
-            let keep = if pressure || waiting { 0 } else { (cfg.garbage_ratio / 2.0 * u.log as f64) as u64 };
+            // Down to half of where a pass became due: a pass leaves room for writes
+            // before the next (freeing less would make passes back to back, each with a
+            // flush and a walk of every map, each copying mostly-live SCOs).
+            let keep = if pressure || waiting { 0 } else { scrub_at / 2 };
             Goal {
                 max_live_fraction: if pressure || waiting { 0.98 } else { 0.9 },
                 free_clusters: u.garbage.saturating_sub(keep).max(1),
