@@ -42,7 +42,8 @@
 #   --no-ceiling        skip the disk's own ceiling (benches/disk-ceiling.sh on the same dir,
 #                       --region sized, run first; ~1 min); the report prints it beside the
 #                       ratios: logdisk's 1 MiB write rate against the disk's log rate
-#   --only-restart      only the memory/restart figures
+#   --only-restart      only the memory/restart figures (RSS right after each read-back
+#                       and again 5 s later, once the daemon has trimmed its heap)
 #   --settle S          wait at most S seconds for a backend to go idle after a job (default 120)
 #   --dir DIR           where data dir and raw file go (default: $LOGDISK_BENCH_TMPDIR, $TMPDIR
 #                       or /tmp unless tmpfs, else ~/.cache/logdisk); a fresh temp dir inside
@@ -66,6 +67,8 @@ source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
 LD_CONFIG="" RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120 DO_CEILING=1
+# Seconds after a read-back before the idle RSS figure (the daemon trims its heap every 3 s).
+IDLE_RSS_WAIT=5
 DIR="" OUT="" KEEP=0 BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -337,6 +340,9 @@ if [[ $DO_RESTART -eq 1 ]]; then
     V1=$(verify "kill -9 restart" --rw read --bs 1M --iodepth 8 --once)
     read -r V1_MBS _ <<<"$(rate "$V1")"
     RSS_RESTARTED=$(own_kib "$LD_PID")
+    # Again once idle: the daemon gives freed heap back every 3 s (service/memory_trim.rs).
+    sleep "$IDLE_RSS_WAIT"
+    RSS_RESTARTED_IDLE=$(own_kib "$LD_PID")
 
     # 2. SIGTERM (drains uploads), restart after the clean stop.
     t0=$(now)
@@ -358,6 +364,8 @@ if [[ $DO_RESTART -eq 1 ]]; then
     V3=$(verify "object-store restart" --rw read --bs 1M --iodepth 8 --once)
     read -r V3_MBS _ <<<"$(rate "$V3")"
     RSS_OBJ=$(own_kib "$LD_PID")
+    sleep "$IDLE_RSS_WAIT"
+    RSS_OBJ_IDLE=$(own_kib "$LD_PID")
     stop_pid "$LD_PID"
 
     python3 -c '
@@ -365,7 +373,8 @@ import json, sys
 k = ["restart_size", "rss_idle_kib", "write_mb_s", "write_seconds", "rss_after_write_kib", "hwm_after_write_kib",
      "kill9_restart_serving_s", "kill9_restart_first_io_s", "kill9_readback_mb_s", "rss_after_kill9_restart_kib",
      "sigterm_stop_s", "clean_restart_serving_s", "clean_restart_first_io_s", "second_sigterm_stop_s",
-     "objstore_restart_serving_s", "objstore_restart_first_io_s", "objstore_readback_mb_s", "rss_after_objstore_restart_kib"]
+     "objstore_restart_serving_s", "objstore_restart_first_io_s", "objstore_readback_mb_s", "rss_after_objstore_restart_kib",
+     "rss_idle_after_kill9_restart_kib", "rss_idle_after_objstore_restart_kib", "idle_rss_wait_s"]
 v = sys.argv[1:]
 out = {}
 for key, val in zip(k, v):
@@ -375,7 +384,8 @@ for key, val in zip(k, v):
         out[key] = val
 print(json.dumps(out, indent=1))' "$RESTART_SIZE" "$RSS_IDLE" "$W_MBS" "$W_S" "$RSS_WRITTEN" "$HWM_WRITTEN" \
         "$K_SERVE" "$K_IO" "$V1_MBS" "$RSS_RESTARTED" "$STOP_S" "$C_SERVE" "$C_IO" "$STOP2_S" \
-        "$O_SERVE" "$O_IO" "$V3_MBS" "$RSS_OBJ" >"$RESTART_JSON"
+        "$O_SERVE" "$O_IO" "$V3_MBS" "$RSS_OBJ" \
+        "$RSS_RESTARTED_IDLE" "$RSS_OBJ_IDLE" "$IDLE_RSS_WAIT" >"$RESTART_JSON"
 fi
 
 # ------------------------------------------------------------------ report
@@ -457,10 +467,13 @@ if os.path.exists(restart_path):
     lines.append(f"  RSS after writing                {rs['rss_after_write_kib'] / 1024:8.1f} MiB (peak VmHWM, guest memory included: {rs['hwm_after_write_kib'] / 1024:.1f} MiB)")
     lines.append(f"  restart after kill -9            {rs['kill9_restart_serving_s']:8.2f} s to serving, {rs['kill9_restart_first_io_s']:.2f} s to first read")
     lines.append(f"    RSS after it                   {rs['rss_after_kill9_restart_kib'] / 1024:8.1f} MiB; full read-back {rs['kill9_readback_mb_s']} MB/s, data OK")
+    if "rss_idle_after_kill9_restart_kib" in rs:
+        lines.append(f"    {'RSS %s s later (idle)' % rs['idle_rss_wait_s']:<31}{rs['rss_idle_after_kill9_restart_kib'] / 1024:8.1f} MiB")
     lines.append(f"  SIGTERM stop (upload drain)      {rs['sigterm_stop_s']:8.2f} s (a second stop: {rs['second_sigterm_stop_s']} s)")
     lines.append(f"  restart after SIGTERM            {rs['clean_restart_serving_s']:8.2f} s to serving, {rs['clean_restart_first_io_s']:.2f} s to first read")
     lines.append(f"  restart from the object store    {rs['objstore_restart_serving_s']:8.2f} s to serving, {rs['objstore_restart_first_io_s']:.2f} s to first read")
-    lines.append(f"    (fresh data dir)               full read-back {rs['objstore_readback_mb_s']} MB/s, data OK; RSS {rs['rss_after_objstore_restart_kib'] / 1024:.1f} MiB")
+    lines.append(f"    (fresh data dir)               full read-back {rs['objstore_readback_mb_s']} MB/s, data OK; RSS {rs['rss_after_objstore_restart_kib'] / 1024:.1f} MiB"
+                 + (f", {rs['rss_idle_after_objstore_restart_kib'] / 1024:.1f} MiB {rs['idle_rss_wait_s']} s later (idle)" if "rss_idle_after_objstore_restart_kib" in rs else ""))
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "native-report.txt"), "w").write(text)
 full = {"runs": rows}

@@ -17,6 +17,7 @@ use super::args::ServeArgs;
 use logdisk::control::server::ControlServer;
 use logdisk::datadir::DataDir;
 use logdisk::frontend::ServeOptions;
+use logdisk::service::memory_trim::MemoryTrimmer;
 use logdisk::service::notify::notify;
 use logdisk::service::{AttachRequest, Attachments, DaemonState, Defaults};
 use logdisk::volume::scrubber::Scrubber;
@@ -114,6 +115,8 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
         let volumes = Box::new(move || weak.upgrade().map(|s| s.served().into_values().collect()).unwrap_or_default());
         Scrubber::start(dd.env()?, volumes, cfg, root.clone()).context("cannot start the scrubber")?
     };
+    // Freed heap memory back to the host every few seconds (glibc keeps it otherwise).
+    let mut trimmer = MemoryTrimmer::start().context("cannot start the memory trimmer")?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
     // Every attached socket listens and the control socket answers.
@@ -134,6 +137,7 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
     nbd.stop();
     control.stop();
     scrubber.stop();
+    trimmer.stop();
     let mut failed = state.attachments.shutdown_all();
     for (name, vol) in &unattached {
         if let Err(e) = vol.close() {
