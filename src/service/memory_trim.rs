@@ -82,12 +82,13 @@ mod tests {
     #[cfg(target_env = "gnu")]
     #[test]
     fn gives_back_freed_arena_memory() {
-        // Many mid-sized blocks freed except the last: the arena's top stays in use, so
-        // only a trim can return the pages below it.
-        let mut v: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 64 << 10]).collect();
-        let keep = v.pop();
-        drop(v);
+        // 16 MiB of mid-sized blocks (under the mmap threshold), then a block allocated
+        // after them that stays in use: the freed blocks lie below the arena's top, which
+        // free() alone never returns to the kernel; a trim must.
+        let blocks: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 64 << 10]).collect();
+        let pin = vec![1u8; 64 << 10];
+        drop(blocks);
         assert!(trim(), "malloc_trim released nothing after 16 MiB were freed");
-        drop(keep);
+        drop(pin);
     }
 }
