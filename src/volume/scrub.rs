@@ -267,9 +267,12 @@ impl Volume {
         }
         let _one = self.scrub_lock.lock();
         let started = std::time::Instant::now();
-        // Only SCOs in the object store are candidates: upload everything sealed first.
-        self.flush()?;
-        self.upload_all("before scrubbing; scrub again later")?;
+        // Only SCOs in the object store are candidates: upload everything sealed first
+        // (unless the goal says what is uploaded is enough).
+        if goal.upload_first {
+            self.flush()?;
+            self.upload_all("before scrubbing; scrub again later")?;
+        }
         let t_upload = started.elapsed();
 
         let Accounting { maps, live, sizes, last_uploaded, .. } = self.accounting();

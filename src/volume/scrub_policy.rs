@@ -24,18 +24,35 @@ pub struct Goal {
     /// Also rewrite SCOs sealed under an older key of an encrypted volume (after a
     /// rotation), whatever their live part, within `max_moved_clusters`.
     pub rekey: bool,
+    /// Flush and wait for every sealed SCO to be uploaded before choosing, so that the
+    /// newest data is a candidate too. The scrubber skips the wait when garbage already
+    /// in the object store is enough: writes waiting for space should not also wait for
+    /// an upload the pass does not need (167 ms of a 200 ms pass under 1 MiB overwrites).
+    pub upload_first: bool,
 }
 
 impl Goal {
     /// Every SCO below `threshold`, however much that copies (`logdisk scrub`).
     pub fn all_below(threshold: f64) -> Goal {
-        Goal { max_live_fraction: threshold, free_clusters: u64::MAX, max_moved_clusters: u64::MAX, rekey: true }
+        Goal {
+            max_live_fraction: threshold,
+            free_clusters: u64::MAX,
+            max_moved_clusters: u64::MAX,
+            rekey: true,
+            upload_first: true,
+        }
     }
 
     /// Only SCOs under older keys, copying at most `max_moved` live clusters (the
     /// scrubber's background rekey after a rotation).
     pub fn rekey(max_moved: u64) -> Goal {
-        Goal { max_live_fraction: 0.0, free_clusters: 0, max_moved_clusters: max_moved, rekey: true }
+        Goal {
+            max_live_fraction: 0.0,
+            free_clusters: 0,
+            max_moved_clusters: max_moved,
+            rekey: true,
+            upload_first: true,
+        }
     }
 }
 
@@ -90,12 +107,30 @@ mod tests {
     fn stops_when_enough_is_freed_or_copied() {
         let cands = [c(1, 10), c(2, 50), c(3, 30), c(4, 0)];
         // The dead SCO frees 100; the best victim (1) 90 more: 190 >= 150.
-        let g = Goal { max_live_fraction: 1.0, free_clusters: 150, max_moved_clusters: u64::MAX, rekey: false };
+        let g = Goal {
+            max_live_fraction: 1.0,
+            free_clusters: 150,
+            max_moved_clusters: u64::MAX,
+            rekey: false,
+            upload_first: true,
+        };
         assert_eq!(choose(&cands, 4, &g), (vec![4], vec![1]));
         // A copy cap: the first victim always goes, the next only if it fits.
-        let g = Goal { max_live_fraction: 1.0, free_clusters: u64::MAX, max_moved_clusters: 35, rekey: false };
+        let g = Goal {
+            max_live_fraction: 1.0,
+            free_clusters: u64::MAX,
+            max_moved_clusters: 35,
+            rekey: false,
+            upload_first: true,
+        };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
-        let g = Goal { max_live_fraction: 1.0, free_clusters: u64::MAX, max_moved_clusters: 5, rekey: false };
+        let g = Goal {
+            max_live_fraction: 1.0,
+            free_clusters: u64::MAX,
+            max_moved_clusters: 5,
+            rekey: false,
+            upload_first: true,
+        };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
         // Strictly below the live fraction, as `logdisk scrub --threshold` promises.
         assert_eq!(choose(&cands, 4, &Goal::all_below(0.3)).1, vec![1]);

@@ -300,11 +300,14 @@ impl Run {
             // before the next (freeing less would make passes back to back, each with a
             // flush and a walk of every map, each copying mostly-live SCOs).
             let keep = if pressure || waiting { 0 } else { scrub_at / 2 };
+            let free = u.garbage.saturating_sub(keep).max(1);
             Goal {
                 max_live_fraction: if pressure || waiting { 0.98 } else { 0.9 },
-                free_clusters: u.garbage.saturating_sub(keep).max(1),
+                free_clusters: free,
                 max_moved_clusters: pass_max,
                 rekey: false,
+                // What is uploaded already covers the goal: no wait for the rest.
+                upload_first: u.reclaimable < free,
             }
         } else {
             Goal::all_below(cfg.threshold)
