@@ -269,8 +269,14 @@ impl Volume {
 
 impl UploadSource for Volume {
     fn run_one_job(&self) -> bool {
-        // Seals waiting to be made durable (rolled by writers) come first.
-        let sealing = { !self.state.lock().log.sealing.is_empty() };
+        // Seals waiting to be made durable (rolled by writers) come first. A volume
+        // stopped after a local IO error never makes them durable: retrying the flush
+        // would spin (and flood the log) until the restart; uploads of epochs already
+        // durable go on.
+        let sealing = {
+            let st = self.state.lock();
+            !st.log.sealing.is_empty() && st.failed.is_none()
+        };
         if sealing {
             match self.flush() {
                 Ok(()) => return true,

@@ -57,6 +57,11 @@ echo "FLAKEY-DAEMON-LOG-BEGIN"
 grep -iE 'error|fail|read-only|EIO' /tmp/daemon.log | sed -E 's/^[0-9T:.-]+Z +//; s/ queue=[0-9]+//' | sort | uniq -c | sort -rn | head -n 8
 echo "FLAKEY-DAEMON-LOG-END"
 dmesg | grep -iE 'EXT4-fs|flakey' | tail -n 3
+# A stopped volume must not retry in a loop: once the daemon spun on its failed flush and
+# wrote ~20 MB/s of identical warnings, filling the guest's RAM-backed root file system.
+LOGSZ=$(wc -c </tmp/daemon.log)
+say "daemon log after the fault: $LOGSZ bytes"
+[ "$LOGSZ" -lt 2000000 ] || fail "daemon log grew to $LOGSZ bytes while the device failed (a retry loop?)"
 kill -TERM $DAEMON
 wait $DAEMON
 say "daemon exit status after the fault: $?"
