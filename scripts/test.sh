@@ -21,16 +21,30 @@ FAILED=0
 FAILED_NAMES=()
 START=$(date +%s)
 
+# Each stage's output also goes to a file: the end of the run repeats the last lines of
+# every failed stage, so a CI log that keeps only its tail still shows why.
+STAGE_LOGS=$(mktemp -d /tmp/logdisk-stages.XXXXXX)
+FAILED_LOGS=()
 stage() {
     local name=$1; shift
     local t0=$(date +%s)
+    local log=$STAGE_LOGS/$(( PASSED + FAILED )).log
     echo "=== stage: $name"
-    if "$@"; then
+    local out tee_pid rc
+    exec {out}> >(tee "$log")
+    tee_pid=$!
+    "$@" >&"$out" 2>&1
+    rc=$?
+    exec {out}>&-
+    # Let tee print the stage's last lines first (bounded: a leaked child may hold them).
+    for _ in {1..50}; do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
+    if [[ $rc = 0 ]]; then
         PASSED=$((PASSED + 1))
         echo "=== stage: $name passed in $(( $(date +%s) - t0 ))s"
     else
         FAILED=$((FAILED + 1))
         FAILED_NAMES+=("$name")
+        FAILED_LOGS+=("$log")
         echo "=== stage: $name FAILED in $(( $(date +%s) - t0 ))s"
     fi
 }
@@ -96,6 +110,11 @@ if [[ $QUICK = 0 ]]; then
         tests/guest/enospc-e2e.sh --bin target/release/logdisk
 fi
 
+for i in "${!FAILED_LOGS[@]}"; do
+    echo "=== the last 40 lines of the failed stage: ${FAILED_NAMES[$i]}"
+    tail -n 40 "${FAILED_LOGS[$i]}" | cut -c1-400
+done
+rm -rf "$STAGE_LOGS"
 echo "=== $(( $(date +%s) - START ))s in all"
 [[ $FAILED -gt 0 ]] && echo "failed stages: ${FAILED_NAMES[*]}"
 echo "stages: $PASSED passed, $FAILED failed"

@@ -230,15 +230,21 @@ impl Volume {
         Ok(())
     }
 
+    /// The error of every write, flush and upload wait once the volume has stopped
+    /// after a local IO error (`State::failed` holds what failed).
+    pub(crate) fn stopped_error(&self, failed: &str) -> Error {
+        Error::io(
+            format!("volume {} stopped after a local IO error", self.name),
+            std::io::Error::other(failed.to_string()),
+        )
+    }
+
     pub(crate) fn check_writable(&self, st: &State) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.name.clone()));
         }
         if let Some(f) = &st.failed {
-            return Err(Error::io(
-                format!("volume {} stopped after a local IO error", self.name),
-                std::io::Error::other(f.clone()),
-            ));
+            return Err(self.stopped_error(f));
         }
         if st.closed {
             return Err(Error::ShutDown);

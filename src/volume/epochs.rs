@@ -134,11 +134,16 @@ impl Volume {
         let deadline = Instant::now() + self.env.opts.drain_timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
-        while st.uploads.jobs.range(..=through).next().is_some() && Instant::now() < deadline {
+        // A volume stopped after a local IO error can flush (and so upload) nothing more:
+        // say so at once instead of after the whole timeout.
+        while st.uploads.jobs.range(..=through).next().is_some() && Instant::now() < deadline && st.failed.is_none() {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
         if st.uploads.jobs.range(..=through).next().is_none() {
             return Ok(());
+        }
+        if let Some(f) = &st.failed {
+            return Err(self.stopped_error(f));
         }
         drop(st);
         Err(Error::StoreTimeout {

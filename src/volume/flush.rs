@@ -81,10 +81,7 @@ impl Volume {
         let FlushWork { dirty, batches, new_tlogs, flush_heavy } = {
             let mut st = self.state.lock();
             if let Some(f) = &st.failed {
-                return Err(Error::io(
-                    format!("volume {} stopped after a local IO error", self.name),
-                    std::io::Error::other(f.clone()),
-                ));
+                return Err(self.stopped_error(f));
             }
             let st = &mut *st;
             st.log.take_flush(&st.scos, sync, self.shift)

@@ -36,6 +36,11 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// A failed background rekey pass (an old key not given, the store unreachable) is
 /// tried again after this long, not at every look.
 const REKEY_RETRY: Duration = Duration::from_secs(60);
+/// A failed pass lifts the garbage gate only once passes have failed this long: a
+/// transient failure must not let the store grow past the bound (at 200 MiB/s of
+/// overwrites, every second without the gate adds a fifth of a 1 GiB volume), while
+/// writes do not wait for an object store that stays away.
+const FAILING_LIFTS_GATE: Duration = Duration::from_secs(10);
 /// Near a budget means above this fraction of it: scrub harder.
 const NEAR: f64 = 0.9;
 /// The local disk is short when less than this fraction (or `DISK_MIN_FREE`) is free.
@@ -52,9 +57,10 @@ pub struct Scrubber {
 struct Watch {
     next_backstop: Option<Instant>,
     io_bytes: u64,
-    /// The last pass failed (object store unreachable, say): until one succeeds, guest
-    /// writes are not held back for garbage only scrub could reclaim.
-    failing: bool,
+    /// Since when passes fail (object store unreachable, say): once that lasts
+    /// `FAILING_LIFTS_GATE`, and until a pass succeeds, guest writes are not held back
+    /// for garbage only scrub could reclaim.
+    failing_since: Option<Instant>,
     /// A background rekey pass failed: the next try waits until then.
     rekey_after: Option<Instant>,
 }
@@ -204,17 +210,18 @@ impl Run {
         let w = self.watch.entry(v.name().to_string()).or_insert_with(|| Watch {
             next_backstop: backstop.map(|b| now + b),
             io_bytes: io,
-            failing: false,
+            failing_since: None,
             rekey_after: None,
         });
         let guest_active = io != w.io_bytes;
         w.io_bytes = io;
 
         // Scrub works only on SCOs in the object store: while uploads are paused (or
-        // the last pass failed) it can reclaim nothing, and nothing new reaches the store
+        // passes have failed for a while) it can reclaim nothing, and nothing new reaches the store
         // either, so guest writes are not held back for garbage (the write buffer's own
         // limit still bounds the local disk).
-        let can_scrub = !v.uploads_paused() && !w.failing;
+        let failing = w.failing_since.is_some_and(|t| now.duration_since(t) >= FAILING_LIFTS_GATE);
+        let can_scrub = !v.uploads_paused() && !failing;
         let min_garbage = cfg.min_garbage.map_or(4 * sco, |b| b.0 / cs).max(1);
         let pass_max = (u.live / PASS_LIVE_FRACTION).clamp(sco, PASS_MAX_SCOS * sco);
         let budget = (cfg.volume_budget_factor > 0.0).then(|| (cfg.volume_budget_factor * v.size() as f64) as u64 / cs);
@@ -322,7 +329,10 @@ impl Run {
         let hurry = pressure || waiting || urgent || !guest_active || cfg.rate.0 == 0;
         let mut pace = Pacer::new(if hurry { 0 } else { cfg.rate.0 }, v.clone());
         let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b));
-        w.failing = rep.is_err();
+        w.failing_since = match (&rep, w.failing_since) {
+            (Ok(_), _) => None,
+            (Err(_), since) => since.or(Some(now)),
+        };
         let rep = rep?;
         if rep.scos_deleted > 0 {
             tracing::debug!(volume = %v.name(), ?rep, trigger, pressure, waiting, "scrub pass");

@@ -62,9 +62,15 @@ dmesg | grep -iE 'EXT4-fs|flakey' | tail -n 3
 LOGSZ=$(wc -c </tmp/daemon.log)
 say "daemon log after the fault: $LOGSZ bytes"
 [ "$LOGSZ" -lt 2000000 ] || fail "daemon log grew to $LOGSZ bytes while the device failed (a retry loop?)"
+# Nothing can flush or upload on a stopped volume: SIGTERM must not wait for it (once a
+# scrub pass waited the whole 120 s drain timeout for uploads that could never happen).
+T0=$(date +%s)
 kill -TERM $DAEMON
 wait $DAEMON
-say "daemon exit status after the fault: $?"
+RC=$?
+STOP_SECS=$(( $(date +%s) - T0 ))
+say "daemon exit status after the fault: $RC, after ${STOP_SECS}s"
+[ "$STOP_SECS" -le 30 ] || fail "the stopped daemon took ${STOP_SECS}s to exit on SIGTERM"
 umount /mnt/nvme || fail "umount"
 e2fsck -fy $DEV >/tmp/fsck.out 2>&1
 say "e2fsck after the fault: status $?"

@@ -11,7 +11,7 @@
 #
 #   tests/space/bounded.sh                                  # CI: 1 GiB, 75 s + 60 s
 #   tests/space/bounded.sh --secs 1800 --restart-secs 600   # the long run
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/release/logdisk
 LOADGEN=target/release/logdisk-loadgen
@@ -42,14 +42,26 @@ cleanup() {
     if [[ ${KEEP:-0} = 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+# Any command that ends the test under set -e says which and shows the daemon's last words.
+trap 'rc=$?; echo "FAIL: line $LINENO: $BASH_COMMAND (status $rc)"; tail -n 20 "$WORK/daemon.log" 2>/dev/null' ERR
 
 ld() { "$BIN" --data-dir "$DD" "$@"; }
 start_daemon() {
     "$BIN" --data-dir "$DD" serve --socket "$SOCK" v >>"$WORK/daemon.log" 2>&1 &
     PID=$!
 }
-store_bytes() { du -sb "$DD/objects" | cut -f1; }
-live_bytes() { ld volume info v --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["live_bytes"])'; }
+# Scrub deletes objects while du walks the store: a file gone between its listing and
+# its stat makes du exit 1 (and, under set -e, ended this test with only du's complaint); what
+# vanished is not stored any more, so the total du still prints is the right figure.
+store_bytes() { { du -sb "$DD/objects" 2>/dev/null || true; } | cut -f1; }
+# The daemon's own figures: live and log (live + garbage, before compression) MiB.
+daemon_figures() {
+    ld volume info v --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin); s = j["space"]; m = 1 << 20
+print("live %d MiB, log %d MiB, stored %d MiB, pending %d MiB, %s" % (s["live_bytes"] // m,
+      s["log_bytes"] // m, j["stored_bytes"] // m, j["pending_upload_bytes"] // m, s["state"]))'
+}
 
 ld volume create v --size "$SIZE" >/dev/null
 VOL_BYTES=$(ld volume info v --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
@@ -65,7 +77,7 @@ check_sample() { # phase elapsed
     # daemon's own figure is printed beside it.
     live=$VOL_BYTES
     local reported=""
-    [[ -n $PID ]] && reported=" (daemon: live $(( $(live_bytes 2>/dev/null || echo 0) >> 20 )) MiB)"
+    [[ -n $PID ]] && reported=" (daemon: $(daemon_figures 2>/dev/null || echo "no figures"))"
     [[ $live -gt 0 ]] || return 0
     ratio=$(python3 -c "print(f'{$store/$live:.3f}')")
     echo "  $1 t=${2}s store=$((store >> 20)) MiB live=$((live >> 20)) MiB ratio=$ratio$reported"
