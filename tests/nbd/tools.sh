@@ -19,7 +19,7 @@
 #     or a closed connection; afterwards the daemon still serves every export unchanged.
 #
 #   tests/nbd/tools.sh [--bin target/release/logdisk] [--loadgen target/release/logdisk-loadgen]
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 BIN=target/release/logdisk
 LOADGEN=target/release/logdisk-loadgen
@@ -44,6 +44,8 @@ cleanup() {
     if [[ ${KEEP:-0} = 1 ]]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+# Any command that ends the test under set -e says which and shows the daemon's last words.
+trap 'rc=$?; echo "FAIL: line $LINENO: $BASH_COMMAND (status $rc)"; tail -n 20 "$WORK/daemon.log" 2>/dev/null' ERR
 fail() { echo "FAIL: $*"; [[ -f $WORK/daemon.log ]] && tail -n 20 "$WORK/daemon.log"; exit 1; }
 ld() { "$BIN" --data-dir "$DD" "$@"; }
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
