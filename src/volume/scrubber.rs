@@ -65,6 +65,18 @@ struct Watch {
     rekey_after: Option<Instant>,
 }
 
+impl Watch {
+    /// Record how a pass ended at `now`.
+    fn pass_ended(&mut self, ok: bool, now: Instant) {
+        self.failing_since = if ok { None } else { self.failing_since.or(Some(now)) };
+    }
+
+    /// Passes have failed long enough that writes are no longer held back for garbage.
+    fn gate_lifted(&self, now: Instant) -> bool {
+        self.failing_since.is_some_and(|t| now.duration_since(t) >= FAILING_LIFTS_GATE)
+    }
+}
+
 /// The store's size against its budget: the last listing, plus what each volume's log
 /// grew (or shrank) since.
 #[derive(Default)]
@@ -220,8 +232,7 @@ impl Run {
         // passes have failed for a while) it can reclaim nothing, and nothing new reaches the store
         // either, so guest writes are not held back for garbage (the write buffer's own
         // limit still bounds the local disk).
-        let failing = w.failing_since.is_some_and(|t| now.duration_since(t) >= FAILING_LIFTS_GATE);
-        let can_scrub = !v.uploads_paused() && !failing;
+        let can_scrub = !v.uploads_paused() && !w.gate_lifted(now);
         let min_garbage = cfg.min_garbage.map_or(4 * sco, |b| b.0 / cs).max(1);
         let pass_max = (u.live / PASS_LIVE_FRACTION).clamp(sco, PASS_MAX_SCOS * sco);
         let budget = (cfg.volume_budget_factor > 0.0).then(|| (cfg.volume_budget_factor * v.size() as f64) as u64 / cs);
@@ -329,10 +340,7 @@ impl Run {
         let hurry = pressure || waiting || urgent || !guest_active || cfg.rate.0 == 0;
         let mut pace = Pacer::new(if hurry { 0 } else { cfg.rate.0 }, v.clone());
         let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b));
-        w.failing_since = match (&rep, w.failing_since) {
-            (Ok(_), _) => None,
-            (Err(_), since) => since.or(Some(now)),
-        };
+        w.pass_ended(rep.is_ok(), now);
         let rep = rep?;
         if rep.scos_deleted > 0 {
             tracing::debug!(volume = %v.name(), ?rep, trigger, pressure, waiting, "scrub pass");
@@ -412,4 +420,23 @@ fn disk_low(root: &std::path::Path) -> bool {
     let free = s.f_bavail as u64 * s.f_frsize as u64;
     let total = s.f_blocks as u64 * s.f_frsize as u64;
     free < DISK_MIN_FREE.min((total as f64 * 0.2) as u64).max((total as f64 * DISK_MIN_FRACTION) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_lasting_long_enough_lift_the_gate() {
+        let t0 = Instant::now();
+        let mut w = Watch { next_backstop: None, io_bytes: 0, failing_since: None, rekey_after: None };
+        assert!(!w.gate_lifted(t0));
+        w.pass_ended(false, t0);
+        assert!(!w.gate_lifted(t0 + Duration::from_secs(1)), "one failed pass keeps the bound");
+        w.pass_ended(false, t0 + Duration::from_secs(5));
+        assert!(!w.gate_lifted(t0 + Duration::from_secs(9)), "counted from the first failure");
+        assert!(w.gate_lifted(t0 + FAILING_LIFTS_GATE), "failing for the whole time lifts it");
+        w.pass_ended(true, t0 + Duration::from_secs(11));
+        assert!(!w.gate_lifted(t0 + Duration::from_secs(30)), "a pass that succeeds restores it");
+    }
 }
