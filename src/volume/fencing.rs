@@ -33,6 +33,12 @@ impl Volume {
         self.state.lock().fenced
     }
 
+    /// True once the volume stopped serving writes: after a local IO error, or fenced.
+    /// Nothing can be flushed, uploaded or scrubbed any more until it is opened again.
+    pub fn is_stopped(&self) -> bool {
+        self.state.lock().failed.is_some()
+    }
+
     /// Read the volume record in the object store: fenced (an error) when a newer owner
     /// generation has taken the volume over. Checked before anything this owner puts in
     /// the object store could be read by the new owner (TLogs, checkpoints) or deletes.

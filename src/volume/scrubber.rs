@@ -147,7 +147,8 @@ impl Run {
             let start = Instant::now();
             while start.elapsed() < every && !self.stop.load(Ordering::SeqCst) {
                 std::thread::sleep(POLL.min(every));
-                if start.elapsed() >= MIN_GAP && (self.volumes)().iter().any(|v| v.space.scrub_due()) {
+                if start.elapsed() >= MIN_GAP && (self.volumes)().iter().any(|v| v.space.scrub_due() && !v.is_stopped())
+                {
                     break;
                 }
             }
@@ -156,7 +157,10 @@ impl Run {
 
     /// One look at every volume; `true` when a pass freed space (look again at once).
     fn tick(&mut self) -> bool {
-        let vols: Vec<Arc<Volume>> = (self.volumes)().into_iter().filter(|v| !v.read_only()).collect();
+        // A stopped volume (local IO error, fenced) can be scrubbed no more: a pass would
+        // fail at its first flush, again at every look (~10 warnings a second).
+        let vols: Vec<Arc<Volume>> =
+            (self.volumes)().into_iter().filter(|v| !v.read_only() && !v.is_stopped()).collect();
         self.watch.retain(|n, _| vols.iter().any(|v| v.name() == n));
         let usages: Vec<Usage> = vols.iter().map(|v| v.usage()).collect();
         let store = self.store_pressure(&vols, &usages);

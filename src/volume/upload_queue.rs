@@ -43,6 +43,18 @@ pub(crate) struct UploadQueue {
     /// (scrub deleted SCOs).
     pub checkpoint_at_seal: bool,
     pub checkpoint_running: bool,
+    /// A failed checkpoint upload is tried again no sooner than this (backoff as for
+    /// SCOs and TLogs: on a read-only or failing disk it was retried ~150 times a
+    /// second, each retry a warning in the log).
+    pub checkpoint_retry: Option<(u32, Instant)>,
+}
+
+/// When a job that failed for the `attempts`-th time is tried again: a backoff that
+/// doubles from 200 ms up to 30 s, plus up to a quarter of it as jitter.
+fn retry_at(attempts: u32) -> Instant {
+    let backoff = Duration::from_millis((100u64 << attempts.min(8)).min(30_000));
+    let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+    Instant::now() + backoff + jitter
 }
 
 /// One upload the pipeline runs next.
@@ -121,7 +133,7 @@ impl UploadQueue {
                 return Pick::Job(Job::Tlog { epoch: e });
             }
         }
-        if !self.checkpoint_running {
+        if !self.checkpoint_running && self.checkpoint_retry.is_none_or(|(_, at)| at <= now) {
             if let Some(cp) = &self.checkpoint_due {
                 if cp.epoch <= self.last_uploaded {
                     let cp = self.checkpoint_due.take().unwrap();
@@ -152,6 +164,7 @@ impl UploadQueue {
 
     pub fn checkpoint_done(&mut self, epoch: u64) {
         self.checkpoint_running = false;
+        self.checkpoint_retry = None;
         self.last_checkpoint = self.last_checkpoint.max(epoch);
     }
 
@@ -162,6 +175,8 @@ impl UploadQueue {
         let (epoch, sco) = match job {
             Job::Checkpoint(cp) => {
                 self.checkpoint_running = false;
+                let attempts = self.checkpoint_retry.map_or(0, |(a, _)| a) + 1;
+                self.checkpoint_retry = Some((attempts, retry_at(attempts)));
                 if self.checkpoint_due.is_none() {
                     self.checkpoint_due = Some(cp);
                 }
@@ -172,14 +187,47 @@ impl UploadQueue {
         };
         if let Some(u) = self.jobs.get_mut(&epoch) {
             u.attempts += 1;
-            let backoff = Duration::from_millis((100u64 << u.attempts.min(8)).min(30_000));
-            // Jitter: up to a quarter of the backoff.
-            let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-            let at = Instant::now() + backoff + jitter;
+            let at = retry_at(u.attempts);
             match sco {
                 true => u.sco = JobState::RetryAt(at),
                 false => u.tlog = JobState::RetryAt(at),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::map::ClusterMap;
+    use crate::volume::snap_set::Snapshots;
+
+    fn checkpoint(epoch: u64) -> CheckpointData {
+        CheckpointData { epoch, map: ClusterMap::new(8), snaps: Snapshots::default(), sco_sizes: BTreeMap::new() }
+    }
+
+    fn picks_checkpoint(q: &mut UploadQueue) -> bool {
+        matches!(q.next_job(&ScoSet::default()), Pick::Job(Job::Checkpoint(_)))
+    }
+
+    #[test]
+    fn a_failed_checkpoint_is_retried_after_a_backoff() {
+        let mut q = UploadQueue { last_uploaded: 5, checkpoint_due: Some(checkpoint(5)), ..UploadQueue::default() };
+        assert!(picks_checkpoint(&mut q));
+        q.failed(Job::Checkpoint(checkpoint(5)), "read-only file system".into());
+        assert!(q.checkpoint_due.is_some(), "still due");
+        assert!(!picks_checkpoint(&mut q), "not again at once");
+        // The first backoff is 200 ms (+ up to 50 ms of jitter).
+        std::thread::sleep(Duration::from_millis(260));
+        assert!(picks_checkpoint(&mut q));
+        q.failed(Job::Checkpoint(checkpoint(5)), "read-only file system".into());
+        let (attempts, at) = q.checkpoint_retry.unwrap();
+        assert_eq!(attempts, 2);
+        assert!(at >= Instant::now() + Duration::from_millis(300), "the backoff grows");
+        q.checkpoint_retry = Some((attempts, Instant::now()));
+        assert!(picks_checkpoint(&mut q));
+        q.checkpoint_done(5);
+        assert_eq!(q.checkpoint_retry, None, "a success resets the backoff");
+        assert_eq!(q.last_checkpoint, 5);
     }
 }
