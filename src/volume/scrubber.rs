@@ -233,9 +233,9 @@ impl Run {
         w.io_bytes = io;
 
         // Scrub works only on SCOs in the object store: while uploads are paused (or
-        // passes have failed for a while) it can reclaim nothing, and nothing new reaches the store
-        // either, so guest writes are not held back for garbage (the write buffer's own
-        // limit still bounds the local disk).
+        // passes have failed for a while) it can reclaim nothing, and nothing new reaches
+        // the store either, so guest writes are not held back for garbage (the write
+        // buffer's own limit still bounds the local disk).
         let can_scrub = !v.uploads_paused() && !w.gate_lifted(now);
         let min_garbage = cfg.min_garbage.map_or(4 * sco, |b| b.0 / cs).max(1);
         let pass_max = (u.live / PASS_LIVE_FRACTION).clamp(sco, PASS_MAX_SCOS * sco);

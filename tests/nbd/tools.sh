@@ -116,7 +116,7 @@ nbdinfo --map "$(uri q)" | awk '$3 == 0 {n += $2} END {print "data after convert
 
 echo "--- fio nbd engine: random writes, crc32c verify, 4 jobs"
 fio --name=nbd --ioengine=nbd --uri="$(uri f)" --rw=randwrite --bs=4k --iodepth=16 --numjobs=4 \
-    --size=32M --offset_increment=32M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+    --size=32M --offset_increment=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
     --group_reporting --output-format=json >"$WORK/fio.json" 2>"$WORK/fio.err" \
     || { cat "$WORK/fio.err"; fail "fio verify"; }
 python3 - "$WORK/fio.json" <<'EOF'
