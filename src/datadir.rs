@@ -489,11 +489,17 @@ impl DataDir {
         live: Option<&Arc<Volume>>,
     ) -> Result<Arc<Volume>> {
         let env = self.env()?;
+        let name = format!("{volume}@{snapshot}");
         let map = match live {
+            // The map is copied and the view registered with no scrub pass in between
+            // (see `Volume::without_scrub`): once registered, passes relocate it too.
             Some(v) => {
-                let map = v.snapshot_map(snapshot)?;
-                v.upload_all(NEEDS_STORE)?;
-                map
+                let meta = self.volume_meta(volume)?;
+                return v.without_scrub(|| {
+                    let map = v.snapshot_map(snapshot)?;
+                    v.upload_all(NEEDS_STORE)?;
+                    Volume::open_view(env, meta, &name, map)
+                });
             }
             None => {
                 let v = self.open_volume(volume, true)?;
@@ -506,7 +512,7 @@ impl DataDir {
                 map
             }
         };
-        Volume::open_view(env, self.volume_meta(volume)?, &format!("{volume}@{snapshot}"), map)
+        Volume::open_view(env, self.volume_meta(volume)?, &name, map)
     }
 
     /// Delete a volume: its record first (so it disappears), then its objects and

@@ -258,6 +258,15 @@ impl Volume {
         Ok(rep)
     }
 
+    /// Run `f` while no scrub pass of this volume runs. A reader that copies one of the
+    /// volume's maps and registers itself (a snapshot view) does both in `f`: a pass
+    /// relocates only the readers registered when it moves clusters, so a copy taken
+    /// before a pass and registered after it would point into SCOs the pass deleted.
+    pub fn without_scrub<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _one = self.scrub_lock.lock();
+        f()
+    }
+
     /// One scrub pass: delete dead SCOs and rewrite the victims `goal` picks (cost-benefit
     /// order); `pace(bytes)` is called after each copied run (the scrubber sleeps there
     /// to leave the disk to guests).
