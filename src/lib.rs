@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod control;
+pub mod crc;
 pub mod crypto;
 pub mod datadir;
 pub mod dtl;

@@ -39,10 +39,10 @@ fn fix_checksums(obj: &mut [u8]) {
     let index_offset = u64_at(obj, f + 24);
     let index_len = n_frames * INDEX_ENTRY_LEN as u64;
     if let Some(end) = index_offset.checked_add(index_len).filter(|&e| e <= f as u64) {
-        let crc = crc32c::crc32c(&obj[index_offset as usize..end as usize]);
+        let crc = crate::crc::crc32c(&obj[index_offset as usize..end as usize]);
         obj[f + 32..f + 36].copy_from_slice(&crc.to_le_bytes());
     }
-    let crc = crc32c::crc32c(&obj[f..f + 36]);
+    let crc = crate::crc::crc32c(&obj[f..f + 36]);
     obj[f + 36..f + 40].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -110,7 +110,7 @@ pub fn fuzz_sco_object(data: &[u8]) -> FuzzPath {
             assert!(raw.is_none(), "an undamaged frame was refused: {e}");
             return FuzzPath::FrameRefused;
         }
-        assert_eq!(crc32c::crc32c(&out), index.frames[first].crc);
+        assert_eq!(crate::crc::crc32c(&out), index.frames[first].crc);
         whole.extend_from_slice(&out);
         pos += raw_len as u64;
     }

@@ -119,7 +119,7 @@ pub fn encode_into(raw: &[u8], frame_size: usize, codec: Codec, seal: Option<&Ob
     let mut at = 0usize;
     for (i, chunk) in raw.chunks(frame_size).enumerate() {
         let offset = at as u64;
-        let crc = crc32c::crc32c(chunk);
+        let crc = crate::crc::crc32c(chunk);
         let mut used = Codec::None;
         if codec == Codec::Lz4 {
             if let Ok(c) = lz4_flex::block::compress_into(chunk, &mut out[at..]) {
@@ -161,7 +161,7 @@ fn push_index_entry(index: &mut Vec<u8>, offset: u64, stored_len: u32, raw_len: 
 /// `index` followed by the footer, for frames ending at `index_offset`.
 fn index_and_footer(mut index: Vec<u8>, raw_len: u64, frame_size: usize, index_offset: u64) -> Vec<u8> {
     let n_frames = index.len() / INDEX_ENTRY_LEN;
-    let index_crc = crc32c::crc32c(&index);
+    let index_crc = crate::crc::crc32c(&index);
     let mut footer = [0u8; FOOTER_LEN];
     footer[..8].copy_from_slice(MAGIC);
     footer[8..16].copy_from_slice(&raw_len.to_le_bytes());
@@ -169,7 +169,7 @@ fn index_and_footer(mut index: Vec<u8>, raw_len: u64, frame_size: usize, index_o
     footer[20..24].copy_from_slice(&(n_frames as u32).to_le_bytes());
     footer[24..32].copy_from_slice(&index_offset.to_le_bytes());
     footer[32..36].copy_from_slice(&index_crc.to_le_bytes());
-    let fcrc = crc32c::crc32c(&footer[..36]);
+    let fcrc = crate::crc::crc32c(&footer[..36]);
     footer[36..40].copy_from_slice(&fcrc.to_le_bytes());
     index.extend_from_slice(&footer);
     index
@@ -193,7 +193,7 @@ fn sealed_index_and_footer(
     footer[24..32].copy_from_slice(&index_offset.to_le_bytes());
     footer[32..40].copy_from_slice(&c.key_id.0);
     footer[40..56].copy_from_slice(&c.salt);
-    let fcrc = crc32c::crc32c(&footer[..56]);
+    let fcrc = crate::crc::crc32c(&footer[..56]);
     footer[56..60].copy_from_slice(&fcrc.to_le_bytes());
     let tag = c.seal(NonceKind::Index, 0, &footer[..56], &mut index);
     index.extend_from_slice(&tag);
@@ -263,7 +263,7 @@ impl Footer {
 }
 
 fn parse_sealed_footer(key: &str, f: &[u8], object_size: u64) -> Result<Footer> {
-    if crc32c::crc32c(&f[..56]) != u32_at(f, 56) {
+    if crate::crc::crc32c(&f[..56]) != u32_at(f, 56) {
         return Err(corrupt(key, "SCO footer checksum mismatch"));
     }
     let footer = Footer {
@@ -305,7 +305,7 @@ pub fn parse_footer(key: &str, tail: &[u8], object_size: u64) -> Result<Footer> 
     if &f[0..8] != MAGIC {
         return Err(corrupt(key, "bad SCO footer magic"));
     }
-    if crc32c::crc32c(&f[..36]) != u32_at(f, 36) {
+    if crate::crc::crc32c(&f[..36]) != u32_at(f, 36) {
         return Err(corrupt(key, "SCO footer checksum mismatch"));
     }
     let footer = Footer {
@@ -338,7 +338,7 @@ pub fn parse_index(key: &str, footer: &Footer, index: &[u8], cipher: Option<Arc<
         }
         (Some(_), None) => return Err(corrupt(key, "sealed SCO read without its key")),
         (None, _) => {
-            if crc32c::crc32c(index) != footer.index_crc {
+            if crate::crc::crc32c(index) != footer.index_crc {
                 return Err(corrupt(key, "SCO index checksum mismatch"));
             }
             (index, None)
@@ -441,7 +441,7 @@ impl ScoIndex {
                 }
             }
         }
-        if crc32c::crc32c(out) != e.crc {
+        if crate::crc::crc32c(out) != e.crc {
             return Err(corrupt(
                 key,
                 format!(
@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn raw_data_plus_raw_tail_is_the_uncompressed_object() {
         let raw = sample();
-        let crcs: Vec<u32> = raw.chunks(65536).map(crc32c::crc32c).collect();
+        let crcs: Vec<u32> = raw.chunks(65536).map(crate::crc::crc32c).collect();
         let mut adopted = raw.clone();
         adopted.extend_from_slice(&raw_tail(raw.len() as u64, 65536, &crcs));
         assert_eq!(adopted, encode(&raw, 65536, Codec::None));

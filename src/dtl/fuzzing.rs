@@ -36,7 +36,7 @@ fn fix_checksums(stream: &mut [u8]) {
         if stream.len() - body < len {
             return;
         }
-        let crc = crc32c::crc32c(&stream[body..body + len]);
+        let crc = crate::crc::crc32c(&stream[body..body + len]);
         stream[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         at = body + len;
     }

@@ -94,7 +94,7 @@ fn next_record(r: &mut impl Read, buf: &mut Vec<u8>) -> std::result::Result<Opti
     buf.clear();
     buf.resize(len, 0);
     r.read_exact(buf).map_err(|e| format!("torn record: {e}"))?;
-    if crc32c::crc32c(buf) != crc {
+    if crate::crc::crc32c(buf) != crc {
         return Err("record checksum mismatch".into());
     }
     let h = check_entry(buf).map_err(|e| e.to_string())?;
@@ -341,7 +341,7 @@ impl VolumeLog {
                 self.start_segment(h.seq)?;
             }
             buf.extend_from_slice(&(h.len as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+            buf.extend_from_slice(&crate::crc::crc32c(bytes).to_le_bytes());
             buf.extend_from_slice(bytes);
             let seg = self.segments.last_mut().expect("active segment");
             seg.last_seq = h.seq;

@@ -409,7 +409,7 @@ impl FrameBuf {
     /// The complete frame: header + body.
     pub fn finish(mut self) -> Vec<u8> {
         let len = self.body_len() as u32;
-        let crc = crc32c::crc32c(&self.0[FRAME_HEADER..]);
+        let crc = crate::crc::crc32c(&self.0[FRAME_HEADER..]);
         self.0[0..4].copy_from_slice(&len.to_le_bytes());
         self.0[4..8].copy_from_slice(&crc.to_le_bytes());
         self.0
@@ -444,7 +444,7 @@ pub fn read_frame(r: &mut impl Read, max: usize, buf: &mut Vec<u8>) -> Result<bo
         io::ErrorKind::UnexpectedEof => ProtoError::Truncated,
         _ => ProtoError::Io(e),
     })?;
-    if crc32c::crc32c(buf) != crc {
+    if crate::crc::crc32c(buf) != crc {
         return Err(ProtoError::BadChecksum);
     }
     Ok(true)

@@ -84,7 +84,7 @@ pub fn encode(cp: &CheckpointData) -> Vec<u8> {
         out.extend_from_slice(&s.map.clusters().to_le_bytes());
         encode_map(&s.map, &mut out);
     }
-    let crc = crc32c::crc32c(&out);
+    let crc = crate::crc::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     lz4_flex::block::compress_prepend_size(&out)
 }
@@ -149,7 +149,7 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<CheckpointData> {
     let v2 = &raw[..8] == MAGIC_V2;
     let v4 = &raw[..8] == MAGIC;
     let body = &raw[..raw.len() - 4];
-    if crc32c::crc32c(body) != u32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap()) {
+    if crate::crc::crc32c(body) != u32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap()) {
         return Err(bad("checkpoint checksum mismatch"));
     }
     let mut c = Cursor { b: body, at: 8 };

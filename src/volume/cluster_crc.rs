@@ -38,7 +38,7 @@ pub(crate) unsafe fn for_each_cluster(iovs: &[iovec], cs: usize, mut f: impl FnM
             let n = (v.iov_len - at).min(cs - filled);
             // SAFETY: inside the iovec, readable per the caller's contract.
             let piece = unsafe { std::slice::from_raw_parts((v.iov_base as *const u8).add(at), n) };
-            crc = crc32c::crc32c_append(crc, piece);
+            crc = crate::crc::crc32c_append(crc, piece);
             filled += n;
             at += n;
             if filled == cs {
@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn cluster_checksums_match_whatever_the_buffer_split() {
         let d = data(4 * 4096, 7);
-        let want: Vec<u64> = d.chunks(4096).map(|c| known(crc32c::crc32c(c))).collect();
+        let want: Vec<u64> = d.chunks(4096).map(|c| known(crate::crc::crc32c(c))).collect();
         let mut got = Vec::new();
         unsafe { compute(&[iov(&d)], 4096, &mut got) };
         assert_eq!(got, want);
@@ -221,9 +221,9 @@ mod tests {
         for cs in [512usize, 4096, 65536] {
             let c = Combiner::new(cs);
             let d = data(cs * 16 + cs, cs as u32);
-            let crcs: Vec<u64> = d.chunks(cs).map(|x| known(crc32c::crc32c(x))).collect();
+            let crcs: Vec<u64> = d.chunks(cs).map(|x| known(crate::crc::crc32c(x))).collect();
             for n in 1..=crcs.len() {
-                assert_eq!(c.all(&crcs[..n]), Some(crc32c::crc32c(&d[..n * cs])), "cs {cs}, {n} pieces");
+                assert_eq!(c.all(&crcs[..n]), Some(crate::crc::crc32c(&d[..n * cs])), "cs {cs}, {n} pieces");
             }
             let mut holes = crcs.clone();
             holes[3] = UNKNOWN;

@@ -165,7 +165,7 @@ impl ReadCache {
                 if self.versions[slot].load(Ordering::Acquire) != ver {
                     return None; // Evicted while read: look again.
                 }
-                if crc32c::crc32c(&b) != crc {
+                if crate::crc::crc32c(&b) != crc {
                     self.drop_rotten(key, slot, ver);
                     return Some(false);
                 }
@@ -237,7 +237,7 @@ impl ReadCache {
             return; // Slot stays free: a cache write failure only costs a miss later.
         }
         let mut ix = self.index.lock();
-        self.crcs[slot].store(crc32c::crc32c(data), Ordering::Release);
+        self.crcs[slot].store(crate::crc::crc32c(data), Ordering::Release);
         ix.slot_key[slot] = Some(key);
         ix.referenced[slot] = false;
         ix.map.insert(key, slot as u32);

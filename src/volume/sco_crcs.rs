@@ -90,7 +90,7 @@ impl ScoCrcs {
         for (i, c) in data.chunks_exact(cs).enumerate() {
             let idx = first + i as u32;
             if self.get(idx).is_none() {
-                self.set(idx, crc32c::crc32c(c));
+                self.set(idx, crate::crc::crc32c(c));
             }
         }
     }
@@ -139,7 +139,7 @@ mod tests {
         let data: Vec<u8> = (0..4 * 4096).map(|i| (i * 7 % 251) as u8).collect();
         t.fill_unknown(10, &data, 4096);
         assert_eq!(t.get(9), None);
-        assert_eq!(t.get(11), Some(crc32c::crc32c(&data[4096..8192])));
+        assert_eq!(t.get(11), Some(crate::crc::crc32c(&data[4096..8192])));
         let mut rotten = data.clone();
         rotten[2 * 4096 + 17] ^= 0x40;
         // Split buffers across the cluster boundaries: the check does not care.

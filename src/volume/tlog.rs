@@ -237,8 +237,8 @@ pub fn encode_batch(out: &mut Vec<u8>, epoch: u64, seq: u32, count: u32, payload
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let mut crc = crc32c::crc32c(&out[start..start + 24]);
-    crc = crc32c::crc32c_append(crc, payload);
+    let mut crc = crate::crc::crc32c(&out[start..start + 24]);
+    crc = crate::crc::crc32c_append(crc, payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
 }
@@ -309,7 +309,7 @@ fn parse_batch(b: &[u8], epoch: u64, want_seq: u32) -> Option<(Vec<Record>, usiz
     let count = u32_at(16) as usize;
     let plen = u32_at(20) as usize;
     let payload = b.get(HEADER_LEN..HEADER_LEN + plen)?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..24]), payload);
+    let crc = crate::crc::crc32c_append(crate::crc::crc32c(&b[..24]), payload);
     if crc != u32_at(24) {
         return None;
     }

@@ -87,7 +87,7 @@ impl Volume {
                     let v = [libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: n as usize }];
                     file.readv_at(&v, off).ctx(|| format!("cannot read SCO {epoch} for upload"))?;
                     for (i, data) in buf[..n as usize].chunks(frame).enumerate() {
-                        crcs[f + i] = Some(crc32c::crc32c(data));
+                        crcs[f + i] = Some(crate::crc::crc32c(data));
                     }
                     // Clusters written without checksums get them now (reads check them).
                     file.crcs.fill_unknown((off >> self.shift) as u32, &buf[..n as usize], cs);

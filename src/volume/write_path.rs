@@ -361,7 +361,7 @@ impl Volume {
             let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
             let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
             let crcs: Vec<u64> =
-                piece.chunks(self.cs as usize).map(|c| cluster_crc::known(crc32c::crc32c(c))).collect();
+                piece.chunks(self.cs as usize).map(|c| cluster_crc::known(crate::crc::crc32c(c))).collect();
             let io = file.writev_at(&v, (index as u64) << self.shift);
             let mut st = self.state.lock();
             if let Some(l) = st.scos.local.get_mut(&file.number) {
