@@ -60,7 +60,7 @@ impl Volume {
         let written = file.crcs.values((len >> self.shift) as usize);
         let mut crcs: Vec<Option<u32>> = if frame.is_multiple_of(cs) && written.len() as u64 >= len >> self.shift {
             let per_frame = frame / cs;
-            let combine = cluster_crc::Combiner::new(cs);
+            let combine = cluster_crc::Combiner::for_len(cs);
             let clusters = &written[..(len >> self.shift) as usize];
             clusters.chunks(per_frame).map(|c| combine.all(c)).collect()
         } else {
