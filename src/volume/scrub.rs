@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Volume;
-use super::iov::AlignedBuf;
+use super::iov::{iovec, AlignedBuf};
 use super::location::Location;
 use super::map::ClusterMap;
 use super::scrub_holders::Holders;
@@ -509,7 +509,11 @@ impl Volume {
         let off = (from.index as u64) << self.shift;
         let local = self.state.lock().scos.local.get(&from.sco).map(|l| l.file.clone());
         if let Some(f) = local {
-            return f.read_exact_at(buf, off).ctx(|| format!("cannot read SCO {} for scrub", from.sco));
+            // O_DIRECT where the buffer allows (the windows are aligned): a victim read
+            // through the page cache left its pages cached, and once its file was
+            // recycled every guest write into it lost io_uring's non-blocking path.
+            let v = [iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
+            return f.readv_at(&v, off).ctx(|| format!("cannot read SCO {} for scrub", from.sco));
         }
         let key = keys::sco(&self.name, self.meta.gen_of_epoch(from.sco), from.sco);
         let (start, data): (u64, Arc<Vec<u8>>) = self.env.reader.read_frames(&key, off, buf.len() as u64)?;

@@ -16,6 +16,7 @@
 //! and no map references them: SCO reads go only where TLog records put data.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +93,13 @@ impl SpareSco {
             if m.len() > self.len {
                 f.set_len(self.len)?;
             }
+            // Drop its cached pages (read through the page cache by uploads or scrub): a
+            // guest's O_DIRECT write into a range with cached pages cannot be issued
+            // without blocking, so io_uring hands every such write to a kernel worker
+            // (measured: 11 % of the daemon's samples under 4 KiB QD1 writes while
+            // scrub ran, p50 118 against 91 us without scrub).
+            // SAFETY: plain syscall on an fd we own; advice only.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
             std::fs::create_dir_all(&self.pool)?;
             std::fs::rename(path, &to)?;
             Ok(true)
