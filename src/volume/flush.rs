@@ -19,9 +19,10 @@ impl Volume {
         self.flush_inner(true)
     }
 
-    /// Write the TLog records of every completed write to the TLog now, without any sync:
-    /// a write completed to a guest then survives a crash or `kill -9` of the daemon
-    /// process (not a power loss: that still takes a flush). A restarted daemon serving a
+    /// Write the TLog records of every completed write to the TLog now, through the page
+    /// cache and without any sync (`TlogWriter::write_batch_cached`): a write completed to
+    /// a guest then survives a crash or `kill -9` of the daemon process (not a power loss:
+    /// that still takes a flush). A restarted daemon serving a
     /// reconnected, still running guest must not lose a write the guest saw completed.
     /// Cheap when nothing is pending.
     pub fn log_completed(&self) -> Result<()> {
@@ -42,7 +43,7 @@ impl Volume {
         let w = tlogs.get_mut(&epoch).ok_or_else(|| {
             Error::io(format!("TLog {epoch} is not open"), std::io::Error::other("missing TLog writer"))
         })?;
-        if let Err(e) = w.write_batch(logging, count) {
+        if let Err(e) = w.write_batch_cached(logging, count) {
             if out_of_space(&e) {
                 // The next flush writes these records (it reports the failure if space
                 // is still short); the completed writes are not lost. The open TLogs
