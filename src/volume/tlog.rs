@@ -112,15 +112,7 @@ impl TlogWriter {
 
     /// Write `count` encoded records as one batch (not synced).
     pub fn write_batch(&mut self, payload: &[u8], count: u32) -> Result<()> {
-        if count == 0 {
-            return Ok(());
-        }
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        encode_batch(&mut buf, self.epoch, self.seq, count, payload);
-        let res = self.write_encoded(&buf);
-        self.scratch = buf;
-        res
+        self.encode_and_write(payload, count, false)
     }
 
     /// Write `count` encoded records as one batch through the page cache, at the offset
@@ -132,19 +124,19 @@ impl TlogWriter {
     /// second one synchronous on the vring worker). An O_DIRECT batch written later into
     /// the same page makes the kernel write the page back and drop it first.
     pub fn write_batch_cached(&mut self, payload: &[u8], count: u32) -> Result<()> {
+        self.encode_and_write(payload, count, true)
+    }
+
+    fn encode_and_write(&mut self, payload: &[u8], count: u32, cached: bool) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         encode_batch(&mut buf, self.epoch, self.seq, count, payload);
-        let res = self.write_encoded_via(&buf, true);
+        let res = self.write_encoded_via(&buf, cached);
         self.scratch = buf;
         res
-    }
-
-    fn write_encoded(&mut self, buf: &[u8]) -> Result<()> {
-        self.write_encoded_via(buf, false)
     }
 
     /// `cached`: the batch itself goes through the page cache (the zeroed region still
