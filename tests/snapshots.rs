@@ -314,15 +314,25 @@ fn scrub_reclaims_space_and_keeps_every_view() {
 /// path of a bug found by the NBD stage of a CI rehearsal (a pass between the view's map
 /// copy and its registration deleted SCOs the copy pointed to, fixed by
 /// `Volume::without_scrub`), but does not reproduce that interleaving reliably: with the
-/// fix reverted it passed 6 runs of 6 here.
+/// fix reverted it passed 10 runs of 10 here.
 #[test]
 fn views_opened_while_scrub_moves_the_snapshot_read_it_exactly() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (_t, _backend, mut dd, v, served) = setup();
     let mut img = vec![0u8; SIZE as usize];
     write(&v, &mut img, 0, SIZE, 1);
+    // Every other 128 KiB written again before the snapshot: the SCOs that hold b are
+    // half dead from the start, so passes rewrite them and b's clusters move.
+    for k in (0..SIZE / (128 << 10)).step_by(2) {
+        write(&v, &mut img, k * (128 << 10), 128 << 10, 2 + k);
+    }
     snap(&mut dd, &served, "v", "b");
     let b = img.clone();
+    let placed = |v: &Volume| -> Vec<u64> {
+        let m = v.snapshot_map("b").unwrap();
+        (0..SIZE / 4096).map(|c| m.get(c)).collect()
+    };
+    let before = placed(&v);
     let stop = AtomicBool::new(false);
     let (mut failure, mut rounds) = (None, 0);
     std::thread::scope(|s| {
@@ -376,4 +386,9 @@ fn views_opened_while_scrub_moves_the_snapshot_read_it_exactly() {
         churn.join().unwrap();
     });
     assert_eq!(failure, None, "after {rounds} views");
+    // The test is about data that moved: b's half in the half-dead SCOs (its tag-1
+    // clusters) must be elsewhere now (its tag-2 half sits in fully live SCOs).
+    let after = placed(&v);
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(moved * 2 >= before.len(), "only {moved} of b's {} clusters moved", before.len());
 }

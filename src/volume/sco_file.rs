@@ -88,11 +88,6 @@ impl ScoFile {
         rw_all(f.as_raw_fd(), iovs, off, false)
     }
 
-    /// Read `buf.len()` bytes at `off` through the page cache.
-    pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.buffered.read_exact_at(buf, off)
-    }
-
     pub fn sync_data(&self) -> Result<()> {
         self.buffered.sync_data().ctx(|| format!("cannot sync {}", self.path.display()))
     }

@@ -93,7 +93,7 @@ impl SpareSco {
             if m.len() > self.len {
                 f.set_len(self.len)?;
             }
-            // Drop its cached pages (read through the page cache by uploads or scrub): a
+            // Drop its cached pages (uploads read SCOs back through the page cache): a
             // guest's O_DIRECT write into a range with cached pages cannot be issued
             // without blocking, so io_uring hands every such write to a kernel worker
             // (measured: 11 % of the daemon's samples under 4 KiB QD1 writes while
