@@ -445,7 +445,11 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert!(cached == bytes, "the page cache and the disk hold the same TLog");
         if direct {
-            assert!(bytes.len() as u64 >= MIN_ZERO_CHUNK && bytes.len() % 4096 == 0, "zeroed region: {}", bytes.len());
+            assert!(
+                bytes.len() as u64 >= MIN_ZERO_CHUNK && bytes.len().is_multiple_of(4096),
+                "zeroed region: {}",
+                bytes.len()
+            );
             // Every batch starts on a fresh sector: the second one right after the first's.
             assert_eq!(&bytes[512..516], &MAGIC.to_le_bytes());
             assert!(bytes[100..512].iter().all(|&b| b == 0), "padding after the first batch");
