@@ -37,6 +37,9 @@
 #   --out DIR          results (default <target dir>/bench/guest-<date>)
 #   --keep             keep the temp dir
 #   --no-build         use the binaries already built
+#   --ceiling          first measure the disk's own ceiling (benches/disk-ceiling.sh on the same
+#                      dir, --size files, ~1 min): the report then sets write-1m-qd8's ratio
+#                      beside the best a log can reach against in-place writes on this disk
 #   --verbose          stream the guest console
 # Output: <out>/guest-report.txt (the table), <out>/guest-results.json (all fio JSON and CPU
 # figures), <out>/fio/<backend>-<job>-r<round>.json (raw fio output), console and daemon logs.
@@ -51,7 +54,7 @@ source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
 RUNTIME=10 RAMP=2 SETTLE=3 SIZE=1G QUEUES=2 ENGINE=libaio JOBS="" ROUNDS=1 PER_BACKEND=0 MEM=1G
-DIR="" OUT="" KEEP=0 BUILD=1 VERBOSE=0
+DIR="" OUT="" KEEP=0 BUILD=1 VERBOSE=0 CEILING=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runtime) RUNTIME=$2; shift 2 ;;
@@ -69,6 +72,7 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --verbose) VERBOSE=1; shift ;;
+        --ceiling) CEILING=1; shift ;;
         -h|--help) usage ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -121,6 +125,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+
+CEILING_REPORT="$OUT/ceiling/ceiling-report.txt"
+if [[ $CEILING -eq 1 ]]; then
+    log "the disk's own ceiling (benches/disk-ceiling.sh, $SIZE files in $TMP)"
+    "$HERE/disk-ceiling.sh" --dir "$TMP" --size "$SIZE" --time 5 --out "$OUT/ceiling" >/dev/null \
+        || die "benches/disk-ceiling.sh failed"
+fi
 
 # ------------------------------------------------------------------ backends
 DD="$TMP/logdisk-data" RAW="$TMP/disk.raw" LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
@@ -276,9 +287,9 @@ done
 
 # ------------------------------------------------------------------ report
 python3 - "$OUT" "$MARKS" "$(getconf CLK_TCK)" "$SIZE" "$QUEUES" "$ENGINE" "$RUNTIME" "$ROUNDS" "$PER_BACKEND" \
-    "${SEL[*]}" <<'PY'
+    "${SEL[*]}" "$CEILING_REPORT" <<'PY'
 import glob, json, os, re, statistics, sys
-out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend, job_order = sys.argv[1:11]
+out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend, job_order, ceiling_path = sys.argv[1:12]
 tck = float(tck)
 
 # fio JSON blocks from the consoles
@@ -370,6 +381,21 @@ lines += ["", "IOPS, MB/s: higher is better; latencies (fio clat) and CPU: lower
           "host cpu s: utime+stime of the backend process from the job's start until the next job starts",
           "(the guest idles --settle seconds in between, so uploads caused by the job are included).",
           "randwrite-4k-qd1-fsync: fsync=1, both disks in write-back mode; IOPS are writes/s."]
+if os.path.exists(ceiling_path):
+    # | job | unit | in-place | log (best case) | ceiling | ... (thousands separated by spaces)
+    ceil = {}
+    for l in open(ceiling_path):
+        cells = [c.strip() for c in l.strip().strip("|").split("|")]
+        if len(cells) >= 5 and re.fullmatch(r"[\d ]+", cells[2] or "x") and re.fullmatch(r"[\d ]+", cells[3] or "x"):
+            ceil[cells[0].split()[0]] = (float(cells[2].replace(" ", "")), float(cells[3].replace(" ", "")))
+    lines += ["", "the disk's own ceiling, measured in this run before the guest (benches/disk-ceiling.sh, fio O_DIRECT):"]
+    lines += ["  " + l.rstrip() for l in open(ceiling_path) if l.startswith("|")]
+    if "write-1m-qd8" in ceil and "write-1m-qd8" in jobs:
+        inplace, lograte = ceil["write-1m-qd8"]
+        ld, qs = med("write-1m-qd8", "logdisk", "mb_s"), med("write-1m-qd8", "qsd", "mb_s")
+        best = lograte / inplace
+        lines.append(f"  write-1m-qd8: logdisk/qsd {ld / qs:.2f}; a log on this disk reaches {best:.2f} x in-place writes, "
+                     f"so logdisk is at {ld / qs / best:.2f} of that ceiling (qsd writes in place)")
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "guest-report.txt"), "w").write(text)
 json.dump({"rows": rows, "fio": {f"{be}/{job}/r{rnd}": d for (rnd, job, be), d in runs.items()}},
