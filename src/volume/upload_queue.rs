@@ -10,6 +10,15 @@ use super::checkpoint::CheckpointData;
 use super::sco_file::ScoFile;
 use super::sco_set::ScoSet;
 
+/// A checkpoint scrub asks for (after it deleted SCOs) waits until the last one is this
+/// old. Under sustained random overwrites scrub deletes several times a second, and a
+/// checkpoint at every seal (a copy of every map, encoded and compressed, plus two
+/// listings of the store to prune what it replaces) cost 7 a second and a few % of the
+/// daemon's CPU. An older checkpoint is as correct: the TLogs after it relocate and
+/// overwrite what scrub moved (a restart replays them; none is pruned before a
+/// checkpoint covers it), so waiting only makes a restart replay a little more.
+pub const SCRUB_CHECKPOINT_MIN_INTERVAL: Duration = Duration::from_secs(2);
+
 /// State of one sealed epoch on its way to the object store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JobState {
@@ -43,6 +52,8 @@ pub(crate) struct UploadQueue {
     /// (scrub deleted SCOs).
     pub checkpoint_at_seal: bool,
     pub checkpoint_running: bool,
+    /// When the last checkpoint was stored (by this process).
+    pub last_checkpoint_at: Option<Instant>,
     /// A failed checkpoint upload is tried again no sooner than this (backoff as for
     /// SCOs and TLogs: on a read-only or failing disk it was retried ~150 times a
     /// second, each retry a warning in the log).
@@ -81,10 +92,13 @@ impl UploadQueue {
         self.jobs.insert(epoch, job);
     }
 
-    /// Mark a checkpoint as of `epoch` due when none is and one is wanted (asked for, or
-    /// `every` epochs since the last); `data` takes it.
+    /// Mark a checkpoint as of `epoch` due when none is and one is wanted (asked for by
+    /// scrub, at most every [`SCRUB_CHECKPOINT_MIN_INTERVAL`], or `every` epochs since
+    /// the last); `data` takes it.
     pub fn checkpoint_if_due(&mut self, epoch: u64, every: u64, data: impl FnOnce() -> CheckpointData) {
-        if self.checkpoint_due.is_none() && (self.checkpoint_at_seal || epoch >= self.last_checkpoint + every) {
+        let asked = self.checkpoint_at_seal
+            && self.last_checkpoint_at.is_none_or(|t| t.elapsed() >= SCRUB_CHECKPOINT_MIN_INTERVAL);
+        if self.checkpoint_due.is_none() && (asked || epoch >= self.last_checkpoint + every) {
             self.checkpoint_due = Some(data());
             self.checkpoint_at_seal = false;
         }
@@ -166,6 +180,7 @@ impl UploadQueue {
         self.checkpoint_running = false;
         self.checkpoint_retry = None;
         self.last_checkpoint = self.last_checkpoint.max(epoch);
+        self.last_checkpoint_at = Some(Instant::now());
     }
 
     /// `job` failed with `error`: retried after a backoff (with jitter) that grows with
@@ -208,6 +223,27 @@ mod tests {
 
     fn picks_checkpoint(q: &mut UploadQueue) -> bool {
         matches!(q.next_job(&ScoSet::default()), Pick::Job(Job::Checkpoint(_)))
+    }
+
+    #[test]
+    fn scrub_asks_for_checkpoints_at_most_every_interval() {
+        let mut q = UploadQueue { last_checkpoint: 3, ..UploadQueue::default() };
+        q.checkpoint_at_seal = true;
+        q.checkpoint_if_due(4, 100, || checkpoint(4));
+        assert!(q.checkpoint_due.take().is_some(), "the first one at once");
+        q.checkpoint_done(4);
+        q.checkpoint_at_seal = true;
+        q.checkpoint_if_due(5, 100, || checkpoint(5));
+        assert!(q.checkpoint_due.is_none(), "not right after the last");
+        assert!(q.checkpoint_at_seal, "still wanted");
+        q.checkpoint_if_due(104, 100, || checkpoint(104));
+        assert!(q.checkpoint_due.take().is_some(), "`every` epochs still count");
+        q.checkpoint_done(104);
+        q.checkpoint_at_seal = true;
+        q.last_checkpoint_at = Some(Instant::now() - SCRUB_CHECKPOINT_MIN_INTERVAL);
+        q.checkpoint_if_due(105, 100, || checkpoint(105));
+        assert!(q.checkpoint_due.is_some(), "once the interval has passed");
+        assert!(!q.checkpoint_at_seal);
     }
 
     #[test]
