@@ -287,9 +287,11 @@ done
 
 # ------------------------------------------------------------------ report
 python3 - "$OUT" "$MARKS" "$(getconf CLK_TCK)" "$SIZE" "$QUEUES" "$ENGINE" "$RUNTIME" "$ROUNDS" "$PER_BACKEND" \
-    "${SEL[*]}" "$CEILING_REPORT" <<'PY'
+    "${SEL[*]}" "$CEILING_REPORT" "$HERE" <<'PY'
 import glob, json, os, re, statistics, sys
-out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend, job_order, ceiling_path = sys.argv[1:12]
+out, marks_path, tck, size, queues, engine, runtime, rounds, per_backend, job_order, ceiling_path, here = sys.argv[1:13]
+sys.path.insert(0, here)
+import ceiling_table
 tck = float(tck)
 
 # fio JSON blocks from the consoles
@@ -382,14 +384,9 @@ lines += ["", "IOPS, MB/s: higher is better; latencies (fio clat) and CPU: lower
           "(the guest idles --settle seconds in between, so uploads caused by the job are included).",
           "randwrite-4k-qd1-fsync: fsync=1, both disks in write-back mode; IOPS are writes/s."]
 if os.path.exists(ceiling_path):
-    # | job | unit | in-place | log (best case) | ceiling | ... (thousands separated by spaces)
-    ceil = {}
-    for l in open(ceiling_path):
-        cells = [c.strip() for c in l.strip().strip("|").split("|")]
-        if len(cells) >= 5 and re.fullmatch(r"[\d ]+", cells[2] or "x") and re.fullmatch(r"[\d ]+", cells[3] or "x"):
-            ceil[cells[0].split()[0]] = (float(cells[2].replace(" ", "")), float(cells[3].replace(" ", "")))
+    ceil, table = ceiling_table.read(ceiling_path)
     lines += ["", "the disk's own ceiling, measured in this run before the guest (benches/disk-ceiling.sh, fio O_DIRECT):"]
-    lines += ["  " + l.rstrip() for l in open(ceiling_path) if l.startswith("|")]
+    lines += ["  " + l for l in table]
     if "write-1m-qd8" in ceil and "write-1m-qd8" in jobs:
         inplace, lograte = ceil["write-1m-qd8"]
         ld, qs = med("write-1m-qd8", "logdisk", "mb_s"), med("write-1m-qd8", "qsd", "mb_s")

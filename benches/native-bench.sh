@@ -389,9 +389,11 @@ print(json.dumps(out, indent=1))' "$RESTART_SIZE" "$RSS_IDLE" "$W_MBS" "$W_S" "$
 fi
 
 # ------------------------------------------------------------------ report
-python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" "$CEILING_REPORT" <<'PY'
+python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" "$CEILING_REPORT" "$HERE" <<'PY'
 import json, os, re, statistics, sys
-results_path, restart_path, out, region, queues, secs, runs, ceiling_path = sys.argv[1:9]
+results_path, restart_path, out, region, queues, secs, runs, ceiling_path, here = sys.argv[1:10]
+sys.path.insert(0, here)
+import ceiling_table
 rows = [json.loads(l) for l in open(results_path) if l.strip()]
 lines = []
 if rows:
@@ -430,15 +432,10 @@ if rows:
             f = (lambda r: r["mb_s"]) if "1m" in job else (lambda r: r["iops"])
             lines.append(f"  {job:<18} {be:<8} " + " ".join(f"{f(r):.0f}" for r in sorted(rs, key=lambda r: r["run"])))
     if os.path.exists(ceiling_path):
-        # | job | unit | in-place | log (best case) | ceiling | ... (thousands separated by spaces)
-        ceil = {}
-        for l in open(ceiling_path):
-            cells = [c.strip() for c in l.strip().strip("|").split("|")]
-            if len(cells) >= 5 and re.fullmatch(r"[\d ]+", cells[2] or "x") and re.fullmatch(r"[\d ]+", cells[3] or "x"):
-                ceil[cells[0].split()[0]] = (float(cells[2].replace(" ", "")), float(cells[3].replace(" ", "")))
+        ceil, table = ceiling_table.read(ceiling_path)
         lines.append("")
         lines.append("the disk's own ceiling, measured in this run (benches/disk-ceiling.sh, fio O_DIRECT):")
-        lines.extend("  " + l.rstrip() for l in open(ceiling_path) if l.startswith("|"))
+        lines.extend("  " + l for l in table)
         if "write-1m-qd8" in ceil and "write-1m-qd8" in jobs:
             inplace, lograte = ceil["write-1m-qd8"]
             ld = med("write-1m-qd8", "logdisk", lambda r: r["mb_s"])
