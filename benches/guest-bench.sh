@@ -127,6 +127,7 @@ trap 'exit 143' TERM
 
 
 CEILING_REPORT="$OUT/ceiling/ceiling-report.txt"
+rm -f "$CEILING_REPORT" # a reused --out dir: never report an older run's ceiling
 if [[ $CEILING -eq 1 ]]; then
     log "the disk's own ceiling (benches/disk-ceiling.sh, $SIZE files in $TMP)"
     "$HERE/disk-ceiling.sh" --dir "$TMP" --size "$SIZE" --time 5 --out "$OUT/ceiling" >/dev/null \

@@ -93,7 +93,8 @@ impl SpareSco {
             if m.len() > self.len {
                 f.set_len(self.len)?;
             }
-            // Drop its cached pages (uploads read SCOs back through the page cache): a
+            // Drop its cached pages (IO not aligned for O_DIRECT goes through the page
+            // cache, `ScoFile::pick`; scrub read its victims that way until 2026-12-05): a
             // guest's O_DIRECT write into a range with cached pages cannot be issued
             // without blocking, so io_uring hands every such write to a kernel worker
             // (measured: 11 % of the daemon's samples under 4 KiB QD1 writes while
