@@ -274,6 +274,13 @@ impl Run {
         let ratio_at = (cfg.garbage_ratio * u.log as f64) as u64;
         let scrub_at = limits.max_garbage.map_or(ratio_at, |m| ratio_at.min(m / 2)).max(min_garbage);
         limits.scrub_at = (can_scrub && !v.uploads_paused()).then_some(scrub_at);
+        // The local disk runs low (it may hold the store too): writes wait for scrub once
+        // garbage passes where a pass is due, rather than fill the disk with more garbage,
+        // as long as scrub can free some and its passes succeed. A disk full of live data
+        // or of the write buffer is not held back here: writes then fail with "no space".
+        if disk_low && can_scrub && w.failing_since.is_none() && u.reclaimable > 0 {
+            limits.max_garbage = Some(limits.max_garbage.map_or(scrub_at, |m| m.min(scrub_at)));
+        }
         let trigger = u.garbage > scrub_at;
         let state = match (&limits.full, waiting, trigger || pressure) {
             (Some(_), _, _) => "full",
@@ -328,8 +335,11 @@ impl Run {
                 free_clusters: free,
                 max_moved_clusters: pass_max,
                 rekey: false,
-                // What is uploaded already covers the goal: no wait for the rest.
-                upload_first: u.reclaimable < free,
+                // What is uploaded already covers the goal: no wait for the rest. Nor
+                // while the local disk is low: uploads may be failing for want of space
+                // there, and the pass would hold the limits as they were for up to the
+                // drain timeout (after space returned, writes then refilled the disk).
+                upload_first: u.reclaimable < free && !disk_low,
             }
         } else {
             Goal::all_below(cfg.threshold)

@@ -9,7 +9,8 @@
 # (requests must fail with "no space", the daemon must not crash or hang); 6 s before the
 # end the ballast is deleted and the same client's writes and flushes must succeed again.
 # Phase 2 (no --allow-errors: any failure fails the test), a new connection to the same
-# daemon, writes with flushes to 240M..256M. Then logdisk stops (SIGTERM, status 0) and
+# daemon, writes with flushes to 240M..256M for PHASE2_SECS (10 s: long enough that the disk
+# runs low again, so writes must wait for scrub rather than refill it). Then logdisk stops (SIGTERM, status 0) and
 # ext4 is unmounted: the host exports the volume from it and checks both journals. RESTART_WHILE_FULL=1:
 # logdisk is stopped while full instead, started on the full file system, and started
 # again after the ballast is deleted, before phase 2.
@@ -32,6 +33,7 @@ ROOM_MB=${ROOM_MB:-12}
 FILL_SECS=${FILL_SECS:-24}
 RECOVER_SECS=${RECOVER_SECS:-6}
 RESTART_WHILE_FULL=${RESTART_WHILE_FULL:-0}
+PHASE2_SECS=${PHASE2_SECS:-10}
 for d in vda vdb vdc; do
     n=0
     while [ ! -b /dev/$d ]; do n=$((n + 1)); [ $n -le 300 ] || fail "/dev/$d missing"; sleep 0.1; done
@@ -139,7 +141,7 @@ if [ "$RESTART_WHILE_FULL" = 1 ]; then
     say "restarted after the space returned"
 fi
 logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
-    --offset 240M --size 16M --seed 2 --fsync-every 4 --flushes 1000000 --time 4 \
+    --offset 240M --size 16M --seed 2 --fsync-every 4 --flushes 1000000 --time "$PHASE2_SECS" \
     --journal /tmp/journal2 --timeout 30 >/tmp/loadgen2.out 2>&1
 LGRC=$?
 cat /tmp/loadgen2.out
