@@ -128,10 +128,22 @@ impl Volume {
     /// sustained writes the upload queue is never empty); `why` completes the error
     /// message.
     pub fn upload_all(&self, why: &str) -> Result<()> {
+        if self.upload_sealed_within(self.env.opts.drain_timeout)? {
+            return Ok(());
+        }
+        Err(Error::StoreTimeout {
+            what: format!("uploads of volume {} {why}", self.name),
+            secs: self.env.opts.drain_timeout.as_secs(),
+        })
+    }
+
+    /// Seal, then wait up to `timeout` until everything written before the call is in
+    /// the object store: `Ok(false)` when the time ran out first.
+    pub(crate) fn upload_sealed_within(&self, timeout: Duration) -> Result<bool> {
         // Every epoch up to this one is sealed once `seal` returns.
         let through = self.state.lock().log.next_epoch.saturating_sub(1);
         self.seal()?;
-        let deadline = Instant::now() + self.env.opts.drain_timeout;
+        let deadline = Instant::now() + timeout;
         self.env.uploader.notify();
         let mut st = self.state.lock();
         // A volume stopped after a local IO error can flush (and so upload) nothing more:
@@ -140,16 +152,12 @@ impl Volume {
             self.progress.wait_for(&mut st, Duration::from_millis(100));
         }
         if st.uploads.jobs.range(..=through).next().is_none() {
-            return Ok(());
+            return Ok(true);
         }
         if let Some(f) = &st.failed {
             return Err(self.stopped_error(f));
         }
-        drop(st);
-        Err(Error::StoreTimeout {
-            what: format!("uploads of volume {} {why}", self.name),
-            secs: self.env.opts.drain_timeout.as_secs(),
-        })
+        Ok(false)
     }
 
     /// Wait until every sealed epoch is uploaded (or `timeout`); true if drained.

@@ -280,7 +280,14 @@ impl Volume {
         // (unless the goal says what is uploaded is enough).
         if goal.upload_first {
             self.flush()?;
-            self.upload_all("before scrubbing; scrub again later")?;
+            match goal.upload_wait {
+                None => self.upload_all("before scrubbing; scrub again later")?,
+                Some(t) => {
+                    if !self.upload_sealed_within(t)? {
+                        tracing::debug!(volume = %self.name, "uploads still running: scrubbing what is uploaded");
+                    }
+                }
+            }
         }
         let t_upload = started.elapsed();
 

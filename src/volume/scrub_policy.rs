@@ -29,6 +29,11 @@ pub struct Goal {
     /// in the object store is enough: writes waiting for space should not also wait for
     /// an upload the pass does not need (167 ms of a 200 ms pass under 1 MiB overwrites).
     pub upload_first: bool,
+    /// How long that wait may take: `None`, up to the drain timeout, then the pass fails
+    /// (`logdisk scrub`); `Some`, at most this long, then the pass goes on with what is
+    /// uploaded (the scrubber: while it waits, no volume's space limits are recomputed,
+    /// and uploads failing on a full write-buffer disk once held them for 13 s).
+    pub upload_wait: Option<std::time::Duration>,
 }
 
 impl Goal {
@@ -40,6 +45,7 @@ impl Goal {
             max_moved_clusters: u64::MAX,
             rekey: true,
             upload_first: true,
+            upload_wait: None,
         }
     }
 
@@ -52,6 +58,7 @@ impl Goal {
             max_moved_clusters: max_moved,
             rekey: true,
             upload_first: true,
+            upload_wait: None,
         }
     }
 }
@@ -113,6 +120,7 @@ mod tests {
             max_moved_clusters: u64::MAX,
             rekey: false,
             upload_first: true,
+            upload_wait: None,
         };
         assert_eq!(choose(&cands, 4, &g), (vec![4], vec![1]));
         // A copy cap: the first victim always goes, the next only if it fits.
@@ -122,6 +130,7 @@ mod tests {
             max_moved_clusters: 35,
             rekey: false,
             upload_first: true,
+            upload_wait: None,
         };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
         let g = Goal {
@@ -130,6 +139,7 @@ mod tests {
             max_moved_clusters: 5,
             rekey: false,
             upload_first: true,
+            upload_wait: None,
         };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
         // Strictly below the live fraction, as `logdisk scrub --threshold` promises.

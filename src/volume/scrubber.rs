@@ -41,6 +41,10 @@ const REKEY_RETRY: Duration = Duration::from_secs(60);
 /// overwrites, every second without the gate adds a fifth of a 1 GiB volume), while
 /// writes do not wait for an object store that stays away.
 const FAILING_LIFTS_GATE: Duration = Duration::from_secs(10);
+/// A pass waits at most this long for the newest SCOs' uploads, then scrubs what is
+/// uploaded: meanwhile no volume's limits are recomputed (a pass that waited 13 s for
+/// uploads failing on a full disk kept stale limits after the space returned).
+const UPLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Near a budget means above this fraction of it: scrub harder.
 const NEAR: f64 = 0.9;
 /// The local disk is short when less than this fraction (or `DISK_MIN_FREE`) is free.
@@ -252,6 +256,7 @@ impl Run {
                 (Some(b), Some(l)) => Some(b.min(u.log + l / cs)),
                 (b, l) => b.or(l.map(|l| u.log + l / cs)),
             },
+            low_disk_garbage: None,
             scrub_at: None,
             store_short: store.short,
             full: store.full.clone(),
@@ -276,10 +281,11 @@ impl Run {
         limits.scrub_at = (can_scrub && !v.uploads_paused()).then_some(scrub_at);
         // The local disk runs low (it may hold the store too): writes wait for scrub once
         // garbage passes where a pass is due, rather than fill the disk with more garbage,
-        // as long as scrub can free some and its passes succeed. A disk full of live data
-        // or of the write buffer is not held back here: writes then fail with "no space".
+        // as long as scrub can free some, its passes succeed, and it frees something at
+        // least every `LOW_DISK_WAIT` (see `SpaceGate`). A disk full of live data or of
+        // the write buffer is not held back here: writes then fail with "no space".
         if disk_low && can_scrub && w.failing_since.is_none() && u.reclaimable > 0 {
-            limits.max_garbage = Some(limits.max_garbage.map_or(scrub_at, |m| m.min(scrub_at)));
+            limits.low_disk_garbage = Some(scrub_at);
         }
         let trigger = u.garbage > scrub_at;
         let state = match (&limits.full, waiting, trigger || pressure) {
@@ -340,6 +346,7 @@ impl Run {
                 // there, and the pass would hold the limits as they were for up to the
                 // drain timeout (after space returned, writes then refilled the disk).
                 upload_first: u.reclaimable < free && !disk_low,
+                upload_wait: Some(UPLOAD_WAIT),
             }
         } else {
             Goal::all_below(cfg.threshold)

@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 
 /// "No limit" for the atomic limits.
 const NONE: u64 = u64::MAX;
+/// A write held by the low-disk bound waits at most this long without scrub freeing
+/// anything; then that bound is lifted until scrub frees something (the scrubber may be
+/// inside a pass that waits for uploads failing on the full disk: writes then go ahead,
+/// and fail with "no space" if the disk is full, as they would without the bound).
+pub(crate) const LOW_DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the gate says of a guest write.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,6 +24,9 @@ pub(crate) enum Admit {
     Yes,
     /// Space is short but scrub can free some: wait.
     Wait,
+    /// The write buffer's disk runs low and garbage is past where a pass is due: wait
+    /// while scrub frees space, at most `LOW_DISK_WAIT` without progress.
+    Slow,
     /// Nothing can be freed: fail with this reason.
     Fail(String),
 }
@@ -68,6 +76,12 @@ pub struct SpaceGate {
     live_adjust: AtomicI64,
     /// Writes wait while estimated garbage clusters exceed this.
     max_garbage: AtomicU64,
+    /// While the local disk is low: writes wait, as long as scrub makes progress, while
+    /// estimated garbage clusters exceed this.
+    low_disk_garbage: AtomicU64,
+    /// The freed mark + 1 at which a writer gave up waiting on `low_disk_garbage`
+    /// (0: never): that bound is off until scrub frees something.
+    low_disk_lifted: AtomicU64,
     /// Writes wait while the log (clusters) exceeds this: the budget.
     max_log: AtomicU64,
     /// Writes fail at once: nothing can be reclaimed.
@@ -95,6 +109,8 @@ impl Default for SpaceGate {
         SpaceGate {
             live_adjust: AtomicI64::new(0),
             max_garbage: AtomicU64::new(NONE),
+            low_disk_garbage: AtomicU64::new(NONE),
+            low_disk_lifted: AtomicU64::new(0),
             max_log: AtomicU64::new(NONE),
             full: AtomicBool::new(false),
             store_short: AtomicBool::new(false),
@@ -114,6 +130,8 @@ impl Default for SpaceGate {
 pub(crate) struct Limits {
     pub live_adjust: i64,
     pub max_garbage: Option<u64>,
+    /// Garbage past which writes wait while scrub makes progress (the local disk is low).
+    pub low_disk_garbage: Option<u64>,
     pub max_log: Option<u64>,
     /// Garbage at which the scrubber wants to run (None: it cannot, uploads paused).
     pub scrub_at: Option<u64>,
@@ -136,9 +154,14 @@ impl SpaceGate {
             let why = self.figures.lock().reason.clone().unwrap_or_else(|| "no space".into());
             return Admit::Fail(why);
         }
-        let over_garbage = self.estimated_garbage(log, mapped) > self.max_garbage.load(Ordering::Relaxed);
+        let garbage = self.estimated_garbage(log, mapped);
+        let over_garbage = garbage > self.max_garbage.load(Ordering::Relaxed);
         if over_garbage || log > self.max_log.load(Ordering::Relaxed) || self.store_short.load(Ordering::Relaxed) {
             return Admit::Wait;
+        }
+        let lifted = self.low_disk_lifted.load(Ordering::Relaxed) == self.freed_mark().wrapping_add(1);
+        if garbage > self.low_disk_garbage.load(Ordering::Relaxed) && !lifted {
+            return Admit::Slow;
         }
         Admit::Yes
     }
@@ -187,6 +210,12 @@ impl SpaceGate {
         self.freed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A writer waited `LOW_DISK_WAIT` on the low-disk bound while the freed mark stayed
+    /// at `mark`: lift that bound until scrub frees something.
+    pub(crate) fn lift_low_disk(&self, mark: u64) {
+        self.low_disk_lifted.store(mark.wrapping_add(1), Ordering::Relaxed);
+    }
+
     /// Changes whenever scrub frees space.
     pub(crate) fn freed_mark(&self) -> u64 {
         self.freed.load(Ordering::Relaxed)
@@ -200,6 +229,7 @@ impl SpaceGate {
     pub(crate) fn set_limits(&self, l: &Limits) {
         self.live_adjust.store(l.live_adjust, Ordering::Relaxed);
         self.max_garbage.store(l.max_garbage.unwrap_or(NONE), Ordering::Relaxed);
+        self.low_disk_garbage.store(l.low_disk_garbage.unwrap_or(NONE), Ordering::Relaxed);
         self.max_log.store(l.max_log.unwrap_or(NONE), Ordering::Relaxed);
         self.scrub_at.store(l.scrub_at.unwrap_or(NONE), Ordering::Relaxed);
         self.store_short.store(l.store_short, Ordering::Relaxed);
@@ -241,6 +271,24 @@ mod tests {
         assert_eq!(g.admit(1, 1), Admit::Fail("budget reached".into()));
         g.set_limits(&Limits::default());
         assert_eq!(g.admit(1, 1), Admit::Yes);
+    }
+
+    #[test]
+    fn the_low_disk_bound_holds_until_lifted_and_returns_once_scrub_frees() {
+        let g = SpaceGate::default();
+        g.set_limits(&Limits { low_disk_garbage: Some(50), ..Limits::default() });
+        assert_eq!(g.admit(150, 100), Admit::Yes);
+        assert_eq!(g.admit(151, 100), Admit::Slow);
+        // The hard bound still wins over the soft one.
+        g.set_limits(&Limits { low_disk_garbage: Some(50), max_garbage: Some(60), ..Limits::default() });
+        assert_eq!(g.admit(161, 100), Admit::Wait);
+        g.lift_low_disk(g.freed_mark());
+        assert_eq!(g.admit(151, 100), Admit::Yes, "lifted: no progress from scrub");
+        assert_eq!(g.admit(161, 100), Admit::Wait, "the hard bound is never lifted");
+        g.note_freed();
+        assert_eq!(g.admit(151, 100), Admit::Slow, "scrub freed space: the bound holds again");
+        g.set_limits(&Limits::default());
+        assert_eq!(g.admit(151, 100), Admit::Yes);
     }
 
     #[test]

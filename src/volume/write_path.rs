@@ -14,7 +14,7 @@ use super::iov::{self, iovec, AlignedBuf};
 use super::location::Location;
 use super::plan::{IoPlan, MAX_SEGS};
 use super::sco_file::ScoFile;
-use super::space::Admit;
+use super::space::{Admit, LOW_DISK_WAIT};
 use super::state::State;
 use super::tlog::Record;
 use crate::error::{Error, Result};
@@ -307,9 +307,15 @@ impl Volume {
             match admit {
                 Admit::Yes => break Ok(()),
                 Admit::Fail(why) => break Err(Error::NoSpace { volume: self.name.clone(), detail: why }),
-                Admit::Wait if self.space.freed_mark() != mark => {
+                Admit::Wait | Admit::Slow if self.space.freed_mark() != mark => {
                     mark = self.space.freed_mark();
                     start = Instant::now();
+                }
+                Admit::Slow if start.elapsed() >= LOW_DISK_WAIT => {
+                    tracing::debug!(volume = %self.name, "scrub freed nothing while the disk is low: writes go ahead");
+                    self.space.lift_low_disk(mark);
+                    self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
+                    break Ok(());
                 }
                 Admit::Wait if start.elapsed() >= timeout => {
                     break Err(Error::NoSpace {
@@ -317,7 +323,7 @@ impl Volume {
                         detail: format!("scrub freed nothing for {} s", timeout.as_secs()),
                     })
                 }
-                Admit::Wait => {
+                Admit::Wait | Admit::Slow => {
                     self.progress.wait_for(st, Duration::from_millis(50));
                     if let Err(e) = self.check_writable(st) {
                         break Err(e);

@@ -11,7 +11,8 @@
 # the object store alone (a fresh data dir) holds the same volume.
 # ENOSPC_RESTART_WHILE_FULL=1: logdisk is stopped (SIGTERM) while the file system is
 # full, started on it once, and started again after the space returned.
-# ENOSPC_PHASE2_SECS (default 10): how long phase 2 writes; long enough that the disk runs low again and writes must wait for scrub instead of refilling it.
+# ENOSPC_PHASE2_SECS (default 4): how long phase 2 writes. The daemon logs scrub passes
+# with their phases (RUST_LOG): a failure prints them.
 # Usage: [ENOSPC_RESTART_WHILE_FULL=1] [ENOSPC_PHASE2_SECS=N] tests/guest/enospc-e2e.sh [--bin PATH] [--keep]
 set -euo pipefail
 source "$(dirname "$0")/e2e-args.sh" "$@"
@@ -28,7 +29,7 @@ drive "$T/journal1.img" jnl1
 drive "$T/journal2.img" jnl2
 START=$(date +%s)
 "$HERE/run-guest.sh" --script "$HERE/enospc-guest.sh" --mem 1G --timeout 600 \
-    --env RESTART_WHILE_FULL="${ENOSPC_RESTART_WHILE_FULL:-0}" --env PHASE2_SECS="${ENOSPC_PHASE2_SECS:-10}" \
+    --env RESTART_WHILE_FULL="${ENOSPC_RESTART_WHILE_FULL:-0}" --env PHASE2_SECS="${ENOSPC_PHASE2_SECS:-4}" --env RUST_LOG=info,logdisk::volume::scrub=debug \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
     --file "$HERE/powerloss.toml:/root/pl.toml" --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null \
     || { tail -n 40 "$T/guest.log"; fail "guest run"; }
