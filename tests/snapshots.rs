@@ -13,7 +13,7 @@ use common::{fill_pattern, open_dd, small_config};
 use logdisk::control::ops;
 use logdisk::control::protocol::Request;
 use logdisk::datadir::DataDir;
-use logdisk::volume::scrub_policy::Goal;
+use logdisk::volume::scrub_policy::{Goal, UploadFirst};
 use logdisk::volume::Volume;
 
 const MB: u64 = 1 << 20;
@@ -341,7 +341,7 @@ fn views_opened_while_scrub_moves_the_snapshot_read_it_exactly() {
             // Scattered overwrites leave the SCOs that hold b partly dead, and passes that
             // do not wait for uploads rewrite them at once: b's clusters keep moving.
             let mut goal = Goal::all_below(1.0);
-            goal.upload_first = false;
+            goal.upload_first = UploadFirst::No;
             let mut buf = vec![0u8; 64 << 10];
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {

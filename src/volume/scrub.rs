@@ -16,7 +16,7 @@ use super::iov::{iovec, AlignedBuf};
 use super::location::Location;
 use super::map::ClusterMap;
 use super::scrub_holders::Holders;
-use super::scrub_policy::{self, Candidate, Goal};
+use super::scrub_policy::{self, Candidate, Goal, UploadFirst};
 use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
@@ -278,14 +278,16 @@ impl Volume {
         let started = std::time::Instant::now();
         // Only SCOs in the object store are candidates: upload everything sealed first
         // (unless the goal says what is uploaded is enough).
-        if goal.upload_first {
-            self.flush()?;
-            match goal.upload_wait {
-                None => self.upload_all("before scrubbing; scrub again later")?,
-                Some(t) => {
-                    if !self.upload_sealed_within(t)? {
-                        tracing::debug!(volume = %self.name, "uploads still running: scrubbing what is uploaded");
-                    }
+        match goal.upload_first {
+            UploadFirst::No => {}
+            UploadFirst::Drain => {
+                self.flush()?;
+                self.upload_all("before scrubbing; scrub again later")?;
+            }
+            UploadFirst::Within(t) => {
+                self.flush()?;
+                if !self.upload_sealed_within(t)? {
+                    tracing::debug!(volume = %self.name, "uploads still running: scrubbing what is uploaded");
                 }
             }
         }

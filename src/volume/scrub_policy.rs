@@ -24,16 +24,24 @@ pub struct Goal {
     /// Also rewrite SCOs sealed under an older key of an encrypted volume (after a
     /// rotation), whatever their live part, within `max_moved_clusters`.
     pub rekey: bool,
-    /// Flush and wait for every sealed SCO to be uploaded before choosing, so that the
-    /// newest data is a candidate too. The scrubber skips the wait when garbage already
-    /// in the object store is enough: writes waiting for space should not also wait for
-    /// an upload the pass does not need (167 ms of a 200 ms pass under 1 MiB overwrites).
-    pub upload_first: bool,
-    /// How long that wait may take: `None`, up to the drain timeout, then the pass fails
-    /// (`logdisk scrub`); `Some`, at most this long, then the pass goes on with what is
-    /// uploaded (the scrubber: while it waits, no volume's space limits are recomputed,
-    /// and uploads failing on a full write-buffer disk once held them for 13 s).
-    pub upload_wait: Option<std::time::Duration>,
+    /// Whether (and how long) to flush and wait for every sealed SCO to be uploaded
+    /// before choosing, so that the newest data is a candidate too.
+    pub upload_first: UploadFirst,
+}
+
+/// A pass's wait for the newest uploads before it chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFirst {
+    /// No wait: what is uploaded covers the goal (writes waiting for space should not
+    /// also wait for an upload the pass does not need: 167 ms of a 200 ms pass under
+    /// 1 MiB overwrites), or the local disk is low (uploads may be failing there).
+    No,
+    /// At most this long, then the pass goes on with what is uploaded (the scrubber:
+    /// while it waits no volume's space limits are recomputed, and uploads failing on a
+    /// full write-buffer disk once held them for 13 s).
+    Within(std::time::Duration),
+    /// Up to the drain timeout, then the pass fails (`logdisk scrub`).
+    Drain,
 }
 
 impl Goal {
@@ -44,8 +52,7 @@ impl Goal {
             free_clusters: u64::MAX,
             max_moved_clusters: u64::MAX,
             rekey: true,
-            upload_first: true,
-            upload_wait: None,
+            upload_first: UploadFirst::Drain,
         }
     }
 
@@ -57,8 +64,7 @@ impl Goal {
             free_clusters: 0,
             max_moved_clusters: max_moved,
             rekey: true,
-            upload_first: true,
-            upload_wait: None,
+            upload_first: UploadFirst::Drain,
         }
     }
 }
@@ -119,8 +125,7 @@ mod tests {
             free_clusters: 150,
             max_moved_clusters: u64::MAX,
             rekey: false,
-            upload_first: true,
-            upload_wait: None,
+            upload_first: UploadFirst::Drain,
         };
         assert_eq!(choose(&cands, 4, &g), (vec![4], vec![1]));
         // A copy cap: the first victim always goes, the next only if it fits.
@@ -129,8 +134,7 @@ mod tests {
             free_clusters: u64::MAX,
             max_moved_clusters: 35,
             rekey: false,
-            upload_first: true,
-            upload_wait: None,
+            upload_first: UploadFirst::Drain,
         };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
         let g = Goal {
@@ -138,8 +142,7 @@ mod tests {
             free_clusters: u64::MAX,
             max_moved_clusters: 5,
             rekey: false,
-            upload_first: true,
-            upload_wait: None,
+            upload_first: UploadFirst::Drain,
         };
         assert_eq!(choose(&cands, 4, &g).1, vec![1]);
         // Strictly below the live fraction, as `logdisk scrub --threshold` promises.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Volume, VolumeEnv};
 use super::scrub::Usage;
-use super::scrub_policy::Goal;
+use super::scrub_policy::{Goal, UploadFirst};
 use super::space::Limits;
 use crate::config::ScrubConfig;
 use crate::units::format_size;
@@ -343,10 +343,13 @@ impl Run {
                 rekey: false,
                 // What is uploaded already covers the goal: no wait for the rest. Nor
                 // while the local disk is low: uploads may be failing for want of space
-                // there, and the pass would hold the limits as they were for up to the
-                // drain timeout (after space returned, writes then refilled the disk).
-                upload_first: u.reclaimable < free && !disk_low,
-                upload_wait: Some(UPLOAD_WAIT),
+                // there, and the pass would hold the limits as they were meanwhile
+                // (after space returned, writes then refilled the disk).
+                upload_first: if u.reclaimable < free && !disk_low {
+                    UploadFirst::Within(UPLOAD_WAIT)
+                } else {
+                    UploadFirst::No
+                },
             }
         } else {
             Goal::all_below(cfg.threshold)
