@@ -85,6 +85,21 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A local file system out of space (ENOSPC, EDQUOT) or the space gate's refusal:
+    /// a condition that ends when space is freed, not with time.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::NoSpace { .. } => true,
+            Error::Io { source, .. } => {
+                source.kind() == io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         e.to_io_error()

@@ -107,6 +107,18 @@ pub struct AlignedBuf {
 // SAFETY: AlignedBuf owns its allocation exclusively.
 unsafe impl Send for AlignedBuf {}
 
+// SAFETY: shared references only read the buffer (`Deref`); writes need `&mut`.
+unsafe impl Sync for AlignedBuf {}
+
+/// Bytes of [`zeroes`].
+const ZEROES_LEN: usize = 1 << 20;
+
+/// A shared, aligned, read-only buffer of zeroes, for O_DIRECT writes of zeroes.
+pub fn zeroes() -> &'static AlignedBuf {
+    static ZEROES: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
+    ZEROES.get_or_init(|| AlignedBuf::zeroed(ZEROES_LEN))
+}
+
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> AlignedBuf {
         let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("layout");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::checkpoint::CheckpointData;
 use super::sco_file::ScoFile;
 use super::sco_set::ScoSet;
+use crate::error::Error;
 
 /// A checkpoint scrub asks for (after it deleted SCOs) waits until the last one is this
 /// old. Under sustained random overwrites scrub deletes several times a second, and a
@@ -60,10 +61,19 @@ pub(crate) struct UploadQueue {
     pub checkpoint_retry: Option<(u32, Instant)>,
 }
 
+/// The backoff of an upload that failed for want of local space stops growing here: a
+/// retry costs one local write that fails at once, and space comes back when scrub or an
+/// operator frees some, not with time. With the 30 s cap, uploads stayed stopped up to
+/// ~13 s after the space returned, a scrub pass waited as long for its copies to upload,
+/// and meanwhile writes filled the disk again.
+const NO_SPACE_MAX_BACKOFF: Duration = Duration::from_millis(800);
+
 /// When a job that failed for the `attempts`-th time is tried again: a backoff that
-/// doubles from 200 ms up to 30 s, plus up to a quarter of it as jitter.
-fn retry_at(attempts: u32) -> Instant {
+/// doubles from 200 ms up to 30 s (up to [`NO_SPACE_MAX_BACKOFF`] when the local disk was
+/// full), plus up to a quarter of it as jitter.
+fn retry_at(attempts: u32, no_space: bool) -> Instant {
     let backoff = Duration::from_millis((100u64 << attempts.min(8)).min(30_000));
+    let backoff = if no_space { backoff.min(NO_SPACE_MAX_BACKOFF) } else { backoff };
     let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
     Instant::now() + backoff + jitter
 }
@@ -185,13 +195,14 @@ impl UploadQueue {
 
     /// `job` failed with `error`: retried after a backoff (with jitter) that grows with
     /// its attempts; a checkpoint is due again.
-    pub fn failed(&mut self, job: Job, error: String) {
-        self.upload_error = Some(error);
+    pub fn failed(&mut self, job: Job, error: &Error) {
+        let no_space = error.is_no_space();
+        self.upload_error = Some(error.to_string());
         let (epoch, sco) = match job {
             Job::Checkpoint(cp) => {
                 self.checkpoint_running = false;
                 let attempts = self.checkpoint_retry.map_or(0, |(a, _)| a) + 1;
-                self.checkpoint_retry = Some((attempts, retry_at(attempts)));
+                self.checkpoint_retry = Some((attempts, retry_at(attempts, no_space)));
                 if self.checkpoint_due.is_none() {
                     self.checkpoint_due = Some(cp);
                 }
@@ -202,7 +213,7 @@ impl UploadQueue {
         };
         if let Some(u) = self.jobs.get_mut(&epoch) {
             u.attempts += 1;
-            let at = retry_at(u.attempts);
+            let at = retry_at(u.attempts, no_space);
             match sco {
                 true => u.sco = JobState::RetryAt(at),
                 false => u.tlog = JobState::RetryAt(at),
@@ -250,13 +261,13 @@ mod tests {
     fn a_failed_checkpoint_is_retried_after_a_backoff() {
         let mut q = UploadQueue { last_uploaded: 5, checkpoint_due: Some(checkpoint(5)), ..UploadQueue::default() };
         assert!(picks_checkpoint(&mut q));
-        q.failed(Job::Checkpoint(checkpoint(5)), "read-only file system".into());
+        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS));
         assert!(q.checkpoint_due.is_some(), "still due");
         assert!(!picks_checkpoint(&mut q), "not again at once");
         // The first backoff is 200 ms (+ up to 50 ms of jitter).
         std::thread::sleep(Duration::from_millis(260));
         assert!(picks_checkpoint(&mut q));
-        q.failed(Job::Checkpoint(checkpoint(5)), "read-only file system".into());
+        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS));
         let (attempts, at) = q.checkpoint_retry.unwrap();
         assert_eq!(attempts, 2);
         assert!(at >= Instant::now() + Duration::from_millis(300), "the backoff grows");
@@ -265,5 +276,27 @@ mod tests {
         q.checkpoint_done(5);
         assert_eq!(q.checkpoint_retry, None, "a success resets the backoff");
         assert_eq!(q.last_checkpoint, 5);
+    }
+
+    fn os_error(errno: i32) -> Error {
+        Error::io("cannot write object", std::io::Error::from_raw_os_error(errno))
+    }
+
+    #[test]
+    fn a_job_failed_for_want_of_space_is_retried_within_a_second() {
+        let mut q = UploadQueue::default();
+        q.jobs.insert(
+            7,
+            EpochUpload { sco_clusters: 0, durable: true, sco: JobState::Done, tlog: JobState::Waiting, attempts: 0 },
+        );
+        for _ in 0..12 {
+            q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::ENOSPC));
+        }
+        let JobState::RetryAt(at) = q.jobs[&7].tlog else { panic!("not waiting for a retry") };
+        assert!(at <= Instant::now() + Duration::from_secs(1), "no-space backoff capped");
+        // Any other failure backs off as before: 12 attempts reach the 30 s cap.
+        q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::EIO));
+        let JobState::RetryAt(at) = q.jobs[&7].tlog else { panic!("not waiting for a retry") };
+        assert!(at >= Instant::now() + Duration::from_secs(20), "other failures back off further");
     }
 }

@@ -252,7 +252,7 @@ impl Volume {
                     Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
-                st.uploads.failed(job, e.to_string());
+                st.uploads.failed(job, &e);
             }
         }
         drop(st);

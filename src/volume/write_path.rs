@@ -28,6 +28,12 @@ thread_local! {
 /// Once the TLog's file system has been full this long, a write throttled on a full write
 /// buffer fails: the uploads that would make room need the TLog.
 const LOG_FULL_WAIT: Duration = Duration::from_secs(2);
+/// Scrub and flatten copies may fill the write buffer this fraction of its limit beyond
+/// where guest writes wait (1/8: 2 MiB of a 16 MiB buffer, 512 MiB of the default 4 GiB).
+/// Copies are how space comes back: had they waited with the guest's writes for uploads to
+/// make room, every upload would be taken again by the many guest requests waiting at
+/// once, and a scrub pass moving 0.4 MB took 10 s while the disk filled.
+const MAINTENANCE_HEADROOM_DIV: u64 = 8;
 
 impl Volume {
     // ----- write path -----
@@ -235,7 +241,13 @@ impl Volume {
             }
         }
         let mut throttled = None;
-        while st.scos.wb_bytes >= self.env.opts.wb_limit {
+        let limit = self.env.opts.wb_limit;
+        let limit = if guest {
+            limit
+        } else {
+            limit + (limit / MAINTENANCE_HEADROOM_DIV).max((self.meta.sco_clusters as u64) << self.shift)
+        };
+        while st.scos.wb_bytes >= limit {
             if throttled.is_none() {
                 throttled = Some(Instant::now());
                 self.counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -255,7 +267,8 @@ impl Volume {
             }
         }
         if let Some(t) = throttled {
-            tracing::debug!(volume = %self.name, waited_ms = t.elapsed().as_millis() as u64, "write buffer throttle released");
+            let waited_ms = t.elapsed().as_millis() as u64;
+            tracing::debug!(volume = %self.name, waited_ms, guest, "write buffer throttle released");
         }
         let sco_clusters = self.meta.sco_clusters;
         if st.log.needs_roll(sco_clusters, self.shift, || self.spare.is_ready()) {

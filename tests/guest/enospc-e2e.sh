@@ -36,6 +36,7 @@ START=$(date +%s)
 grep -q ENOSPC-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 sed -n '/ENOSPC-DAEMON-LOG-BEGIN/,/ENOSPC-DAEMON-LOG-END/p' "$T/guest.log" | tr -d '\r'
 grep -E '^\[enospc-guest|^powerloss:' "$T/guest.log" | tr -d '\r'
+grep '^\[daemon\] ' "$T/guest.log" | tr -d '\r'
 say "guest run $(( $(date +%s) - START )) s"
 # The volume is exported here, from a copy of the data dir taken out of the guest's ext4
 # (debugfs, no mount): first from the object store alone on a fresh data dir (the daemon
@@ -50,7 +51,7 @@ echo "file://$T/ld/objects" >"$T/ld/backend" # recorded by absolute path; it mov
 "$BIN" --data-dir "$T/ld" --config "$HERE/powerloss.toml" volume export vm "$T/volume.img" >"$T/export.out" 2>&1 \
     || { tail -n 3 "$T/export.out"; fail "export from the data dir"; }
 cmp -s "$T/alone.img" "$T/volume.img" || fail "the object store alone and the data dir disagree"
-# Phase 1 wrote 0..240M, phase 2 240M..256M (another seed): each journal is checked
+# Phase 1 wrote 0..24M, phase 2 240M..248M (another seed): each journal is checked
 # against the image with the other phase's region cut off (zeroes read as never written).
 tr -d '\0' <"$T/journal1.img" >"$T/journal1.txt"
 tr -d '\0' <"$T/journal2.img" >"$T/journal2.txt"

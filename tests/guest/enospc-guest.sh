@@ -3,13 +3,16 @@
 # "host NVMe" (the host sizes it, 64 MiB): ext4 holding logdisk's data dir AND its embedded
 # object store (the default file://<data-dir>/objects; uploads are hard links on the same
 # file system), plus a ballast file that leaves ROOM_MB free. vdb / vdc = the client's two
-# journals. The volume (256 MiB) is larger than the
-# free space. Phase 1: logdisk-loadgen --journal --allow-errors writes verifiable patterns
-# with flushes to 0..240M until ext4 is full and goes on writing into the full file system
+# journals. The volume (256 MiB) is larger than the file system. Phase 1 writes a 24 MiB
+# region: twice the room left by the ballast, under half the file system once the ballast
+# is gone (a region larger than what the space that returns can hold, written at full
+# speed, would rightly fill the file system again with live data before phase 2).
+# Phase 1: logdisk-loadgen --journal --allow-errors writes verifiable patterns
+# with flushes to 0..24M until ext4 is full and goes on writing into the full file system
 # (requests must fail with "no space", the daemon must not crash or hang); 6 s before the
 # end the ballast is deleted and the same client's writes and flushes must succeed again.
 # Phase 2 (no --allow-errors: any failure fails the test), a new connection to the same
-# daemon, writes with flushes to 240M..256M for PHASE2_SECS (4 s; longer runs show whether
+# daemon, writes with flushes to 240M..248M for PHASE2_SECS (4 s; longer runs show whether
 # writes wait for scrub once the disk runs low again). Then logdisk stops (SIGTERM, status 0) and
 # ext4 is unmounted: the host exports the volume from it and checks both journals. RESTART_WHILE_FULL=1:
 # logdisk is stopped while full instead, started on the full file system, and started
@@ -64,7 +67,7 @@ say "ballast ${BALLAST_MB} MiB; df before the run: $(dfline)"
 # ballast is deleted (space returns under the same running client and connection), unless
 # RESTART_WHILE_FULL=1.
 logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
-    --size 240M --seed 1 --fsync-every 4 --flushes 1000000 --time "$FILL_SECS" --allow-errors \
+    --size 24M --seed 1 --fsync-every 4 --flushes 1000000 --time "$FILL_SECS" --allow-errors \
     --journal /tmp/journal1 --timeout 20 >/tmp/loadgen1.out 2>&1 &
 LG=$!
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -141,7 +144,7 @@ if [ "$RESTART_WHILE_FULL" = 1 ]; then
     say "restarted after the space returned"
 fi
 logdisk-loadgen --socket /tmp/vm.sock --queues 2 --iodepth 16 --bs 4k --bs-max 64k \
-    --offset 240M --size 16M --seed 2 --fsync-every 4 --flushes 1000000 --time "$PHASE2_SECS" \
+    --offset 240M --size 8M --seed 2 --fsync-every 4 --flushes 1000000 --time "$PHASE2_SECS" \
     --journal /tmp/journal2 --timeout 30 >/tmp/loadgen2.out 2>&1
 LGRC=$?
 cat /tmp/loadgen2.out
@@ -154,4 +157,6 @@ say "daemon stopped (status 0); df: $(dfline)"
 umount /mnt/nvme || fail "umount"
 dd if=/tmp/journal1 of=/dev/vdb bs=1M conv=fsync 2>/dev/null || fail "journal 1 to vdb"
 dd if=/tmp/journal2 of=/dev/vdc bs=1M conv=fsync 2>/dev/null || fail "journal 2 to vdc"
+# The last scrub passes with their phases (a pass stalled seconds here once).
+grep -E "pass phases" /tmp/daemon.log | tail -n 20 | sed "s/^/[daemon] /"
 echo "ENOSPC-GUEST-DONE"
