@@ -71,6 +71,8 @@ pub struct VolumeEnv {
     pub opts: EngineOptions,
     /// Every open volume (clones' parent layers are kept in step with scrubs).
     pub open_volumes: Mutex<Vec<std::sync::Weak<Volume>>>,
+    /// Free space on the write buffer's file system (measured by the scrubber).
+    pub disk: Arc<super::disk_room::DiskRoom>,
 }
 
 impl VolumeEnv {
@@ -100,6 +102,7 @@ impl VolumeEnv {
             uploader,
             opts,
             open_volumes: Mutex::new(Vec::new()),
+            disk: Arc::default(),
         }
     }
 
@@ -153,6 +156,7 @@ impl Volume {
     ) -> Volume {
         let cs = meta.cluster_size as u64;
         let spare = super::spare_sco::SpareSco::new(&dir, (meta.sco_clusters as u64) << cs.trailing_zeros());
+        let space = super::space::SpaceGate::on_disk(env.disk.clone());
         Volume {
             size: AtomicU64::new(state.maps.map.clusters() << cs.trailing_zeros()),
             name: meta.name.clone(),
@@ -169,7 +173,7 @@ impl Volume {
             spare,
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
-            space: super::space::SpaceGate::default(),
+            space,
             pacer: super::write_pacer::WritePacer::new(),
             last_read_end: AtomicU64::new(u64::MAX),
             counters: Counters::default(),

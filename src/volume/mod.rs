@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cluster_crc;
 pub mod counters;
 pub mod crc_records;
+pub mod disk_room;
 pub mod dtl_link;
 pub mod engine;
 pub mod epochs;

@@ -47,9 +47,6 @@ const FAILING_LIFTS_GATE: Duration = Duration::from_secs(10);
 const UPLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Near a budget means above this fraction of it: scrub harder.
 const NEAR: f64 = 0.9;
-/// The local disk is short when less than this fraction (or `DISK_MIN_FREE`) is free.
-const DISK_MIN_FRACTION: f64 = 0.05;
-const DISK_MIN_FREE: u64 = 1 << 30;
 
 /// The running scrubber; [`Scrubber::stop`] (or drop) ends it after the current pass.
 pub struct Scrubber {
@@ -168,7 +165,7 @@ impl Run {
         self.watch.retain(|n, _| vols.iter().any(|v| v.name() == n));
         let usages: Vec<Usage> = vols.iter().map(|v| v.usage()).collect();
         let store = self.store_pressure(&vols, &usages);
-        let disk_low = disk_low(&self.root);
+        let disk_low = self.env.disk.measure(&self.root);
         let mut busy = false;
         for (v, u) in vols.iter().zip(usages) {
             if self.stop.load(Ordering::SeqCst) {
@@ -279,12 +276,13 @@ impl Run {
         let ratio_at = (cfg.garbage_ratio * u.log as f64) as u64;
         let scrub_at = limits.max_garbage.map_or(ratio_at, |m| ratio_at.min(m / 2)).max(min_garbage);
         limits.scrub_at = (can_scrub && !v.uploads_paused()).then_some(scrub_at);
-        // The local disk runs low (it may hold the store too): writes wait for scrub once
-        // garbage passes where a pass is due, rather than fill the disk with more garbage,
-        // as long as scrub can free some, its passes succeed, and it frees something at
-        // least every `LOW_DISK_WAIT` (see `SpaceGate`). A disk full of live data or of
-        // the write buffer is not held back here: writes then fail with "no space".
-        if disk_low && can_scrub && w.failing_since.is_none() && u.reclaimable > 0 {
+        // Once the local disk runs low (it may hold the store too; writers see it as they
+        // fill it, see `DiskRoom`): writes wait for scrub once garbage passes where a pass
+        // is due, rather than fill the disk with more garbage, as long as scrub can free
+        // some, its passes succeed, and it frees something at least every `LOW_DISK_WAIT`
+        // (see `SpaceGate`). A disk full of live data or of the write buffer is not held
+        // back here: writes then fail with "no space".
+        if can_scrub && w.failing_since.is_none() && u.reclaimable > 0 {
             limits.low_disk_garbage = Some(scrub_at);
         }
         let trigger = u.garbage > scrub_at;
@@ -430,20 +428,6 @@ fn lowest_io_priority() {
     if r != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the scrubber's IO priority");
     }
-}
-
-/// Free space on the data dir's file system is short.
-fn disk_low(root: &std::path::Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_bytes()) else { return false };
-    // SAFETY: statvfs fills the zeroed struct from a valid NUL-terminated path.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return false;
-    }
-    let free = s.f_bavail as u64 * s.f_frsize as u64;
-    let total = s.f_blocks as u64 * s.f_frsize as u64;
-    free < DISK_MIN_FREE.min((total as f64 * 0.2) as u64).max((total as f64 * DISK_MIN_FRACTION) as u64)
 }
 
 #[cfg(test)]

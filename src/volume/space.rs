@@ -6,6 +6,9 @@
 //! other maps (snapshots) hold. Also the figures `volume info` and the metrics show.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::disk_room::DiskRoom;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -79,6 +82,8 @@ pub struct SpaceGate {
     /// While the local disk is low: writes wait, as long as scrub makes progress, while
     /// estimated garbage clusters exceed this.
     low_disk_garbage: AtomicU64,
+    /// The write buffer's file system: whether it is low, as writers fill it.
+    disk: Arc<DiskRoom>,
     /// The freed mark + 1 at which a writer gave up waiting on `low_disk_garbage`
     /// (0: never): that bound is off until scrub frees something.
     low_disk_lifted: AtomicU64,
@@ -106,7 +111,15 @@ pub struct SpaceGate {
 
 impl Default for SpaceGate {
     fn default() -> Self {
+        SpaceGate::on_disk(Arc::default())
+    }
+}
+
+impl SpaceGate {
+    /// The gate of a volume whose write buffer is on `disk`.
+    pub(crate) fn on_disk(disk: Arc<DiskRoom>) -> Self {
         SpaceGate {
+            disk,
             live_adjust: AtomicI64::new(0),
             max_garbage: AtomicU64::new(NONE),
             low_disk_garbage: AtomicU64::new(NONE),
@@ -160,7 +173,7 @@ impl SpaceGate {
             return Admit::Wait;
         }
         let lifted = self.low_disk_lifted.load(Ordering::Relaxed) == self.freed_mark().wrapping_add(1);
-        if garbage > self.low_disk_garbage.load(Ordering::Relaxed) && !lifted {
+        if garbage > self.low_disk_garbage.load(Ordering::Relaxed) && !lifted && self.disk.is_low() {
             return Admit::Slow;
         }
         Admit::Yes
@@ -275,7 +288,10 @@ mod tests {
 
     #[test]
     fn the_low_disk_bound_holds_until_lifted_and_returns_once_scrub_frees() {
-        let g = SpaceGate::default();
+        let roomy = SpaceGate::default();
+        roomy.set_limits(&Limits { low_disk_garbage: Some(50), ..Limits::default() });
+        assert_eq!(roomy.admit(151, 100), Admit::Yes, "only while the disk is low");
+        let g = SpaceGate::on_disk(Arc::new(DiskRoom::low()));
         g.set_limits(&Limits { low_disk_garbage: Some(50), ..Limits::default() });
         assert_eq!(g.admit(150, 100), Admit::Yes);
         assert_eq!(g.admit(151, 100), Admit::Slow);

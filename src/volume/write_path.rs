@@ -279,6 +279,7 @@ impl Volume {
             self.roll(&mut st, true)?;
         }
         let (file, index, take) = st.reserve_tail(want, sco_clusters, self.shift);
+        self.env.disk.consume((take as u64) << self.shift);
         self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
         Ok((file, index, take))
     }

@@ -29,10 +29,10 @@ drive "$T/journal1.img" jnl1
 drive "$T/journal2.img" jnl2
 START=$(date +%s)
 "$HERE/run-guest.sh" --script "$HERE/enospc-guest.sh" --mem 1G --timeout 600 \
-    --env RESTART_WHILE_FULL="${ENOSPC_RESTART_WHILE_FULL:-0}" --env PHASE2_SECS="${ENOSPC_PHASE2_SECS:-4}" --env RUST_LOG=info,logdisk::volume::scrub=debug \
+    --env RESTART_WHILE_FULL="${ENOSPC_RESTART_WHILE_FULL:-0}" --env PHASE2_SECS="${ENOSPC_PHASE2_SECS:-4}" --env RUST_LOG=info,logdisk::volume::scrub=debug,logdisk::volume::scrubber=debug,logdisk::volume::write_path=debug \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
     --file "$HERE/powerloss.toml:/root/pl.toml" --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null \
-    || { tail -n 40 "$T/guest.log"; fail "guest run"; }
+    || { tail -n 40 "$T/guest.log"; grep -aE '^\[enospc-guest|ENOSPC-GUEST|^powerloss:|pass phases' "$T/guest.log"; fail "guest run"; }
 grep -q ENOSPC-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 sed -n '/ENOSPC-DAEMON-LOG-BEGIN/,/ENOSPC-DAEMON-LOG-END/p' "$T/guest.log" | tr -d '\r'
 grep -E '^\[enospc-guest|^powerloss:' "$T/guest.log" | tr -d '\r'

@@ -22,7 +22,7 @@ fail() {
     echo "ENOSPC-GUEST FAILED: $*"
     df -k /mnt/nvme
     ls -l /mnt/nvme/ld/volumes/vm/tlog /mnt/nvme/ld/volumes/vm/sco 2>/dev/null | tail -n 40
-    [ -f /tmp/daemon.log ] && summary && grep -E "scrub pass|pass phases" /tmp/daemon.log | tail -n 60 && tail -n 30 /tmp/daemon.log
+    [ -f /tmp/daemon.log ] && summary && grep -vE "request failed|io_uring IO failed|upload of .* failed|scrub failed; retried|throttl|O_DIRECT TLog write failed" /tmp/daemon.log | tail -n 150
     exit 1
 }
 # The daemon's distinct WARN/ERROR lines, numbers masked, with their counts.
