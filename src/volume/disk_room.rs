@@ -7,25 +7,50 @@
 //! for the pass before it); the low-disk bound never engaged, the disk was full again, and
 //! scrub, which needs room for its copies and its TLog, could not run until the end.
 
+use std::ffi::{CStr, CString};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The disk is low when less than this fraction of it is free, or `MIN_FREE`, whichever
 /// is more, but never more than `MAX_FRACTION` of it.
 const MIN_FRACTION: f64 = 0.05;
 const MIN_FREE: u64 = 1 << 30;
 const MAX_FRACTION: f64 = 0.2;
+/// A writer that finds the disk low by its estimate measures it again, at most this often
+/// (a statvfs): reservations overcount (a write into an SCO file allocated earlier takes
+/// no new space) and space freed since the last measure is not counted.
+const REMEASURE: Duration = Duration::from_millis(50);
+/// A measure that finds this much more free space than the one before counts as space
+/// returned: uploads that failed for want of space are retried at once.
+const GREW: u64 = 1 << 20;
 
 pub struct DiskRoom {
     /// Free bytes at the last measure minus bytes reserved since (may go negative).
     free: AtomicI64,
-    /// Free bytes below which the disk is low (0: not measured yet).
+    /// Free bytes below which the disk is low (0: not measured, or not measurable).
     low_below: AtomicU64,
+    /// Free bytes at the last measure.
+    measured: AtomicU64,
+    /// Milliseconds from `clock()`'s start to the last measure.
+    measured_at: AtomicU64,
+    /// Bumped by each measure that finds `GREW` more free space than the one before.
+    grown: AtomicU64,
+    /// The file system measured (set by the first `measure`).
+    root: OnceLock<CString>,
 }
 
 impl Default for DiskRoom {
     fn default() -> Self {
-        DiskRoom { free: AtomicI64::new(i64::MAX), low_below: AtomicU64::new(0) }
+        DiskRoom {
+            free: AtomicI64::new(i64::MAX),
+            low_below: AtomicU64::new(0),
+            measured: AtomicU64::new(u64::MAX),
+            measured_at: AtomicU64::new(0),
+            grown: AtomicU64::new(0),
+            root: OnceLock::new(),
+        }
     }
 }
 
@@ -33,10 +58,28 @@ impl DiskRoom {
     /// Measure the file system holding `root` (statvfs); `true` when it is low. A path
     /// that cannot be measured counts as not low.
     pub fn measure(&self, root: &Path) -> bool {
-        let Some((free, total)) = statvfs(root) else { return false };
+        use std::os::unix::ffi::OsStrExt;
+        let Some(c) = self.root.get().cloned().or_else(|| CString::new(root.as_os_str().as_bytes()).ok()) else {
+            return false;
+        };
+        let low = self.measure_path(&c);
+        let _ = self.root.set(c);
+        low
+    }
+
+    fn measure_path(&self, root: &CStr) -> bool {
+        self.measured_at.store(now_ms(), Ordering::Relaxed);
+        let Some((free, total)) = statvfs(root) else {
+            self.low_below.store(0, Ordering::Relaxed);
+            return false;
+        };
         let low_below = MIN_FREE.min((total as f64 * MAX_FRACTION) as u64).max((total as f64 * MIN_FRACTION) as u64);
         self.low_below.store(low_below, Ordering::Relaxed);
         self.free.store(free.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+        let before = self.measured.swap(free, Ordering::Relaxed);
+        if before != u64::MAX && free >= before.saturating_add(GREW) {
+            self.grown.fetch_add(1, Ordering::Relaxed);
+        }
         free < low_below
     }
 
@@ -49,22 +92,57 @@ impl DiskRoom {
     /// A disk that is low (tests).
     #[cfg(test)]
     pub fn low() -> DiskRoom {
-        DiskRoom { free: AtomicI64::new(0), low_below: AtomicU64::new(1) }
+        DiskRoom { free: AtomicI64::new(0), low_below: AtomicU64::new(1), ..DiskRoom::default() }
     }
 
-    /// Low as of the last measure and the reservations since.
+    /// Low as of the last measure and the reservations since; when that says low, measured
+    /// again if the last measure is `REMEASURE` old.
     pub fn is_low(&self) -> bool {
-        self.free.load(Ordering::Relaxed) < self.low_below.load(Ordering::Relaxed).min(i64::MAX as u64) as i64
+        let low =
+            || self.free.load(Ordering::Relaxed) < self.low_below.load(Ordering::Relaxed).min(i64::MAX as u64) as i64;
+        if !low() {
+            return false;
+        }
+        match self.root.get() {
+            Some(root)
+                if now_ms().saturating_sub(self.measured_at.load(Ordering::Relaxed))
+                    >= REMEASURE.as_millis() as u64 =>
+            {
+                self.measure_path(root)
+            }
+            _ => true,
+        }
+    }
+
+    /// Changes each time a measure finds space returned (see `GREW`).
+    pub fn grown(&self) -> u64 {
+        self.grown.load(Ordering::Relaxed)
+    }
+
+    /// [`Self::grown`] after measuring again if the last measure is `REMEASURE` old: for
+    /// the uploader while uploads wait for space, since the scrubber may not measure for a
+    /// while (its pass can be waiting for those very uploads).
+    pub fn grown_now(&self) -> u64 {
+        if let Some(root) = self.root.get() {
+            if now_ms().saturating_sub(self.measured_at.load(Ordering::Relaxed)) >= REMEASURE.as_millis() as u64 {
+                self.measure_path(root);
+            }
+        }
+        self.grown()
     }
 }
 
+/// Milliseconds since the first call (a monotonic clock for the atomics).
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// (available, total) bytes of the file system holding `root`.
-fn statvfs(root: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
+fn statvfs(root: &CStr) -> Option<(u64, u64)> {
     // SAFETY: statvfs fills the zeroed struct from a valid NUL-terminated path.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+    if unsafe { libc::statvfs(root.as_ptr(), &mut s) } != 0 {
         return None;
     }
     Some((s.f_bavail as u64 * s.f_frsize as u64, s.f_blocks as u64 * s.f_frsize as u64))
@@ -88,12 +166,28 @@ mod tests {
             d.consume(free - below);
             assert!(!d.is_low(), "exactly at the threshold: not low");
             d.consume(1);
-            assert!(d.is_low(), "one byte under it");
-            d.measure(t.path());
-            assert!(!d.is_low(), "a new measure forgets the reservations");
+            assert!(d.is_low(), "one byte under it, measured again only after REMEASURE");
+            std::thread::sleep(REMEASURE);
+            assert!(!d.is_low(), "measured again: the reservations took no space");
         }
         d.consume(u64::MAX);
         d.consume(u64::MAX);
-        assert!(d.is_low(), "no overflow");
+        assert_eq!(d.free.load(Ordering::Relaxed), i64::MIN, "no overflow");
+        // Space returned: a measure that finds GREW more than the last bumps `grown`.
+        let g = d.grown();
+        d.measured.store(free.saturating_sub(GREW), Ordering::Relaxed);
+        d.measure(t.path());
+        assert!(d.grown() == g + 1 || free < GREW, "space returned");
+        let g = d.grown();
+        d.measure(t.path());
+        assert_eq!(d.grown(), g, "nothing returned since");
+    }
+
+    #[test]
+    fn a_disk_that_cannot_be_measured_is_not_low() {
+        let d = DiskRoom::low();
+        assert!(d.is_low());
+        assert!(!d.measure(Path::new("/nonexistent/logdisk-disk-room")));
+        assert!(!d.is_low());
     }
 }

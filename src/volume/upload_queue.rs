@@ -59,21 +59,19 @@ pub(crate) struct UploadQueue {
     /// SCOs and TLogs: on a read-only or failing disk it was retried ~150 times a
     /// second, each retry a warning in the log).
     pub checkpoint_retry: Option<(u32, Instant)>,
+    /// A job failed for want of local space when the disk's `DiskRoom::grown` was this:
+    /// once it changes (space returned), every job waiting for a retry is tried at once.
+    /// With the backoff alone, uploads stayed stopped ~13 s after the space returned, a
+    /// scrub pass waited as long for its copies, and the write buffer stayed full.
+    pub no_space_at: Option<u64>,
 }
 
-/// The backoff of an upload that failed for want of local space stops growing here: a
-/// retry costs one local write that fails at once, and space comes back when scrub or an
-/// operator frees some, not with time. With the 30 s cap, uploads stayed stopped up to
-/// ~13 s after the space returned, a scrub pass waited as long for its copies to upload,
-/// and meanwhile writes filled the disk again.
-const NO_SPACE_MAX_BACKOFF: Duration = Duration::from_millis(800);
-
 /// When a job that failed for the `attempts`-th time is tried again: a backoff that
-/// doubles from 200 ms up to 30 s (up to [`NO_SPACE_MAX_BACKOFF`] when the local disk was
-/// full), plus up to a quarter of it as jitter.
-fn retry_at(attempts: u32, no_space: bool) -> Instant {
+/// doubles from 200 ms up to 30 s, plus up to a quarter of it as jitter. (A job that
+/// failed for want of local space is also tried again as soon as space returns: see
+/// `UploadQueue::no_space_at`.)
+fn retry_at(attempts: u32) -> Instant {
     let backoff = Duration::from_millis((100u64 << attempts.min(8)).min(30_000));
-    let backoff = if no_space { backoff.min(NO_SPACE_MAX_BACKOFF) } else { backoff };
     let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
     Instant::now() + backoff + jitter
 }
@@ -117,7 +115,20 @@ impl UploadQueue {
     /// The next job in order: the SCO of the oldest durable epoch whose writes have all
     /// landed (reservations in `scos`), else the oldest TLog once its SCO is uploaded,
     /// else a due checkpoint once every epoch it covers is uploaded. Marks it running.
-    pub fn next_job(&mut self, scos: &ScoSet) -> Pick {
+    pub fn next_job(&mut self, scos: &ScoSet, disk_grown: u64) -> Pick {
+        if self.no_space_at.is_some_and(|g| g != disk_grown) {
+            self.no_space_at = None;
+            for u in self.jobs.values_mut() {
+                for s in [&mut u.sco, &mut u.tlog] {
+                    if matches!(s, JobState::RetryAt(_)) {
+                        *s = JobState::Waiting;
+                    }
+                }
+            }
+            if let Some((_, at)) = &mut self.checkpoint_retry {
+                *at = Instant::now();
+            }
+        }
         let now = Instant::now();
         let ready = |s: JobState| match s {
             JobState::Waiting => true,
@@ -194,15 +205,18 @@ impl UploadQueue {
     }
 
     /// `job` failed with `error`: retried after a backoff (with jitter) that grows with
-    /// its attempts; a checkpoint is due again.
-    pub fn failed(&mut self, job: Job, error: &Error) {
-        let no_space = error.is_no_space();
+    /// its attempts, or once the disk's space grows past `disk_grown` when `error` is for
+    /// want of space; a checkpoint is due again.
+    pub fn failed(&mut self, job: Job, error: &Error, disk_grown: u64) {
+        if error.is_no_space() {
+            self.no_space_at = Some(disk_grown);
+        }
         self.upload_error = Some(error.to_string());
         let (epoch, sco) = match job {
             Job::Checkpoint(cp) => {
                 self.checkpoint_running = false;
                 let attempts = self.checkpoint_retry.map_or(0, |(a, _)| a) + 1;
-                self.checkpoint_retry = Some((attempts, retry_at(attempts, no_space)));
+                self.checkpoint_retry = Some((attempts, retry_at(attempts)));
                 if self.checkpoint_due.is_none() {
                     self.checkpoint_due = Some(cp);
                 }
@@ -213,7 +227,7 @@ impl UploadQueue {
         };
         if let Some(u) = self.jobs.get_mut(&epoch) {
             u.attempts += 1;
-            let at = retry_at(u.attempts, no_space);
+            let at = retry_at(u.attempts);
             match sco {
                 true => u.sco = JobState::RetryAt(at),
                 false => u.tlog = JobState::RetryAt(at),
@@ -233,7 +247,7 @@ mod tests {
     }
 
     fn picks_checkpoint(q: &mut UploadQueue) -> bool {
-        matches!(q.next_job(&ScoSet::default()), Pick::Job(Job::Checkpoint(_)))
+        matches!(q.next_job(&ScoSet::default(), 0), Pick::Job(Job::Checkpoint(_)))
     }
 
     #[test]
@@ -261,13 +275,13 @@ mod tests {
     fn a_failed_checkpoint_is_retried_after_a_backoff() {
         let mut q = UploadQueue { last_uploaded: 5, checkpoint_due: Some(checkpoint(5)), ..UploadQueue::default() };
         assert!(picks_checkpoint(&mut q));
-        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS));
+        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS), 0);
         assert!(q.checkpoint_due.is_some(), "still due");
         assert!(!picks_checkpoint(&mut q), "not again at once");
         // The first backoff is 200 ms (+ up to 50 ms of jitter).
         std::thread::sleep(Duration::from_millis(260));
         assert!(picks_checkpoint(&mut q));
-        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS));
+        q.failed(Job::Checkpoint(checkpoint(5)), &os_error(libc::EROFS), 0);
         let (attempts, at) = q.checkpoint_retry.unwrap();
         assert_eq!(attempts, 2);
         assert!(at >= Instant::now() + Duration::from_millis(300), "the backoff grows");
@@ -283,20 +297,23 @@ mod tests {
     }
 
     #[test]
-    fn a_job_failed_for_want_of_space_is_retried_within_a_second() {
+    fn jobs_failed_for_want_of_space_are_retried_once_space_returns() {
         let mut q = UploadQueue::default();
-        q.jobs.insert(
-            7,
-            EpochUpload { sco_clusters: 0, durable: true, sco: JobState::Done, tlog: JobState::Waiting, attempts: 0 },
-        );
-        for _ in 0..12 {
-            q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::ENOSPC));
-        }
-        let JobState::RetryAt(at) = q.jobs[&7].tlog else { panic!("not waiting for a retry") };
-        assert!(at <= Instant::now() + Duration::from_secs(1), "no-space backoff capped");
-        // Any other failure backs off as before: 12 attempts reach the 30 s cap.
-        q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::EIO));
-        let JobState::RetryAt(at) = q.jobs[&7].tlog else { panic!("not waiting for a retry") };
-        assert!(at >= Instant::now() + Duration::from_secs(20), "other failures back off further");
+        let tlog_waits = || EpochUpload {
+            sco_clusters: 0,
+            durable: true,
+            sco: JobState::Done,
+            tlog: JobState::Waiting,
+            attempts: 0,
+        };
+        q.jobs.insert(7, tlog_waits());
+        let Pick::Job(job) = q.next_job(&ScoSet::default(), 3) else { panic!("TLog 7 not picked") };
+        q.failed(job, &os_error(libc::ENOSPC), 3);
+        assert!(matches!(q.next_job(&ScoSet::default(), 3), Pick::Nothing), "backing off");
+        assert!(matches!(q.next_job(&ScoSet::default(), 4), Pick::Job(Job::Tlog { epoch: 7 })), "space returned");
+        // Any other failure only backs off.
+        q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::EIO), 4);
+        assert_eq!(q.no_space_at, None);
+        assert!(matches!(q.next_job(&ScoSet::default(), 5), Pick::Nothing), "backing off");
     }
 }

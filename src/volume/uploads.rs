@@ -28,7 +28,9 @@ impl Volume {
             return None;
         }
         let s = &mut *st;
-        match s.uploads.next_job(&s.scos) {
+        // Waiting for space to upload: look whether it returned.
+        let grown = if s.uploads.no_space_at.is_some() { self.env.disk.grown_now() } else { self.env.disk.grown() };
+        match s.uploads.next_job(&s.scos, grown) {
             Pick::Job(job) => Some(job),
             Pick::Again => {
                 drop(st);
@@ -252,7 +254,7 @@ impl Volume {
                     Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
-                st.uploads.failed(job, &e);
+                st.uploads.failed(job, &e, self.env.disk.grown());
             }
         }
         drop(st);
