@@ -166,6 +166,8 @@ mod tests {
             d.consume(free - below);
             assert!(!d.is_low(), "exactly at the threshold: not low");
             d.consume(1);
+            // (The clock set as of now: a test thread descheduled for REMEASURE would measure again.)
+            d.measured_at.store(now_ms(), Ordering::Relaxed);
             assert!(d.is_low(), "one byte under it, measured again only after REMEASURE");
             std::thread::sleep(REMEASURE);
             assert!(!d.is_low(), "measured again: the reservations took no space");
@@ -173,12 +175,14 @@ mod tests {
         d.consume(u64::MAX);
         d.consume(u64::MAX);
         assert_eq!(d.free.load(Ordering::Relaxed), i64::MIN, "no overflow");
-        // Space returned: a measure that finds GREW more than the last bumps `grown`.
+        // Space returned: a measure that finds GREW more than the last bumps `grown`. (The
+        // last measure is set by hand: other tests fill this disk meanwhile.)
         let g = d.grown();
-        d.measured.store(free.saturating_sub(GREW), Ordering::Relaxed);
+        d.measured.store(0, Ordering::Relaxed);
         d.measure(t.path());
         assert!(d.grown() == g + 1 || free < GREW, "space returned");
         let g = d.grown();
+        d.measured.store(u64::MAX - 1, Ordering::Relaxed);
         d.measure(t.path());
         assert_eq!(d.grown(), g, "nothing returned since");
     }
