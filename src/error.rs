@@ -83,9 +83,7 @@ impl Error {
             _ => io::Error::other(self.to_string()),
         }
     }
-}
 
-impl Error {
     /// A local file system out of space (ENOSPC, EDQUOT) or the space gate's refusal:
     /// a condition that ends when space is freed, not with time.
     pub fn is_no_space(&self) -> bool {

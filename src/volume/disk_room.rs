@@ -33,7 +33,7 @@ pub struct DiskRoom {
     low_below: AtomicU64,
     /// Free bytes at the last measure.
     measured: AtomicU64,
-    /// Milliseconds from `clock()`'s start to the last measure.
+    /// `now_ms()` at the last measure.
     measured_at: AtomicU64,
     /// Bumped by each measure that finds `GREW` more free space than the one before.
     grown: AtomicU64,
@@ -59,12 +59,20 @@ impl DiskRoom {
     /// that cannot be measured counts as not low.
     pub fn measure(&self, root: &Path) -> bool {
         use std::os::unix::ffi::OsStrExt;
-        let Some(c) = self.root.get().cloned().or_else(|| CString::new(root.as_os_str().as_bytes()).ok()) else {
-            return false;
-        };
-        let low = self.measure_path(&c);
-        let _ = self.root.set(c);
-        low
+        if self.root.get().is_none() {
+            if let Ok(c) = CString::new(root.as_os_str().as_bytes()) {
+                let _ = self.root.set(c);
+            }
+        }
+        self.root.get().is_some_and(|c| self.measure_path(c))
+    }
+
+    /// Measure again if the last measure is `REMEASURE` old: `Some(low)`, or `None` when
+    /// it is recent enough (or nothing was measured yet).
+    fn measure_if_stale(&self) -> Option<bool> {
+        let root = self.root.get()?;
+        let age = now_ms().saturating_sub(self.measured_at.load(Ordering::Relaxed));
+        (age >= REMEASURE.as_millis() as u64).then(|| self.measure_path(root))
     }
 
     fn measure_path(&self, root: &CStr) -> bool {
@@ -100,18 +108,7 @@ impl DiskRoom {
     pub fn is_low(&self) -> bool {
         let low =
             || self.free.load(Ordering::Relaxed) < self.low_below.load(Ordering::Relaxed).min(i64::MAX as u64) as i64;
-        if !low() {
-            return false;
-        }
-        match self.root.get() {
-            Some(root)
-                if now_ms().saturating_sub(self.measured_at.load(Ordering::Relaxed))
-                    >= REMEASURE.as_millis() as u64 =>
-            {
-                self.measure_path(root)
-            }
-            _ => true,
-        }
+        low() && self.measure_if_stale().unwrap_or(true)
     }
 
     /// Changes each time a measure finds space returned (see `GREW`).
@@ -123,11 +120,7 @@ impl DiskRoom {
     /// the uploader while uploads wait for space, since the scrubber may not measure for a
     /// while (its pass can be waiting for those very uploads).
     pub fn grown_now(&self) -> u64 {
-        if let Some(root) = self.root.get() {
-            if now_ms().saturating_sub(self.measured_at.load(Ordering::Relaxed)) >= REMEASURE.as_millis() as u64 {
-                self.measure_path(root);
-            }
-        }
+        self.measure_if_stale();
         self.grown()
     }
 }
