@@ -18,6 +18,11 @@ use crate::error::Result;
 /// On a sequential miss, fetch this much beyond the request from the object store.
 const READ_AHEAD: u64 = 1 << 20;
 
+/// Reads of one request again after its data moved under it (each a scrub pass that
+/// moved it between the lookup and the read; more in a row would mean passes back to back
+/// faster than one object-store read, or a bug).
+const MAX_MOVED_RETRIES: u32 = 8;
+
 thread_local! {
     /// Per-thread iovec scratch for reads: the run being read, and its per-block pieces.
     static SCRATCH: std::cell::RefCell<(Vec<iovec>, Vec<iovec>)> =
@@ -89,6 +94,7 @@ impl Volume {
             let (sub, pieces) = &mut *s.borrow_mut();
             let end = offset + len;
             let mut pos = offset;
+            let mut moves = 0;
             while pos < end {
                 let cluster = pos >> self.shift;
                 let in_off = pos & (self.cs - 1);
@@ -96,15 +102,32 @@ impl Volume {
                 let (src, run) = self.resolve_run(cluster, last_cluster);
                 let run_bytes = ((run << self.shift) - in_off).min(end - pos);
                 iov::sub_range(iovs, pos - offset, run_bytes, sub);
-                match src {
-                    // SAFETY: the caller's iovecs are valid writable buffers.
-                    Source::Zero => unsafe { iov::zero(sub) },
+                let (res, loc) = match src {
+                    Source::Zero => {
+                        // SAFETY: the caller's iovecs are valid writable buffers.
+                        unsafe { iov::zero(sub) };
+                        (Ok(()), None)
+                    }
                     Source::Local(file, loc) => {
-                        self.read_local(&file, loc, in_off, run_bytes, sub, pieces, sequential)?
+                        (self.read_local(&file, loc, in_off, run_bytes, sub, pieces, sequential), Some(loc))
                     }
                     Source::Remote(layer, loc) => {
-                        self.read_remote(layer.as_deref(), loc, in_off, run_bytes, sub, pieces, sequential)?
+                        let r = self.read_remote(layer.as_deref(), loc, in_off, run_bytes, sub, pieces, sequential);
+                        (r, Some(loc))
                     }
+                };
+                if let Err(e) = res {
+                    // A scrub pass may have moved the run and deleted its old SCO between
+                    // the lookup and the read (it rewrites the maps first): read it again
+                    // from where it is now.
+                    let now = Location::unpack(self.state.lock().maps.lookup(cluster).1);
+                    if now != loc && moves < MAX_MOVED_RETRIES {
+                        moves += 1;
+                        tracing::debug!(volume = %self.name, error = %e, "data moved while being read: reading it again");
+                        continue;
+                    }
+                    tracing::error!(volume = %self.name, offset = pos, error = %e, "read failed");
+                    return Err(e);
                 }
                 pos += run_bytes;
             }
@@ -172,7 +195,7 @@ impl Volume {
                 fetched = self.env.reader.read_frames(&okey, pos, end - pos);
             }
             let (raw_start, data) = fetched.map_err(|e| {
-                tracing::error!(volume = %self.name, object = %okey, error = %e, "read from the object store failed");
+                tracing::debug!(volume = %self.name, object = %okey, error = %e, "read from the object store failed");
                 e
             })?;
             // Fill the cache with every whole block fetched, in the background.

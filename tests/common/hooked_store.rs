@@ -1,8 +1,10 @@
 //! The real local directory store with test hooks: puts (and hard-link adoptions) can be
-//! refused as an unavailable server would refuse them, and reads of SCO objects are counted.
+//! refused as an unavailable server would refuse them, reads of SCO objects are counted, and
+//! a test can run something just before the next one (a scrub pass racing a read).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use logdisk::backend::local::LocalStore;
 use logdisk::backend::{ObjectInfo, ObjectStore};
@@ -16,6 +18,8 @@ pub struct HookedStore {
     pub refused: AtomicU64,
     /// Reads (`get`, `get_range`, `get_tail`) of SCO objects so far.
     pub sco_reads: AtomicU64,
+    /// Run (once) before the next read of an SCO object, then cleared.
+    pub before_sco_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl HookedStore {
@@ -25,6 +29,7 @@ impl HookedStore {
             refuse_writes: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             sco_reads: AtomicU64::new(0),
+            before_sco_read: Mutex::new(None),
         }
     }
 
@@ -39,6 +44,10 @@ impl HookedStore {
     fn count_read(&self, key: &str) {
         if key.contains("/sco/") {
             self.sco_reads.fetch_add(1, Ordering::SeqCst);
+            let hook = self.before_sco_read.lock().unwrap().take();
+            if let Some(f) = hook {
+                f();
+            }
         }
     }
 }
