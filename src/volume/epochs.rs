@@ -62,6 +62,8 @@ impl Volume {
         if !zeroed {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
+        // A crash here leaves an SCO file whose epoch has no TLog (recovery removes it).
+        crate::fault::point("roll-before-tlog");
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
         st.scos
             .local

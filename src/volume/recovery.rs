@@ -56,12 +56,17 @@ impl Volume {
         // What the local write buffer holds.
         let local_scos = local_numbers(&dir.join("sco"))?;
         let local_tlogs = local_numbers(&dir.join("tlog"))?;
-        max_epoch =
-            max_epoch.max(local_scos.last().copied().unwrap_or(0)).max(local_tlogs.last().copied().unwrap_or(0));
+        max_epoch = max_epoch.max(local_tlogs.last().copied().unwrap_or(0));
 
         // Newest valid checkpoint.
         let (cp_epoch, mut replay) = load_checkpoint(store.as_ref(), &meta)?;
         max_epoch = max_epoch.max(cp_epoch);
+        // An SCO file whose epoch has no TLog anywhere: a crash between creating an
+        // epoch's SCO file and its TLog (nothing was written into it). It is removed
+        // below and its number used again: skipping it would leave a gap in the epoch
+        // sequence that the next open takes for a lost TLog.
+        let orphan = |e: &u64| *e > cp_epoch && !local_tlogs.contains(e) && !remote_tlogs.contains_key(e);
+        max_epoch = max_epoch.max(local_scos.iter().filter(|e| !orphan(e)).max().copied().unwrap_or(0));
 
         // Replay every TLog after the checkpoint, in order.
         let last_tlog = remote_tlogs.keys().chain(local_tlogs.iter()).copied().max().unwrap_or(0);
@@ -142,8 +147,7 @@ impl Volume {
                 file.set_len(clusters as u64 * cs)?;
             }
             let uploaded = remote_tlogs.contains_key(&e) || e <= cp_epoch;
-            let has_tlog = local_tlogs.contains(&e) || uploaded;
-            if !has_tlog {
+            if orphan(&e) {
                 tracing::warn!(volume = %name, epoch = e, "removing an SCO file that no TLog references");
                 let _ = fs::remove_file(&path);
                 continue;
