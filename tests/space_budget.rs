@@ -86,6 +86,9 @@ fn store_budget_refuses_writes_when_full_and_a_delete_frees_it() {
 
     let b = dd.open_volume("b", false).unwrap();
     let mut s = scrubber(&mut dd, vec![b.clone()]);
+    // Until its first look the scrubber has set no limit on b (under CPU load the writes
+    // below went 2 MiB past where the budget stops them before it looked).
+    wait_for("the scrubber's first look", 20, || b.space.figures().looks > 0);
     let mut img_b = vec![0u8; 16 * MB as usize];
     // b's fresh data and a's 6 MiB fill the 12 MiB budget: nothing is garbage, so writes
     // wait, then fail with a clear error.

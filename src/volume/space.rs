@@ -59,6 +59,10 @@ pub struct SpaceFigures {
     pub scrub_rate: u64,
     /// Guest writes that had to wait for scrub.
     pub throttled_writes: u64,
+    /// The scrubber's looks at this volume (each sets its limits) since it was opened:
+    /// 0 means no budget applies yet.
+    #[serde(default)]
+    pub looks: u64,
 }
 
 impl SpaceFigures {
