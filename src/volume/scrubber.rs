@@ -148,7 +148,8 @@ impl Run {
             let start = Instant::now();
             while start.elapsed() < every && !self.stop.load(Ordering::SeqCst) {
                 std::thread::sleep(POLL.min(every));
-                if start.elapsed() >= MIN_GAP && (self.volumes)().iter().any(|v| v.space.scrub_due() && !v.is_stopped())
+                if start.elapsed() >= MIN_GAP
+                    && (self.volumes)().iter().any(|v| v.space.scrub_due() && !v.is_stopped() && !v.read_only())
                 {
                     break;
                 }
