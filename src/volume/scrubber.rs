@@ -301,7 +301,6 @@ impl Run {
             f.budget_bytes = budget.map_or(0, |b| b * cs);
             f.state = state.into();
             f.reason = limits.full.clone();
-            f.looks += 1;
         });
         v.space.set_limits(&limits);
         v.refresh_space();

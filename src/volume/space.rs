@@ -106,10 +106,10 @@ pub struct SpaceGate {
     /// The last reservation found a pass due (garbage past `scrub_at`, or a writer
     /// waiting): the scrubber looks at once instead of at its next interval.
     due: AtomicBool,
-    /// The scrubber has set this volume's limits at least once. Until then no budget
-    /// applies, so a volume never looked at counts as due (the scrubber looks within
-    /// ~50 ms instead of at its next interval).
-    limits_set: AtomicBool,
+    /// Times the scrubber set this volume's limits. Until the first, no budget applies,
+    /// so a volume never looked at counts as due (the scrubber looks within ~50 ms
+    /// instead of at its next interval).
+    looks: AtomicU64,
     throttled: AtomicU64,
     /// Bumped each time scrub frees space: a waiting writer gives up only after a
     /// whole timeout without progress.
@@ -139,7 +139,7 @@ impl SpaceGate {
             waiting: AtomicU64::new(0),
             scrub_at: AtomicU64::new(NONE),
             due: AtomicBool::new(false),
-            limits_set: AtomicBool::new(false),
+            looks: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             freed: AtomicU64::new(0),
             figures: Mutex::new(SpaceFigures { state: "ok".into(), ..SpaceFigures::default() }),
@@ -206,7 +206,7 @@ impl SpaceGate {
     /// writes wait can be reached well within one interval (at 1.5 GB/s, a 1 GiB
     /// volume's allowance of garbage lasts ~0.3 s).
     pub fn scrub_due(&self) -> bool {
-        self.due.load(Ordering::Relaxed) || !self.limits_set.load(Ordering::Relaxed)
+        self.due.load(Ordering::Relaxed) || self.looks.load(Ordering::Relaxed) == 0
     }
 
     /// Writes go on without waiting, as of the last look.
@@ -249,7 +249,7 @@ impl SpaceGate {
     }
 
     pub(crate) fn set_limits(&self, l: &Limits) {
-        self.limits_set.store(true, Ordering::Relaxed);
+        self.looks.fetch_add(1, Ordering::Relaxed);
         self.live_adjust.store(l.live_adjust, Ordering::Relaxed);
         self.max_garbage.store(l.max_garbage.unwrap_or(NONE), Ordering::Relaxed);
         self.low_disk_garbage.store(l.low_disk_garbage.unwrap_or(NONE), Ordering::Relaxed);
@@ -265,6 +265,7 @@ impl SpaceGate {
     pub fn figures(&self) -> SpaceFigures {
         let mut f = self.figures.lock().clone();
         f.throttled_writes = self.throttled.load(Ordering::Relaxed);
+        f.looks = self.looks.load(Ordering::Relaxed);
         f
     }
 
