@@ -57,18 +57,23 @@ impl Volume {
         }
         let epoch = st.log.next_epoch;
         let path = self.sco_path(epoch);
-        let zeroed = self.spare.take(&path);
+        let taken = self.spare.take(&path);
         let sco = Arc::new(ScoFile::open(&path, epoch, self.meta.sco_clusters, true, self.env.opts.direct)?);
-        if !zeroed {
+        if taken.is_none() {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
         }
         // A crash here leaves an SCO file whose epoch has no TLog (recovery removes it).
         crate::fault::point("roll-before-tlog");
         let tlog = TlogWriter::create(&self.tlog_path(epoch), epoch, self.env.opts.direct)?;
+        // The TLog's first sync commits the file system's journal with this rename and
+        // every extent change of the file before it: later writes into a file whose
+        // blocks are all written change no metadata, so its flushes need only a device
+        // flush, which the TLog's sync gives (`FlushWork::single`).
+        let written = taken == Some(true) && tlog.device() == Some(sco.dev());
         st.scos
             .local
             .insert(epoch, LocalSco { file: sco.clone(), clusters: 0, inflight: 0, uploaded: false, linked: false });
-        st.log.open_next(sco, tlog, zeroed);
+        st.log.open_next(sco, tlog, taken.is_some(), written);
         Ok(())
     }
 

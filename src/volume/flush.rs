@@ -79,7 +79,7 @@ impl Volume {
 
     fn flush_inner(&self, sync: bool) -> Result<()> {
         let mut side = self.flush_side.lock();
-        let FlushWork { dirty, batches, new_tlogs, flush_heavy } = {
+        let FlushWork { dirty, batches, new_tlogs, flush_heavy, single } = {
             let mut st = self.state.lock();
             if let Some(f) = &st.failed {
                 return Err(self.stopped_error(f));
@@ -90,7 +90,7 @@ impl Volume {
         if flush_heavy {
             self.spare.prepare();
         }
-        let (result, unwritten_from) = side.commit(&dirty, &batches, new_tlogs, sync);
+        let (result, unwritten_from) = side.commit(&dirty, &batches, new_tlogs, sync, single);
         if let (Some(i), Err(e)) = (unwritten_from, &result) {
             // Out of space: a retryable failure (the SCO data is synced, the records are
             // in memory). Still under the flush side, so no later flush writes newer

@@ -38,6 +38,7 @@ pub mod space;
 pub mod spare_sco;
 pub mod state;
 pub mod sync_set;
+pub(crate) mod tail_check;
 pub mod tlog;
 pub mod tlog_fuzzing;
 pub mod tlog_record;

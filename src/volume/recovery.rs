@@ -18,6 +18,7 @@ use super::replay::{load_checkpoint, store_objects};
 use super::sco_file::ScoFile;
 use super::sco_set::LocalSco;
 use super::state::State;
+use super::tail_check;
 use super::tlog::{self, Record, TlogWriter};
 use super::upload_queue::{EpochUpload, JobState};
 use crate::backend::keys;
@@ -98,11 +99,21 @@ impl Volume {
                 }
             } else if local_tlogs.contains(&e) {
                 let bytes = fs::read(&local_path).ctx(|| format!("cannot read {}", local_path.display()))?;
-                let p = tlog::parse(&bytes, e);
+                let mut p = tlog::parse(&bytes, e);
                 let key = local_path.display().to_string();
                 if p.torn {
                     tracing::warn!(volume = %name, tlog = %key, valid = p.valid_len, len = bytes.len(),
                         "cutting a torn TLog tail (writes that were never flushed)");
+                }
+                // A TLog sealed by a batch written after its data was synced has all its
+                // data; one left open by the crash, or sealed ahead, is checked.
+                let seal_ahead = p.ahead.last().is_some_and(|a| a.end == p.records.len());
+                if p.sealed().is_none() || p.torn || seal_ahead {
+                    if let Some(c) = tail_check::cut_unsynced(&mut p, &dir.join("sco"), meta.cluster_size) {
+                        tracing::warn!(volume = %name, tlog = %key, batch = c.batch, cluster_at = ?c.at,
+                            dropped_batches = c.batches, dropped_records = c.records,
+                            "cutting a TLog tail whose data is not on the disk (writes never flushed before a power loss)");
+                    }
                 }
                 note_references(&p.records, &mut referenced);
                 replay.tlog(&p.records, e, &key)?;

@@ -31,8 +31,9 @@ struct SpareState {
     preparing: bool,
     /// The last attempt failed (a full file system): no new one before a pause.
     failed_at: Option<std::time::Instant>,
-    /// Dead SCO files waiting in `recycled/` to be written again.
-    recycled: Vec<PathBuf>,
+    /// Dead SCO files waiting in `recycled/` to be written again, and whether every
+    /// block of each is written ([`fully_written`]).
+    recycled: Vec<(PathBuf, bool)>,
     /// Name of the next recycled file.
     next_name: u64,
 }
@@ -63,7 +64,8 @@ impl SpareSco {
         for e in std::fs::read_dir(&pool).into_iter().flatten().flatten() {
             let p = e.path();
             if recycled.len() < RECYCLE_MAX && e.metadata().is_ok_and(|m| m.len() == len && m.nlink() == 1) {
-                recycled.push(p);
+                let written = std::fs::File::open(&p).is_ok_and(|f| fully_written(&f, len));
+                recycled.push((p, written));
             } else {
                 let _ = std::fs::remove_file(&p);
             }
@@ -83,16 +85,17 @@ impl SpareSco {
             return false;
         }
         let to = self.pool.join(format!("{:016x}", s.next_name));
-        let moved = (|| -> std::io::Result<bool> {
+        let moved = (|| -> std::io::Result<Option<bool>> {
             let f = OpenOptions::new().write(true).open(path)?;
             let m = f.metadata()?;
             if m.len() < self.len || m.nlink() != 1 {
-                return Ok(false);
+                return Ok(None);
             }
             // A sealed SCO carries its footer after the data: cut back to the SCO size.
             if m.len() > self.len {
                 f.set_len(self.len)?;
             }
+            let written = fully_written(&f, self.len);
             // Drop its cached pages (IO not aligned for O_DIRECT goes through the page
             // cache, `ScoFile::pick`; scrub read its victims that way until 2026-12-05): a
             // guest's O_DIRECT write into a range with cached pages cannot be issued
@@ -103,15 +106,15 @@ impl SpareSco {
             unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
             std::fs::create_dir_all(&self.pool)?;
             std::fs::rename(path, &to)?;
-            Ok(true)
+            Ok(Some(written))
         })();
         match moved {
-            Ok(true) => {
+            Ok(Some(written)) => {
                 s.next_name += 1;
-                s.recycled.push(to);
+                s.recycled.push((to, written));
                 true
             }
-            Ok(false) => false,
+            Ok(None) => false,
             Err(e) => {
                 tracing::debug!(file = %path.display(), error = %e, "cannot keep a dead SCO file for reuse");
                 false
@@ -163,27 +166,93 @@ impl SpareSco {
     }
 
     /// Move the ready spare, or else a recycled SCO file, to `to`: a file of the SCO
-    /// size whose blocks are written; false if there is none.
-    pub fn take(&self, to: &Path) -> bool {
+    /// size whose blocks are written (`Some(true)`; `Some(false)` for a recycled file
+    /// with blocks the file system holds as unwritten or not at all); `None` if there is
+    /// none.
+    pub fn take(&self, to: &Path) -> Option<bool> {
         let mut s = self.state.lock();
         if !s.ready {
-            while let Some(p) = s.recycled.pop() {
+            while let Some((p, written)) = s.recycled.pop() {
                 match std::fs::rename(&p, to) {
-                    Ok(()) => return true,
+                    Ok(()) => return Some(written),
                     Err(e) => tracing::warn!(file = %p.display(), error = %e, "cannot reuse a recycled SCO file"),
                 }
             }
-            return false;
+            return None;
         }
         s.ready = false;
         match std::fs::rename(&self.path, to) {
-            Ok(()) => true,
+            Ok(()) => Some(true),
             Err(e) => {
                 tracing::warn!(file = %self.path.display(), error = %e, "cannot use the zeroed SCO file");
-                false
+                None
             }
         }
     }
+}
+
+/// True if the file system holds every block of `f`'s first `len` bytes as written data
+/// (FIEMAP, after writing back dirty pages): no hole, no unwritten (preallocated) or
+/// delayed-allocation extent. Writing into such a file changes no extent metadata. (A
+/// recycled SCO can hold unwritten extents where a write reserved space and then failed.)
+/// False where FIEMAP is not supported.
+pub fn fully_written(f: &std::fs::File, len: u64) -> bool {
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; EXTENTS],
+    }
+    const EXTENTS: usize = 32;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 0x1;
+    const LAST: u32 = 0x1;
+    // Unknown location, delayed allocation, unwritten (preallocated).
+    const NOT_WRITTEN: u32 = 0x2 | 0x4 | 0x800;
+    let mut at = 0u64;
+    while at < len {
+        let empty = Extent { logical: 0, physical: 0, length: 0, reserved64: [0; 2], flags: 0, reserved: [0; 3] };
+        let mut m = Fiemap {
+            start: at,
+            length: len - at,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: EXTENTS as u32,
+            reserved: 0,
+            extents: [empty; EXTENTS],
+        };
+        // SAFETY: FS_IOC_FIEMAP fills at most `extent_count` extents of the struct we own.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m as *mut Fiemap) } != 0 {
+            return false;
+        }
+        if m.mapped_extents == 0 {
+            return false;
+        }
+        for e in &m.extents[..(m.mapped_extents as usize).min(EXTENTS)] {
+            if e.logical > at || e.flags & NOT_WRITTEN != 0 {
+                return false;
+            }
+            at = at.max(e.logical + e.length);
+            if e.flags & LAST != 0 && at < len {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Write `len` zero bytes to `path` (O_DIRECT where possible: no page-cache pollution),
@@ -218,7 +287,7 @@ mod tests {
         let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
         let s = SpareSco::new(t.path(), 3 << 20);
         assert!(!s.is_ready());
-        assert!(!s.take(&t.path().join("a")));
+        assert!(s.take(&t.path().join("a")).is_none());
         s.prepare();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !s.is_ready() {
@@ -227,8 +296,8 @@ mod tests {
         }
         // A second volume object over the same dir sees the finished spare.
         assert!(SpareSco::new(t.path(), 3 << 20).is_ready());
-        assert!(s.take(&t.path().join("a")));
-        assert!(!s.take(&t.path().join("b")));
+        assert_eq!(s.take(&t.path().join("a")), Some(true));
+        assert!(s.take(&t.path().join("b")).is_none());
         let data = std::fs::read(t.path().join("a")).unwrap();
         assert_eq!(data.len(), 3 << 20);
         assert!(data.iter().all(|&b| b == 0));
@@ -254,14 +323,51 @@ mod tests {
         assert!(!s.offer(&linked));
         assert_eq!(s.recycled(), 1);
         // A new SCO takes it: the SCO size, the old bytes (never read: no map points there).
-        assert!(s.take(&t.path().join("sco-9")));
+        assert!(s.take(&t.path().join("sco-9")).is_some());
         assert_eq!(std::fs::metadata(t.path().join("sco-9")).unwrap().len(), len);
-        assert!(!s.take(&t.path().join("sco-10")), "a recycled file handed out twice");
+        assert!(s.take(&t.path().join("sco-10")).is_none(), "a recycled file handed out twice");
         // Bounded; what is left over is found again by the next run.
         for i in 0..RECYCLE_MAX + 3 {
             let ok = s.offer(&dead(&format!("d{i}"), len));
             assert_eq!(ok, i < RECYCLE_MAX, "offer {i}");
         }
         assert_eq!(SpareSco::new(t.path(), len).recycled(), RECYCLE_MAX);
+    }
+
+    #[test]
+    fn written_files_are_told_from_preallocated_and_sparse_ones() {
+        let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+        let len = 1u64 << 20;
+        let p = t.path().join("f");
+        std::fs::write(&p, vec![1u8; len as usize]).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        if !fully_written(&f, len) {
+            // No FIEMAP here (tmpfs and the like): always false, which is safe.
+            eprintln!("FIEMAP not supported on {}: skipped", t.path().display());
+            return;
+        }
+        // Dirty pages only (delayed allocation) count once written back (FIEMAP syncs).
+        let q = t.path().join("dirty");
+        std::fs::write(&q, vec![2u8; len as usize]).unwrap();
+        assert!(fully_written(&std::fs::File::open(&q).unwrap(), len));
+        // Preallocated: unwritten extents.
+        let g = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(t.path().join("g")).unwrap();
+        // SAFETY: plain syscall on an fd we own.
+        assert_eq!(unsafe { libc::fallocate(g.as_raw_fd(), 0, 0, len as libc::off_t) }, 0);
+        assert!(!fully_written(&g, len));
+        // Written but for one preallocated block in the middle (a failed write), or sparse.
+        g.write_all_at(&vec![3u8; len as usize], 0).unwrap();
+        g.sync_all().unwrap();
+        assert!(fully_written(&g, len));
+        // SAFETY: as above; punch a hole, then preallocate it again.
+        let (off, n) = ((len / 2) as libc::off_t, 4096 as libc::off_t);
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        assert_eq!(unsafe { libc::fallocate(g.as_raw_fd(), punch, off, n) }, 0);
+        assert!(!fully_written(&g, len), "a hole");
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fallocate(g.as_raw_fd(), 0, off, n) }, 0);
+        assert!(!fully_written(&g, len), "an unwritten block");
+        // Shorter than asked: not written up to `len`.
+        assert!(!fully_written(&f, 2 * len));
     }
 }

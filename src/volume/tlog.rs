@@ -6,6 +6,11 @@
 //! record: one entry, encoded as in `super::tlog_record`
 //! ```
 //! A torn tail (crash during a batch write) fails its checksum and is cut off on replay.
+//! The magic says whether the data the batch maps was durable when the batch was written:
+//! "LDTB" after a sync of that data, "LDTU" ahead of it (records of completed writes, and
+//! a flush that syncs data and records with one device flush). A power loss can keep an
+//! "LDTU" batch and lose the data under it; recovery checks such batches of an unsealed
+//! TLog against their checksum records (`super::tail_check`).
 //! Batches written with O_DIRECT start on 512-byte sectors; the zeroes between them, and
 //! a zeroed tail after the last one, are skipped.
 
@@ -16,6 +21,8 @@ pub use super::tlog_record::{Record, SnapName, CRCS_PER_RECORD};
 use crate::error::{Error, IoContext, Result};
 
 const MAGIC: u32 = 0x4C44_5442;
+/// A batch written before the data it maps was synced.
+const MAGIC_AHEAD: u32 = 0x4C44_5455;
 pub const HEADER_LEN: usize = 28;
 
 /// Appends batches to one TLog file. Records are encoded by the caller (under the
@@ -128,9 +135,17 @@ impl TlogWriter {
         self.epoch
     }
 
-    /// Write `count` encoded records as one batch (not synced).
+    /// Write `count` encoded records as one batch (not synced), after the data they map
+    /// was synced.
     pub fn write_batch(&mut self, payload: &[u8], count: u32) -> Result<()> {
-        self.encode_and_write(payload, count, false)
+        self.encode_and_write(payload, count, false, false)
+    }
+
+    /// Write `count` encoded records as one batch (not synced) before the data they map
+    /// is synced: one sync then makes both durable, and recovery checks the batch against
+    /// the data it maps (a power loss can keep one without the other).
+    pub fn write_batch_ahead(&mut self, payload: &[u8], count: u32) -> Result<()> {
+        self.encode_and_write(payload, count, false, true)
     }
 
     /// Write `count` encoded records as one batch through the page cache, at the offset
@@ -141,17 +156,18 @@ impl TlogWriter {
     /// with O_DIRECT made each guest write at low queue depth two device writes, the
     /// second one synchronous on the vring worker). An O_DIRECT batch written later into
     /// the same page makes the kernel write the page back and drop it first.
+    /// Its data is not synced yet either: the batch is written as one written ahead.
     pub fn write_batch_cached(&mut self, payload: &[u8], count: u32) -> Result<()> {
-        self.encode_and_write(payload, count, true)
+        self.encode_and_write(payload, count, true, true)
     }
 
-    fn encode_and_write(&mut self, payload: &[u8], count: u32, cached: bool) -> Result<()> {
+    fn encode_and_write(&mut self, payload: &[u8], count: u32, cached: bool, ahead: bool) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        encode_batch(&mut buf, self.epoch, self.seq, count, payload);
+        encode_batch_as(&mut buf, self.epoch, self.seq, count, payload, ahead);
         let res = self.write_encoded_via(&buf, cached);
         self.scratch = buf;
         res
@@ -243,11 +259,11 @@ impl TlogWriter {
         Ok(())
     }
 
-    /// True if every batch written so far is made durable by a device cache flush that
-    /// starts now, such as an fdatasync of another file on device `dev`.
-    #[allow(dead_code)] // the flush no longer relies on it (see Volume::flush); tests do
-    pub fn covered_by(&self, dev: u64) -> bool {
-        self.direct.as_ref().is_some_and(|d| d.dev == dev && !d.grown)
+    /// The device of the file system the TLog is on, when batches go with O_DIRECT
+    /// (ext4, XFS): a flush can then make an SCO on the same device durable with the
+    /// TLog's own sync (`FlushWork::single`).
+    pub fn device(&self) -> Option<u64> {
+        self.direct.as_ref().map(|d| d.dev)
     }
 
     /// The file was just synced (its grown zeroed region is durable).
@@ -286,10 +302,15 @@ impl TlogWriter {
     }
 }
 
-/// Encode one batch of already-encoded records.
+/// Encode one batch of already-encoded records (their data synced before it).
 pub fn encode_batch(out: &mut Vec<u8>, epoch: u64, seq: u32, count: u32, payload: &[u8]) {
+    encode_batch_as(out, epoch, seq, count, payload, false)
+}
+
+/// Encode one batch; `ahead`: written before the data it maps was synced.
+pub fn encode_batch_as(out: &mut Vec<u8>, epoch: u64, seq: u32, count: u32, payload: &[u8], ahead: bool) {
     let start = out.len();
-    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&(if ahead { MAGIC_AHEAD } else { MAGIC }).to_le_bytes());
     out.extend_from_slice(&epoch.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
@@ -309,9 +330,32 @@ pub struct Parsed {
     pub batches: u32,
     /// True if bytes after `valid_len` did not form a valid batch.
     pub torn: bool,
+    /// The batches written ahead of their data's sync (see the module doc), in order.
+    pub ahead: Vec<AheadBatch>,
+}
+
+/// Where a batch written ahead of its data's sync is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AheadBatch {
+    /// Its sequence number (batches before it: `seq`).
+    pub seq: u32,
+    /// Its first byte in the file.
+    pub offset: u64,
+    /// Its records: `records[first..end]`.
+    pub first: usize,
+    pub end: usize,
 }
 
 impl Parsed {
+    /// Drop batch `b.seq` and every batch after it (`b` is one of `self.ahead`).
+    pub fn cut_at(&mut self, b: AheadBatch) {
+        self.records.truncate(b.first);
+        self.valid_len = b.offset;
+        self.batches = b.seq;
+        self.torn = true;
+        self.ahead.retain(|a| a.seq < b.seq);
+    }
+
     pub fn sealed(&self) -> Option<(u64, u32)> {
         match self.records.last() {
             Some(Record::Seal { sco, clusters }) => Some((*sco, *clusters)),
@@ -323,14 +367,19 @@ impl Parsed {
 /// Parse TLog bytes of `epoch`, stopping at the first invalid batch.
 pub fn parse(bytes: &[u8], epoch: u64) -> Parsed {
     let mut records = Vec::new();
+    let mut ahead = Vec::new();
     let mut at = 0usize;
     let mut batches = 0u32;
     loop {
         if at == bytes.len() {
-            return Parsed { records, valid_len: at as u64, batches, torn: false };
+            return Parsed { records, valid_len: at as u64, batches, torn: false, ahead };
         }
         match parse_batch(&bytes[at..], epoch, batches) {
-            Some((mut recs, used)) => {
+            Some((mut recs, used, was_ahead)) => {
+                if was_ahead {
+                    let first = records.len();
+                    ahead.push(AheadBatch { seq: batches, offset: at as u64, first, end: first + recs.len() });
+                }
                 records.append(&mut recs);
                 at += used;
                 batches += 1;
@@ -348,19 +397,21 @@ pub fn parse(bytes: &[u8], epoch: u64) -> Parsed {
                 }
                 // Only zeroes after the last batch: the zeroed, not yet used tail.
                 let torn = bytes[at..].iter().any(|&b| b != 0);
-                return Parsed { records, valid_len: at as u64, batches, torn };
+                return Parsed { records, valid_len: at as u64, batches, torn, ahead };
             }
         }
     }
 }
 
-fn parse_batch(b: &[u8], epoch: u64, want_seq: u32) -> Option<(Vec<Record>, usize)> {
+/// One batch: its records, its length, and whether it was written ahead of its data.
+fn parse_batch(b: &[u8], epoch: u64, want_seq: u32) -> Option<(Vec<Record>, usize, bool)> {
     if b.len() < HEADER_LEN {
         return None;
     }
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
     let e = u64::from_le_bytes(b[4..12].try_into().unwrap());
-    if u32_at(0) != MAGIC || e != epoch || u32_at(12) != want_seq {
+    let magic = u32_at(0);
+    if !matches!(magic, MAGIC | MAGIC_AHEAD) || e != epoch || u32_at(12) != want_seq {
         return None;
     }
     let count = u32_at(16) as usize;
@@ -382,7 +433,7 @@ fn parse_batch(b: &[u8], epoch: u64, want_seq: u32) -> Option<(Vec<Record>, usiz
     if recs.len() != count {
         return None;
     }
-    Some((recs, HEADER_LEN + plen))
+    Some((recs, HEADER_LEN + plen, magic == MAGIC_AHEAD))
 }
 
 /// Parse a sealed TLog (from the object store): any damage is an error.
@@ -410,7 +461,7 @@ mod tests {
         let path = t.path().join("t");
         let mut w = TlogWriter::create(&path, 5, true).unwrap();
         let dev = std::fs::metadata(&path).unwrap().dev();
-        let direct = w.covered_by(dev);
+        let direct = w.device() == Some(dev);
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
         let c = std::ffi::CString::new(t.path().as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: statfs fills the struct for a valid path.
@@ -450,8 +501,10 @@ mod tests {
                 "zeroed region: {}",
                 bytes.len()
             );
-            // Every batch starts on a fresh sector: the second one right after the first's.
-            assert_eq!(&bytes[512..516], &MAGIC.to_le_bytes());
+            // Every batch starts on a fresh sector: the second one right after the first's
+            // (through the page cache: written ahead of its data's sync).
+            assert_eq!(&bytes[..4], &MAGIC.to_le_bytes());
+            assert_eq!(&bytes[512..516], &MAGIC_AHEAD.to_le_bytes());
             assert!(bytes[100..512].iter().all(|&b| b == 0), "padding after the first batch");
         }
         // As a crash would leave it: batches, padding, zeroed tail.
@@ -459,6 +512,8 @@ mod tests {
         assert!(!p.torn);
         assert_eq!(p.records, want);
         assert_eq!(p.batches, 40);
+        let ahead: Vec<u32> = p.ahead.iter().map(|a| a.seq).collect();
+        assert_eq!(ahead, (0..40).filter(|i| i % 3 != 0).collect::<Vec<u32>>(), "cached batches are written ahead");
         // A torn last batch (garbage after the sector start) is cut, the rest survives.
         let mut bad = bytes.clone();
         let last = p.valid_len as usize - 10;

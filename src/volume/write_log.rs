@@ -27,6 +27,10 @@ pub(crate) struct WriteLog {
     /// Since when TLog writes find the write buffer's file system full (cleared by the
     /// next flush that gets its records written).
     pub log_full_since: Option<Instant>,
+    /// A record since the last synced flush maps data without a checksum for every
+    /// cluster (a guest changed its buffer during the write): recovery could not check
+    /// it, so the next flush syncs the data before the records (see [`FlushWork::single`]).
+    pub unchecked: bool,
 }
 
 /// An epoch [`WriteLog::seal_open`] just sealed.
@@ -45,6 +49,12 @@ pub(crate) struct FlushWork {
     pub new_tlogs: Vec<TlogWriter>,
     /// The open epoch's flushes cover little data: prepare a zero-filled spare SCO.
     pub flush_heavy: bool,
+    /// The flush can make data and records durable with one device flush, the open
+    /// epoch's (this one): it is the only epoch with anything to write or sync, its SCO
+    /// file's blocks were all written before (a change to the data changes no file
+    /// metadata) on its TLog's file system, and every record maps data with checksums,
+    /// so recovery can tell records whose data a power loss lost (`super::tail_check`).
+    pub single: Option<u64>,
 }
 
 impl WriteLog {
@@ -56,6 +66,7 @@ impl WriteLog {
             sealing: Vec::new(),
             new_tlogs: Vec::new(),
             log_full_since: None,
+            unchecked: false,
         }
     }
 
@@ -72,9 +83,10 @@ impl WriteLog {
         Some((sealed, &b.payload[start..]))
     }
 
-    /// Open epoch `next_epoch` on `sco` (zero-filled ahead or not) and `tlog`, whose
-    /// writer the next flush hands to the flush side.
-    pub fn open_next(&mut self, sco: Arc<ScoFile>, tlog: TlogWriter, zeroed: bool) {
+    /// Open epoch `next_epoch` on `sco` (zero-filled ahead or not; `written`: every block
+    /// of it is written, on the file system of `tlog`) and `tlog`, whose writer the next
+    /// flush hands to the flush side.
+    pub fn open_next(&mut self, sco: Arc<ScoFile>, tlog: TlogWriter, zeroed: bool, written: bool) {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         self.new_tlogs.push(tlog);
@@ -87,6 +99,7 @@ impl WriteLog {
             records: 0,
             opened_at: Instant::now(),
             zeroed,
+            written,
             flushes: 0,
         });
     }
@@ -113,6 +126,16 @@ impl WriteLog {
     /// first, then the open epoch's records), and the TLog writers opened since. A synced
     /// flush counts on the open epoch (flush-heavy volumes get zero-filled SCOs).
     pub fn take_flush(&mut self, scos: &ScoSet, sync: bool, shift: u32) -> FlushWork {
+        let open = self.open.as_ref().filter(|o| o.written).map(|o| o.epoch);
+        let single = open.filter(|e| {
+            sync && !self.unchecked
+                && self.sealing.is_empty()
+                && self.new_tlogs.is_empty()
+                && self.dirty.iter().all(|d| d == e)
+        });
+        if sync {
+            self.unchecked = false;
+        }
         let dirty: Vec<Arc<ScoFile>> = if sync {
             std::mem::take(&mut self.dirty)
                 .into_iter()
@@ -137,7 +160,7 @@ impl WriteLog {
                 o.flushes = o.flushes.saturating_add(1);
                 o.flush_heavy(shift)
             });
-        FlushWork { dirty, batches, new_tlogs: std::mem::take(&mut self.new_tlogs), flush_heavy }
+        FlushWork { dirty, batches, new_tlogs: std::mem::take(&mut self.new_tlogs), flush_heavy, single }
     }
 
     /// Move the open epoch's pending records into `out` (cleared first, reused: no
@@ -182,6 +205,9 @@ pub(crate) struct OpenEpoch {
     pub opened_at: Instant,
     /// The SCO file was zero-filled ahead (flushes change no file metadata).
     pub zeroed: bool,
+    /// Every block of the SCO file is written (zero-filled or recycled, checked), on the
+    /// TLog's file system: flushes can take one device flush (`FlushWork::single`).
+    pub written: bool,
     /// Flushes since the epoch opened.
     pub flushes: u32,
 }
@@ -234,29 +260,52 @@ impl FlushSide {
     /// whose sealed TLog is complete and durable; when the file system ran out of space,
     /// also the index of the first batch not written (the caller requeues it and those
     /// after). Without `sync` the batches are written only (synced by the next flush).
+    ///
+    /// With `single` (see [`FlushWork::single`]) the flush takes one device flush: the
+    /// SCO's pages still in the page cache are written back, the batches written ahead of
+    /// the data's sync, and the TLog's fdatasync flushes the device cache under both.
     pub fn commit(
         &mut self,
         dirty: &[Arc<ScoFile>],
         batches: &[PendingBatch],
         new_tlogs: Vec<TlogWriter>,
         sync: bool,
+        single: Option<u64>,
     ) -> (Result<Vec<u64>>, Option<usize>) {
         let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, .. } = self;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
+        // Anything of another epoch (records logged while an epoch rolled) takes the
+        // general path.
+        let single = single.filter(|e| {
+            unsynced_sealed.is_empty()
+                && unsynced.iter().all(|u| u == e)
+                && batches.iter().all(|b| b.epoch == *e && !b.seal)
+                && dirty.iter().all(|f| f.number == *e)
+        });
         // Set when the file system ran out of space writing batch `i` (and those after).
         let mut unwritten_from = None;
         let result = (|| -> Result<Vec<u64>> {
-            // The SCO data first: a TLog record must never reach the disk before the data
-            // it maps. (Writing the records with O_DIRECT and letting the SCOs' fdatasync
-            // flush both let a power loss between the two leave records pointing at data
-            // that never got there: the cluster read zeroes instead of its older, flushed
-            // content; found by tests/guest/powerloss-e2e.sh.)
-            let sco_fds: Vec<RawFd> = dirty.iter().map(|f| f.buffered_fd()).collect();
-            syncs
-                .sync_all(&sco_fds)
-                .map_err(|(i, e)| Error::io(format!("cannot sync {}", dirty[i].path().display()), e))?;
+            if single.is_some() {
+                for f in dirty {
+                    f.write_back()?;
+                }
+            } else {
+                // The SCO data first: a TLog record must never reach the disk before the
+                // data it maps, unless recovery checks it against that data. (Writing the
+                // records with O_DIRECT and letting the SCOs' fdatasync flush both let a
+                // power loss between the two leave records pointing at data that never
+                // got there: the cluster read zeroes instead of its older, flushed
+                // content; found by tests/guest/powerloss-e2e.sh.)
+                let sco_fds: Vec<RawFd> = dirty.iter().map(|f| f.buffered_fd()).collect();
+                syncs
+                    .sync_all(&sco_fds)
+                    .map_err(|(i, e)| Error::io(format!("cannot sync {}", dirty[i].path().display()), e))?;
+            }
+            // Batches not preceded by a sync of their data are written as "ahead":
+            // recovery checks them against it (`super::tail_check`).
+            let ahead = single.is_some() || !sync;
             let mut touched = BTreeSet::new();
             let mut sealed = Vec::new();
             if sync {
@@ -267,7 +316,9 @@ impl FlushSide {
                 let w = tlogs.get_mut(&b.epoch).ok_or_else(|| {
                     Error::io(format!("TLog {} is not open", b.epoch), std::io::Error::other("missing TLog writer"))
                 })?;
-                if let Err(e) = w.write_batch(&b.payload, b.count) {
+                let written =
+                    if ahead { w.write_batch_ahead(&b.payload, b.count) } else { w.write_batch(&b.payload, b.count) };
+                if let Err(e) = written {
                     if out_of_space(&e) {
                         // Nothing is lost: the batches written so far are synced by the
                         // next flush, the others are written by it (see `requeue`). The

@@ -154,6 +154,9 @@ impl Volume {
         if crcs.len() == take as usize {
             crc_records::for_each_record(loc, crcs, |r| self.append_record(st, &r))?;
         }
+        if crcs.len() != take as usize || crcs.iter().any(|&c| cluster_crc::get(c).is_none()) {
+            st.log.unchecked = true;
+        }
         Ok(())
     }
 
