@@ -27,7 +27,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 19] = [
+    let series: [(&str, &str, &str, Get); 20] = [
         ("store_puts_total", "counter", "Objects put to the store (SCOs, TLogs, checkpoints).", |v, _| {
             v.counters.store_puts.load(Ordering::Relaxed) as f64
         }),
@@ -41,6 +41,9 @@ pub fn render(state: &DaemonState) -> String {
             v.counters.write_bytes.load(Ordering::Relaxed) as f64
         }),
         ("flushes_total", "counter", "Flushes.", |v, _| v.counters.flushes.load(Ordering::Relaxed) as f64),
+        ("flushes_single_total", "counter", "Flushes that took one device flush (data and TLog records together).", |v, _| {
+            v.counters.single_flushes.load(Ordering::Relaxed) as f64
+        }),
         ("throttled_total", "counter", "Writes that waited for a full write buffer.", |v, _| {
             v.counters.throttled.load(Ordering::Relaxed) as f64
         }),

@@ -14,6 +14,9 @@ pub struct Counters {
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub flushes: AtomicU64,
+    /// Flushes that made data and TLog records durable with one device flush (an SCO file
+    /// whose blocks were all written before: `FlushWork::single`).
+    pub single_flushes: AtomicU64,
     pub throttled: AtomicU64,
     /// Guest writes the pacer slowed down, and the microseconds they waited in all.
     pub paced: AtomicU64,

@@ -107,6 +107,9 @@ impl Volume {
             tracing::error!(volume = %self.name, error = %e, "flush failed: the volume stops accepting writes");
             self.state.lock().failed = Some(e.to_string());
         }
+        if result.is_ok() && side.last_single && sync {
+            self.counters.single_flushes.fetch_add(1, Ordering::Relaxed);
+        }
         drop(side);
         let sealed = result?;
         if sync || !sealed.is_empty() {

@@ -251,6 +251,8 @@ pub(crate) struct FlushSide {
     pub(crate) unsynced_sealed: Vec<u64>,
     /// The open epoch's records on their way to its TLog (reused: no allocation).
     pub(crate) logging: Vec<u8>,
+    /// The last [`FlushSide::commit`] took one device flush.
+    pub(crate) last_single: bool,
 }
 
 impl FlushSide {
@@ -272,7 +274,7 @@ impl FlushSide {
         sync: bool,
         single: Option<u64>,
     ) -> (Result<Vec<u64>>, Option<usize>) {
-        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, .. } = self;
+        let FlushSide { tlogs, syncs, unsynced, unsynced_sealed, last_single, .. } = self;
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
@@ -284,6 +286,7 @@ impl FlushSide {
                 && batches.iter().all(|b| b.epoch == *e && !b.seal)
                 && dirty.iter().all(|f| f.number == *e)
         });
+        *last_single = single.is_some();
         // Set when the file system ran out of space writing batch `i` (and those after).
         let mut unwritten_from = None;
         let result = (|| -> Result<Vec<u64>> {
