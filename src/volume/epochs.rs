@@ -118,12 +118,16 @@ impl Volume {
             self.write_checkpoint(&cp)?;
             self.state.lock().uploads.last_checkpoint = cp.epoch;
         }
+        let flushes = self.counters.flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let single_flushes = self.counters.single_flushes.load(std::sync::atomic::Ordering::Relaxed);
         if drained {
-            tracing::info!(volume = %self.name, "closed: every write is in the object store");
+            tracing::info!(volume = %self.name, flushes, single_flushes, "closed: every write is in the object store");
         } else {
             tracing::warn!(
                 volume = %self.name,
                 pending_bytes,
+                flushes,
+                single_flushes,
                 "closed before uploads drained: un-uploaded data stays in the local write buffer and is uploaded on the next start"
             );
         }

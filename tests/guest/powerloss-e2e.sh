@@ -27,6 +27,11 @@
 #   POWERLOSS_SEED     workload seed (default 1)
 #   POWERLOSS_WORK     keep the images here (default a temp dir)
 #   POWERLOSS_FS       ext4 (default) or xfs: the file system holding the data dir
+#   POWERLOSS_CONFIG   logdisk's config in the guest and for the replay (default
+#                      tests/guest/powerloss.toml; tests/guest/powerloss-single.toml: larger
+#                      SCOs, so the flush-heavy volume moves to zero-filled SCOs and its
+#                      flushes take one device flush)
+#   POWERLOSS_EXPECT_SINGLE  1: fail unless some flushes took one device flush
 set -euo pipefail
 source "$(dirname "$0")/e2e-args.sh" "$@"
 REPLAY=${LOGDISK_REPLAY_BIN:-$(dirname "$BIN")/logwrites-replay}
@@ -52,6 +57,8 @@ POINTS=${POWERLOSS_POINTS:-24}
 USE_DTL=${POWERLOSS_DTL:-1}
 if [[ $POINTS = all ]]; then DTL_POINTS=${POWERLOSS_DTL_POINTS:-all}; else DTL_POINTS=${POWERLOSS_DTL_POINTS:-6}; fi
 SEED=${POWERLOSS_SEED:-1}
+CONFIG=${POWERLOSS_CONFIG:-$HERE/powerloss.toml}
+[[ -f $CONFIG ]] || { echo "POWERLOSS_CONFIG $CONFIG not found" >&2; exit 2; }
 
 T=${POWERLOSS_WORK:-$(mktemp -d /tmp/logdisk-powerloss.XXXXXX)}
 mkdir -p "$T"
@@ -72,8 +79,8 @@ drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end
 say "guest run: $FLUSHES flushes on $FS"
 "$HERE/run-guest.sh" --script "$HERE/powerloss-guest.sh" --mem 1G --timeout 1200 \
     --file "$T/logdisk:/usr/bin/logdisk" --file "$T/logdisk-loadgen:/usr/bin/logdisk-loadgen" \
-    --file "$HERE/powerloss.toml:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" --env "FS=$FS" \
-    --env "DTL=$USE_DTL" \
+    --file "$CONFIG:/root/pl.toml" --env "FLUSHES=$FLUSHES" --env "SEED=$SEED" --env "FS=$FS" \
+    --env "DTL=$USE_DTL" --env "EXPECT_SINGLE=${POWERLOSS_EXPECT_SINGLE:-0}" \
     --log "$T/guest.log" -- "${QEXTRA[@]}" >/dev/null || { tail -n 40 "$T/guest.log"; fail "guest run"; }
 grep -q POWERLOSS-GUEST-DONE "$T/guest.log" || fail "guest did not finish"
 grep -E '^\[powerloss-guest|^powerloss:|POWERLOSS-JOURNAL' "$T/guest.log" | tr -d '\r'
@@ -88,7 +95,7 @@ else
     say "replay: $POINTS points (no DTL: object store alone at the end)"
 fi
 "$REPLAY" --log "$T/log.img" --dev-size "$NVME_SIZE" --fs "$FS" --journal "$T/journal.txt" --seed "$SEED" \
-    --logdisk "$T/logdisk" --config "$HERE/powerloss.toml" --volume vm --work "$T/replay" --points "$POINTS" \
+    --logdisk "$T/logdisk" --config "$CONFIG" --volume vm --work "$T/replay" --points "$POINTS" \
     "${DTL_ARGS[@]}" \
     || fail "replay checker reported violations (see above)"
 say "PASS"

@@ -101,6 +101,11 @@ if [ "$DTL" = 1 ]; then
     done
     say "DTL dir: $(find /mnt/nvme/dtl -name '*.seg' | wc -l) segments, $(du -sk /mnt/nvme/dtl | cut -f1) KiB"
 fi
+FL=$(grep -o 'flushes=[0-9]* single_flushes=[0-9]*' /tmp/daemon.log | tail -n 1)
+say "flushes (at close): $FL"
+if [ "${EXPECT_SINGLE:-0}" = 1 ] && ! echo "$FL" | grep -q 'single_flushes=[1-9]'; then
+    fail "no flush took one device flush (the zero-filled SCO path was not exercised)"
+fi
 say "store: $(find $DD/objects -path '*/sco/*' -type f | wc -l) SCOs, $(find $DD/objects -path '*/tlog/*' -type f | wc -l) TLogs, $(find $DD/objects -type f | wc -l) objects in all; data dir $(du -sk $DD | cut -f1) KiB; daemon log: $(grep -ci checkpoint /tmp/daemon.log) lines on checkpoints, $(grep -ci scrub /tmp/daemon.log) on scrub"
 umount /mnt/nvme || fail "umount"
 dmsetup remove logw || fail "dmsetup remove"
