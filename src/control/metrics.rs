@@ -41,9 +41,12 @@ pub fn render(state: &DaemonState) -> String {
             v.counters.write_bytes.load(Ordering::Relaxed) as f64
         }),
         ("flushes_total", "counter", "Flushes.", |v, _| v.counters.flushes.load(Ordering::Relaxed) as f64),
-        ("flushes_single_total", "counter", "Flushes that took one device flush (data and TLog records together).", |v, _| {
-            v.counters.single_flushes.load(Ordering::Relaxed) as f64
-        }),
+        (
+            "flushes_single_total",
+            "counter",
+            "Flushes that took one device flush (data and TLog records together).",
+            |v, _| v.counters.single_flushes.load(Ordering::Relaxed) as f64,
+        ),
         ("throttled_total", "counter", "Writes that waited for a full write buffer.", |v, _| {
             v.counters.throttled.load(Ordering::Relaxed) as f64
         }),

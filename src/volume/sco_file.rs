@@ -95,7 +95,10 @@ impl ScoFile {
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         // SAFETY: plain syscall on an fd we own.
         if unsafe { libc::sync_file_range(self.buffered.as_raw_fd(), 0, 0, flags) } != 0 {
-            return Err(crate::error::Error::io(format!("cannot write back {}", self.path.display()), io::Error::last_os_error()));
+            return Err(crate::error::Error::io(
+                format!("cannot write back {}", self.path.display()),
+                io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }

@@ -43,7 +43,8 @@ pub(crate) fn cut_unsynced(p: &mut Parsed, sco_dir: &Path, cluster_size: u32) ->
     for b in p.ahead.clone() {
         for r in &p.records[b.first..b.end] {
             let Record::Crcs { loc, count, crcs } = *r else { continue };
-            let file = files.entry(loc.sco).or_insert_with(|| File::open(sco_dir.join(format!("{:016x}", loc.sco))).ok());
+            let file =
+                files.entry(loc.sco).or_insert_with(|| File::open(sco_dir.join(format!("{:016x}", loc.sco))).ok());
             let Some(file) = file else { continue };
             let n = count as usize;
             buf.resize(n * cs, 0);
