@@ -439,6 +439,7 @@ impl BlkDevice {
             Ok(false) => {}
             Err(e) => tracing::warn!(queue, "needs_notification: {e}"),
         }
+        self.target.completions_signalled();
     }
 }
 

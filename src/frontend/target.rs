@@ -42,6 +42,9 @@ pub trait BlockTarget: Send + Sync + 'static {
     fn log_completed(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Completions were just shown to the guest: background work that must not delay
+    /// them may start now. Never blocks. Default: nothing.
+    fn completions_signalled(&self) {}
     /// Unmap a range: it then reads as zeroes.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Zero a range; `unmap` allows deallocating it.

@@ -59,6 +59,10 @@ impl BlockTarget for VolumeTarget {
         self.vol.log_completed().map_err(io::Error::from)
     }
 
+    fn completions_signalled(&self) {
+        self.vol.start_log_write_back();
+    }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.vol.write_zeroes(offset, len).map_err(io::Error::from)
     }

@@ -164,13 +164,14 @@ impl WriteLog {
     }
 
     /// Move the open epoch's pending records into `out` (cleared first, reused: no
-    /// allocation); their epoch and count, `None` when there are none.
-    pub fn take_open_pending(&mut self, out: &mut Vec<u8>) -> Option<(u64, u32)> {
+    /// allocation); their epoch and count, and whether a flush is likely to follow soon
+    /// (the epoch's flushes cover little data each); `None` when there are none.
+    pub fn take_open_pending(&mut self, out: &mut Vec<u8>, shift: u32) -> Option<(u64, u32, bool)> {
         let o = self.open.as_mut().filter(|o| o.pending_count > 0)?;
         out.clear();
         out.extend_from_slice(&o.pending);
         o.pending.clear();
-        Some((o.epoch, std::mem::take(&mut o.pending_count)))
+        Some((o.epoch, std::mem::take(&mut o.pending_count), o.flush_heavy(shift)))
     }
 
     /// Put TLog batches a full file system refused back in front of the newer ones, for
@@ -253,6 +254,8 @@ pub(crate) struct FlushSide {
     pub(crate) logging: Vec<u8>,
     /// The last [`FlushSide::commit`] took one device flush.
     pub(crate) last_single: bool,
+    /// Records logged since the last write-back start, with a flush likely to follow.
+    pub(crate) write_back_due: bool,
 }
 
 impl FlushSide {
