@@ -70,8 +70,9 @@ impl Volume {
     /// when a flush is likely to follow, start writing their records to the disk now, so
     /// that the flush's sync finds them there and waits for the device flush alone (a
     /// guest's write + fsync at QD1: the page write ran inside the fsync, in series with
-    /// the device flush: guest fsync 0.80 of qsd, 0.92 with the write started early).
-    /// Never waits: a busy flush side is a flush writing them anyway.
+    /// the device flush: guest fsync 0.80 of qsd; 0.92 with the write started before the
+    /// completions went out, 0.99 after). Never waits: a busy flush side is a flush
+    /// writing them anyway.
     pub fn start_log_write_back(&self) {
         let Some(mut side) = self.flush_side.try_lock() else { return };
         if !std::mem::take(&mut side.write_back_due) {

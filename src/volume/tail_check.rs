@@ -12,7 +12,10 @@
 //! under every earlier batch durable), so no acknowledged flush loses anything, and the
 //! clusters keep their older, flushed content. A cluster written without a checksum (a
 //! guest changing its buffer during the write) cannot be checked; a flush whose records
-//! hold one syncs the data before the records (`WriteLog::take_flush`).
+//! hold one syncs the data before the records (`WriteLog::take_flush`). Known limit: the
+//! records of completed writes logged before any flush (`Volume::log_completed`) can reach
+//! the disk by the kernel's own writeback; such a record without checksums, kept by a power
+//! loss that lost its data, maps its never-flushed cluster to what the SCO file held there.
 
 use std::collections::HashMap;
 use std::fs::File;
