@@ -109,7 +109,7 @@ impl Volume {
                 // data; one left open by the crash, or sealed ahead, is checked.
                 let seal_ahead = p.ahead.last().is_some_and(|a| a.end == p.records.len());
                 if p.sealed().is_none() || p.torn || seal_ahead {
-                    if let Some(c) = tail_check::cut_unsynced(&mut p, &dir.join("sco"), meta.cluster_size) {
+                    if let Some(c) = tail_check::cut_unsynced(&mut p, &dir.join("sco"), meta.cluster_size)? {
                         tracing::warn!(volume = %name, tlog = %key, batch = c.batch, cluster_at = ?c.at,
                             dropped_batches = c.batches, dropped_records = c.records,
                             "cutting a TLog tail whose data is not on the disk (writes never flushed before a power loss)");

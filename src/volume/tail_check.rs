@@ -24,6 +24,7 @@ use std::path::Path;
 
 use super::location::Location;
 use super::tlog::{Parsed, Record};
+use crate::error::{IoContext, Result};
 
 /// What [`cut_unsynced`] found: the first batch whose data did not match.
 #[derive(Debug)]
@@ -38,21 +39,33 @@ pub(crate) struct Cut {
 /// Check every batch of `p` written ahead of its data against the SCO files in
 /// `sco_dir` (clusters of `cluster_size` bytes) and cut `p` at the first one whose data
 /// does not match. Checksums of SCOs that are not local (uploaded and dropped, so their
-/// data was durable) are not checked.
-pub(crate) fn cut_unsynced(p: &mut Parsed, sco_dir: &Path, cluster_size: u32) -> Option<Cut> {
+/// data was durable) are not checked. An SCO file that cannot be read (other than being
+/// too short) is an error: cutting there could drop flushed writes.
+pub(crate) fn cut_unsynced(p: &mut Parsed, sco_dir: &Path, cluster_size: u32) -> Result<Option<Cut>> {
     let cs = cluster_size as usize;
     let mut files: HashMap<u64, Option<File>> = HashMap::new();
     let mut buf = Vec::new();
     for b in p.ahead.clone() {
         for r in &p.records[b.first..b.end] {
             let Record::Crcs { loc, count, crcs } = *r else { continue };
-            let file =
-                files.entry(loc.sco).or_insert_with(|| File::open(sco_dir.join(format!("{:016x}", loc.sco))).ok());
-            let Some(file) = file else { continue };
+            let path = sco_dir.join(format!("{:016x}", loc.sco));
+            if !files.contains_key(&loc.sco) {
+                let f = match File::open(&path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e).ctx(|| format!("cannot open {} to check a TLog tail", path.display())),
+                };
+                files.insert(loc.sco, f);
+            }
+            let Some(file) = &files[&loc.sco] else { continue };
             let n = count as usize;
             buf.resize(n * cs, 0);
             // A short file holds none of the data: as much a mismatch as other bytes.
-            let read = file.read_exact_at(&mut buf, loc.index as u64 * cluster_size as u64).is_ok();
+            let read = match file.read_exact_at(&mut buf, loc.index as u64 * cluster_size as u64) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(e).ctx(|| format!("cannot read {} to check a TLog tail", path.display())),
+            };
             let bad = (0..n).find(|&i| !read || crate::crc::crc32c(&buf[i * cs..(i + 1) * cs]) != crcs[i]);
             if let Some(i) = bad {
                 let cut = Cut {
@@ -62,11 +75,11 @@ pub(crate) fn cut_unsynced(p: &mut Parsed, sco_dir: &Path, cluster_size: u32) ->
                     records: p.records.len() - b.first,
                 };
                 p.cut_at(b);
-                return Some(cut);
+                return Ok(Some(cut));
             }
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -116,7 +129,7 @@ mod tests {
         assert_eq!(parsed.batches, 5);
         assert_eq!(parsed.ahead.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
         let whole = parsed.records.clone();
-        let cut = cut_unsynced(&mut parsed, &sco_dir, cs as u32).expect("batch 3 does not match");
+        let cut = cut_unsynced(&mut parsed, &sco_dir, cs as u32).unwrap().expect("batch 3 does not match");
         assert_eq!((cut.batch, cut.at, cut.batches, cut.records), (3, Location::new(3, 2), 2, 3));
         assert_eq!(parsed.batches, 3);
         assert_eq!(parsed.records, whole[..6]);
@@ -124,16 +137,21 @@ mod tests {
         // What is left parses back to the same records once the file is cut there.
         assert_eq!(parse(&bytes[..parsed.valid_len as usize], 3).records, parsed.records);
         // Checked again: nothing more to cut. With the data there, nothing is cut.
-        assert!(cut_unsynced(&mut parsed, &sco_dir, cs as u32).is_none());
+        assert!(cut_unsynced(&mut parsed, &sco_dir, cs as u32).unwrap().is_none());
         sco[2 * cs..].copy_from_slice(&data[2]);
         std::fs::write(sco_dir.join(format!("{:016x}", 3)), &sco).unwrap();
         let mut parsed = parse(&bytes, 3);
-        assert!(cut_unsynced(&mut parsed, &sco_dir, cs as u32).is_none());
+        assert!(cut_unsynced(&mut parsed, &sco_dir, cs as u32).unwrap().is_none());
         assert_eq!(parsed.records, whole);
         // A file too short for the data is a mismatch; a missing file is not checked.
         std::fs::write(sco_dir.join(format!("{:016x}", 3)), &sco[..2 * cs]).unwrap();
-        assert_eq!(cut_unsynced(&mut parse(&bytes, 3), &sco_dir, cs as u32).map(|c| c.batch), Some(3));
+        assert_eq!(cut_unsynced(&mut parse(&bytes, 3), &sco_dir, cs as u32).unwrap().map(|c| c.batch), Some(3));
         std::fs::remove_file(sco_dir.join(format!("{:016x}", 3))).unwrap();
-        assert!(cut_unsynced(&mut parse(&bytes, 3), &sco_dir, cs as u32).is_none());
+        assert!(cut_unsynced(&mut parse(&bytes, 3), &sco_dir, cs as u32).unwrap().is_none());
+        // A file that cannot be read (here a directory in its place) fails the check:
+        // cutting there could drop flushed writes.
+        std::fs::create_dir(sco_dir.join(format!("{:016x}", 3))).unwrap();
+        let e = cut_unsynced(&mut parse(&bytes, 3), &sco_dir, cs as u32).unwrap_err();
+        assert!(e.to_string().contains("to check a TLog tail"), "{e}");
     }
 }
