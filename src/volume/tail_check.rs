@@ -17,6 +17,7 @@
 //! the disk by the kernel's own writeback; such a record without checksums, kept by a power
 //! loss that lost its data, maps its never-flushed cluster to what the SCO file held there.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -49,15 +50,15 @@ pub(crate) fn cut_unsynced(p: &mut Parsed, sco_dir: &Path, cluster_size: u32) ->
         for r in &p.records[b.first..b.end] {
             let Record::Crcs { loc, count, crcs } = *r else { continue };
             let path = sco_dir.join(format!("{:016x}", loc.sco));
-            if !files.contains_key(&loc.sco) {
-                let f = match File::open(&path) {
+            let file = match files.entry(loc.sco) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(match File::open(&path) {
                     Ok(f) => Some(f),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => return Err(e).ctx(|| format!("cannot open {} to check a TLog tail", path.display())),
-                };
-                files.insert(loc.sco, f);
-            }
-            let Some(file) = &files[&loc.sco] else { continue };
+                }),
+            };
+            let Some(file) = file else { continue };
             let n = count as usize;
             buf.resize(n * cs, 0);
             // A short file holds none of the data: as much a mismatch as other bytes.
