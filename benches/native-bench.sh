@@ -54,6 +54,9 @@
 #   --no-build          use the binaries already built
 # Environment: CARGO_TARGET_DIR is honoured; LOGDISK_BIN / LOGDISK_LOADGEN override the binaries.
 #
+# logdisk serves with --metrics on loopback: its engine counters (flushes and one-device-flush
+# flushes, writes that waited for scrub or were paced, scrub copies, bytes put) are read
+# before and after each of its jobs and reported per 1000 IOs or per byte written.
 # Output: <out>/native-report.txt (the table), <out>/native-results.json (every run's raw
 # generator report plus CPU figures, and the restart figures), daemon logs.
 set -euo pipefail
@@ -112,6 +115,24 @@ TMP=$(bench_scratch logdisk-native-bench) || exit 1
 OUT=${OUT:-$TARGET/bench/native-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RESULTS="$OUT/native-results.jsonl"
+SERVE_EXTRA=()
+METRICS_URL=""
+# counters: the logdisk engine counters (Prometheus text from serve --metrics) as JSON.
+counters() {
+    [[ -n $METRICS_URL ]] || { echo '{}'; return; }
+    python3 -c '
+import json, sys, urllib.request
+try:
+    text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+except OSError:
+    print("{}"); sys.exit(0)
+out = {}
+for line in text.splitlines():
+    if line.startswith("logdisk_") and "{" in line:
+        name, value = line.split("{", 1)[0][len("logdisk_"):], line.rsplit(" ", 1)[1]
+        out[name] = out.get(name, 0.0) + float(value)
+print(json.dumps(out))' "$METRICS_URL"
+}
 : >"$RESULTS"
 
 PIDS=()
@@ -157,7 +178,7 @@ start_logdisk() {
     local dd=$1 sock=$2 logf=$3
     shift 3
     rm -f "$sock"
-    "$BIN" --data-dir "$dd" "$@" serve --socket "$sock" --num-queues "$QUEUES" vm >>"$logf" 2>&1 &
+    "$BIN" --data-dir "$dd" "$@" serve --socket "$sock" --num-queues "$QUEUES" "${SERVE_EXTRA[@]}" vm >>"$logf" 2>&1 &
     LD_PID=$!
     PIDS+=("$LD_PID")
 }
@@ -208,12 +229,15 @@ run_job() {
             || die "$be: sequential rewrite before $job failed"
     fi
     settle "$pid" >/dev/null
+    local m0="{}" m1="{}"
+    [[ $be == logdisk ]] && m0=$(counters)
     c0=$(cpu_ticks "$pid")
     js=$("$LOADGEN" --socket "$sock" --queues "$QUEUES" --time "$TIME" --ramp "$RAMP" --json --quiet \
         --label "$be/$job/$run" "${args[@]}") || die "$be $job run $run: the generator failed (see above)"
     c1=$(cpu_ticks "$pid")
     settle_s=$(settle "$pid")
     c2=$(cpu_ticks "$pid")
+    [[ $be == logdisk ]] && m1=$(counters)
     kill -0 "$pid" 2>/dev/null || die "$be died during $job"
     python3 -c '
 import json, sys
@@ -223,7 +247,10 @@ r.update(backend=sys.argv[2], job=sys.argv[3], run=int(sys.argv[4]),
          cpu_job_seconds=(int(sys.argv[7]) - int(sys.argv[5])) / tck,
          cpu_seconds=(int(sys.argv[8]) - int(sys.argv[5])) / tck,
          settle_seconds=float(sys.argv[9]))
-print(json.dumps(r))' "$js" "$be" "$job" "$run" "$c0" "$CLK_TCK" "$c1" "$c2" "$settle_s" >>"$RESULTS"
+m0, m1 = json.loads(sys.argv[10]), json.loads(sys.argv[11])
+if m1:
+    r["engine"] = {k: m1[k] - m0.get(k, 0.0) for k in m1 if k.endswith("_total")}
+print(json.dumps(r))' "$js" "$be" "$job" "$run" "$c0" "$CLK_TCK" "$c1" "$c2" "$settle_s" "$m0" "$m1" >>"$RESULTS"
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1].splitlines()[-1])
@@ -250,9 +277,13 @@ if [[ $DO_BENCH -eq 1 ]]; then
     DD="$TMP/logdisk-data" RAW="$TMP/disk.raw"
     LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
     "$BIN" --data-dir "$DD" volume create vm --size "$REGION" >/dev/null || die "volume create failed"
+    SERVE_EXTRA=(--metrics 127.0.0.1:0)
     start_logdisk "$DD" "$LSOCK" "$OUT/logdisk.log" ${LD_CONFIG:+--config "$LD_CONFIG"}
+    SERVE_EXTRA=()
     LPID=$LD_PID
     wait_serving "$LPID" "$OUT/logdisk.log" 0
+    # The engine's counters, read before and after each logdisk job (where its time goes).
+    METRICS_URL=$(grep -o 'metrics on http://[^ ]*' "$OUT/logdisk.log" | head -n 1 | sed 's/^metrics on //')
 
     truncate -s "$REGION" "$RAW"
     qemu-storage-daemon \
@@ -425,6 +456,28 @@ if rows:
     lines.append("cpu us/IO: backend utime+stime from job start until the backend is idle again (includes")
     lines.append("logdisk's uploads caused by the job), per IO completed (ramp included). writeflush: a write")
     lines.append("and its flush are one IO (IOPS = writes/s; latency = write + flush).")
+    eng = [r for r in rows if r["backend"] == "logdisk" and r.get("engine")]
+    if eng:
+        lines.append("Where logdisk's time went (engine counters over the job and its settle, median of the runs;")
+        lines.append("per 1000 guest IOs, or per guest byte written): flushes (the guest's and scrub's own), those")
+        lines.append("that took one device flush,")
+        lines.append("writes that waited for scrub or were paced, scrub bytes copied and objects put per byte")
+        lines.append("written:")
+        keys = [("flushes/kIO", "flushes_total", "io"), ("single/kIO", "flushes_single_total", "io"),
+                ("scrubwait/kIO", "space_throttled_writes_total", "io"), ("paced/kIO", "paced_total", "io"),
+                ("scrub B/B", "scrub_moved_bytes_total", "bytes"), ("put B/B", "uploaded_bytes_total", "bytes")]
+        lines.append(f"  {'job':<18} " + " ".join(f"{k[0]:>13}" for k in keys))
+        for job in jobs:
+            rs = [r for r in eng if r["job"] == job]
+            if not rs:
+                continue
+            def per(r, key, unit):
+                e = r["engine"]
+                if unit == "io":
+                    return 1000.0 * e.get(key, 0.0) / max(r["reads"] + r["writes"], 1)
+                return e.get(key, 0.0) / max(e.get("write_bytes_total", 0.0), 1.0)
+            vals = [statistics.median(per(r, k, u) for r in rs) for _, k, u in keys]
+            lines.append(f"  {job:<18} " + " ".join(f"{v:>13.2f}" for v in vals))
     lines.append("Per-run figures (logdisk / qsd):")
     for job in jobs:
         for be in ("logdisk", "qsd"):
