@@ -281,14 +281,10 @@ impl FlushSide {
         for t in new_tlogs {
             tlogs.insert(t.epoch(), t);
         }
-        // Anything of another epoch (records logged while an epoch rolled) takes the
+        // `take_flush` checked the batches and dirty SCOs; what only the flush side knows:
+        // records of another epoch logged unsynced (while an epoch rolled) take the
         // general path.
-        let single = single.filter(|e| {
-            unsynced_sealed.is_empty()
-                && unsynced.iter().all(|u| u == e)
-                && batches.iter().all(|b| b.epoch == *e && !b.seal)
-                && dirty.iter().all(|f| f.number == *e)
-        });
+        let single = single.filter(|e| unsynced_sealed.is_empty() && unsynced.iter().all(|u| u == e));
         *last_single = single.is_some();
         // Set when the file system ran out of space writing batch `i` (and those after).
         let mut unwritten_from = None;
