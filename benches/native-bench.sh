@@ -448,6 +448,9 @@ if rows:
         metrics = [("MB/s", lambda r: r["mb_s"])] if big else [("IOPS", lambda r: r["iops"])]
         metrics += [("p50 us", lambda r: r["lat_us"]["p50"]), ("p99 us", lambda r: r["lat_us"]["p99"]),
                     ("cpu us/IO", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))]
+        if any(r.get("read_lat_us") and r.get("write_lat_us") for r in rows if r["job"] == job):
+            metrics += [("rd p99 us", lambda r: (r.get("read_lat_us") or {}).get("p99", 0.0)),
+                        ("wr p99 us", lambda r: (r.get("write_lat_us") or {}).get("p99", 0.0))]
         for i, (name, f) in enumerate(metrics):
             a, b = med(job, "logdisk", f), med(job, "qsd", f)
             lines.append(f"{job if i == 0 else '':<18} {name:<9} {a:>10.1f} {b:>10.1f} {ratio(a, b):>7.2f}")

@@ -168,6 +168,19 @@ struct Latency {
     max: f64,
 }
 
+impl Latency {
+    fn of(h: &Histogram) -> Latency {
+        Latency {
+            mean: h.mean() / 1000.0,
+            p50: us(h.quantile(0.5)),
+            p90: us(h.quantile(0.9)),
+            p99: us(h.quantile(0.99)),
+            p99_9: us(h.quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
     label: Option<String>,
@@ -193,6 +206,9 @@ struct Report {
     mib_s: f64,
     /// Microseconds, per operation (a write with its flush counts as one operation).
     lat_us: Latency,
+    /// The same for reads alone and writes alone (a mixed job's tail, told apart).
+    read_lat_us: Option<Latency>,
+    write_lat_us: Option<Latency>,
     kicks: u64,
     sleeps: u64,
     loadgen_cpu_seconds: f64,
@@ -201,6 +217,8 @@ struct Report {
 
 struct Totals {
     hist: Histogram,
+    read_hist: Histogram,
+    write_hist: Histogram,
     ops: u64,
     reads: u64,
     writes: u64,
@@ -247,6 +265,8 @@ fn run_phase(ctxs: &mut [QueueCtx<'_>], spec: &Spec, depths: &[usize]) -> Result
     });
     let mut t = Totals {
         hist: Histogram::new(),
+        read_hist: Histogram::new(),
+        write_hist: Histogram::new(),
         ops: 0,
         reads: 0,
         writes: 0,
@@ -263,6 +283,8 @@ fn run_phase(ctxs: &mut [QueueCtx<'_>], spec: &Spec, depths: &[usize]) -> Result
         match r {
             Ok(q) => {
                 t.hist.merge(&q.hist);
+                t.read_hist.merge(&q.read_hist);
+                t.write_hist.merge(&q.write_hist);
                 t.ops += q.ops;
                 t.reads += q.reads;
                 t.writes += q.writes;
@@ -485,7 +507,6 @@ fn run() -> Result<()> {
     dev.stop()?;
 
     let secs = if t.seconds > 0.0 { t.seconds } else { f64::NAN };
-    let us = |ns: u64| ns as f64 / 1000.0;
     let r = Report {
         label: a.label.clone(),
         socket: a.socket.display().to_string(),
@@ -507,14 +528,9 @@ fn run() -> Result<()> {
         iops: t.ops as f64 / secs,
         mb_s: t.bytes as f64 / secs / 1e6,
         mib_s: t.bytes as f64 / secs / (1 << 20) as f64,
-        lat_us: Latency {
-            mean: t.hist.mean() / 1000.0,
-            p50: us(t.hist.quantile(0.5)),
-            p90: us(t.hist.quantile(0.9)),
-            p99: us(t.hist.quantile(0.99)),
-            p99_9: us(t.hist.quantile(0.999)),
-            max: us(t.hist.max()),
-        },
+        lat_us: Latency::of(&t.hist),
+        read_lat_us: (t.read_hist.count() > 0).then(|| Latency::of(&t.read_hist)),
+        write_lat_us: (t.write_hist.count() > 0).then(|| Latency::of(&t.write_hist)),
         kicks: t.kicks,
         sleeps: t.sleeps,
         loadgen_cpu_seconds: cpu,
@@ -565,10 +581,17 @@ fn print_human(r: &Report) {
     );
     println!("  IOPS         {:.0}", r.iops);
     println!("  MB/s         {:.1}  ({:.1} MiB/s)", r.mb_s, r.mib_s);
-    println!(
-        "  latency us   mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        r.lat_us.mean, r.lat_us.p50, r.lat_us.p90, r.lat_us.p99, r.lat_us.p99_9, r.lat_us.max
-    );
+    let lat = |what: &str, l: &Latency| {
+        println!(
+            "  {what:<12} mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            l.mean, l.p50, l.p90, l.p99, l.p99_9, l.max
+        )
+    };
+    lat("latency us", &r.lat_us);
+    if let (Some(rl), Some(wl)) = (&r.read_lat_us, &r.write_lat_us) {
+        lat("  reads", rl);
+        lat("  writes", wl);
+    }
     println!(
         "  loadgen      cpu {:.2} s ({:.0}% of a core), kicks {}, sleeps {}",
         r.loadgen_cpu_seconds,
@@ -597,4 +620,9 @@ mod tests {
         assert_eq!(spread(5, 2), vec![3, 2]);
         assert_eq!(spread(1, 1), vec![1]);
     }
+}
+
+/// Nanoseconds to microseconds.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
 }

@@ -77,6 +77,9 @@ pub struct Spec {
 /// What one queue did.
 pub struct QueueStats {
     pub hist: Histogram,
+    /// The same, reads only and writes only (a write with its flush is a write).
+    pub read_hist: Histogram,
+    pub write_hist: Histogram,
     pub ops: u64,
     pub reads: u64,
     pub writes: u64,
@@ -204,6 +207,8 @@ pub fn run_queue(
     let mut rng = Rng::new(spec.seed.wrapping_add(ctx.q as u64 * 0x1000_0001));
     let mut st = QueueStats {
         hist: Histogram::new(),
+        read_hist: Histogram::new(),
+        write_hist: Histogram::new(),
         ops: 0,
         reads: 0,
         writes: 0,
@@ -365,7 +370,12 @@ pub fn run_queue(
                 continue;
             }
             if s.started >= ramp_end && deadline.is_none_or(|d| now <= d) {
-                st.hist.record((now - s.started).as_nanos() as u64);
+                let ns = (now - s.started).as_nanos() as u64;
+                st.hist.record(ns);
+                match s.kind {
+                    Kind::Read => st.read_hist.record(ns),
+                    _ => st.write_hist.record(ns),
+                }
                 st.ops += 1;
                 st.bytes += u64::from(s.len);
                 st.first.get_or_insert(s.started);
