@@ -24,9 +24,12 @@ use crate::error::{Error, IoContext, Result};
 
 /// Largest run of clusters in one relocation record.
 const CHUNK_CLUSTERS: u32 = 256;
-/// Clusters of a victim SCO read at once (4 MiB with 4 KiB clusters); its live part is
+/// Clusters of a victim SCO read at once (512 KiB with 4 KiB clusters); its live part is
 /// then copied in one append, so a fragmented SCO costs a few large IOs, not one per run.
-const WINDOW_CLUSTERS: u32 = 1024;
+/// Not larger: a guest's 4 KiB read queued behind a 4 MiB scrub read on the disk waited
+/// for it (native 70/30 random read/write with scrub running: p99 1.9 ms with 4 MiB
+/// windows, 0.7 ms with 512 KiB, the same IOPS and scrub rate).
+const WINDOW_CLUSTERS: u32 = 128;
 
 /// What one scrub did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
