@@ -58,6 +58,10 @@ pub struct Scrubber {
 struct Watch {
     next_backstop: Option<Instant>,
     io_bytes: u64,
+    /// The guest's write rate, bytes per second, smoothed over looks, and when and at
+    /// which write counter it was last sampled.
+    write_rate: f64,
+    write_sample: Option<(Instant, u64)>,
     /// Since when passes fail (object store unreachable, say): once that lasts
     /// `FAILING_LIFTS_GATE`, and until a pass succeeds, guest writes are not held back
     /// for garbage only scrub could reclaim.
@@ -67,6 +71,19 @@ struct Watch {
 }
 
 impl Watch {
+    /// Take a write-rate sample from the volume's write counter (`written` bytes).
+    fn sample_writes(&mut self, written: u64, now: Instant) {
+        match self.write_sample {
+            Some((t, b)) if now.duration_since(t) >= WRITE_SAMPLE => {
+                let r = written.saturating_sub(b) as f64 / now.duration_since(t).as_secs_f64();
+                self.write_rate = self.write_rate * (1.0 - WRITE_RATE_ALPHA) + r * WRITE_RATE_ALPHA;
+                self.write_sample = Some((now, written));
+            }
+            Some(_) => {}
+            None => self.write_sample = Some((now, written)),
+        }
+    }
+
     /// Record how a pass ended at `now`.
     fn pass_ended(&mut self, ok: bool, now: Instant) {
         self.failing_since = if ok { None } else { self.failing_since.or(Some(now)) };
@@ -228,11 +245,14 @@ impl Run {
         let w = self.watch.entry(v.name().to_string()).or_insert_with(|| Watch {
             next_backstop: backstop.map(|b| now + b),
             io_bytes: io,
+            write_rate: 0.0,
+            write_sample: None,
             failing_since: None,
             rekey_after: None,
         });
         let guest_active = io != w.io_bytes;
         w.io_bytes = io;
+        w.sample_writes(v.counters.write_bytes.load(Ordering::Relaxed), now);
 
         // Scrub works only on SCOs in the object store: while uploads are paused (or
         // passes have failed for a while) it can reclaim nothing, and nothing new reaches
@@ -359,7 +379,7 @@ impl Run {
         // bound: a fixed pace let it reach the bound, and writes then waited for whole
         // passes (p99.9 of 4 KiB random writes 37-51 ms).
         let band = limits.max_garbage.map(|m| (scrub_at, m));
-        let rate = pace_rate(cfg.rate.0, u.garbage, band);
+        let rate = pace_rate(cfg.rate.0, w.write_rate as u64, u.garbage * cs, band.map(|(d, m)| (d * cs, m * cs)));
         let hurry = pressure || waiting || !guest_active;
         let mut pace = Pacer::new(if hurry { 0 } else { rate }, v.clone());
         let rep = v.scrub_pass(&goal, &mut |b| pace.copied(b));
@@ -374,11 +394,27 @@ impl Run {
 
 /// Past this fraction of the band from "pass due" to "writes wait", copies go unpaced.
 const UNPACED_FROM: f64 = 0.9;
+/// Where in that band scrub holds garbage under sustained overwrites: high, because the
+/// closer garbage is to the bound, the emptier the SCOs scrub picks and the less it copies
+/// per byte freed (a simulation of 4 KiB random overwrites: 1.0-1.1 bytes copied per byte
+/// written at 0.8 of the band, 2-3 near its start).
+const HOLD_AT: f64 = 0.75;
+/// The pace doubles for every this much of the band garbage is above `HOLD_AT` (and
+/// halves below it).
+const DOUBLING: f64 = 0.1;
+/// The guest's write rate is sampled at most this often ...
+const WRITE_SAMPLE: Duration = Duration::from_millis(200);
+/// ... and a sample weighs this much in the smoothed rate.
+const WRITE_RATE_ALPHA: f64 = 0.3;
 
-/// The copy rate (bytes per second, 0 = unpaced) for a pass while the guest does IO:
-/// `base` until garbage is due for scrub, then rising as `base / (1 - x)` with `x` the
-/// fraction of the band `(due, bound)` garbage has crossed, unpaced from `UNPACED_FROM`.
-fn pace_rate(base: u64, garbage: u64, band: Option<(u64, u64)>) -> u64 {
+/// The copy rate (bytes per second, 0 = unpaced) of a pass while the guest does IO.
+/// Until garbage is due for scrub: `base`. In the band `(due, bound)` (bytes), the pace
+/// follows the guest's write rate `writes`, the rate at which overwrites make garbage:
+/// equal to it where garbage is `HOLD_AT` of the band, doubling every `DOUBLING` above,
+/// halving below, never under `base`; unpaced from `UNPACED_FROM` on. So garbage settles
+/// high in the band whatever the guest's rate, and a guest that writes little after a
+/// burst of overwrites is not met by a scrub copying at the burst's rate.
+fn pace_rate(base: u64, writes: u64, garbage: u64, band: Option<(u64, u64)>) -> u64 {
     let Some((due, bound)) = band.filter(|(d, b)| b > d) else { return base };
     if base == 0 || garbage <= due {
         return base;
@@ -387,7 +423,8 @@ fn pace_rate(base: u64, garbage: u64, band: Option<(u64, u64)>) -> u64 {
     if x >= UNPACED_FROM {
         return 0;
     }
-    (base as f64 / (1.0 - x)) as u64
+    let follow = writes as f64 * 2f64.powf((x - HOLD_AT) / DOUBLING);
+    (follow as u64).max(base)
 }
 
 /// The store budget's state for every volume.
@@ -454,22 +491,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pace_rises_with_garbage_and_ends_before_the_bound() {
+    fn the_pace_follows_the_guest_writes_and_ends_before_the_bound() {
         let band = Some((100, 200));
-        assert_eq!(pace_rate(64, 50, band), 64, "below where a pass is due: the base pace");
-        assert_eq!(pace_rate(64, 100, band), 64);
-        assert_eq!(pace_rate(64, 150, band), 128, "half-way: twice as fast");
-        assert_eq!(pace_rate(64, 175, band), 256);
-        assert_eq!(pace_rate(64, 190, band), 0, "near the bound: unpaced");
-        assert_eq!(pace_rate(64, 250, band), 0);
-        assert_eq!(pace_rate(64, 150, None), 64, "no bound: the base pace");
-        assert_eq!(pace_rate(0, 150, band), 0, "no pace configured");
+        let mb = 1 << 20;
+        assert_eq!(pace_rate(64, 300 * mb, 50, band), 64, "below where a pass is due: the base pace");
+        let near = |a: u64, b: u64| (a as f64 / b as f64 - 1.0).abs() < 1e-6;
+        assert!(near(pace_rate(64, 300 * mb, 175, band), 300 * mb), "at the holding point: the guest's write rate");
+        assert!(near(pace_rate(64, 300 * mb, 185, band), 600 * mb), "above it: faster");
+        assert!(near(pace_rate(64, 300 * mb, 165, band), 150 * mb), "below it: slower");
+        assert_eq!(pace_rate(64, 0, 150, band), 64, "never under the base pace");
+        assert_eq!(pace_rate(64, 300 * mb, 190, band), 0, "near the bound: unpaced");
+        assert_eq!(pace_rate(64, 300 * mb, 250, band), 0);
+        assert_eq!(pace_rate(64, 300 * mb, 150, None), 64, "no bound: the base pace");
+        assert_eq!(pace_rate(0, 300 * mb, 150, band), 0, "no pace configured");
+    }
+
+    #[test]
+    fn the_write_rate_is_sampled_and_smoothed() {
+        let t0 = Instant::now();
+        let mut w = Watch {
+            next_backstop: None,
+            io_bytes: 0,
+            write_rate: 0.0,
+            write_sample: None,
+            failing_since: None,
+            rekey_after: None,
+        };
+        w.sample_writes(0, t0);
+        w.sample_writes(1 << 30, t0 + Duration::from_millis(100));
+        assert_eq!(w.write_rate, 0.0, "samples are at least WRITE_SAMPLE apart");
+        w.sample_writes(100 << 20, t0 + Duration::from_secs(1));
+        assert!((w.write_rate - WRITE_RATE_ALPHA * (100 << 20) as f64).abs() < 1.0, "{}", w.write_rate);
     }
 
     #[test]
     fn only_failures_lasting_long_enough_lift_the_gate() {
         let t0 = Instant::now();
-        let mut w = Watch { next_backstop: None, io_bytes: 0, failing_since: None, rekey_after: None };
+        let mut w = Watch {
+            next_backstop: None,
+            io_bytes: 0,
+            write_rate: 0.0,
+            write_sample: None,
+            failing_since: None,
+            rekey_after: None,
+        };
         assert!(!w.gate_lifted(t0));
         w.pass_ended(false, t0);
         assert!(!w.gate_lifted(t0 + Duration::from_secs(1)), "one failed pass keeps the bound");

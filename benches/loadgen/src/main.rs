@@ -601,6 +601,11 @@ fn print_human(r: &Report) {
     );
 }
 
+/// Nanoseconds to microseconds.
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,9 +625,4 @@ mod tests {
         assert_eq!(spread(5, 2), vec![3, 2]);
         assert_eq!(spread(1, 1), vec![1]);
     }
-}
-
-/// Nanoseconds to microseconds.
-fn us(ns: u64) -> f64 {
-    ns as f64 / 1000.0
 }
