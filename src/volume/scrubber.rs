@@ -71,6 +71,10 @@ struct Watch {
 }
 
 impl Watch {
+    fn new(io_bytes: u64, next_backstop: Option<Instant>) -> Watch {
+        Watch { next_backstop, io_bytes, write_rate: 0.0, write_sample: None, failing_since: None, rekey_after: None }
+    }
+
     /// Take a write-rate sample from the volume's write counter (`written` bytes).
     fn sample_writes(&mut self, written: u64, now: Instant) {
         match self.write_sample {
@@ -242,14 +246,7 @@ impl Run {
         let io = v.counters.read_bytes.load(Ordering::Relaxed) + v.counters.write_bytes.load(Ordering::Relaxed);
         // interval_secs = 0: no backstop.
         let backstop = (cfg.interval_secs > 0).then(|| Duration::from_secs(cfg.interval_secs));
-        let w = self.watch.entry(v.name().to_string()).or_insert_with(|| Watch {
-            next_backstop: backstop.map(|b| now + b),
-            io_bytes: io,
-            write_rate: 0.0,
-            write_sample: None,
-            failing_since: None,
-            rekey_after: None,
-        });
+        let w = self.watch.entry(v.name().to_string()).or_insert_with(|| Watch::new(io, backstop.map(|b| now + b)));
         let guest_active = io != w.io_bytes;
         w.io_bytes = io;
         w.sample_writes(v.counters.write_bytes.load(Ordering::Relaxed), now);
@@ -509,14 +506,7 @@ mod tests {
     #[test]
     fn the_write_rate_is_sampled_and_smoothed() {
         let t0 = Instant::now();
-        let mut w = Watch {
-            next_backstop: None,
-            io_bytes: 0,
-            write_rate: 0.0,
-            write_sample: None,
-            failing_since: None,
-            rekey_after: None,
-        };
+        let mut w = Watch::new(0, None);
         w.sample_writes(0, t0);
         w.sample_writes(1 << 30, t0 + Duration::from_millis(100));
         assert_eq!(w.write_rate, 0.0, "samples are at least WRITE_SAMPLE apart");
@@ -527,14 +517,7 @@ mod tests {
     #[test]
     fn only_failures_lasting_long_enough_lift_the_gate() {
         let t0 = Instant::now();
-        let mut w = Watch {
-            next_backstop: None,
-            io_bytes: 0,
-            write_rate: 0.0,
-            write_sample: None,
-            failing_since: None,
-            rekey_after: None,
-        };
+        let mut w = Watch::new(0, None);
         assert!(!w.gate_lifted(t0));
         w.pass_ended(false, t0);
         assert!(!w.gate_lifted(t0 + Duration::from_secs(1)), "one failed pass keeps the bound");
