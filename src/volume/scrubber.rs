@@ -371,10 +371,10 @@ impl Run {
             Goal::all_below(cfg.threshold)
         };
         // Copies are paced only while that costs the guest nothing. Between where a pass
-        // is due and the bound at which writes wait, the pace rises with the garbage, so
-        // that under sustained overwrites garbage settles where scrub keeps up, below the
-        // bound: a fixed pace let it reach the bound, and writes then waited for whole
-        // passes (p99.9 of 4 KiB random writes 37-51 ms).
+        // is due and the bound at which writes wait, the pace follows the guest's writes
+        // (`pace_rate`), so that under sustained overwrites garbage settles high in that
+        // band, where scrub copies least per byte freed, and a guest that writes little
+        // is not met by a scrub copying at full speed.
         let band = limits.max_garbage.map(|m| (scrub_at, m));
         let rate = pace_rate(cfg.rate.0, w.write_rate as u64, u.garbage * cs, band.map(|(d, m)| (d * cs, m * cs)));
         let hurry = pressure || waiting || !guest_active;
