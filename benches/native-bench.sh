@@ -208,6 +208,10 @@ job_args() {
         read-1m-qd8|read-1m-seq-qd8) echo "--rw read --bs 1M --iodepth 8" ;;
         write-1m-qd8)      echo "--rw write --bs 1M --iodepth 8" ;;
         writeflush-4k-qd1) echo "--rw randwrite --bs 4k --iodepth 1 --fsync-every 1" ;;
+        # Any other queue depth of the 4k random jobs, for experiments (--jobs randread-4k-qd16).
+        randread-4k-qd[0-9]*)  echo "--rw randread --bs 4k --iodepth ${1##*-qd}" ;;
+        randwrite-4k-qd[0-9]*) echo "--rw randwrite --bs 4k --iodepth ${1##*-qd}" ;;
+        randrw70-4k-qd[0-9]*)  echo "--rw randrw --rwmixread 70 --bs 4k --iodepth ${1##*-qd}" ;;
         *) return 1 ;;
     esac
 }
