@@ -469,10 +469,12 @@ if rows:
         lines.append("per 1000 guest IOs, or per guest byte written): flushes (the guest's and scrub's own), those")
         lines.append("that took one device flush,")
         lines.append("writes that waited for scrub or were paced, scrub bytes copied and objects put per byte")
-        lines.append("written:")
+        lines.append("written, and the share of new SCOs opened in a freshly preallocated file (not a recycled")
+        lines.append("one: each write into it changes extent metadata):")
         keys = [("flushes/kIO", "flushes_total", "io"), ("single/kIO", "flushes_single_total", "io"),
                 ("scrubwait/kIO", "space_throttled_writes_total", "io"), ("paced/kIO", "paced_total", "io"),
-                ("scrub B/B", "scrub_moved_bytes_total", "bytes"), ("put B/B", "uploaded_bytes_total", "bytes")]
+                ("scrub B/B", "scrub_moved_bytes_total", "bytes"), ("put B/B", "uploaded_bytes_total", "bytes"),
+                ("fresh SCOs", "sco_files_fresh_total", "share")]
         lines.append(f"  {'job':<18} " + " ".join(f"{k[0]:>13}" for k in keys))
         for job in jobs:
             rs = [r for r in eng if r["job"] == job]
@@ -482,6 +484,8 @@ if rows:
                 e = r["engine"]
                 if unit == "io":
                     return 1000.0 * e.get(key, 0.0) / max(r["reads"] + r["writes"], 1)
+                if unit == "share":
+                    return e.get(key, 0.0) / max(e.get(key, 0.0) + e.get("sco_files_reused_total", 0.0), 1.0)
                 return e.get(key, 0.0) / max(e.get("write_bytes_total", 0.0), 1.0)
             vals = [statistics.median(per(r, k, u) for r in rs) for _, k, u in keys]
             lines.append(f"  {job:<18} " + " ".join(f"{v:>13.2f}" for v in vals))

@@ -27,7 +27,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 20] = [
+    let series: [(&str, &str, &str, Get); 22] = [
         ("store_puts_total", "counter", "Objects put to the store (SCOs, TLogs, checkpoints).", |v, _| {
             v.counters.store_puts.load(Ordering::Relaxed) as f64
         }),
@@ -55,6 +55,12 @@ pub fn render(state: &DaemonState) -> String {
         }),
         ("paced_seconds_total", "counter", "Time guest writes waited for the pacer.", |v, _| {
             v.counters.paced_us.load(Ordering::Relaxed) as f64 / 1e6
+        }),
+        ("sco_files_fresh_total", "counter", "New SCOs opened in a freshly preallocated file.", |v, _| {
+            v.counters.sco_files_fresh.load(Ordering::Relaxed) as f64
+        }),
+        ("sco_files_reused_total", "counter", "New SCOs opened in a recycled or zero-filled file.", |v, _| {
+            v.counters.sco_files_reused.load(Ordering::Relaxed) as f64
         }),
         ("uploaded_bytes_total", "counter", "Raw SCO bytes uploaded.", |_, s| s.uploaded_bytes as f64),
         ("uploaded_stored_bytes_total", "counter", "Stored (compressed) SCO bytes uploaded.", |_, s| {

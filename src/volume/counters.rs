@@ -21,6 +21,11 @@ pub struct Counters {
     /// Guest writes the pacer slowed down, and the microseconds they waited in all.
     pub paced: AtomicU64,
     pub paced_us: AtomicU64,
+    /// New SCOs opened in a freshly preallocated file (its extents unwritten: every
+    /// write into it changes extent metadata) and in a reused one (a recycled dead SCO
+    /// or the zero-filled spare: no metadata change).
+    pub sco_files_fresh: AtomicU64,
+    pub sco_files_reused: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub uploaded_stored_bytes: AtomicU64,
     /// Frames read back at upload for their checksum (clusters written without one).

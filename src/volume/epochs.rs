@@ -61,6 +61,9 @@ impl Volume {
         let sco = Arc::new(ScoFile::open(&path, epoch, self.meta.sco_clusters, true, self.env.opts.direct)?);
         if taken.is_none() {
             sco.preallocate((self.meta.sco_clusters as u64) << self.shift);
+            self.counters.sco_files_fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.counters.sco_files_reused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // A crash here leaves an SCO file whose epoch has no TLog (recovery removes it).
         crate::fault::point("roll-before-tlog");
