@@ -85,9 +85,11 @@ impl SpareSco {
 
     /// Keep the dead SCO file at `path` for reuse instead of deleting it; false (the
     /// caller deletes it) when the pool is full, the file is under 1/`RECYCLE_MIN_DIV`
-    /// of an SCO, another name links it (an object store's hard link), or moving or
-    /// extending it fails. The caller makes sure nothing reads the file any more.
-    pub fn offer(&self, path: &Path) -> bool {
+    /// of an SCO, or shorter than one and may not `grow` (extending it takes disk space:
+    /// not while the disk is low, when scrub deletes files to give space back), another
+    /// name links it (an object store's hard link), or moving or extending it fails. The
+    /// caller makes sure nothing reads the file any more.
+    pub fn offer(&self, path: &Path, grow: bool) -> bool {
         let mut s = self.state.lock();
         if s.recycled.len() >= RECYCLE_MAX {
             return false;
@@ -96,7 +98,8 @@ impl SpareSco {
         let moved = (|| -> std::io::Result<Option<bool>> {
             let f = OpenOptions::new().write(true).open(path)?;
             let m = f.metadata()?;
-            if m.len() < self.len / RECYCLE_MIN_DIV || m.nlink() != 1 {
+            let short = if grow { self.len / RECYCLE_MIN_DIV } else { self.len };
+            if m.len() < short || m.nlink() != 1 {
                 return Ok(None);
             }
             // A sealed SCO carries its footer after the data: cut back to the SCO size.
@@ -335,16 +338,18 @@ mod tests {
             p
         };
         // A sealed SCO with its footer: cut to the SCO size.
-        assert!(s.offer(&dead("a", len + 100)));
+        assert!(s.offer(&dead("a", len + 100), true));
         assert!(!t.path().join("a").exists());
-        // Sealed early (its tail given back): extended to the SCO size again.
-        assert!(s.offer(&dead("partial", len / 2)));
+        // Sealed early (its tail given back): extended to the SCO size again, unless the
+        // disk is low.
+        assert!(!s.offer(&dead("partial-low", len / 2), false));
+        assert!(s.offer(&dead("partial", len / 2), true));
         // Too short to be worth it, or still linked elsewhere (an object store's hard
         // link): refused.
-        assert!(!s.offer(&dead("short", len / RECYCLE_MIN_DIV - 4096)));
+        assert!(!s.offer(&dead("short", len / RECYCLE_MIN_DIV - 4096), true));
         let linked = dead("linked", len);
         std::fs::hard_link(&linked, t.path().join("object")).unwrap();
-        assert!(!s.offer(&linked));
+        assert!(!s.offer(&linked, true));
         assert_eq!(s.recycled(), 2);
         // New SCOs take them: the SCO size, the old bytes (never read: no map points
         // there); where FIEMAP tells, the fully written one first.
@@ -363,7 +368,7 @@ mod tests {
         assert!(s.take(&t.path().join("sco-11")).is_none(), "a recycled file handed out twice");
         // Bounded; what is left over is found again by the next run.
         for i in 0..RECYCLE_MAX + 3 {
-            let ok = s.offer(&dead(&format!("d{i}"), len));
+            let ok = s.offer(&dead(&format!("d{i}"), len), false);
             assert_eq!(ok, i < RECYCLE_MAX, "offer {i}");
         }
         assert_eq!(SpareSco::new(t.path(), len).recycled(), RECYCLE_MAX);
