@@ -17,7 +17,7 @@
 //! sealed early is recycled too: each scrub pass seals the open SCO to upload its copies,
 //! and under sustained overwrites half the SCOs scrub deleted were such partial files
 //! (fresh files then took 44 of 79 rolls of a 70/30 random read/write job). Its written
-//! blocks are reused and its tail is preallocated again.
+//! blocks are reused and its tail is preallocated again (not while the disk is low).
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
