@@ -441,9 +441,8 @@ impl Volume {
         self.progress.notify_all();
         // Unlinking a large file takes a while: never under the volume lock. Dead files
         // nothing reads are kept for the next SCOs instead (see `spare_sco`).
-        let grow = !self.env.disk.is_low();
         for (p, idle) in unlink {
-            if !(idle && self.spare.offer(&p, grow)) {
+            if !(idle && self.spare.offer(&p)) {
                 let _ = std::fs::remove_file(p);
             }
         }

@@ -13,11 +13,7 @@
 //! new SCO's writes change no extent metadata (on the disk `benches/disk-ceiling.sh`
 //! measured, in-place writes ran at 1.9x the rate of writes into fresh extents), and no
 //! 32 MiB unlink holds the file system's journal. The stale bytes are the same volume's
-//! and no map references them: SCO reads go only where TLog records put data. An SCO
-//! sealed early is recycled too: each scrub pass seals the open SCO to upload its copies,
-//! and under sustained overwrites half the SCOs scrub deleted were such partial files
-//! (fresh files then took 44 of 79 rolls of a 70/30 random read/write job). Its written
-//! blocks are reused and its tail is preallocated again (not while the disk is low).
+//! and no map references them: SCO reads go only where TLog records put data.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -45,10 +41,6 @@ struct SpareState {
 /// Most dead SCO files kept for reuse (their disk space stays taken meanwhile): enough
 /// for the SCOs one scrub pass frees under sustained overwrites.
 pub const RECYCLE_MAX: usize = 16;
-
-/// A dead SCO file shorter than this fraction of the SCO size (sealed early) is not worth
-/// a place among the recycled ones: little of it is written.
-const RECYCLE_MIN_DIV: u64 = 8;
 
 /// After a failed preparation (a full file system), the next attempt waits this long:
 /// each attempt writes until the disk is full again.
@@ -84,12 +76,10 @@ impl SpareSco {
     }
 
     /// Keep the dead SCO file at `path` for reuse instead of deleting it; false (the
-    /// caller deletes it) when the pool is full, the file is under 1/`RECYCLE_MIN_DIV`
-    /// of an SCO, or shorter than one and may not `grow` (extending it takes disk space:
-    /// not while the disk is low, when scrub deletes files to give space back), another
-    /// name links it (an object store's hard link), or moving or extending it fails. The
-    /// caller makes sure nothing reads the file any more.
-    pub fn offer(&self, path: &Path, grow: bool) -> bool {
+    /// caller deletes it) when the pool is full, the file is smaller than an SCO, another
+    /// name links it (an object store's hard link), or moving it fails. The caller makes
+    /// sure nothing reads the file any more.
+    pub fn offer(&self, path: &Path) -> bool {
         let mut s = self.state.lock();
         if s.recycled.len() >= RECYCLE_MAX {
             return false;
@@ -98,21 +88,12 @@ impl SpareSco {
         let moved = (|| -> std::io::Result<Option<bool>> {
             let f = OpenOptions::new().write(true).open(path)?;
             let m = f.metadata()?;
-            let short = if grow { self.len / RECYCLE_MIN_DIV } else { self.len };
-            if m.len() < short || m.nlink() != 1 {
+            if m.len() < self.len || m.nlink() != 1 {
                 return Ok(None);
             }
             // A sealed SCO carries its footer after the data: cut back to the SCO size.
             if m.len() > self.len {
                 f.set_len(self.len)?;
-            }
-            // One sealed early had its tail given back: preallocated again (mode 0 keeps
-            // the written blocks and extends the size).
-            if m.len() < self.len {
-                // SAFETY: plain syscall on an fd we own.
-                if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.len as libc::off_t) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
             }
             let written = fully_written(&f, self.len);
             // Drop its cached pages (IO not aligned for O_DIRECT goes through the page
@@ -191,11 +172,6 @@ impl SpareSco {
     pub fn take(&self, to: &Path) -> Option<bool> {
         let mut s = self.state.lock();
         if !s.ready {
-            // Fully written files first: writes into them change no metadata at all.
-            if let Some(i) = s.recycled.iter().rposition(|(_, w)| *w) {
-                let last = s.recycled.len() - 1;
-                s.recycled.swap(i, last);
-            }
             while let Some((p, written)) = s.recycled.pop() {
                 match std::fs::rename(&p, to) {
                     Ok(()) => return Some(written),
@@ -338,38 +314,21 @@ mod tests {
             p
         };
         // A sealed SCO with its footer: cut to the SCO size.
-        assert!(s.offer(&dead("a", len + 100), true));
+        assert!(s.offer(&dead("a", len + 100)));
         assert!(!t.path().join("a").exists());
-        // Sealed early (its tail given back): extended to the SCO size again, unless the
-        // disk is low.
-        assert!(!s.offer(&dead("partial-low", len / 2), false));
-        assert!(s.offer(&dead("partial", len / 2), true));
-        // Too short to be worth it, or still linked elsewhere (an object store's hard
-        // link): refused.
-        assert!(!s.offer(&dead("short", len / RECYCLE_MIN_DIV - 4096), true));
+        // Too short, or still linked elsewhere (an object store's hard link): refused.
+        assert!(!s.offer(&dead("short", len - 4096)));
         let linked = dead("linked", len);
         std::fs::hard_link(&linked, t.path().join("object")).unwrap();
-        assert!(!s.offer(&linked, true));
-        assert_eq!(s.recycled(), 2);
-        // New SCOs take them: the SCO size, the old bytes (never read: no map points
-        // there), the partial one with a zeroed tail; where FIEMAP tells (not on tmpfs),
-        // the fully written one first.
-        let first = s.take(&t.path().join("sco-9"));
-        let second = s.take(&t.path().join("sco-10"));
-        assert!(first.is_some());
-        assert_eq!(second, Some(false), "the fully written file first, or no FIEMAP");
-        let files = ["sco-9", "sco-10"].map(|n| std::fs::read(t.path().join(n)).unwrap());
-        let half = (len / 2) as usize;
-        assert!(files.iter().all(|f| f.len() == len as usize));
-        assert!(files.iter().any(|f| f.iter().all(|&b| b == 7)), "the full file");
-        assert!(
-            files.iter().any(|f| f[..half].iter().all(|&b| b == 7) && f[half..].iter().all(|&b| b == 0)),
-            "the partial file: its old bytes, then a zeroed tail"
-        );
-        assert!(s.take(&t.path().join("sco-11")).is_none(), "a recycled file handed out twice");
+        assert!(!s.offer(&linked));
+        assert_eq!(s.recycled(), 1);
+        // A new SCO takes it: the SCO size, the old bytes (never read: no map points there).
+        assert!(s.take(&t.path().join("sco-9")).is_some());
+        assert_eq!(std::fs::metadata(t.path().join("sco-9")).unwrap().len(), len);
+        assert!(s.take(&t.path().join("sco-10")).is_none(), "a recycled file handed out twice");
         // Bounded; what is left over is found again by the next run.
         for i in 0..RECYCLE_MAX + 3 {
-            let ok = s.offer(&dead(&format!("d{i}"), len), false);
+            let ok = s.offer(&dead(&format!("d{i}"), len));
             assert_eq!(ok, i < RECYCLE_MAX, "offer {i}");
         }
         assert_eq!(SpareSco::new(t.path(), len).recycled(), RECYCLE_MAX);
