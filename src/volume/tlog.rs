@@ -227,6 +227,19 @@ impl TlogWriter {
             }
             d.zeroed_end = new_end;
             d.grown = true;
+            if !cached {
+                // Durable before any batch goes into them (one fdatasync per growth: a TLog
+                // grows a few times per epoch; it commits the size and extents the flush's
+                // TLog sync would commit otherwise). A batch written into the zeroes while
+                // they were only completed could be replayed under them from a
+                // dm-log-writes log: it records the writes a FLUSH covers when that FLUSH
+                // completes, and two FLUSHes can complete out of order (3 power-loss
+                // failures, 2026-12-06/07: a TLog's first batch, written after its zeroes,
+                // replayed as zeroes). The batches a guest write's completion logs through
+                // the page cache do not wait for this sync (they run on a vring worker).
+                d.file.sync_data()?;
+                d.grown = false;
+            }
         }
         let base = start - start % PAGE;
         // Through the cache from the page start, with what the page already holds in

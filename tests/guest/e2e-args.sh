@@ -34,10 +34,11 @@ e2e_cleanup() {
 say() { echo "[$E2E_NAME $(date +%T.%3N)] $*"; }
 fail() { echo "$E2E_LABEL FAILED: $*" >&2; exit 1; }
 
-# drive FILE ID: one more plain virtio-blk disk for the guest (QEMU's own, on raw FILE,
-# serial ID), appended to QEXTRA (the guest sees them as vda, vdb, ... in order).
+# drive FILE ID [PROPS]: one more plain virtio-blk disk for the guest (QEMU's own, on raw
+# FILE, serial ID, PROPS more device properties), appended to QEXTRA (the guest sees them
+# as vda, vdb, ... in order).
 QEXTRA=()
-drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2"); }
+drive() { QEXTRA+=(-drive "file=$1,if=none,id=$2,format=raw,cache=unsafe,aio=threads" -device "virtio-blk-pci,drive=$2,serial=$2${3:+,$3}"); }
 # strip_binaries: stripped copies of $BIN and $LOADGEN in $T (the per-run initramfs stays
 # small; the release build carries debug info).
 strip_binaries() {

@@ -73,7 +73,13 @@ rm -f "$T/nvme.img" "$T/log.img" "$T/journal.img"
 truncate -s "$NVME_SIZE" "$T/nvme.img"
 truncate -s 4G "$T/log.img"
 truncate -s 64M "$T/journal.img"
-drive "$T/nvme.img" nvme    # vda: the "host NVMe" under dm-log-writes
+# vda: the "host NVMe" under dm-log-writes, with one request queue. dm-log-writes logs the
+# writes a FLUSH covers when that FLUSH completes; with a queue per vCPU two FLUSHes can
+# complete out of order, and the log then holds a write that completed earlier after one
+# that completed later. Replayed, a TLog's zeroed region, written and completed before its
+# first batch was sent, overwrote that batch: 3 power-loss failures (2026-12-06/07) were
+# this, not logdisk. With one queue, FLUSHes complete in the order they were sent.
+drive "$T/nvme.img" nvme num-queues=1
 drive "$T/log.img" logw     # vdb: the log
 drive "$T/journal.img" jnl  # vdc: the client's journal, copied here at the end
 say "guest run: $FLUSHES flushes on $FS"
