@@ -124,11 +124,16 @@ struct Fixture {
 
 impl Fixture {
     fn new(read_only: bool, num_queues: u16) -> Fixture {
+        Fixture::with_threads(read_only, num_queues, 0)
+    }
+
+    /// Served by `io_threads` worker threads (0: one per queue).
+    fn with_threads(read_only: bool, num_queues: u16, io_threads: u16) -> Fixture {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("blk.sock");
         let target = FileTarget::new(dir.path(), read_only);
-        let opts = ServeOptions { num_queues, queue_size: QSIZE, ..ServeOptions::default() };
+        let opts = ServeOptions { num_queues, io_threads, queue_size: QSIZE, ..ServeOptions::default() };
         let handle = spawn_device(&socket, target.clone(), &opts).unwrap();
         Fixture { handle: Some(handle), target, socket, _dir: dir }
     }
@@ -343,7 +348,18 @@ fn read_only_device_refuses_writes() {
 
 #[test]
 fn multiqueue_requests_in_flight_on_all_queues() {
-    let fx = Fixture::new(false, 4);
+    multiqueue_in_flight(0);
+}
+
+#[test]
+fn multiqueue_on_one_worker_thread_and_on_uneven_groups() {
+    // 4 queues on one thread, and on 3 threads (queues 0 | 1 | 2, 3).
+    multiqueue_in_flight(1);
+    multiqueue_in_flight(3);
+}
+
+fn multiqueue_in_flight(io_threads: u16) {
+    let fx = Fixture::with_threads(false, 4, io_threads);
     let mut vm = Vm::connect(&fx.socket, 4, true);
     // Queue 16 writes on each of 4 queues before kicking any of them.
     let mut reqs = Vec::new();
@@ -669,6 +685,16 @@ fn buffers_straddling_two_memory_regions() {
 
 #[test]
 fn volume_target_many_requests_in_flight_through_the_ring() {
+    volume_target_through_the_ring(0);
+}
+
+#[test]
+fn volume_target_through_the_ring_with_both_queues_on_one_thread() {
+    // Each queue's io_uring completions reach the one worker under their own token.
+    volume_target_through_the_ring(1);
+}
+
+fn volume_target_through_the_ring(io_threads: u16) {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = logdisk::config::Config::default();
@@ -679,7 +705,7 @@ fn volume_target_many_requests_in_flight_through_the_ring() {
     let vol = dd.open_volume("vt", false).unwrap();
     let target = Arc::new(logdisk::frontend::volume_target::VolumeTarget::new(vol.clone(), false));
     let socket = dir.path().join("vt.sock");
-    let opts = ServeOptions { num_queues: 2, queue_size: QSIZE, ..ServeOptions::default() };
+    let opts = ServeOptions { num_queues: 2, io_threads, queue_size: QSIZE, ..ServeOptions::default() };
     let handle = spawn_device(&socket, target, &opts).unwrap();
     let mut vm = Vm::connect(&socket, 2, true);
 

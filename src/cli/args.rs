@@ -159,6 +159,9 @@ pub struct ServeArgs {
     /// Virtqueue size
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
+    /// Worker threads per device, the queues dealt among them (0: one per queue)
+    #[arg(long, default_value_t = 0)]
+    pub io_threads: u16,
     /// Socket file mode (octal)
     #[arg(long, default_value = "0600")]
     pub socket_mode: String,

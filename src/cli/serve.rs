@@ -67,6 +67,7 @@ fn defaults(args: &ServeArgs) -> Result<Defaults> {
         socket_group: args.socket_group.as_deref().map(resolve_group).transpose()?,
         num_queues,
         queue_size: args.queue_size,
+        io_threads: args.io_threads,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct DeviceLimits {
     pub num_queues: u16,
     /// Largest queue the driver may configure.
     pub queue_size: u16,
+    /// Worker threads the queues are dealt to (1..=num_queues; contiguous groups).
+    pub io_threads: u16,
 }
 
 impl DeviceLimits {
@@ -66,7 +68,22 @@ impl DeviceLimits {
             max_data_bytes: u64::from(seg_max) * u64::from(SIZE_MAX),
             num_queues,
             queue_size,
+            io_threads: num_queues,
         }
+    }
+
+    /// The same limits with the queues dealt to `threads` worker threads (clamped to
+    /// 1..=num_queues).
+    pub fn with_io_threads(mut self, threads: u16) -> Self {
+        self.io_threads = threads.clamp(1, self.num_queues.max(1));
+        self
+    }
+
+    /// The queues worker thread `t` serves: contiguous groups, sizes differing by at most
+    /// one.
+    pub fn thread_queues(&self, t: usize) -> std::ops::Range<usize> {
+        let (q, n) = (usize::from(self.num_queues), usize::from(self.io_threads.max(1)));
+        t * q / n..(t + 1) * q / n
     }
 
     /// Most descriptors one request chain may have (data segments + header + status).
@@ -162,6 +179,18 @@ pub fn read_config(space: &[u8], offset: u32, size: u32) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn queues_are_dealt_to_threads_in_contiguous_groups() {
+        let l = DeviceLimits::new(1 << 20, false, 512, 4, 256);
+        let groups = |l: &DeviceLimits| (0..usize::from(l.io_threads)).map(|t| l.thread_queues(t)).collect::<Vec<_>>();
+        assert_eq!(groups(&l), [0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(groups(&l.clone().with_io_threads(1)), vec![0..4usize]);
+        assert_eq!(groups(&l.clone().with_io_threads(3)), [0..1, 1..2, 2..4]);
+        // Clamped: never more threads than queues, never none.
+        assert_eq!(groups(&l.clone().with_io_threads(9)), [0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(groups(&l.with_io_threads(0)), vec![0..4usize]);
+    }
 
     #[test]
     fn layout_matches_the_bindings() {

@@ -1,9 +1,9 @@
 //! The vhost-user-blk device: a `VhostUserBackend` over any [`BlockTarget`].
 //!
 //! One [`BlkDevice`] exists per hypervisor connection. vhost-user-backend runs one epoll
-//! worker thread per queue (see [`BlkDevice::queues_per_thread`]); each worker owns a
-//! `WorkerState` with the buffers a request needs (descriptor list, iovec list), so the
-//! request path allocates nothing. Requests are executed synchronously on the worker thread
+//! worker thread per group of queues (`--io-threads`; see [`BlkDevice::queues_per_thread`]);
+//! each queue has a `WorkerState` with the buffers a request needs (descriptor list, iovec
+//! list) and its own io_uring, so the request path allocates nothing. Requests are executed synchronously on the worker thread
 //! against the target. Guest-caused problems are answered with a virtio status and logged
 //! (rate limited); they never stop a worker.
 
@@ -340,14 +340,19 @@ impl BlkDevice {
         }
     }
 
-    /// The worker's ring eventfds (for the epoll loops), by worker index.
+    /// Each queue's ring eventfd (for the epoll loops), by queue.
     pub fn ring_fds(&self) -> Vec<Option<RawFd>> {
         self.workers.iter().map(|w| w.lock().inflight.as_ref().map(|i| i.eventfd())).collect()
     }
 
-    /// The epoll token of the ring eventfds (above the queue and exit-event tokens).
-    pub fn ring_token(&self) -> u64 {
-        u64::from(self.limits.num_queues) + 1
+    /// The queues worker thread `t` serves.
+    pub fn thread_queues(&self, t: usize) -> std::ops::Range<usize> {
+        self.limits.thread_queues(t)
+    }
+
+    /// The epoll token of queue `q`'s ring eventfd (above the queue and exit-event tokens).
+    pub fn ring_token(&self, q: usize) -> u64 {
+        u64::from(self.limits.num_queues) + 1 + q as u64
     }
 
     /// Parse and run one request; write its status; return the used length, or `None`
@@ -507,7 +512,9 @@ impl VhostUserBackend for BlkDevice {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.limits.num_queues).map(|q| 1u64 << q).collect()
+        (0..usize::from(self.limits.io_threads))
+            .map(|t| self.limits.thread_queues(t).map(|q| 1u64 << q).sum())
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -557,21 +564,25 @@ impl VhostUserBackend for BlkDevice {
             tracing::warn!(thread_id, ?evset, "unexpected event set");
             return Ok(());
         }
-        // Each worker owns exactly one queue; ring completions come with the ring token.
-        let queue_event = if u64::from(device_event) == self.ring_token() { 0 } else { usize::from(device_event) };
-        let (Some(vring), Some(ws)) = (vrings.get(queue_event), self.workers.get(thread_id)) else {
+        // A queue's kick comes as its index among this thread's queues (`vrings`); its
+        // ring's completions with its ring token.
+        let mine = self.limits.thread_queues(thread_id);
+        let ring = u64::from(device_event).checked_sub(self.ring_token(0)).map(|q| q as usize);
+        let queue = ring.unwrap_or(mine.start + usize::from(device_event));
+        let local = queue.wrapping_sub(mine.start);
+        let (true, Some(vring), Some(ws)) = (mine.contains(&queue), vrings.get(local), self.workers.get(queue)) else {
             tracing::warn!(thread_id, device_event, "event for an unknown queue");
             return Ok(());
         };
         let mut ws = ws.lock();
-        if u64::from(device_event) == self.ring_token() {
-            self.complete_ring(&mut ws, thread_id, false);
+        if ring.is_some() {
+            self.complete_ring(&mut ws, queue, false);
             return Ok(());
         }
         if ws.vring.is_none() {
             ws.vring = Some(vring.clone());
         }
-        self.handle_queue(vring, &mut ws, thread_id);
+        self.handle_queue(vring, &mut ws, queue);
         Ok(())
     }
 }

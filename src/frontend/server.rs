@@ -35,8 +35,11 @@ use super::FrontendError;
 /// How a device is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// Request queues (one worker thread each), 1..=64.
+    /// Request queues, 1..=64.
     pub num_queues: u16,
+    /// Worker threads the queues are dealt to (0: one per queue; more than the queues:
+    /// one per queue).
+    pub io_threads: u16,
     /// Largest virtqueue the driver may set up (power of two, 4..=32768).
     pub queue_size: u16,
     /// Permission bits of the socket file.
@@ -48,11 +51,25 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ServeOptions { num_queues: cores.clamp(1, 4) as u16, queue_size: 256, socket_mode: 0o600, socket_group: None }
+        ServeOptions {
+            num_queues: cores.clamp(1, 4) as u16,
+            io_threads: 0,
+            queue_size: 256,
+            socket_mode: 0o600,
+            socket_group: None,
+        }
     }
 }
 
 impl ServeOptions {
+    /// Worker threads to run (1..=num_queues).
+    pub fn io_threads(&self) -> u16 {
+        match self.io_threads {
+            0 => self.num_queues,
+            n => n.min(self.num_queues),
+        }
+    }
+
     /// Check the options (done again by [`spawn_device`]).
     pub fn validate(&self) -> Result<(), FrontendError> {
         if !(1..=64).contains(&self.num_queues) {
@@ -259,7 +276,8 @@ impl Server {
             self.target.block_size(),
             self.opts.num_queues,
             self.opts.queue_size,
-        );
+        )
+        .with_io_threads(self.opts.io_threads());
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let device = Arc::new(BlkDevice::new(self.target.clone(), limits, mem.clone()));
         let result = self.run_daemon(device.clone(), mem);
@@ -275,13 +293,15 @@ impl Server {
     ) -> Result<(), String> {
         let mut daemon = VhostUserDaemon::new("vhost-blk".into(), device.clone(), mem)
             .map_err(|e| format!("creating the vhost-user daemon: {e}"))?;
-        // Wire each worker's io_uring completion eventfd into that worker's epoll loop.
-        let token = device.ring_token();
-        for (handler, fd) in daemon.get_epoll_handlers().iter().zip(device.ring_fds()) {
-            if let Some(fd) = fd {
-                handler
-                    .register_listener(fd, EventSet::IN, token)
-                    .map_err(|e| format!("registering the io_uring eventfd: {e}"))?;
+        // Wire each queue's io_uring completion eventfd into its worker's epoll loop.
+        let fds = device.ring_fds();
+        for (t, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+            for q in device.thread_queues(t) {
+                if let Some(fd) = fds[q] {
+                    handler
+                        .register_listener(fd, EventSet::IN, device.ring_token(q))
+                        .map_err(|e| format!("registering the io_uring eventfd: {e}"))?;
+                }
             }
         }
         // `poll` saw a pending connection, so a blocking accept returns at once (and cannot

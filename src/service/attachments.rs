@@ -28,6 +28,8 @@ pub struct Defaults {
     pub socket_group: Option<u32>,
     pub num_queues: u16,
     pub queue_size: u16,
+    /// Worker threads per device (0: one per queue).
+    pub io_threads: u16,
 }
 
 /// An attach request as the operator gave it (unset fields take the defaults).
@@ -135,6 +137,7 @@ impl Attachments {
     fn options(&self, spec: &AttachSpec) -> ServeOptions {
         ServeOptions {
             num_queues: spec.num_queues,
+            io_threads: self.defaults.io_threads,
             queue_size: spec.queue_size,
             socket_mode: self.defaults.socket_mode,
             socket_group: self.defaults.socket_group,
