@@ -417,7 +417,7 @@ impl Config {
             return Err(Error::Config("upload.concurrency must be 1..=256".into()));
         }
         let fs = self.upload.frame_size.0;
-        if fs < 4096 || !fs.is_multiple_of(4096) || fs > 4 << 20 {
+        if fs < 4096 || !fs.is_multiple_of(4096) || fs > u64::from(crate::backend::sco_object::MAX_FRAME_SIZE) {
             return Err(Error::Config("upload.frame_size must be a multiple of 4K from 4K to 4M".into()));
         }
         crate::backend::sco_object::Codec::parse(&self.upload.compression)?;

@@ -34,6 +34,10 @@ pub const FOOTER_LEN: usize = 40;
 pub const SEALED_MAGIC: &[u8; 8] = b"LDSCOe01";
 pub const SEALED_FOOTER_LEN: usize = 60;
 pub const INDEX_ENTRY_LEN: usize = 21;
+/// Largest frame an object may declare, the most `upload.frame_size` allows: a corrupt
+/// footer must not make a reader allocate gigabytes for one frame (the fuzzer found a
+/// 134-byte object declaring a 4 GiB frame).
+pub const MAX_FRAME_SIZE: u32 = 4 << 20;
 
 /// Compression of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +288,7 @@ fn parse_sealed_footer(key: &str, f: &[u8], object_size: u64) -> Result<Footer> 
 fn check_footer(key: &str, footer: Footer, object_size: u64) -> Result<Footer> {
     let expect_frames = footer.raw_len.div_ceil(footer.frame_size.max(1) as u64);
     if footer.frame_size == 0
+        || footer.frame_size > MAX_FRAME_SIZE
         || footer.n_frames as u64 != expect_frames
         || footer.index_offset.checked_add(footer.index_len() + footer.footer_len()) != Some(object_size)
     {
@@ -579,6 +584,18 @@ mod tests {
         let mut out = vec![0u8; 65536];
         let mut f1 = obj[a.offset as usize..(a.offset + a.stored_len as u64) as usize].to_vec();
         assert!(a.stored_len != b.stored_len || idx.decode_frame("k", 1, &mut f1, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_footer_declaring_a_frame_above_the_largest_is_refused() {
+        // 8 KiB of data as one frame, the footer saying frames are MAX_FRAME_SIZE + 4 KiB.
+        let raw = vec![7u8; 8192];
+        let crcs = [crate::crc::crc32c(&raw)];
+        for (frame, ok) in [(MAX_FRAME_SIZE as usize, true), (MAX_FRAME_SIZE as usize + 4096, false)] {
+            let mut obj = raw.clone();
+            obj.extend_from_slice(&raw_tail(raw.len() as u64, frame, &crcs));
+            assert_eq!(parse_object_index("k", &obj).is_ok(), ok, "frame size {frame}");
+        }
     }
 
     #[test]
