@@ -65,3 +65,62 @@ fn outage_throttles_writes_and_loses_nothing() {
     vol2.read_at(0, &mut got).unwrap();
     assert!(got == image);
 }
+
+/// A planned write (io_uring path) reserves all its pieces before any is written; one
+/// crossing into a new SCO must not wait for room in the write buffer on its later pieces:
+/// that room comes from uploads, and an SCO is uploaded only once every reservation in it
+/// (the earlier pieces) has finished. It hung so: 1 MiB writes at QD8 into an 8 MiB buffer
+/// of 1 MiB SCOs. Here the store is down, the buffer one cluster short of its limit, and a
+/// write crosses from the open SCO into the next.
+#[test]
+fn a_planned_write_into_a_new_sco_does_not_wait_for_itself() {
+    use logdisk::volume::plan::IoPlan;
+    use std::os::unix::fs::FileExt;
+
+    let t = tempfile::tempdir().unwrap();
+    let store = Arc::new(HookedStore::open(&t.path().join("objects")));
+    store.refuse_writes.store(true, Ordering::SeqCst);
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    // 128 KiB SCOs (small_volume), a buffer of two.
+    let opts = EngineOptions { wb_limit: 256 << 10, seal_after: None, ..EngineOptions::default() };
+    let (env, vol) = common::small_volume(dyn_store, t.path(), opts);
+    let first: Vec<u8> = (0..(252u32 << 10)).map(|i| (i % 251) as u8).collect();
+    vol.write_at(0, &first).unwrap();
+
+    // 8 KiB: the last cluster of the second SCO (the buffer then holds its limit), then a
+    // cluster of a third.
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let v = vol.clone();
+    let planner = std::thread::spawn(move || {
+        let mut plan = IoPlan::default();
+        let r = v.plan_write(1 << 20, 8192, &mut plan);
+        tx.send(()).unwrap();
+        (r.map_err(|e| e.to_string()), plan)
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("planning the write waited for its own first piece");
+    let (r, mut plan) = planner.join().unwrap();
+    assert!(r.unwrap(), "plannable");
+    assert_eq!(plan.segs().len(), 2, "one piece in each SCO");
+    let mut at = 0usize;
+    for s in plan.segs() {
+        // SAFETY: the plan's fd stays open until finish_write; not closed here.
+        let f = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(s.fd_buffered)
+        });
+        f.write_all_at(&data[at..at + s.len as usize], s.file_offset).unwrap();
+        at += s.len as usize;
+    }
+    vol.finish_write(&mut plan, true).unwrap();
+
+    // The store returns; everything drains and reads back.
+    store.refuse_writes.store(false, Ordering::SeqCst);
+    let mut got = vec![0u8; 8192];
+    vol.read_at(1 << 20, &mut got).unwrap();
+    assert!(got == data);
+    let mut got = vec![0u8; first.len()];
+    vol.read_at(0, &mut got).unwrap();
+    assert!(got == first);
+    assert!(vol.close().unwrap().drained);
+    env.uploader.stop();
+}

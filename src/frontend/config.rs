@@ -86,6 +86,14 @@ impl DeviceLimits {
         t * q / n..(t + 1) * q / n
     }
 
+    /// The queues served by the thread that serves `queue` (itself included).
+    pub fn queues_of_thread_serving(&self, queue: usize) -> std::ops::Range<usize> {
+        (0..usize::from(self.io_threads.max(1)))
+            .map(|t| self.thread_queues(t))
+            .find(|r| r.contains(&queue))
+            .unwrap_or(queue..queue + 1)
+    }
+
     /// Most descriptors one request chain may have (data segments + header + status).
     pub fn max_descriptors(&self) -> usize {
         self.seg_max as usize + 2
@@ -189,7 +197,9 @@ mod tests {
         assert_eq!(groups(&l.clone().with_io_threads(3)), [0..1, 1..2, 2..4]);
         // Clamped: never more threads than queues, never none.
         assert_eq!(groups(&l.clone().with_io_threads(9)), [0..1, 1..2, 2..3, 3..4]);
-        assert_eq!(groups(&l.with_io_threads(0)), vec![0..4usize]);
+        assert_eq!(groups(&l.clone().with_io_threads(0)), vec![0..4usize]);
+        let three = l.with_io_threads(3);
+        assert_eq!([0, 1, 2, 3].map(|q| three.queues_of_thread_serving(q)), [0..1, 1..2, 2..4, 2..4]);
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl Volume {
                 let bytes = (st.uploads.tlog_done(epoch) as u64) << self.shift;
                 if st.scos.uploaded(epoch, bytes) {
                     self.pacer.drained(bytes);
+                    self.pacer.note_level(st.scos.wb_bytes, self.env.opts.wb_limit);
                 }
                 unlink.push(self.tlog_path(epoch));
                 unlink.extend(st.scos.evict_uploaded(self.env.opts.wb_limit / 4 * 3, self.shift));

@@ -99,7 +99,7 @@ impl Volume {
         let mut done = 0u64;
         let mut sub = Vec::new();
         while done < n {
-            let (file, index, take) = self.reserve(n - done, true)?;
+            let (file, index, take) = self.reserve(n - done, true, true)?;
             let bytes = (take as u64) << self.shift;
             let piece: &[iovec] = if done == 0 && take as u64 == n {
                 iovs
@@ -186,7 +186,11 @@ impl Volume {
         let cluster = offset >> self.shift;
         let mut done = 0u64;
         while done < n {
-            let (file, index, take) = match self.reserve(n - done, true) {
+            // Every piece is reserved before any is written: only the first may wait for
+            // room in the write buffer (a later one would wait for the upload of the SCO
+            // the earlier pieces hold in flight: a 1 MiB write across two 1 MiB SCOs hung
+            // there, an 8 MiB buffer full).
+            let (file, index, take) = match self.reserve(n - done, true, done == 0) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = self.finish_write(plan, false);
@@ -222,8 +226,9 @@ impl Volume {
     /// Reserve up to `want` clusters at the tail of the open SCO, throttling while the
     /// write buffer is full (and, for `guest` writes, while space is short: see
     /// [`super::space`]) and rolling to a new epoch when the SCO is full. Scrub and
-    /// flatten copies pass the space gate: they are how space comes back.
-    pub(crate) fn reserve(&self, want: u64, guest: bool) -> Result<(Arc<ScoFile>, u32, u32)> {
+    /// flatten copies pass the space gate: they are how space comes back. `may_wait`
+    /// false: the caller holds reservations not yet finished, so no throttle or pause.
+    pub(crate) fn reserve(&self, want: u64, guest: bool, may_wait: bool) -> Result<(Arc<ScoFile>, u32, u32)> {
         let mut st = self.state.lock();
         self.check_writable(&st)?;
         if guest {
@@ -234,7 +239,7 @@ impl Volume {
                 return Err(Error::NoSpace { volume: self.name.clone(), detail: why });
             }
         }
-        if guest && self.env.opts.pace_writes {
+        if guest && may_wait && self.env.opts.pace_writes {
             let pause = self.pacer.pause(want << self.shift, st.scos.wb_bytes, self.env.opts.wb_limit);
             if !pause.is_zero() {
                 self.counters.paced.fetch_add(1, Ordering::Relaxed);
@@ -243,13 +248,38 @@ impl Volume {
                 self.check_writable(&st)?;
             }
         }
-        let mut throttled = None;
         let limit = self.env.opts.wb_limit;
         let limit = if guest {
             limit
         } else {
             limit + (limit / MAINTENANCE_HEADROOM_DIV).max((self.meta.sco_clusters as u64) << self.shift)
         };
+        if may_wait {
+            self.wait_write_buffer(&mut st, limit, guest)?;
+        }
+        let sco_clusters = self.meta.sco_clusters;
+        if st.log.needs_roll(sco_clusters, self.shift, || self.spare.is_ready()) {
+            if st.log.open.is_some() {
+                // The uploader makes the seal durable (a flush) in the background.
+                self.env.uploader.notify();
+            }
+            self.roll(&mut st, true)?;
+        }
+        let (file, index, take) = st.reserve_tail(want, sco_clusters, self.shift);
+        self.pacer.note_level(st.scos.wb_bytes, self.env.opts.wb_limit);
+        self.env.disk.consume((take as u64) << self.shift);
+        self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
+        Ok((file, index, take))
+    }
+
+    /// Wait while the write buffer holds `limit` bytes or more, until uploads make room.
+    /// A guest write reaches this holding none of its own reservations only when its
+    /// frontend waited first (`wait_for_space`, after completing what it has in flight):
+    /// an SCO is uploaded once every reservation in it has finished, so a worker waiting
+    /// here with writes of its own in flight could wait for itself (found as a hang: an
+    /// 8 MiB buffer of 1 MiB SCOs, 1 MiB writes at QD8 on 2 queues).
+    fn wait_write_buffer(&self, st: &mut parking_lot::MutexGuard<'_, State>, limit: u64, guest: bool) -> Result<()> {
+        let mut throttled = None;
         while st.scos.wb_bytes >= limit {
             if throttled.is_none() {
                 throttled = Some(Instant::now());
@@ -257,8 +287,8 @@ impl Volume {
                 tracing::debug!(volume = %self.name, "write buffer full: throttling writes until uploads catch up");
             }
             self.env.uploader.notify();
-            self.progress.wait_for(&mut st, Duration::from_millis(100));
-            self.check_writable(&st)?;
+            self.progress.wait_for(st, Duration::from_millis(100));
+            self.check_writable(st)?;
             if st.log.log_full_since.is_some_and(|t| t.elapsed() >= LOG_FULL_WAIT) {
                 // Uploads that would make room cannot finish while the TLog cannot be
                 // written: fail the write rather than hold the guest's request (at most
@@ -273,18 +303,8 @@ impl Volume {
             let waited_ms = t.elapsed().as_millis() as u64;
             tracing::debug!(volume = %self.name, waited_ms, guest, "write buffer throttle released");
         }
-        let sco_clusters = self.meta.sco_clusters;
-        if st.log.needs_roll(sco_clusters, self.shift, || self.spare.is_ready()) {
-            if st.log.open.is_some() {
-                // The uploader makes the seal durable (a flush) in the background.
-                self.env.uploader.notify();
-            }
-            self.roll(&mut st, true)?;
-        }
-        let (file, index, take) = st.reserve_tail(want, sco_clusters, self.shift);
-        self.env.disk.consume((take as u64) << self.shift);
-        self.space.refresh(st.scos.log_clusters, st.maps.map.mapped());
-        Ok((file, index, take))
+        self.pacer.note_level(st.scos.wb_bytes, self.env.opts.wb_limit);
+        Ok(())
     }
 
     /// Recompute whether writes must wait (after the limits changed) and wake waiters.
@@ -297,18 +317,23 @@ impl Volume {
 
     /// Writes may go on without waiting for scrub (one atomic load).
     pub fn space_admits(&self) -> bool {
-        self.space.admits()
+        self.space.admits() && !self.pacer.is_full()
     }
 
     /// Wait while space is short, until scrub frees some; [`Error::NoSpace`] when nothing
     /// can be freed or the wait times out. Call it before a write, holding no
     /// reservation (a frontend first completes the requests it has in flight).
     pub fn wait_for_space(&self) -> Result<()> {
-        if self.space.admits() {
+        if self.space_admits() {
             return Ok(());
         }
         let mut st = self.state.lock();
-        self.wait_for_space_locked(&mut st)
+        if !self.space.admits() {
+            self.wait_for_space_locked(&mut st)?;
+        }
+        // Then for room in the write buffer, holding no reservation (see
+        // `wait_write_buffer`).
+        self.wait_write_buffer(&mut st, self.env.opts.wb_limit, true)
     }
 
     fn wait_for_space_locked(&self, st: &mut parking_lot::MutexGuard<'_, State>) -> Result<()> {
@@ -380,7 +405,7 @@ impl Volume {
         let n = (data.len() as u64 >> self.shift) as u32;
         let mut done = 0u32;
         while done < n {
-            let (file, index, take) = self.reserve((n - done) as u64, false)?;
+            let (file, index, take) = self.reserve((n - done) as u64, false, true)?;
             let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
             let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
             let crcs: Vec<u64> =
