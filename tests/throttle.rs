@@ -16,12 +16,18 @@ use logdisk::backend::ObjectStore;
 use logdisk::volume::read_cache::ReadCache;
 use logdisk::volume::{EngineOptions, Volume, VolumeEnv, VolumeMeta};
 
+/// The real local store under `dir`, refusing every write until told otherwise.
+fn store_down(dir: &std::path::Path) -> (Arc<HookedStore>, Arc<dyn ObjectStore>) {
+    let store = Arc::new(HookedStore::open(&dir.join("objects")));
+    store.refuse_writes.store(true, Ordering::SeqCst);
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    (store, dyn_store)
+}
+
 #[test]
 fn outage_throttles_writes_and_loses_nothing() {
     let t = tempfile::tempdir().unwrap();
-    let store = Arc::new(HookedStore::open(&t.path().join("objects")));
-    store.refuse_writes.store(true, Ordering::SeqCst);
-    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let (store, dyn_store) = store_down(t.path());
     let opts = EngineOptions {
         wb_limit: 1 << 20,
         frame_size: 16 << 10,
@@ -78,9 +84,7 @@ fn a_planned_write_into_a_new_sco_does_not_wait_for_itself() {
     use std::os::unix::fs::FileExt;
 
     let t = tempfile::tempdir().unwrap();
-    let store = Arc::new(HookedStore::open(&t.path().join("objects")));
-    store.refuse_writes.store(true, Ordering::SeqCst);
-    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let (store, dyn_store) = store_down(t.path());
     // 128 KiB SCOs (small_volume), a buffer of two.
     let opts = EngineOptions { wb_limit: 256 << 10, seal_after: None, ..EngineOptions::default() };
     let (env, vol) = common::small_volume(dyn_store, t.path(), opts);
