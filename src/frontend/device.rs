@@ -3,9 +3,9 @@
 //! One [`BlkDevice`] exists per hypervisor connection. vhost-user-backend runs one epoll
 //! worker thread per group of queues (`--io-threads`; see [`BlkDevice::queues_per_thread`]);
 //! each queue has a `WorkerState` with the buffers a request needs (descriptor list, iovec
-//! list) and its own io_uring, so the request path allocates nothing. Requests are executed synchronously on the worker thread
-//! against the target. Guest-caused problems are answered with a virtio status and logged
-//! (rate limited); they never stop a worker.
+//! list) and its own io_uring, so the request path allocates nothing. Requests are executed
+//! synchronously on the worker thread against the target. Guest-caused problems are
+//! answered with a virtio status and logged (rate limited); they never stop a worker.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
