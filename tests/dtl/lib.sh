@@ -100,7 +100,10 @@ ld_cleanup_procs() {
 }
 
 # ld_free_ports NS IP N [admin]: N distinct free TCP ports on IP inside NS (one per line).
-# With "admin", one more line: a port whose +10000 is free too (weed's admin gRPC).
+# With "admin", one more line: a port whose +10000 is free too (weed's admin gRPC). All below
+# the kernel's ephemeral range (32768 and up): a port picked there and released can be taken
+# by an outgoing connection before its server binds it (weed's filer failed once so: "bind:
+# address already in use" in a fresh namespace).
 ld_free_ports() {
     ip netns exec "$1" python3 - "$2" "$3" "${4:-}" <<'PY'
 import random, socket, sys
@@ -113,16 +116,14 @@ def free(p):
         return False
     finally:
         s.close()
-held, ports = [], []
+ports = []
 while len(ports) < n:
-    s = socket.socket(); s.bind((ip, 0)); p = s.getsockname()[1]
-    if p not in ports and p < 55000:
-        ports.append(p); held.append(s)
-    else:
-        s.close()
+    p = random.randint(10000, 19999)
+    if p not in ports and free(p):
+        ports.append(p)
 if admin:
     while True:
-        p = random.randint(20000, 30000)
+        p = random.randint(20000, 22767)
         if p not in ports and p + 10000 not in ports and free(p) and free(p + 10000):
             ports.append(p); break
 print("\n".join(map(str, ports)))
