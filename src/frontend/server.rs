@@ -62,11 +62,13 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    /// Worker threads to run (1..=num_queues).
+    /// Worker threads asked for: 0 means one per queue (`DeviceLimits::with_io_threads`
+    /// bounds it to 1..=num_queues).
     pub fn io_threads(&self) -> u16 {
-        match self.io_threads {
-            0 => self.num_queues,
-            n => n.min(self.num_queues),
+        if self.io_threads == 0 {
+            self.num_queues
+        } else {
+            self.io_threads
         }
     }
 

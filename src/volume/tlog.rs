@@ -47,11 +47,10 @@ pub struct TlogWriter {
 /// The O_DIRECT side of a TLog writer.
 struct DirectLog {
     file: File,
-    /// Bytes `[0, zeroed_end)` are written (records or zeroes); their size and blocks
-    /// are durable unless `grown` (the next flush syncs this file, then calls
-    /// [`TlogWriter::synced`]).
+    /// Bytes `[0, zeroed_end)` are written (records or zeroes); on the O_DIRECT path their
+    /// size and blocks are synced before a batch goes into them, on the cached path by the
+    /// flush's TLog sync.
     zeroed_end: u64,
-    grown: bool,
     /// The device the file is on.
     dev: u64,
     /// Sector-aligned staging for one batch.
@@ -122,7 +121,6 @@ impl TlogWriter {
         self.direct = Some(DirectLog {
             file: dfile,
             zeroed_end: meta.len(),
-            grown: false,
             dev: meta.dev(),
             buf: super::iov::AlignedBuf::zeroed(64 << 10),
             tail: vec![0; PAGE as usize].into_boxed_slice(),
@@ -226,7 +224,6 @@ impl TlogWriter {
                 at += n as u64;
             }
             d.zeroed_end = new_end;
-            d.grown = true;
             if !cached {
                 // Durable before any batch goes into them (one fdatasync per growth: a TLog
                 // grows a few times per epoch; it commits the size and extents the flush's
@@ -238,7 +235,6 @@ impl TlogWriter {
                 // replayed as zeroes). The batches a guest write's completion logs through
                 // the page cache do not wait for this sync (they run on a vring worker).
                 d.file.sync_data()?;
-                d.grown = false;
             }
         }
         let base = start - start % PAGE;
@@ -277,13 +273,6 @@ impl TlogWriter {
     /// TLog's own sync (`FlushWork::single`).
     pub fn device(&self) -> Option<u64> {
         self.direct.as_ref().map(|d| d.dev)
-    }
-
-    /// The file was just synced (its grown zeroed region is durable).
-    pub fn synced(&mut self) {
-        if let Some(d) = &mut self.direct {
-            d.grown = false;
-        }
     }
 
     /// The epoch is sealed: cut the zeroed tail so the file holds exactly its batches.

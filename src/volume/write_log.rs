@@ -352,11 +352,6 @@ impl FlushSide {
             syncs
                 .sync_all(&fds)
                 .map_err(|(_, e)| Error::io(format!("cannot sync the TLog of epoch(s) {touched:?}"), e))?;
-            for e in &touched {
-                if let Some(w) = tlogs.get_mut(e) {
-                    w.synced();
-                }
-            }
             for e in &sealed {
                 if let Some(mut w) = tlogs.remove(e) {
                     w.finish();
