@@ -51,7 +51,10 @@ impl Uring {
     /// A ring with room for `entries` submissions (rounded up to a power of two by the kernel)
     /// and [`CQ_PER_SQ`] times as many completions.
     pub fn new(entries: u32) -> io::Result<Self> {
-        let ring = IoUring::builder().setup_cqsize(entries.saturating_mul(CQ_PER_SQ).min(MAX_CQ)).build(entries)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(CQ_PER_SQ).min(MAX_CQ))
+            .setup_coop_taskrun()
+            .build(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         Ok(Uring { ring, eventfd, in_flight: 0 })
