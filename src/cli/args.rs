@@ -159,7 +159,7 @@ pub struct ServeArgs {
     /// Virtqueue size
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
-    /// Worker threads per device, the queues dealt among them (0: one per queue)
+    /// Worker threads per device, the queues dealt among them (0: one per queue, at most half the cores)
     #[arg(long, default_value_t = 0)]
     pub io_threads: u16,
     /// Socket file mode (octal)
