@@ -49,7 +49,9 @@ pub struct Uring {
 
 impl Uring {
     /// A ring with room for `entries` submissions (rounded up to a power of two by the kernel)
-    /// and [`CQ_PER_SQ`] times as many completions.
+    /// and [`CQ_PER_SQ`] times as many completions. `COOP_TASKRUN`: a completion is posted
+    /// when the worker next enters the kernel instead of interrupting it while it runs (an
+    /// inter-processor interrupt, costly in a VM); a sleeping worker is still woken.
     pub fn new(entries: u32) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_cqsize(entries.saturating_mul(CQ_PER_SQ).min(MAX_CQ))
