@@ -12,6 +12,7 @@
 //! 32 MiB at a time. The hard limit (the engine's throttle) still holds everything back
 //! if the store stops taking data altogether.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -52,7 +53,7 @@ struct Clock {
 pub struct WritePacer {
     clock: Mutex<Clock>,
     /// The write buffer was at its limit when last counted (see [`WritePacer::note_level`]).
-    full: std::sync::atomic::AtomicBool,
+    full: AtomicBool,
 }
 
 impl Default for WritePacer {
@@ -64,7 +65,7 @@ impl Default for WritePacer {
 impl WritePacer {
     pub fn new() -> Self {
         WritePacer {
-            full: std::sync::atomic::AtomicBool::new(false),
+            full: AtomicBool::new(false),
             clock: Mutex::new(Clock {
                 drain_rate: MIN_DRAIN_RATE,
                 last_drain: None,
@@ -74,21 +75,21 @@ impl WritePacer {
         }
     }
 
-    /// Uploads confirmed `bytes` of the write buffer in the object store. Completions
-    /// come in bursts (several SCO uploads finish together), so bytes are summed and a
-    /// rate sample is taken once per [`SAMPLE_PERIOD`].
     /// The write buffer holds `pending` bytes against `limit`: remembered for
     /// [`WritePacer::is_full`] (the caller holds the volume lock, where both change).
     pub fn note_level(&self, pending: u64, limit: u64) {
-        self.full.store(pending >= limit, std::sync::atomic::Ordering::Relaxed);
+        self.full.store(pending >= limit, Ordering::Relaxed);
     }
 
     /// Whether the write buffer was full when last counted: a guest write would wait in
     /// the throttle (one atomic load).
     pub fn is_full(&self) -> bool {
-        self.full.load(std::sync::atomic::Ordering::Relaxed)
+        self.full.load(Ordering::Relaxed)
     }
 
+    /// Uploads confirmed `bytes` of the write buffer in the object store. Completions
+    /// come in bursts (several SCO uploads finish together), so bytes are summed and a
+    /// rate sample is taken once per [`SAMPLE_PERIOD`].
     pub fn drained(&self, bytes: u64) {
         let now = Instant::now();
         let mut c = self.clock.lock();
