@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,4 +57,94 @@ fn sco_reads_after_eviction(link_local: bool) -> u64 {
 fn evicted_hard_linked_scos_are_read_locally() {
     assert_eq!(sco_reads_after_eviction(true), 0, "linked SCOs must be read from their open files");
     assert!(sco_reads_after_eviction(false) > 0, "copied SCOs are read from the object store");
+}
+
+/// Write 4 MiB through a 1 MiB write buffer, wait for every upload, close; then open the
+/// volume again (its hard-linked files closed), let `before_reading` act on the objects
+/// directory, and read every cluster back one by one. Returns the object-store reads of
+/// SCO data, the objects opened in place, and the clusters whose read failed as corrupt
+/// (any other failure, or a wrong byte, fails the test).
+fn read_back_after_restart(link_local: bool, before_reading: impl FnOnce(&std::path::Path)) -> (u64, u64, Vec<u64>) {
+    use logdisk::backend::uploader::Uploader;
+    use logdisk::volume::read_cache::ReadCache;
+    use logdisk::volume::{Volume, VolumeEnv, VolumeMeta};
+    let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
+    let objects = t.path().join("objects");
+    let store = Arc::new(HookedStore::open(&objects));
+    let dyn_store: Arc<dyn ObjectStore> = store.clone();
+    let opts = EngineOptions {
+        wb_limit: 1 << 20,
+        frame_size: 16 << 10,
+        seal_after: None,
+        link_local,
+        ..EngineOptions::default()
+    };
+    let image: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    {
+        let (env, vol) = common::small_volume(dyn_store.clone(), t.path(), opts.clone());
+        for (i, chunk) in image.chunks(64 << 10).enumerate() {
+            vol.write_at((i as u64) * (64 << 10), chunk).unwrap();
+        }
+        vol.seal().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while vol.stats().pending_epochs > 0 {
+            assert!(Instant::now() < deadline, "uploads did not finish: {:?}", vol.stats().upload_error);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        vol.close().unwrap();
+        env.uploader.stop();
+    }
+    before_reading(&objects);
+    let cache = ReadCache::create(&t.path().join("cache2"), 1 << 20, true).unwrap();
+    let env = Arc::new(VolumeEnv::new(dyn_store.clone(), Arc::new(cache), Uploader::start(2), opts));
+    let meta = VolumeMeta::load(dyn_store.as_ref(), "v").unwrap();
+    let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
+    store.sco_data_reads.store(0, Ordering::SeqCst);
+    let mut corrupt = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for (c, want) in image.chunks(4096).enumerate() {
+        match vol.read_at(c as u64 * 4096, &mut buf) {
+            Ok(()) => assert!(buf == want, "cluster {c} read back differs (link_local {link_local})"),
+            Err(logdisk::Error::Corrupt { .. }) => corrupt.push(c as u64),
+            Err(e) => panic!("cluster {c}: {e}"),
+        }
+    }
+    let reads = store.sco_data_reads.load(Ordering::SeqCst);
+    let opened = vol.counters.objects_read_in_place.load(Ordering::SeqCst);
+    vol.close().unwrap();
+    env.uploader.stop();
+    (reads, opened, corrupt)
+}
+
+/// After a restart the hard-linked files are closed: the same objects (raw frames at
+/// their raw offsets, on the write buffer's filesystem) are opened again and read in
+/// place, as they were before it, instead of through the object-store path.
+#[test]
+fn after_a_restart_adopted_objects_are_read_in_place() {
+    let (reads, opened, corrupt) = read_back_after_restart(true, |_| {});
+    assert!(corrupt.is_empty(), "{corrupt:?}");
+    assert!(opened >= 16, "the evicted SCOs' objects are opened in place: {opened}");
+    assert_eq!(reads, 0, "no SCO data is read through the object store");
+    let (reads, opened, _) = read_back_after_restart(false, |_| {});
+    assert_eq!(opened, 0, "link_local off: nothing is read in place");
+    assert!(reads > 0, "link_local off: SCO data is read through the object store");
+}
+
+/// An object read in place is checked against its frames' checksums: a byte that rotted
+/// in it fails the reads of its frame only (as through the object-store path), and no
+/// wrong byte is returned.
+#[test]
+fn rot_in_an_object_read_in_place_fails_only_its_frame() {
+    let (_, opened, corrupt) = read_back_after_restart(true, |objects| {
+        let dir = objects.join("v/g000001/sco");
+        let oldest = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&oldest).unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, 5 * 4096 + 7).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], 5 * 4096 + 7).unwrap();
+        f.sync_all().unwrap();
+    });
+    assert!(opened > 0);
+    // The first SCO holds clusters 0.. in order; a frame is 4 clusters (16 KiB), checked whole.
+    assert_eq!(corrupt, [4, 5, 6, 7], "exactly the rotten frame's clusters fail");
 }

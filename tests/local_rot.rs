@@ -208,8 +208,11 @@ fn rot_in_the_read_cache_reads_the_object_store_copy() {
         v.write_at(0, &img).unwrap();
         v.close().unwrap();
     }
-    // A fresh data dir: every read comes from the object store and fills the cache.
-    let mut b = common::open_dd(&t.path().join("b"), &backend, common::small_config());
+    // A fresh data dir: every read comes from the object store and fills the cache
+    // (with link_local on, objects on this filesystem would be read in place instead).
+    let mut cfg = common::small_config();
+    cfg.upload.link_local = false;
+    let mut b = common::open_dd(&t.path().join("b"), &backend, cfg);
     let v = b.open_volume("v", true).unwrap();
     let cache = b.env().unwrap().cache.clone();
     let mut buf = vec![0u8; img.len()];

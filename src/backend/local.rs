@@ -158,6 +158,10 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    fn local_file(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok().filter(|p| p.is_file())
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let mut f = self.open_existing(key)?;
         let mut v = Vec::new();

@@ -55,4 +55,9 @@ pub trait ObjectStore: Send + Sync {
     fn adopts_files(&self) -> bool {
         false
     }
+    /// The file that is object `key`, when the store keeps objects as plain files (a
+    /// local directory store) and it exists: a reader may read it in place.
+    fn local_file(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }

@@ -389,6 +389,20 @@ pub fn parse_object_index_with(key: &str, object: &[u8], cipher: Option<Arc<Obje
 }
 
 impl ScoIndex {
+    /// Whether the object holds the SCO's raw bytes at their raw offsets (every frame
+    /// stored raw, unsealed, back to back from byte 0), as an adopted SCO file does: it
+    /// can then be read in place like the SCO file it was.
+    pub fn raw_in_place(&self) -> bool {
+        self.cipher.is_none()
+            && self.frames.iter().enumerate().all(|(i, f)| {
+                f.codec == Codec::None
+                    && f.offset == i as u64 * self.frame_size as u64
+                    && f.stored_len == f.raw_len
+                    && (f.raw_len == self.frame_size || i + 1 == self.frames.len())
+            })
+            && self.frames.len() as u64 == self.raw_len.div_ceil(self.frame_size.max(1) as u64)
+    }
+
     /// Frames `[first, last]` covering raw bytes `[off, off+len)`.
     pub fn frames_for(&self, off: u64, len: u64) -> Option<(usize, usize)> {
         if len == 0 || off + len > self.raw_len {

@@ -129,6 +129,12 @@ impl ObjectStore for CryptoStore {
     fn adopts_files(&self) -> bool {
         self.inner.adopts_files()
     }
+
+    /// Sealed objects are never read in place (their index names a cipher); the
+    /// file is offered as is.
+    fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_file(key)
+    }
 }
 
 /// Shorthand for the sources a command line or config names.

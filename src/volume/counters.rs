@@ -32,6 +32,8 @@ pub struct Counters {
     pub upload_frames_read: AtomicU64,
     /// Reads that found local SCO data failing its checksum (rot on the local disk).
     pub rotten_reads: AtomicU64,
+    /// SCO objects opened to be read in place (`super::in_place`), after a restart.
+    pub objects_read_in_place: AtomicU64,
     /// TLog writes refused for lack of space (ENOSPC, EDQUOT): retried by the next flush.
     pub flush_no_space: AtomicU64,
 }

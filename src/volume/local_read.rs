@@ -21,6 +21,7 @@ use super::iov::{self, iovec, AlignedBuf};
 use super::location::Location;
 use super::plan::IoPlan;
 use super::sco_file::ScoFile;
+use crate::backend::sco_object::ScoIndex;
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -56,7 +57,7 @@ impl Volume {
         Error::Corrupt {
             key: file.path().display().to_string(),
             detail: format!(
-                "volume {}: cluster {index} of SCO {} fails its checksum and is not uploaded yet",
+                "volume {}: cluster {index} of SCO {} fails its checksum and no other copy exists (not uploaded yet, or the object is this file)",
                 self.name, file.number
             ),
         }
@@ -84,7 +85,9 @@ impl Volume {
         let n = ((start + len).div_ceil(self.cs) - (start >> self.shift)) as u32;
         let whole = in_off == 0 && len.is_multiple_of(self.cs);
         let io_err = |e| Error::io(format!("volume {}: cannot read SCO {}", self.name, loc.sco), e);
-        let checked = if whole || !file.crcs.any_known(first, n) {
+        let checked = if let Some(ix) = file.frames.as_deref().filter(|_| !file.crcs.all_known(first, n)) {
+            self.read_checked_frames(file, ix, start, len, iovs)?
+        } else if whole || !file.crcs.any_known(first, n) {
             file.readv_at(iovs, start).map_err(io_err)?;
             // SAFETY: the caller's iovecs are valid buffers, just filled.
             if whole {
@@ -117,6 +120,48 @@ impl Volume {
             Err(bad) if self.found_rot(file, bad) => self.read_remote(None, loc, in_off, len, iovs, pieces, sequential),
             Err(bad) => Err(self.rot_error(file, bad)),
         }
+    }
+
+    /// Read `len` bytes at `start` of an object file read in place (see
+    /// [`super::in_place`]) whose clusters are not all checksummed yet: read the whole
+    /// frames around them, check each against the object's index, keep their clusters'
+    /// checksums, and copy the bytes asked for into `iovs`. `Err(cluster)`: a frame
+    /// failed its checksum (`cluster` is its first).
+    fn read_checked_frames(
+        &self,
+        file: &ScoFile,
+        ix: &ScoIndex,
+        start: u64,
+        len: u64,
+        iovs: &[iovec],
+    ) -> Result<std::result::Result<(), u32>> {
+        let fs = ix.frame_size as u64;
+        let (first, last) = ix.frames_for(start, len).ok_or_else(|| Error::Corrupt {
+            key: file.path().display().to_string(),
+            detail: format!("range {start}+{len} is beyond the SCO's {} bytes", ix.raw_len),
+        })?;
+        let off = first as u64 * fs;
+        let want = ((last as u64 + 1) * fs).min(ix.raw_len) - off;
+        BOUNCE.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.as_ref().is_none_or(|buf| buf.len() < want as usize) {
+                *b = Some(AlignedBuf::zeroed(want as usize));
+            }
+            let buf = &mut b.as_mut().expect("set above")[..want as usize];
+            let v = [iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
+            file.readv_at(&v, off)
+                .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, file.number), e))?;
+            for (i, frame) in buf.chunks(fs as usize).enumerate() {
+                if crate::crc::crc32c(frame) != ix.frames[first + i].crc {
+                    return Ok(Err(((off + i as u64 * fs) >> self.shift) as u32));
+                }
+            }
+            file.crcs.fill_unknown((off >> self.shift) as u32, buf, self.cs as usize);
+            let at = (start - off) as usize;
+            // SAFETY: the caller's iovecs are valid writable buffers.
+            unsafe { iov::copy_in(iovs, &buf[at..at + len as usize]) };
+            Ok(Ok(()))
+        })
     }
 
     /// Check a planned read once its IO is done (see [`IoPlan::verify_read`]). On a

@@ -12,6 +12,7 @@ pub mod epochs;
 pub mod extents;
 pub mod fencing;
 pub mod flush;
+pub mod in_place;
 pub mod iov;
 pub mod layers;
 pub mod local_read;

@@ -63,7 +63,9 @@ impl Volume {
                     // Rotten SCOs, and parts of clusters with checksums (checked only
                     // whole), are read by `read_iovecs`.
                     let whole = in_off == 0 && run_bytes.is_multiple_of(self.cs);
-                    if file.crcs.is_rotten() || (!whole && file.crcs.any_known(loc.index, run as u32)) {
+                    // So are object files' clusters not yet checked against their frames.
+                    let unchecked = file.frames.is_some() && !file.crcs.all_known(loc.index, run as u32);
+                    if file.crcs.is_rotten() || unchecked || (!whole && file.crcs.any_known(loc.index, run as u32)) {
                         plan.clear();
                         return Ok(false);
                     }
@@ -180,7 +182,17 @@ impl Volume {
                 pos += take;
                 continue;
             }
-            // Miss: fetch the frames covering the rest of the range (and, for sequential
+            // Miss. The volume's own SCO object may be a file to read in place.
+            if layer.is_none() {
+                if let Some(file) = self.file_in_place(loc.sco) {
+                    iov::sub_range(iovs, pos - start, end - pos, sub);
+                    let from = pos - ((loc.index as u64) << self.shift);
+                    // Only a rotten SCO with another copy uses it: never this one.
+                    let mut unused = Vec::new();
+                    return self.read_local(&file, loc, from, end - pos, sub, &mut unused, sequential);
+                }
+            }
+            // Fetch the frames covering the rest of the range (and, for sequential
             // reads, up to READ_AHEAD more of the same SCO into the cache).
             let okey = keys::sco(name, meta.gen_of_epoch(loc.sco), loc.sco);
             let mut fetch_end = end;

@@ -79,6 +79,11 @@ impl ScoCrcs {
         (first..first.saturating_add(n)).any(|i| self.get(i).is_some())
     }
 
+    /// Whether every one of clusters `first..first+n` has a checksum.
+    pub fn all_known(&self, first: u32, n: u32) -> bool {
+        (first..first.saturating_add(n)).all(|i| self.get(i).is_some())
+    }
+
     /// The checksums of clusters `0..n` in [`cluster_crc`] form.
     pub fn values(&self, n: usize) -> Vec<u64> {
         (0..n as u32).map(|i| self.get(i).map_or(cluster_crc::UNKNOWN, cluster_crc::known)).collect()

@@ -8,9 +8,11 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::iov::{self, iovec};
 use super::sco_crcs::ScoCrcs;
+use crate::backend::sco_object::ScoIndex;
 use crate::error::{IoContext, Result};
 
 /// Alignment O_DIRECT needs for offsets, lengths and buffer addresses.
@@ -25,28 +27,50 @@ pub struct ScoFile {
     dev: u64,
     /// Per-cluster checksums of the data (reads check them).
     pub crcs: ScoCrcs,
+    /// An object-store file read in place: its index, whose frame checksums check the
+    /// clusters that have no checksum of their own yet (see `super::in_place`).
+    pub frames: Option<Arc<ScoIndex>>,
 }
 
 impl ScoFile {
     /// Open (creating if `create`) the SCO file at `path`, of up to `clusters` clusters.
     pub fn open(path: &Path, number: u64, clusters: u32, create: bool, direct: bool) -> Result<ScoFile> {
+        ScoFile::open_with(path, number, clusters, create, None, direct)
+    }
+
+    /// Open, read-only, an object-store file that holds SCO `number`'s raw bytes at
+    /// their raw offsets, as `frames` says (see `ScoIndex::raw_in_place`).
+    pub fn open_object(path: &Path, number: u64, frames: Arc<ScoIndex>, cs: u64, direct: bool) -> Result<ScoFile> {
+        let clusters = (frames.raw_len / cs) as u32;
+        ScoFile::open_with(path, number, clusters, false, Some(frames), direct)
+    }
+
+    fn open_with(
+        path: &Path,
+        number: u64,
+        clusters: u32,
+        create: bool,
+        frames: Option<Arc<ScoIndex>>,
+        direct: bool,
+    ) -> Result<ScoFile> {
+        let write = frames.is_none();
         let buffered = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .create(create)
             .truncate(false)
             .open(path)
             .ctx(|| format!("cannot open SCO file {}", path.display()))?;
         let direct = if direct {
             // Fall back silently to buffered IO on filesystems without O_DIRECT (tmpfs).
-            OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+            OpenOptions::new().read(true).write(write).custom_flags(libc::O_DIRECT).open(path).ok()
         } else {
             None
         };
         let dev = std::os::unix::fs::MetadataExt::dev(
             &buffered.metadata().ctx(|| format!("cannot stat SCO file {}", path.display()))?,
         );
-        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev, crcs: ScoCrcs::new(clusters) })
+        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev, crcs: ScoCrcs::new(clusters), frames })
     }
 
     pub fn direct_fd(&self) -> Option<i32> {

@@ -2,7 +2,7 @@
 //! its reservations in flight, the evicted ones still open because the object store holds
 //! the same inode, and the byte and cluster counts the throttle and the space gate use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,6 +28,9 @@ pub(crate) struct ScoSet {
     pub local: BTreeMap<u64, LocalSco>,
     /// Evicted SCOs whose object is their own (hard-linked) file, still open for reads.
     pub linked: BTreeMap<u64, Arc<ScoFile>>,
+    /// SCOs found only in the object store that cannot be read in place (see
+    /// `Volume::file_in_place`): not probed again.
+    pub remote_only: HashSet<u64>,
     /// Bytes of local SCO data not yet in the object store.
     pub wb_bytes: u64,
     /// Bytes of local SCO data already uploaded (evictable).
@@ -66,12 +69,24 @@ impl ScoSet {
             files.push(l.file.path().to_path_buf());
             if l.linked {
                 // Unlinking the write-buffer name frees nothing: the object is this inode.
-                self.linked.insert(e, l.file);
-                while self.linked.len() > LINKED_MAX {
-                    self.linked.pop_first();
-                }
+                self.keep_linked(e, l.file);
             }
         }
         files
+    }
+
+    /// Keep `file`, whose object is the file itself, open for reads of SCO `e` (the
+    /// oldest such file is closed beyond [`LINKED_MAX`]).
+    pub fn keep_linked(&mut self, e: u64, file: Arc<ScoFile>) {
+        self.linked.insert(e, file);
+        while self.linked.len() > LINKED_MAX {
+            self.linked.pop_first();
+        }
+    }
+
+    /// SCO `e` is deleted: forget its open object file and what was found about it.
+    pub fn forget_object(&mut self, e: u64) {
+        self.linked.remove(&e);
+        self.remote_only.remove(&e);
     }
 }

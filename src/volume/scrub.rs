@@ -418,7 +418,7 @@ impl Volume {
             if let Some(c) = st.maps.sco_sizes.remove(n) {
                 st.scos.log_clusters = st.scos.log_clusters.saturating_sub(c as u64);
             }
-            st.scos.linked.remove(n);
+            st.scos.forget_object(*n);
             if let Some(l) = st.scos.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.scos.local.remove(n).expect("present");

@@ -18,6 +18,8 @@ pub struct HookedStore {
     pub refused: AtomicU64,
     /// Reads (`get`, `get_range`, `get_tail`) of SCO objects so far.
     pub sco_reads: AtomicU64,
+    /// Reads of SCO data (`get`, `get_range`), not counting index fetches (`get_tail`).
+    pub sco_data_reads: AtomicU64,
     /// Run (once) before the next read of an SCO object, then cleared.
     pub before_sco_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -29,6 +31,7 @@ impl HookedStore {
             refuse_writes: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             sco_reads: AtomicU64::new(0),
+            sco_data_reads: AtomicU64::new(0),
             before_sco_read: Mutex::new(None),
         }
     }
@@ -39,6 +42,12 @@ impl HookedStore {
             return Err(Error::Store("503 Service Unavailable (injected)".into()));
         }
         Ok(())
+    }
+
+    fn count_data_read(&self, key: &str) {
+        if key.contains("/sco/") {
+            self.sco_data_reads.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn count_read(&self, key: &str) {
@@ -62,10 +71,12 @@ impl ObjectStore for HookedStore {
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.count_read(key);
+        self.count_data_read(key);
         self.inner.get(key)
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.count_read(key);
+        self.count_data_read(key);
         self.inner.get_range(key, offset, len)
     }
     fn get_tail(&self, key: &str, len: u64) -> Result<(Vec<u8>, u64)> {
@@ -87,5 +98,8 @@ impl ObjectStore for HookedStore {
     }
     fn adopts_files(&self) -> bool {
         self.inner.adopts_files()
+    }
+    fn local_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_file(key)
     }
 }
