@@ -61,10 +61,14 @@ fn evicted_hard_linked_scos_are_read_locally() {
 
 /// Write 4 MiB through a 1 MiB write buffer, wait for every upload, close; then open the
 /// volume again (its hard-linked files closed), let `before_reading` act on the objects
-/// directory, and read every cluster back one by one. Returns the object-store reads of
-/// SCO data, the objects opened in place, and the clusters whose read failed as corrupt
-/// (any other failure, or a wrong byte, fails the test).
-fn read_back_after_restart(link_local: bool, before_reading: impl FnOnce(&std::path::Path)) -> (u64, u64, Vec<u64>) {
+/// directory, and read it all back in reads of `read_size` bytes. Returns the
+/// object-store reads of SCO data, the objects opened in place, and the offsets of the
+/// reads that failed as corrupt (any other failure, or a wrong byte, fails the test).
+fn read_back_after_restart(
+    link_local: bool,
+    read_size: usize,
+    before_reading: impl FnOnce(&std::path::Path),
+) -> (u64, u64, Vec<u64>) {
     use logdisk::backend::uploader::Uploader;
     use logdisk::volume::read_cache::ReadCache;
     use logdisk::volume::{Volume, VolumeEnv, VolumeMeta};
@@ -101,12 +105,13 @@ fn read_back_after_restart(link_local: bool, before_reading: impl FnOnce(&std::p
     let vol = Volume::open(env.clone(), meta, t.path().join("wb"), false).unwrap();
     store.sco_data_reads.store(0, Ordering::SeqCst);
     let mut corrupt = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    for (c, want) in image.chunks(4096).enumerate() {
-        match vol.read_at(c as u64 * 4096, &mut buf) {
-            Ok(()) => assert!(buf == want, "cluster {c} read back differs (link_local {link_local})"),
-            Err(logdisk::Error::Corrupt { .. }) => corrupt.push(c as u64),
-            Err(e) => panic!("cluster {c}: {e}"),
+    let mut buf = vec![0u8; read_size];
+    for (i, want) in image.chunks(read_size).enumerate() {
+        let at = (i * read_size) as u64;
+        match vol.read_at(at, &mut buf) {
+            Ok(()) => assert!(buf == want, "read at {at} differs (link_local {link_local})"),
+            Err(logdisk::Error::Corrupt { .. }) => corrupt.push(at),
+            Err(e) => panic!("read at {at}: {e}"),
         }
     }
     let reads = store.sco_data_reads.load(Ordering::SeqCst);
@@ -121,11 +126,15 @@ fn read_back_after_restart(link_local: bool, before_reading: impl FnOnce(&std::p
 /// place, as they were before it, instead of through the object-store path.
 #[test]
 fn after_a_restart_adopted_objects_are_read_in_place() {
-    let (reads, opened, corrupt) = read_back_after_restart(true, |_| {});
-    assert!(corrupt.is_empty(), "{corrupt:?}");
-    assert!(opened >= 16, "the evicted SCOs' objects are opened in place: {opened}");
-    assert_eq!(reads, 0, "no SCO data is read through the object store");
-    let (reads, opened, _) = read_back_after_restart(false, |_| {});
+    // 4 KiB reads check each 16 KiB frame through a bounce buffer, then per cluster;
+    // 64 KiB reads of whole frames are checked in the caller's buffer.
+    for read_size in [4096, 64 << 10] {
+        let (reads, opened, corrupt) = read_back_after_restart(true, read_size, |_| {});
+        assert!(corrupt.is_empty(), "{corrupt:?}");
+        assert!(opened >= 16, "the evicted SCOs' objects are opened in place: {opened}");
+        assert_eq!(reads, 0, "no SCO data is read through the object store");
+    }
+    let (reads, opened, _) = read_back_after_restart(false, 4096, |_| {});
     assert_eq!(opened, 0, "link_local off: nothing is read in place");
     assert!(reads > 0, "link_local off: SCO data is read through the object store");
 }
@@ -135,7 +144,7 @@ fn after_a_restart_adopted_objects_are_read_in_place() {
 /// wrong byte is returned.
 #[test]
 fn rot_in_an_object_read_in_place_fails_only_its_frame() {
-    let (_, opened, corrupt) = read_back_after_restart(true, |objects| {
+    let rot = |objects: &std::path::Path| {
         let dir = objects.join("v/g000001/sco");
         let oldest = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).min().unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&oldest).unwrap();
@@ -143,8 +152,11 @@ fn rot_in_an_object_read_in_place_fails_only_its_frame() {
         f.read_exact_at(&mut b, 5 * 4096 + 7).unwrap();
         f.write_all_at(&[b[0] ^ 0x20], 5 * 4096 + 7).unwrap();
         f.sync_all().unwrap();
-    });
+    };
+    // The first SCO holds the volume's first clusters in order; a frame is 4 clusters.
+    let (_, opened, corrupt) = read_back_after_restart(true, 4096, rot);
     assert!(opened > 0);
-    // The first SCO holds clusters 0.. in order; a frame is 4 clusters (16 KiB), checked whole.
-    assert_eq!(corrupt, [4, 5, 6, 7], "exactly the rotten frame's clusters fail");
+    assert_eq!(corrupt, [4 * 4096, 5 * 4096, 6 * 4096, 7 * 4096], "exactly the rotten frame's reads fail");
+    let (_, _, corrupt) = read_back_after_restart(true, 16 << 10, rot);
+    assert_eq!(corrupt, [16 << 10], "exactly the rotten frame's read fails");
 }

@@ -71,7 +71,9 @@ impl Volume {
         let key = keys::sco(&self.name, self.meta.gen_of_epoch(sco), sco);
         let Some(path) = self.env.store.local_file(&key) else { return Ok(None) };
         let index = self.env.reader.index(&key)?;
-        if !index.raw_in_place() || !index.raw_len.is_multiple_of(self.cs) {
+        // Frames are checked through their clusters' checksums (see `check_frames`).
+        let whole_clusters = index.raw_len.is_multiple_of(self.cs) && (index.frame_size as u64).is_multiple_of(self.cs);
+        if !index.raw_in_place() || !whole_clusters {
             return Ok(None);
         }
         let raw_len = index.raw_len;

@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 
+use super::cluster_crc;
 use super::engine::Volume;
 use super::iov::{self, iovec, AlignedBuf};
 use super::location::Location;
@@ -27,6 +28,8 @@ use crate::error::{Error, Result};
 thread_local! {
     /// Whole clusters of a partial read (grows to the largest such read, then reused).
     static BOUNCE: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+    /// Cluster checksums of frames being checked (see `Volume::check_frames`).
+    static FRAME_CRCS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Volume {
@@ -124,9 +127,9 @@ impl Volume {
 
     /// Read `len` bytes at `start` of an object file read in place (see
     /// [`super::in_place`]) whose clusters are not all checksummed yet: read the whole
-    /// frames around them, check each against the object's index, keep their clusters'
-    /// checksums, and copy the bytes asked for into `iovs`. `Err(cluster)`: a frame
-    /// failed its checksum (`cluster` is its first).
+    /// frames around them (straight into `iovs` when the read is just those frames, else
+    /// through the bounce buffer), check them and copy out the bytes asked for.
+    /// `Err(cluster)`: a frame failed its checksum (`cluster` is its first).
     fn read_checked_frames(
         &self,
         file: &ScoFile,
@@ -142,6 +145,12 @@ impl Volume {
         })?;
         let off = first as u64 * fs;
         let want = ((last as u64 + 1) * fs).min(ix.raw_len) - off;
+        let io_err = |e| Error::io(format!("volume {}: cannot read SCO {}", self.name, file.number), e);
+        if start == off && len == want {
+            file.readv_at(iovs, off).map_err(io_err)?;
+            // SAFETY: the caller's iovecs are valid buffers, just filled.
+            return Ok(unsafe { self.check_frames(file, ix, first, iovs) });
+        }
         BOUNCE.with(|b| {
             let mut b = b.borrow_mut();
             if b.as_ref().is_none_or(|buf| buf.len() < want as usize) {
@@ -149,18 +158,46 @@ impl Volume {
             }
             let buf = &mut b.as_mut().expect("set above")[..want as usize];
             let v = [iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
-            file.readv_at(&v, off)
-                .map_err(|e| Error::io(format!("volume {}: cannot read SCO {}", self.name, file.number), e))?;
-            for (i, frame) in buf.chunks(fs as usize).enumerate() {
-                if crate::crc::crc32c(frame) != ix.frames[first + i].crc {
-                    return Ok(Err(((off + i as u64 * fs) >> self.shift) as u32));
+            file.readv_at(&v, off).map_err(io_err)?;
+            // SAFETY: `v` points to the bounce buffer, just filled.
+            let r = unsafe { self.check_frames(file, ix, first, &v) };
+            if r.is_ok() {
+                let at = (start - off) as usize;
+                // SAFETY: the caller's iovecs are valid writable buffers.
+                unsafe { iov::copy_in(iovs, &buf[at..at + len as usize]) };
+            }
+            Ok(r)
+        })
+    }
+
+    /// Check whole frames from frame `first` on, read into `iovs`, against the object's
+    /// index in one pass: a checksum per cluster, combined per frame. On success the
+    /// clusters keep their checksums (later reads of them check those alone).
+    ///
+    /// # Safety
+    /// Every iovec must point to readable memory of its length for the whole call.
+    unsafe fn check_frames(
+        &self,
+        file: &ScoFile,
+        ix: &ScoIndex,
+        first: usize,
+        iovs: &[iovec],
+    ) -> std::result::Result<(), u32> {
+        let cs = self.cs as usize;
+        let per_frame = ix.frame_size as usize / cs;
+        let first_cluster = (first * per_frame) as u32;
+        FRAME_CRCS.with_borrow_mut(|crcs| {
+            crcs.clear();
+            // SAFETY: forwarded contract.
+            unsafe { cluster_crc::compute(iovs, cs, crcs) };
+            let combine = cluster_crc::Combiner::for_len(cs);
+            for (i, frame) in crcs.chunks(per_frame).enumerate() {
+                if combine.all(frame) != Some(ix.frames[first + i].crc) {
+                    return Err(first_cluster + (i * per_frame) as u32);
                 }
             }
-            file.crcs.fill_unknown((off >> self.shift) as u32, buf, self.cs as usize);
-            let at = (start - off) as usize;
-            // SAFETY: the caller's iovecs are valid writable buffers.
-            unsafe { iov::copy_in(iovs, &buf[at..at + len as usize]) };
-            Ok(Ok(()))
+            file.crcs.store(first_cluster, crcs);
+            Ok(())
         })
     }
 
