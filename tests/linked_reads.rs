@@ -127,6 +127,11 @@ impl Reopened {
         self.store.sco_data_reads.load(Ordering::SeqCst)
     }
 
+    /// TLog objects in the store.
+    fn tlog_objects(&self) -> usize {
+        self.store.list("v/").unwrap().iter().filter(|o| o.key.contains("/tlog/")).count()
+    }
+
     fn opened_in_place(&self) -> u64 {
         self.vol.counters.objects_read_in_place.load(Ordering::SeqCst)
     }
@@ -154,12 +159,17 @@ fn after_a_restart_adopted_objects_are_read_in_place() {
     // 64 KiB reads of whole frames are checked in the caller's buffer.
     for read_size in [4096, 64 << 10] {
         let r = Reopened::new(true, |_| {});
+        // The TLogs were hard-linked into the store too, and the restart replayed them.
+        assert!(r.tlog_objects() > 0);
+        assert_eq!(r.store.tlog_puts.load(Ordering::SeqCst), 0, "TLogs are adopted, not copied");
         assert!(r.read_back(read_size).is_empty());
         assert!(r.opened_in_place() >= 16, "the evicted SCOs' objects are opened in place: {}", r.opened_in_place());
         assert_eq!(r.data_reads(), 0, "no SCO data is read through the object store");
         r.close();
     }
     let r = Reopened::new(false, |_| {});
+    assert!(r.tlog_objects() > 0);
+    assert!(r.store.tlog_puts.load(Ordering::SeqCst) > 0, "link_local off: TLogs are written as copies");
     assert!(r.read_back(4096).is_empty());
     assert_eq!(r.opened_in_place(), 0, "link_local off: nothing is read in place");
     assert!(r.data_reads() > 0, "link_local off: SCO data is read through the object store");

@@ -179,7 +179,17 @@ impl Volume {
                 let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
                 let key = keys::tlog(&self.name, gen, *epoch);
                 tlog::parse_sealed(&key, &bytes, *epoch)?;
-                match store.put(&key, &bytes) {
+                // As for SCOs, a local directory store on this filesystem takes the file
+                // itself (durable since the epoch's flush; unlinked here right after and
+                // never written again): no copy written and synced.
+                let adopted = self.env.opts.link_local
+                    && store.adopts_files()
+                    && match store.adopt_file(&key, &path) {
+                        Ok(linked) => linked,
+                        Err(Error::ObjectExists(_)) => true,
+                        Err(e) => return Err(e),
+                    };
+                match if adopted { Ok(()) } else { store.put(&key, &bytes) } {
                     Ok(()) | Err(Error::ObjectExists(_)) => {
                         self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
                         Ok(())

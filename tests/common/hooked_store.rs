@@ -20,6 +20,8 @@ pub struct HookedStore {
     pub sco_reads: AtomicU64,
     /// Reads of SCO data (`get`, `get_range`), not counting index fetches (`get_tail`).
     pub sco_data_reads: AtomicU64,
+    /// TLog objects put (written as copies, not adopted).
+    pub tlog_puts: AtomicU64,
     /// Run (once) before the next read of an SCO object, then cleared.
     pub before_sco_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -32,6 +34,7 @@ impl HookedStore {
             refused: AtomicU64::new(0),
             sco_reads: AtomicU64::new(0),
             sco_data_reads: AtomicU64::new(0),
+            tlog_puts: AtomicU64::new(0),
             before_sco_read: Mutex::new(None),
         }
     }
@@ -67,6 +70,9 @@ impl ObjectStore for HookedStore {
     }
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.check_write(key)?;
+        if key.contains("/tlog/") {
+            self.tlog_puts.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.put(key, data)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
