@@ -84,6 +84,12 @@ pub fn serve(mut dd: DataDir, args: ServeArgs) -> Result<()> {
     let nbd_cfg = super::nbd_serve::config(&args, defaults.socket_mode, defaults.socket_group)?;
     // Catch signals before anything is served, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    // Room for every volume's open SCO object files (see service::fd_limit).
+    match logdisk::service::fd_limit::raise() {
+        Ok((before, after)) if after > before => tracing::info!(before, after, "open-file limit raised"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 
     let root = dd.root().to_path_buf();
     let attachments = Attachments::new(&root, defaults)?;

@@ -3,6 +3,7 @@
 //! so a restart brings it back.
 
 pub mod attachments;
+pub mod fd_limit;
 pub mod memory_trim;
 pub mod notify;
 pub mod record;
