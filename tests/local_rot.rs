@@ -242,3 +242,31 @@ fn rot_in_the_read_cache_reads_the_object_store_copy() {
     assert!(again == img, "bytes from a rotten read-cache block were returned");
     assert!(cache.rotten() >= 1, "the rotten blocks were not detected");
 }
+
+/// Scrub reads its victims' live clusters checked as guest reads are: a cluster that
+/// rotted in the write buffer is moved from the object store's copy, never copied on with
+/// a fresh checksum (which would make the rot undetectable).
+#[test]
+fn scrub_moves_the_object_store_copy_of_a_rotten_cluster() {
+    let mut s = Served::new(false);
+    let img = image(64, 8);
+    for c in 0..64 {
+        s.write(c as u64, cl(&img, c));
+    }
+    s.wait_uploaded();
+    // SCO 1 (clusters 0..32) keeps 4 live clusters: a scrub victim.
+    let new = image(28, 9);
+    for c in 0..28 {
+        s.write(c as u64, cl(&new, c));
+    }
+    s.wait_uploaded();
+    rot(&s.wb, cl(&img, 30), 100);
+    let rep = s.vol.scrub(0.5).unwrap();
+    assert!(rep.moved_bytes >= 4 * CS as u64, "{rep:?}");
+    assert!(s.rotten_reads() >= 1, "scrub found the rotten cluster");
+    for c in 0..64 {
+        let want = if c < 28 { cl(&new, c) } else { cl(&img, c) };
+        assert_eq!(s.read((c * CS) as u64, CS), (OK, want.to_vec()), "cluster {c} after scrub");
+    }
+    s.stop();
+}

@@ -21,7 +21,7 @@ use super::scrub_policy::{self, Candidate, Goal, UploadFirst};
 use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// Largest run of clusters in one relocation record.
 const CHUNK_CLUSTERS: u32 = 256;
@@ -543,18 +543,16 @@ impl Volume {
     fn read_sco(&self, from: Location, buf: &mut [u8]) -> Result<()> {
         let off = (from.index as u64) << self.shift;
         let v = [iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() }];
-        let local = self.state.lock().scos.local.get(&from.sco).map(|l| l.file.clone());
-        if let Some(f) = local {
-            // O_DIRECT where the buffer allows (the windows are aligned): a victim read
-            // through the page cache left its pages cached, and once its file was
-            // recycled every guest write into it lost io_uring's non-blocking path.
-            return f.readv_at(&v, off).ctx(|| format!("cannot read SCO {} for scrub", from.sco));
-        }
-        // The object is a file here (hard-linked and still open, or read in place): read
-        // it as a guest read does, checked against its checksums, with no object-store
-        // fetch, decode or copy.
-        let object_file = self.state.lock().scos.linked.get(&from.sco).cloned();
-        if let Some(f) = object_file.or_else(|| self.file_in_place(from.sco)) {
+        // A local copy, or an object that is a file here (hard-linked and still open, or
+        // read in place): read as a guest read is, checked against the checksums (a
+        // rotten local copy is read from the object store's own copy, if any; copying it
+        // on would give the rotten bytes a fresh checksum), with no object-store fetch,
+        // decode or copy otherwise. O_DIRECT where the buffer allows (the windows are
+        // aligned): a victim read through the page cache left its pages cached, and once
+        // its file was recycled every guest write into it lost io_uring's non-blocking
+        // path.
+        let file = self.state.lock().scos.file(from.sco).cloned();
+        if let Some(f) = file.or_else(|| self.file_in_place(from.sco)) {
             return self.read_local(&f, from, 0, buf.len() as u64, &v, &mut Vec::new(), false);
         }
         let key = keys::sco(&self.name, self.meta.gen_of_epoch(from.sco), from.sco);
