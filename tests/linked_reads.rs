@@ -14,6 +14,23 @@ use common::hooked_store::HookedStore;
 use logdisk::backend::ObjectStore;
 use logdisk::volume::EngineOptions;
 
+/// A 1 MiB write buffer, 16 KiB frames, uploads by hard link or not.
+fn options(link_local: bool) -> EngineOptions {
+    EngineOptions { wb_limit: 1 << 20, frame_size: 16 << 10, seal_after: None, link_local, ..EngineOptions::default() }
+}
+
+/// Write 4 MiB of distinct bytes in 64 KiB writes, seal, wait for every upload; returns
+/// what was written.
+fn write_image(vol: &logdisk::volume::Volume) -> Vec<u8> {
+    let image: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    for (i, chunk) in image.chunks(64 << 10).enumerate() {
+        vol.write_at((i as u64) * (64 << 10), chunk).unwrap();
+    }
+    vol.seal().unwrap();
+    wait_uploads(vol);
+    image
+}
+
 /// Write 4 MiB through a 1 MiB write buffer, wait for every upload, then read it all back;
 /// returns the object-store reads of SCO data that the read-back needed.
 fn sco_reads_after_eviction(link_local: bool) -> u64 {
@@ -21,25 +38,8 @@ fn sco_reads_after_eviction(link_local: bool) -> u64 {
     let t = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir()).unwrap();
     let store = Arc::new(HookedStore::open(&t.path().join("objects")));
     let dyn_store: Arc<dyn ObjectStore> = store.clone();
-    let opts = EngineOptions {
-        wb_limit: 1 << 20,
-        frame_size: 16 << 10,
-        seal_after: None,
-        link_local,
-        ..EngineOptions::default()
-    };
-    let (env, vol) = common::small_volume(dyn_store.clone(), t.path(), opts);
-
-    let image: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-    for (i, chunk) in image.chunks(64 << 10).enumerate() {
-        vol.write_at((i as u64) * (64 << 10), chunk).unwrap();
-    }
-    vol.seal().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while vol.stats().pending_epochs > 0 {
-        assert!(Instant::now() < deadline, "uploads did not finish: {:?}", vol.stats().upload_error);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (env, vol) = common::small_volume(dyn_store.clone(), t.path(), options(link_local));
+    let image = write_image(&vol);
     let s = vol.stats();
     assert!(s.wb_bytes + s.kept_bytes <= 1 << 20, "most SCOs are evicted: {} kept", s.kept_bytes);
 
@@ -79,24 +79,14 @@ impl Reopened {
         let objects = t.path().join("objects");
         let store = Arc::new(HookedStore::open(&objects));
         let dyn_store: Arc<dyn ObjectStore> = store.clone();
-        let opts = EngineOptions {
-            wb_limit: 1 << 20,
-            frame_size: 16 << 10,
-            seal_after: None,
-            link_local,
-            ..EngineOptions::default()
-        };
-        let image: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-        {
+        let opts = options(link_local);
+        let image = {
             let (env, vol) = common::small_volume(dyn_store.clone(), t.path(), opts.clone());
-            for (i, chunk) in image.chunks(64 << 10).enumerate() {
-                vol.write_at((i as u64) * (64 << 10), chunk).unwrap();
-            }
-            vol.seal().unwrap();
-            wait_uploads(&vol);
+            let image = write_image(&vol);
             vol.close().unwrap();
             env.uploader.stop();
-        }
+            image
+        };
         before_open(&objects);
         let cache = ReadCache::create(&t.path().join("cache2"), 1 << 20, true).unwrap();
         let env = Arc::new(VolumeEnv::new(dyn_store.clone(), Arc::new(cache), Uploader::start(2), opts));
