@@ -44,8 +44,10 @@ impl Volume {
         let file = match self.open_in_place(sco) {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!(volume = %self.name, sco, error = %e, "SCO object not readable in place");
-                None
+                // Perhaps passing (no descriptor left, an unreadable index): the next
+                // miss tries again; this read goes through the object store.
+                tracing::debug!(volume = %self.name, sco, error = %e, "cannot open an SCO object to read in place");
+                return None;
             }
         };
         let mut st = self.state.lock();
@@ -60,6 +62,7 @@ impl Volume {
                 Some(f)
             }
             None => {
+                // Not a raw file on this filesystem: that does not change.
                 st.scos.remote_only.insert(sco);
                 None
             }
