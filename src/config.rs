@@ -147,9 +147,9 @@ pub struct UploadConfig {
     pub compression: String,
     /// With a local directory store (`file://`) on the same filesystem as the data dir,
     /// an SCO is uploaded by hard-linking its file into the store (frames stored
-    /// uncompressed, nothing copied), and so is its TLog; after a restart, objects of that store holding raw
-    /// frames are read in place (`volume::in_place`). `false`: write a compressed copy,
-    /// and read objects through the read cache.
+    /// uncompressed, nothing copied), and so is its TLog; after a restart, objects of
+    /// that store holding raw frames are read in place (`volume::in_place`). `false`:
+    /// write a compressed copy, and read objects through the read cache.
     pub link_local: bool,
 }
 
