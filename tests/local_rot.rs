@@ -270,3 +270,58 @@ fn scrub_moves_the_object_store_copy_of_a_rotten_cluster() {
     }
     s.stop();
 }
+
+/// A victim whose live cluster is rotten with no good copy (the object is the same inode)
+/// does not fail the pass: the rest of its live data is moved, it is kept with the rotten
+/// cluster mapped there (reads of that cluster fail, every other byte reads right), later
+/// passes leave it alone, and once the guest rewrites the cluster scrub deletes it.
+#[test]
+fn scrub_keeps_an_sco_whose_rotten_cluster_has_no_good_copy() {
+    let mut s = Served::new(true);
+    let img = image(64, 10);
+    for c in 0..64 {
+        s.write(c as u64, cl(&img, c));
+    }
+    s.wait_uploaded();
+    // SCOs 1 (clusters 0..32) and 2 (32..64) keep 4 live clusters each: both victims.
+    let new = image(64, 11);
+    for c in (0..28).chain(32..60) {
+        s.write(c as u64, cl(&new, c));
+    }
+    s.wait_uploaded();
+    rot(&s.wb, cl(&img, 30), 100);
+    let want = |c: usize| if c % 32 < 28 { cl(&new, c).to_vec() } else { cl(&img, c).to_vec() };
+
+    let rep = s.vol.scrub(0.5).expect("one rotten cluster must not fail the pass");
+    assert_eq!((rep.scos_kept_rotten, rep.rotten_clusters), (1, 1), "{rep:?}");
+    assert_eq!(rep.moved_bytes, 7 * CS as u64, "the other 3 + 4 live clusters moved: {rep:?}");
+    assert!(rep.scos_deleted >= 1, "SCO 2 was freed: {rep:?}");
+    for c in 0..64 {
+        if c == 30 {
+            assert_eq!(s.read((c * CS) as u64, CS).0, IOERR, "the rotten cluster still fails");
+        } else {
+            assert_eq!(s.read((c * CS) as u64, CS), (OK, want(c)), "cluster {c} after scrub");
+        }
+    }
+    s.vol.usage();
+    assert_eq!(s.vol.space.figures().rotten_scos, 1);
+
+    // The next pass passes it over: the rotten cluster is not read again.
+    let before = s.rotten_reads();
+    let rep = s.vol.scrub(0.5).unwrap();
+    assert_eq!(rep.scos_kept_rotten, 0, "{rep:?}");
+    assert_eq!(s.rotten_reads(), before, "the kept SCO was read again");
+
+    // The guest rewrites the cluster: the SCO is dead and goes.
+    s.write(30, cl(&new, 30));
+    s.wait_uploaded();
+    let rep = s.vol.scrub(0.5).unwrap();
+    assert!(rep.scos_deleted >= 1, "{rep:?}");
+    s.vol.usage();
+    assert_eq!(s.vol.space.figures().rotten_scos, 0);
+    for c in 0..64 {
+        let w = if c == 30 { cl(&new, 30).to_vec() } else { want(c) };
+        assert_eq!(s.read((c * CS) as u64, CS), (OK, w), "cluster {c} after the rewrite");
+    }
+    s.stop();
+}

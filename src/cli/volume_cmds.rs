@@ -394,6 +394,13 @@ pub fn print_info(info: &VolumeInfo, json: bool) -> Result<()> {
                 f.throttled_writes
             );
         }
+        if f.rotten_scos > 0 {
+            println!(
+                "  rot:              {} SCOs kept: live clusters in them are rotten with no good copy \
+                 (reads of them fail; rewriting them lets scrub free the SCOs)",
+                f.rotten_scos
+            );
+        }
     }
     if info.template {
         println!("template:           yes (read-only clone parent)");

@@ -102,7 +102,7 @@ pub fn render(state: &DaemonState) -> String {
     // Space: the scrubber's last look at each volume (no accounting per scrape).
     let figures: Vec<_> = vols.iter().map(|(_, v)| v.space.figures()).collect();
     type Space = fn(&crate::volume::Volume, &crate::volume::space::SpaceFigures) -> f64;
-    let space: [(&str, &str, &str, Space); 11] = [
+    let space: [(&str, &str, &str, Space); 12] = [
         ("live_bytes", "gauge", "Bytes some map (current or snapshot) references.", |_, f| f.live_bytes as f64),
         ("garbage_bytes", "gauge", "Bytes of the log nothing references (scrub reclaims them).", |_, f| {
             f.garbage_bytes as f64
@@ -132,6 +132,9 @@ pub fn render(state: &DaemonState) -> String {
         ("scrub_passes_total", "counter", "Scrub passes.", |_, f| f.scrub_passes as f64),
         ("scrub_moved_bytes_total", "counter", "Live bytes scrub copied.", |_, f| f.scrub_moved_bytes as f64),
         ("scrub_freed_bytes_total", "counter", "Object-store bytes scrub freed.", |_, f| f.scrub_freed_bytes as f64),
+        ("scrub_rotten_scos", "gauge", "SCOs scrub keeps for rotten clusters with no good copy.", |_, f| {
+            f.rotten_scos as f64
+        }),
         ("space_throttled_writes_total", "counter", "Guest writes that waited for scrub to free space.", |_, f| {
             f.throttled_writes as f64
         }),

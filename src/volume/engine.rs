@@ -133,6 +133,8 @@ pub struct Volume {
     pub(crate) rmw: Mutex<()>,
     /// One scrub at a time per volume.
     pub(crate) scrub_lock: Mutex<()>,
+    /// SCOs scrub keeps because a live cluster of theirs is rotten with no good copy.
+    pub(crate) rotten: Mutex<super::scrub_rot::RottenScos>,
     /// Space limits guest writes pass (set by the scrubber) and space figures.
     pub space: super::space::SpaceGate,
     /// Slows guest writes as the write buffer fills (see [`super::write_pacer`]).
@@ -173,6 +175,7 @@ impl Volume {
             spare,
             rmw: Mutex::new(()),
             scrub_lock: Mutex::new(()),
+            rotten: Mutex::default(),
             space,
             pacer: super::write_pacer::WritePacer::new(),
             last_read_end: AtomicU64::new(u64::MAX),

@@ -7,7 +7,6 @@
 //! a rerun finds the copies (or redoes them) and deletes what nothing references.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -17,14 +16,13 @@ use super::iov::{iovec, AlignedBuf};
 use super::location::Location;
 use super::map::ClusterMap;
 use super::scrub_holders::Holders;
+use super::scrub_live::{live_bitmaps, popcount, runs};
 use super::scrub_policy::{self, Candidate, Goal, UploadFirst};
 use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
 use crate::backend::keys;
 use crate::error::{Error, Result};
 
-/// Largest run of clusters in one relocation record.
-const CHUNK_CLUSTERS: u32 = 256;
 /// Clusters of a victim SCO read at once (512 KiB with 4 KiB clusters); its live part is
 /// then copied in one append, so a fragmented SCO costs a few large IOs, not one per run.
 /// Not larger: a guest's 4 KiB read queued behind a 4 MiB scrub read on the disk waited
@@ -45,6 +43,13 @@ pub struct ScrubReport {
     pub moved_bytes: u64,
     /// Stored bytes of the deleted SCO objects.
     pub freed_bytes: u64,
+    /// Victims kept because a live cluster of theirs is rotten with no good copy (the
+    /// rest of their live data was moved; see [`super::scrub_rot`]).
+    #[serde(default)]
+    pub scos_kept_rotten: u64,
+    /// Live clusters left in those victims.
+    #[serde(default)]
+    pub rotten_clusters: u64,
     /// SCOs found sealed under an older key (before this pass rewrote some of them).
     pub stale_key_scos: u64,
 }
@@ -88,83 +93,6 @@ struct Accounting {
     live: HashMap<u64, Vec<u64>>,
     sizes: BTreeMap<u64, u32>,
     last_uploaded: u64,
-}
-
-/// Live clusters of each SCO as bitmaps (bit i = cluster index i is referenced).
-///
-/// This walks every mapped cluster of every map (the scrubber does it each
-/// `check_interval_ms`), so the per-cluster step is kept to a bit set: bitmaps live in a
-/// vector and the last SCO hit is remembered, which spares the hash lookup for runs of
-/// clusters in the same SCO (what sequential writes and scrub copies leave behind).
-fn live_bitmaps(maps: &[&ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
-    let words = (sco_clusters as usize).div_ceil(64);
-    let mut slots: HashMap<u64, usize, BuildHasherDefault<ScoHasher>> = HashMap::default();
-    let mut bitmaps: Vec<(u64, Vec<u64>)> = Vec::new();
-    let mut last: Option<(u64, usize)> = None;
-    for m in maps {
-        m.for_each_mapped(|_, e| {
-            let Some(l) = Location::unpack(e) else { return };
-            let slot = match last {
-                Some((sco, slot)) if sco == l.sco => slot,
-                _ => {
-                    let slot = *slots.entry(l.sco).or_insert_with(|| {
-                        bitmaps.push((l.sco, vec![0u64; words]));
-                        bitmaps.len() - 1
-                    });
-                    last = Some((l.sco, slot));
-                    slot
-                }
-            };
-            if let Some(w) = bitmaps[slot].1.get_mut(l.index as usize / 64) {
-                *w |= 1 << (l.index % 64);
-            }
-        });
-    }
-    bitmaps.into_iter().collect()
-}
-
-/// Hashes an SCO number with one multiplication (Fibonacci hashing). The live-data walk
-/// looks up an SCO per cluster under random overwrites, and the default SipHash was most
-/// of the walk's time; SCO numbers are not attacker-chosen.
-#[derive(Default)]
-struct ScoHasher(u64);
-
-impl Hasher for ScoHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-fn popcount(b: &[u64]) -> u64 {
-    b.iter().map(|w| w.count_ones() as u64).sum()
-}
-
-/// Runs `(index, count)` of set bits, each at most `CHUNK_CLUSTERS` long.
-fn runs(bitmap: &[u64], limit: u32) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    let mut i = 0u32;
-    while i < limit {
-        if bitmap[i as usize / 64] & (1 << (i % 64)) == 0 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < limit && i - start < CHUNK_CLUSTERS && bitmap[i as usize / 64] & (1 << (i % 64)) != 0 {
-            i += 1;
-        }
-        out.push((start, i - start));
-    }
-    out
 }
 
 impl Volume {
@@ -246,6 +174,7 @@ impl Volume {
         let live = live_bitmaps(&refs, self.meta.sco_clusters);
         drop(refs);
         drop(maps);
+        let rotten = self.rotten.lock();
         let mut st = self.state.lock();
         let open = st.log.open.as_ref().map(|o| (o.epoch, o.next_index as u64));
         let mut u = Usage { newest: st.log.next_epoch, ..Usage::default() };
@@ -254,11 +183,15 @@ impl Volume {
             let l = live.get(&n).map(|b| popcount(b)).unwrap_or(0).min(total);
             u.log += total;
             u.live += l;
-            if n <= st.uploads.last_uploaded {
+            let c = Candidate { sco: n, total, live: l };
+            if n <= st.uploads.last_uploaded && !rotten.passes_over(&c) {
                 u.reclaimable += total - l;
-                u.candidates.push(Candidate { sco: n, total, live: l });
+                u.candidates.push(c);
             }
         }
+        let rotten_scos = rotten.len() as u64;
+        drop(rotten);
+        self.space.update(|f| f.rotten_scos = rotten_scos);
         if let Some((e, next)) = open {
             u.log += next;
             u.live += live.get(&e).map(|b| popcount(b)).unwrap_or(0).min(next);
@@ -322,14 +255,18 @@ impl Volume {
         let Accounting { maps, live, sizes, last_uploaded, .. } = self.accounting();
         let objects = self.sco_objects()?;
         let mut rep = ScrubReport::default();
-        let cands: Vec<Candidate> = objects
-            .keys()
-            .filter(|n| **n <= last_uploaded)
-            .map(|&n| {
-                let total = sizes.get(&n).copied().unwrap_or(0) as u64;
-                Candidate { sco: n, total, live: live.get(&n).map(|b| popcount(b)).unwrap_or(0) }
-            })
-            .collect();
+        let cands: Vec<Candidate> = {
+            let rotten = self.rotten.lock();
+            objects
+                .keys()
+                .filter(|n| **n <= last_uploaded)
+                .map(|&n| {
+                    let total = sizes.get(&n).copied().unwrap_or(0) as u64;
+                    Candidate { sco: n, total, live: live.get(&n).map(|b| popcount(b)).unwrap_or(0) }
+                })
+                .filter(|c| !rotten.passes_over(c))
+                .collect()
+        };
         rep.scos_examined = cands.len() as u64;
         let newest = self.state.lock().log.next_epoch;
         let (dead, mut victims) = scrub_policy::choose(&cands, newest, goal);
@@ -362,22 +299,46 @@ impl Volume {
         // The pass's window and copy buffers, reused window after window (fresh zeroed
         // 4 MiB buffers per window were ~6 % of the daemon's samples under random writes).
         let mut bufs = (AlignedBuf::zeroed(0), AlignedBuf::zeroed(0));
+        let mut kept = Vec::new();
         for &v in &victims {
             let bitmap = &live[&v];
             let total = sizes.get(&v).copied().unwrap_or(0);
             let all = runs(bitmap, total);
             // Runs grouped into windows: one read per window, one append of its live part.
             let mut rest = &all[..];
+            let mut rotten = 0u64;
             while let Some(&(lo, _)) = rest.first() {
                 let n = rest.iter().take_while(|(i, c)| i + c - lo <= WINDOW_CLUSTERS).count().max(1);
-                let b = self.move_window(v, &rest[..n], &holders, &mut moved, &mut bufs)?;
+                let b = match self.move_window(v, &rest[..n], &holders, &mut moved, &mut bufs) {
+                    // A rotten cluster with no good copy: move the window's other
+                    // clusters one by one and leave the rotten ones where they are.
+                    Err(Error::Corrupt { .. }) => {
+                        let (b, r) = self.move_around_rot(v, &rest[..n], &holders, &mut moved, &mut bufs)?;
+                        rotten += r;
+                        b
+                    }
+                    r => r?,
+                };
                 rep.moved_bytes += b;
                 pace(b);
                 rest = &rest[n..];
             }
+            if rotten > 0 {
+                tracing::error!(
+                    volume = %self.name, sco = v, rotten,
+                    "scrub: live clusters of this SCO are rotten and have no good copy; the rest was \
+                     moved, the SCO is kept (reads of those clusters fail until the guest rewrites them)"
+                );
+                self.rotten.lock().keep(v, rotten);
+                rep.scos_kept_rotten += 1;
+                rep.rotten_clusters += rotten;
+                kept.push(v);
+                continue;
+            }
             rep.scos_rewritten += 1;
             crate::fault::point("scrub-after-first-copy");
         }
+        victims.retain(|v| !kept.contains(v));
         let t_copy = started.elapsed();
         if !victims.is_empty() {
             self.flush()?;
@@ -419,6 +380,7 @@ impl Volume {
                 st.scos.log_clusters = st.scos.log_clusters.saturating_sub(c as u64);
             }
             st.scos.forget_object(*n);
+            self.rotten.lock().forget(*n);
             if let Some(l) = st.scos.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.scos.local.remove(n).expect("present");
@@ -539,6 +501,31 @@ impl Volume {
         Ok((live as u64) << self.shift)
     }
 
+    /// [`Self::move_window`] for a window with a rotten cluster: its clusters moved one
+    /// by one, the rotten ones (no good copy) left in place. Returns the bytes copied and
+    /// the clusters left.
+    fn move_around_rot(
+        &self,
+        sco: u64,
+        runs: &[(u32, u32)],
+        holders: &Holders,
+        moved: &mut Relocation,
+        bufs: &mut (AlignedBuf, AlignedBuf),
+    ) -> Result<(u64, u64)> {
+        let (mut bytes, mut rotten) = (0, 0);
+        for i in runs.iter().flat_map(|&(i, n)| i..i + n) {
+            match self.move_window(sco, &[(i, 1)], holders, moved, bufs) {
+                Ok(b) => bytes += b,
+                Err(Error::Corrupt { key, detail }) => {
+                    tracing::warn!(volume = %self.name, sco, cluster = i, %key, %detail, "scrub: rotten cluster left in place");
+                    rotten += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((bytes, rotten))
+    }
+
     /// Read whole clusters from `from` of an uploaded SCO (local copy or object store).
     fn read_sco(&self, from: Location, buf: &mut [u8]) -> Result<()> {
         let off = (from.index as u64) << self.shift;
@@ -569,22 +556,4 @@ fn fit(buf: &mut AlignedBuf, len: usize) -> &mut [u8] {
         *buf = AlignedBuf::zeroed(len);
     }
     &mut buf[..len]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_split_and_cap() {
-        let mut b = vec![0u64; 8];
-        for i in [0u32, 1, 2, 5, 63, 64, 65] {
-            b[i as usize / 64] |= 1 << (i % 64);
-        }
-        for i in 100..400u32 {
-            b[i as usize / 64] |= 1 << (i % 64);
-        }
-        assert_eq!(runs(&b, 512), vec![(0, 3), (5, 1), (63, 3), (100, 256), (356, 44)]);
-        assert_eq!(popcount(&b), 7 + 300);
-    }
 }

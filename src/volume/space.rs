@@ -63,6 +63,10 @@ pub struct SpaceFigures {
     /// 0 means no budget applies yet.
     #[serde(default)]
     pub looks: u64,
+    /// SCOs scrub keeps because live clusters of theirs are rotten with no good copy
+    /// (reads of those clusters fail; rewriting them frees the SCO).
+    #[serde(default)]
+    pub rotten_scos: u64,
 }
 
 impl SpaceFigures {
