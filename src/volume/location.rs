@@ -1,6 +1,9 @@
 //! Where a cluster's data lives, packed in 8 bytes: SCO number (40 bits) and cluster
 //! index inside that SCO (24 bits). A map entry is a location or one of two markers.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 /// Map entry: never written here (a clone falls through to its parent).
 pub const UNMAPPED: u64 = 0;
 /// Map entry: explicitly zero (discarded or zero-written); does not fall through.
@@ -42,6 +45,31 @@ impl Location {
         Location { sco: self.sco, index: self.index + n }
     }
 }
+
+/// Hashes an SCO number with one multiplication (Fibonacci hashing). A map's per-SCO counts
+/// and the live-data walk look up an SCO per cluster changed or visited, and the default
+/// SipHash was most of the walk's time; SCO numbers are not attacker-chosen.
+#[derive(Default)]
+pub struct ScoHasher(u64);
+
+impl Hasher for ScoHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A hash map keyed by SCO number.
+pub type ScoMap<V> = HashMap<u64, V, BuildHasherDefault<ScoHasher>>;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::location::UNMAPPED;
+use super::location::{Location, ScoMap, UNMAPPED};
 
 pub const PAGE_ENTRIES: usize = 128;
 pub const DIR_PAGES: usize = 512;
@@ -31,12 +31,32 @@ pub struct ClusterMap {
     dirs: Vec<Option<Arc<Dir>>>,
     clusters: u64,
     mapped: u64,
+    /// Entries pointing into each SCO, kept by every change: how much of an SCO this map
+    /// holds, known without a walk (the scrubber's accounting looks at it every 50 ms
+    /// under writes; walking a 1 GiB volume's 262 k entries each time was ~6 % of the
+    /// daemon's CPU under random writes).
+    per_sco: ScoMap<u32>,
+}
+
+/// Count `old` out of and `new` into `per_sco`.
+fn recount(per_sco: &mut ScoMap<u32>, old: u64, new: u64) {
+    if let Some(l) = Location::unpack(old) {
+        if let std::collections::hash_map::Entry::Occupied(mut o) = per_sco.entry(l.sco) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+    }
+    if let Some(l) = Location::unpack(new) {
+        *per_sco.entry(l.sco).or_default() += 1;
+    }
 }
 
 impl ClusterMap {
     pub fn new(clusters: u64) -> ClusterMap {
         let n = clusters.div_ceil(DIR_CLUSTERS) as usize;
-        ClusterMap { dirs: vec![None; n], clusters, mapped: 0 }
+        ClusterMap { dirs: vec![None; n], clusters, mapped: 0, per_sco: ScoMap::default() }
     }
 
     pub fn clusters(&self) -> u64 {
@@ -46,6 +66,16 @@ impl ClusterMap {
     /// Number of entries that are not UNMAPPED.
     pub fn mapped(&self) -> u64 {
         self.mapped
+    }
+
+    /// Entries pointing into SCO `sco`.
+    pub fn held_in(&self, sco: u64) -> u64 {
+        self.per_sco.get(&sco).copied().unwrap_or(0) as u64
+    }
+
+    /// Entries pointing into each SCO this map references.
+    pub fn per_sco(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.per_sco.iter().map(|(&s, &n)| (s, n as u64))
     }
 
     fn split(cluster: u64) -> (usize, usize, usize) {
@@ -97,6 +127,9 @@ impl ClusterMap {
             Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Page { entries: [UNMAPPED; PAGE_ENTRIES], used: 0 })));
         let old = page.entries[e];
         page.entries[e] = entry;
+        if old != entry {
+            recount(&mut self.per_sco, old, entry);
+        }
         match (old == UNMAPPED, entry == UNMAPPED) {
             (true, false) => {
                 page.used += 1;
@@ -172,6 +205,7 @@ impl ClusterMap {
                     if *e != UNMAPPED {
                         if let Some(n) = f(*e) {
                             debug_assert_ne!(n, UNMAPPED);
+                            recount(&mut self.per_sco, *e, n);
                             *e = n;
                             changed += 1;
                         }
@@ -294,6 +328,54 @@ mod tests {
         assert_eq!(snap.get(1), 10);
         assert_eq!(m.get(50_000), 20);
         assert_eq!(m.mapped(), 2);
+    }
+
+    /// The per-SCO counts always equal what a walk of the entries counts, through sets,
+    /// fills, unmaps, remaps, a shrink, and in a copy changed apart from its original.
+    #[test]
+    fn per_sco_counts_match_a_walk() {
+        use rand::{Rng, SeedableRng};
+        fn walked(m: &ClusterMap) -> Vec<(u64, u64)> {
+            let mut c = std::collections::BTreeMap::new();
+            m.for_each_mapped(|_, e| {
+                if let Some(l) = Location::unpack(e) {
+                    *c.entry(l.sco).or_insert(0u64) += 1;
+                }
+            });
+            c.into_iter().collect()
+        }
+        fn counted(m: &ClusterMap) -> Vec<(u64, u64)> {
+            let mut v: Vec<(u64, u64)> = m.per_sco().collect();
+            v.sort();
+            v
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut m = ClusterMap::new(100_000);
+        let at = |sco: u64, i: u32| Location::new(sco, i).pack();
+        let mut snap = None;
+        for round in 0..20_000u32 {
+            let c = rng.gen_range(0..100_000u64);
+            match rng.gen_range(0..10) {
+                0 => m.set(c, UNMAPPED),
+                1 => m.set(c, ZERO),
+                2 => {
+                    m.fill(c, rng.gen_range(1..300u64).min(100_000 - c), at(rng.gen_range(1..9), 5));
+                    UNMAPPED
+                }
+                _ => m.set(c, at(rng.gen_range(1..9), rng.gen_range(0..64))),
+            };
+            if round == 10_000 {
+                snap = Some(m.clone());
+                m.remap(|e| (Location::unpack(e).map(|l| l.sco) == Some(3)).then(|| at(9, 1)));
+            }
+        }
+        assert_eq!(counted(&m), walked(&m));
+        assert!(m.held_in(9) > 0);
+        let snap = snap.unwrap();
+        assert_eq!(counted(&snap), walked(&snap));
+        m.resize(50_000);
+        assert_eq!(counted(&m), walked(&m));
+        assert_eq!(m.held_in(1_000), 0);
     }
 
     #[test]

@@ -37,6 +37,13 @@ impl MapSet {
         CheckpointData { epoch, map: self.map.clone(), snaps: self.snaps.clone(), sco_sizes: self.sco_sizes.clone() }
     }
 
+    /// Copies of every map, current first, then snapshots by id (sharing pages).
+    pub fn copies(&self) -> Vec<ClusterMap> {
+        let mut maps = vec![self.map.clone()];
+        maps.extend(self.snaps.list.values().map(|s| s.map.clone()));
+        maps
+    }
+
     /// Map entry of `cluster` and the layer it came from (0 = this volume, i = layer
     /// i-1); UNMAPPED entries fall through to the parent layers.
     #[inline]

@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::engine::Volume;
 use super::iov::{iovec, AlignedBuf};
 use super::location::Location;
+use super::location::ScoMap;
 use super::map::ClusterMap;
 use super::scrub_holders::Holders;
-use super::scrub_live::{live_bitmaps, popcount, runs};
+use super::scrub_live::live_counts;
 use super::scrub_policy::{self, Candidate, Goal, UploadFirst};
 use super::snap_set::{Relocation, SnapshotInfo};
 use super::tlog::Record;
@@ -90,20 +91,13 @@ struct Accounting {
     maps: Vec<ClusterMap>,
     /// The snapshots of `maps[1..]`, in that order.
     snaps: Vec<SnapshotInfo>,
-    live: HashMap<u64, Vec<u64>>,
+    /// Live clusters of each SCO across `maps`.
+    live: ScoMap<u64>,
     sizes: BTreeMap<u64, u32>,
     last_uploaded: u64,
 }
 
 impl Volume {
-    /// Copies of every map (current first, then snapshots by id), sharing pages.
-    fn all_maps(&self) -> (Vec<ClusterMap>, Vec<SnapshotInfo>) {
-        let st = self.state.lock();
-        let mut maps = vec![st.maps.map.clone()];
-        maps.extend(st.maps.snaps.list.values().map(|s| s.map.clone()));
-        (maps, st.maps.snaps.list.values().map(|s| s.info()).collect())
-    }
-
     /// SCO objects of this volume in the store: number → (key, stored bytes).
     fn sco_objects(&self) -> Result<BTreeMap<u64, (String, u64)>> {
         let mut out = BTreeMap::new();
@@ -118,13 +112,16 @@ impl Volume {
         Ok(out)
     }
 
-    /// Every map, their live bitmaps, the SCO sizes and the last uploaded epoch.
+    /// Every map, their live counts, the SCO sizes and the last uploaded epoch, as of
+    /// one moment.
     fn accounting(&self) -> Accounting {
-        let (maps, snaps) = self.all_maps();
-        let refs: Vec<&ClusterMap> = maps.iter().collect();
-        let live = live_bitmaps(&refs, self.meta.sco_clusters);
         let st = self.state.lock();
-        Accounting { maps, snaps, live, sizes: st.maps.sco_sizes.clone(), last_uploaded: st.uploads.last_uploaded }
+        let maps = st.maps.copies();
+        let snaps = st.maps.snaps.list.values().map(|s| s.info()).collect();
+        let (sizes, last_uploaded) = (st.maps.sco_sizes.clone(), st.uploads.last_uploaded);
+        drop(st);
+        let live = live_counts(&maps, self.meta.sco_clusters);
+        Accounting { maps, snaps, live, sizes, last_uploaded }
     }
 
     /// Live and garbage bytes, and what each snapshot alone holds.
@@ -136,7 +133,7 @@ impl Volume {
             if *n > last_uploaded {
                 continue;
             }
-            let l = live.get(n).map(|b| popcount(b)).unwrap_or(0).min(total);
+            let l = live.get(n).copied().unwrap_or(0).min(total);
             rep.live_bytes += l * self.cs;
             rep.garbage_bytes += (total - l) * self.cs;
         }
@@ -168,19 +165,29 @@ impl Volume {
     /// uploaded SCOs scrub may rewrite, from the maps and the recorded SCO sizes (no
     /// object-store request). Also recounts the log the space gate sees.
     pub fn usage(&self) -> Usage {
-        let (maps, _) = self.all_maps();
-        let mapped = maps[0].mapped();
-        let refs: Vec<&ClusterMap> = maps.iter().collect();
-        let live = live_bitmaps(&refs, self.meta.sco_clusters);
-        drop(refs);
-        drop(maps);
+        // Without snapshots the current map's own counts are read under the lock below,
+        // with no copy and no walk. With snapshots every map is walked first (a snapshot
+        // taken meanwhile is missed until the next look: live under-counted once).
+        let walked = {
+            let st = self.state.lock();
+            (!st.maps.snaps.list.is_empty()).then(|| (st.maps.map.mapped(), st.maps.copies()))
+        }
+        .map(|(mapped, maps)| (mapped, live_counts(&maps, self.meta.sco_clusters)));
         let rotten = self.rotten.lock();
         let mut st = self.state.lock();
+        let (mapped, walked) = match walked {
+            Some((mapped, live)) => (mapped, Some(live)),
+            None => (st.maps.map.mapped(), None),
+        };
+        let live_of = |map: &ClusterMap, n: u64| match &walked {
+            Some(live) => live.get(&n).copied().unwrap_or(0),
+            None => map.held_in(n),
+        };
         let open = st.log.open.as_ref().map(|o| (o.epoch, o.next_index as u64));
         let mut u = Usage { newest: st.log.next_epoch, ..Usage::default() };
         for (&n, &size) in &st.maps.sco_sizes {
             let total = size as u64;
-            let l = live.get(&n).map(|b| popcount(b)).unwrap_or(0).min(total);
+            let l = live_of(&st.maps.map, n).min(total);
             u.log += total;
             u.live += l;
             let c = Candidate { sco: n, total, live: l };
@@ -194,7 +201,7 @@ impl Volume {
         self.space.update(|f| f.rotten_scos = rotten_scos);
         if let Some((e, next)) = open {
             u.log += next;
-            u.live += live.get(&e).map(|b| popcount(b)).unwrap_or(0).min(next);
+            u.live += live_of(&st.maps.map, e).min(next);
         }
         u.garbage = u.log - u.live;
         // Clusters reserved after the maps were copied count as garbage here until the
@@ -262,7 +269,7 @@ impl Volume {
                 .filter(|n| **n <= last_uploaded)
                 .map(|&n| {
                     let total = sizes.get(&n).copied().unwrap_or(0) as u64;
-                    Candidate { sco: n, total, live: live.get(&n).map(|b| popcount(b)).unwrap_or(0) }
+                    Candidate { sco: n, total, live: live.get(&n).copied().unwrap_or(0) }
                 })
                 .filter(|c| !rotten.passes_over(c))
                 .collect()
@@ -301,9 +308,8 @@ impl Volume {
         let mut bufs = (AlignedBuf::zeroed(0), AlignedBuf::zeroed(0));
         let mut kept = Vec::new();
         for &v in &victims {
-            let bitmap = &live[&v];
             let total = sizes.get(&v).copied().unwrap_or(0);
-            let all = runs(bitmap, total);
+            let all = holders.live_runs(v, total);
             // Runs grouped into windows: one read per window, one append of its live part.
             let mut rest = &all[..];
             let mut rotten = 0u64;

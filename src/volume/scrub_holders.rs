@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use super::location::Location;
 use super::map::ClusterMap;
+use super::scrub_live::runs;
 
 /// No cluster holds this location.
 const NONE: u64 = u64::MAX;
@@ -50,6 +51,17 @@ impl Holders {
         h
     }
 
+    /// Runs `(index, count)` of the clusters of victim `sco` some map holds, below
+    /// `total` (its live data; see [`runs`]).
+    pub(crate) fn live_runs(&self, sco: u64, total: u32) -> Vec<(u32, u32)> {
+        let Some(v) = self.victims.iter().position(|&s| s == sco) else { return Vec::new() };
+        let mut bitmap = vec![0u64; self.first[v].len().div_ceil(64)];
+        for (i, _) in self.first[v].iter().enumerate().filter(|(_, &c)| c != NONE) {
+            bitmap[i / 64] |= 1 << (i % 64);
+        }
+        runs(&bitmap, total.min(self.first[v].len() as u32))
+    }
+
     /// Call `f` with every cluster that pointed at `loc`.
     pub(crate) fn for_each(&self, loc: Location, mut f: impl FnMut(u64)) {
         let Some(v) = self.victims.iter().position(|&s| s == loc.sco) else { return };
@@ -86,5 +98,8 @@ mod tests {
         assert_eq!(got(Location::new(8, 0)), vec![2]);
         assert!(got(Location::new(9, 1)).is_empty());
         assert!(got(Location::new(7, 4)).is_empty());
+        assert_eq!(h.live_runs(7, 16), vec![(3, 1)]);
+        assert_eq!(h.live_runs(8, 16), vec![(0, 1)]);
+        assert!(h.live_runs(9, 16).is_empty());
     }
 }

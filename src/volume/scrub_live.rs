@@ -1,10 +1,10 @@
-//! Live clusters of a volume's SCOs, as bitmaps counted across every map (current and
-//! snapshots), and the runs of live clusters scrub copies out of a victim.
+//! Live clusters of a volume's SCOs across every map (current and snapshots): counted by
+//! the current map itself when it is the only one, else from bitmaps a walk of every map
+//! sets; and the runs of live clusters scrub copies out of a victim.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-use super::location::Location;
+use super::location::{Location, ScoMap};
 use super::map::ClusterMap;
 
 /// Largest run of clusters in one relocation record.
@@ -16,9 +16,9 @@ pub(crate) const CHUNK_CLUSTERS: u32 = 256;
 /// `check_interval_ms`), so the per-cluster step is kept to a bit set: bitmaps live in a
 /// vector and the last SCO hit is remembered, which spares the hash lookup for runs of
 /// clusters in the same SCO (what sequential writes and scrub copies leave behind).
-pub(crate) fn live_bitmaps(maps: &[&ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
+fn live_bitmaps(maps: &[ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
     let words = (sco_clusters as usize).div_ceil(64);
-    let mut slots: HashMap<u64, usize, BuildHasherDefault<ScoHasher>> = HashMap::default();
+    let mut slots: ScoMap<usize> = ScoMap::default();
     let mut bitmaps: Vec<(u64, Vec<u64>)> = Vec::new();
     let mut last: Option<(u64, usize)> = None;
     for m in maps {
@@ -43,29 +43,18 @@ pub(crate) fn live_bitmaps(maps: &[&ClusterMap], sco_clusters: u32) -> HashMap<u
     bitmaps.into_iter().collect()
 }
 
-/// Hashes an SCO number with one multiplication (Fibonacci hashing). The live-data walk
-/// looks up an SCO per cluster under random overwrites, and the default SipHash was most
-/// of the walk's time; SCO numbers are not attacker-chosen.
-#[derive(Default)]
-struct ScoHasher(u64);
-
-impl Hasher for ScoHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// Live clusters of each SCO across `maps` (current first, then snapshots). One map
+/// counts its own entries as they change (no walk; the usual volume without
+/// snapshots); with snapshots a location several maps hold counts once, so they are
+/// walked.
+pub(crate) fn live_counts(maps: &[ClusterMap], sco_clusters: u32) -> ScoMap<u64> {
+    match maps {
+        [only] => only.per_sco().collect(),
+        _ => live_bitmaps(maps, sco_clusters).into_iter().map(|(s, b)| (s, popcount(&b))).collect(),
     }
 }
 
-pub(crate) fn popcount(b: &[u64]) -> u64 {
+fn popcount(b: &[u64]) -> u64 {
     b.iter().map(|w| w.count_ones() as u64).sum()
 }
 
@@ -90,6 +79,42 @@ pub(crate) fn runs(bitmap: &[u64], limit: u32) -> Vec<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lone map's own counts, and the walk over a map and its snapshot (a location
+    /// both hold counted once), give the live clusters a plain count of distinct
+    /// locations gives.
+    #[test]
+    fn live_counts_count_each_location_once() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let distinct = |maps: &[ClusterMap]| {
+            let mut seen = BTreeSet::new();
+            for m in maps {
+                m.for_each_mapped(|_, e| {
+                    if let Some(l) = Location::unpack(e) {
+                        seen.insert(l);
+                    }
+                });
+            }
+            let mut per: BTreeMap<u64, u64> = BTreeMap::new();
+            for l in seen {
+                *per.entry(l.sco).or_default() += 1;
+            }
+            per
+        };
+        let sorted = |c: ScoMap<u64>| c.into_iter().collect::<BTreeMap<_, _>>();
+        let mut m = ClusterMap::new(4096);
+        for c in 0..4096u64 {
+            m.set(c, Location::new(1 + c / 1000, (c % 1000) as u32).pack());
+        }
+        let snap = m.clone();
+        for c in (0..4096u64).step_by(3) {
+            m.set(c, Location::new(9, (c / 3) as u32).pack());
+        }
+        assert_eq!(sorted(live_counts(std::slice::from_ref(&m), 2048)), distinct(std::slice::from_ref(&m)));
+        let both = [m, snap];
+        assert_eq!(sorted(live_counts(&both, 2048)), distinct(&both));
+        assert_eq!(live_counts(&both, 2048)[&1], 1000, "SCO 1 is whole in the snapshot");
+    }
 
     #[test]
     fn runs_split_and_cap() {
