@@ -344,7 +344,6 @@ impl Volume {
             rep.scos_rewritten += 1;
             crate::fault::point("scrub-after-first-copy");
         }
-        victims.retain(|v| !kept.contains(v));
         let t_copy = started.elapsed();
         if !victims.is_empty() {
             self.flush()?;
@@ -368,7 +367,9 @@ impl Volume {
         }
         let t_settle = started.elapsed();
         let mut unlink = Vec::new();
-        let gone: Vec<u64> = victims.iter().chain(&dead).copied().collect();
+        // Victims kept for rot stay (their other clusters moved all the same: the
+        // relocations above were flushed, uploaded and passed to clones as any).
+        let gone: Vec<u64> = victims.iter().filter(|v| !kept.contains(v)).chain(&dead).copied().collect();
         // The first alone (a crash test stops right after it), the rest in one batch
         // (one DeleteObjects request per 1000 on S3).
         if let Some((first, rest)) = gone.split_first() {
