@@ -303,9 +303,9 @@ impl Volume {
         let holders = Holders::find(&maps, &victims, self.meta.sco_clusters);
         drop(maps);
         let mut moved = Relocation::default();
-        // The pass's window and copy buffers, reused window after window (fresh zeroed
+        // The pass's window buffer, reused window after window (fresh zeroed
         // 4 MiB buffers per window were ~6 % of the daemon's samples under random writes).
-        let mut bufs = (AlignedBuf::zeroed(0), AlignedBuf::zeroed(0));
+        let mut window = AlignedBuf::zeroed(0);
         let mut kept = Vec::new();
         for &v in &victims {
             let total = sizes.get(&v).copied().unwrap_or(0);
@@ -315,11 +315,11 @@ impl Volume {
             let mut rotten = 0u64;
             while let Some(&(lo, _)) = rest.first() {
                 let n = rest.iter().take_while(|(i, c)| i + c - lo <= WINDOW_CLUSTERS).count().max(1);
-                let b = match self.move_window(v, &rest[..n], &holders, &mut moved, &mut bufs) {
+                let b = match self.move_window(v, &rest[..n], &holders, &mut moved, &mut window) {
                     // A rotten cluster with no good copy: move the window's other
                     // clusters one by one and leave the rotten ones where they are.
                     Err(Error::Corrupt { .. }) => {
-                        let (b, r) = self.move_around_rot(v, &rest[..n], &holders, &mut moved, &mut bufs)?;
+                        let (b, r) = self.move_around_rot(v, &rest[..n], &holders, &mut moved, &mut window)?;
                         rotten += r;
                         b
                     }
@@ -455,56 +455,59 @@ impl Volume {
     }
 
     /// Copy the live `runs` (index, count) of SCO `sco`, which lie within one window, into
-    /// the open SCO: one read of the window, one append of the live clusters packed
-    /// together; log a relocation per run and rewrite every map entry that still points
-    /// at them. Returns the bytes copied.
+    /// the open SCO: one read of the window, one append of the live clusters together
+    /// (gathered from the window, not copied); log a relocation per run and rewrite every
+    /// map entry that still points at them. Returns the bytes copied.
     fn move_window(
         &self,
         sco: u64,
         runs: &[(u32, u32)],
         holders: &Holders,
         moved: &mut Relocation,
-        (window, packed): &mut (AlignedBuf, AlignedBuf),
+        window: &mut AlignedBuf,
     ) -> Result<u64> {
         let (Some(&(lo, _)), Some(&(last, last_n))) = (runs.first(), runs.last()) else { return Ok(0) };
         let window = fit(window, ((last + last_n - lo) as usize) << self.shift);
         self.read_sco(Location::new(sco, lo), window)?;
         let live: u32 = runs.iter().map(|r| r.1).sum();
-        let packed = fit(packed, (live as usize) << self.shift);
-        // (source index, count, offset in `packed`), clusters.
+        // (source index, count, offset in the append), clusters; and the runs' iovecs.
         let mut pieces = Vec::with_capacity(runs.len());
+        let mut iovs = Vec::with_capacity(runs.len());
         let mut at = 0u32;
         for &(i, n) in runs {
-            let (src, dst) = (((i - lo) as usize) << self.shift, (at as usize) << self.shift);
-            let len = (n as usize) << self.shift;
-            packed[dst..dst + len].copy_from_slice(&window[src..src + len]);
+            let live = &window[((i - lo) as usize) << self.shift..((i - lo + n) as usize) << self.shift];
+            iovs.push(iovec { iov_base: live.as_ptr() as *mut libc::c_void, iov_len: live.len() });
             pieces.push((i, n, at));
             at += n;
         }
-        self.append_data(packed, |st, dst, done, take| {
-            for &(i, n, off) in &pieces {
-                let (a, b) = (off.max(done), (off + n).min(done + take));
-                if a >= b {
-                    continue;
-                }
-                let (src, to, count) = (Location::new(sco, i + (a - off)), dst.advance(a - done), b - a);
-                // Log and apply in one critical section, so a checkpoint taken at an
-                // epoch boundary has either both or neither.
-                self.append_record(st, &Record::Relocate { from: src, count, to })?;
-                for k in 0..count {
-                    let (old, new) = (src.advance(k).pack(), to.advance(k).pack());
-                    holders.for_each(src.advance(k), |c| {
-                        for m in std::iter::once(&mut st.maps.map).chain(st.maps.snaps.maps_mut()) {
-                            if m.get(c) == old {
-                                m.set(c, new);
+        // SAFETY: `iovs` point into `window`, borrowed and unchanged for the call.
+        let appended = unsafe {
+            self.append_gathered(&iovs, |st, dst, done, take| {
+                for &(i, n, off) in &pieces {
+                    let (a, b) = (off.max(done), (off + n).min(done + take));
+                    if a >= b {
+                        continue;
+                    }
+                    let (src, to, count) = (Location::new(sco, i + (a - off)), dst.advance(a - done), b - a);
+                    // Log and apply in one critical section, so a checkpoint taken at an
+                    // epoch boundary has either both or neither.
+                    self.append_record(st, &Record::Relocate { from: src, count, to })?;
+                    for k in 0..count {
+                        let (old, new) = (src.advance(k).pack(), to.advance(k).pack());
+                        holders.for_each(src.advance(k), |c| {
+                            for m in std::iter::once(&mut st.maps.map).chain(st.maps.snaps.maps_mut()) {
+                                if m.get(c) == old {
+                                    m.set(c, new);
+                                }
                             }
-                        }
-                    });
+                        });
+                    }
+                    moved.add(src, count, to);
                 }
-                moved.add(src, count, to);
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })
+        };
+        appended?;
         Ok((live as u64) << self.shift)
     }
 
@@ -517,11 +520,11 @@ impl Volume {
         runs: &[(u32, u32)],
         holders: &Holders,
         moved: &mut Relocation,
-        bufs: &mut (AlignedBuf, AlignedBuf),
+        window: &mut AlignedBuf,
     ) -> Result<(u64, u64)> {
         let (mut bytes, mut rotten) = (0, 0);
         for i in runs.iter().flat_map(|&(i, n)| i..i + n) {
-            match self.move_window(sco, &[(i, 1)], holders, moved, bufs) {
+            match self.move_window(sco, &[(i, 1)], holders, moved, window) {
                 Ok(b) => bytes += b,
                 Err(Error::Corrupt { key, detail }) => {
                     tracing::warn!(volume = %self.name, sco, cluster = i, %key, %detail, "scrub: rotten cluster left in place");

@@ -400,17 +400,36 @@ impl Volume {
     pub(crate) fn append_data(
         &self,
         data: &[u8],
+        landed: impl FnMut(&mut State, Location, u32, u32) -> Result<()>,
+    ) -> Result<()> {
+        let v = [iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() }];
+        // SAFETY: `v` describes `data`, borrowed for the whole call.
+        unsafe { self.append_gathered(&v, landed) }
+    }
+
+    /// [`Self::append_data`] from the buffers of `iovs` in order, each a whole number of
+    /// clusters: scrub writes a window's live runs straight from where they were read
+    /// (packing them into one buffer first was 15 % of the daemon's CPU under random
+    /// writes).
+    ///
+    /// # Safety
+    /// Every iovec must point to readable memory of its length for the whole call.
+    pub(crate) unsafe fn append_gathered(
+        &self,
+        iovs: &[iovec],
         mut landed: impl FnMut(&mut State, Location, u32, u32) -> Result<()>,
     ) -> Result<()> {
-        let n = (data.len() as u64 >> self.shift) as u32;
+        let n = (iov::total(iovs) >> self.shift) as u32;
         let mut done = 0u32;
+        let mut piece = Vec::with_capacity(iovs.len());
+        let mut crcs = Vec::new();
         while done < n {
             let (file, index, take) = self.reserve((n - done) as u64, false, true)?;
-            let piece = &data[((done as u64) << self.shift) as usize..(((done + take) as u64) << self.shift) as usize];
-            let v = [iovec { iov_base: piece.as_ptr() as *mut libc::c_void, iov_len: piece.len() }];
-            let crcs: Vec<u64> =
-                piece.chunks(self.cs as usize).map(|c| cluster_crc::known(crate::crc::crc32c(c))).collect();
-            let io = file.writev_at(&v, (index as u64) << self.shift);
+            iov::sub_range(iovs, (done as u64) << self.shift, (take as u64) << self.shift, &mut piece);
+            crcs.clear();
+            // SAFETY: `piece` lies within `iovs`, readable for the call (the contract).
+            unsafe { cluster_crc::compute(&piece, self.cs as usize, &mut crcs) };
+            let io = file.writev_at(&piece, (index as u64) << self.shift);
             let mut st = self.state.lock();
             if let Some(l) = st.scos.local.get_mut(&file.number) {
                 l.inflight -= 1;
@@ -421,7 +440,7 @@ impl Volume {
                 return Err(Error::io(format!("volume {}: cannot write SCO {}", self.name, file.number), e));
             }
             if let Some(l) = &*self.dtl.read() {
-                let r = l.send_data(file.number, index, 0, self.cs, &v);
+                let r = l.send_data(file.number, index, 0, self.cs, &piece);
                 self.dtl_result_locked(&mut st, r)?;
             }
             st.log.dirty.insert(file.number);
