@@ -57,6 +57,14 @@ impl Served {
         self.vm.reset_bufs();
     }
 
+    /// Write `clusters` of `img` (cluster c at cluster c), then wait for their upload.
+    fn write_uploaded(&mut self, img: &[u8], clusters: impl IntoIterator<Item = usize>) {
+        for c in clusters {
+            self.write(c as u64, cl(img, c));
+        }
+        self.wait_uploaded();
+    }
+
     fn read(&mut self, byte_off: u64, len: usize) -> (u8, Vec<u8>) {
         assert_eq!(byte_off % 512, 0);
         let (st, _, data) = self.vm.read(0, byte_off / 512, len);
@@ -181,10 +189,7 @@ fn rot_after_upload_reads_the_object_store_copy() {
 fn rot_in_a_hard_linked_sco_fails_the_read() {
     let mut s = Served::new(true);
     let img = image(32, 3);
-    for c in 0..32 {
-        s.write(c as u64, cl(&img, c));
-    }
-    s.wait_uploaded();
+    s.write_uploaded(&img, 0..32);
     // The object store's object is the same inode: no good copy anywhere.
     rot(&s.wb, cl(&img, 9), 0);
     let (st, data) = s.read(9 * CS as u64, CS);
@@ -250,16 +255,10 @@ fn rot_in_the_read_cache_reads_the_object_store_copy() {
 fn scrub_moves_the_object_store_copy_of_a_rotten_cluster() {
     let mut s = Served::new(false);
     let img = image(64, 8);
-    for c in 0..64 {
-        s.write(c as u64, cl(&img, c));
-    }
-    s.wait_uploaded();
+    s.write_uploaded(&img, 0..64);
     // SCO 1 (clusters 0..32) keeps 4 live clusters: a scrub victim.
     let new = image(28, 9);
-    for c in 0..28 {
-        s.write(c as u64, cl(&new, c));
-    }
-    s.wait_uploaded();
+    s.write_uploaded(&new, 0..28);
     rot(&s.wb, cl(&img, 30), 100);
     let rep = s.vol.scrub(0.5).unwrap();
     assert!(rep.moved_bytes >= 4 * CS as u64, "{rep:?}");
@@ -279,16 +278,10 @@ fn scrub_moves_the_object_store_copy_of_a_rotten_cluster() {
 fn scrub_keeps_an_sco_whose_rotten_cluster_has_no_good_copy() {
     let mut s = Served::new(true);
     let img = image(64, 10);
-    for c in 0..64 {
-        s.write(c as u64, cl(&img, c));
-    }
-    s.wait_uploaded();
+    s.write_uploaded(&img, 0..64);
     // SCOs 1 (clusters 0..32) and 2 (32..64) keep 4 live clusters each: both victims.
     let new = image(64, 11);
-    for c in (0..28).chain(32..60) {
-        s.write(c as u64, cl(&new, c));
-    }
-    s.wait_uploaded();
+    s.write_uploaded(&new, (0..28).chain(32..60));
     rot(&s.wb, cl(&img, 30), 100);
     let want = |c: usize| if c % 32 < 28 { cl(&new, c).to_vec() } else { cl(&img, c).to_vec() };
 
@@ -313,8 +306,7 @@ fn scrub_keeps_an_sco_whose_rotten_cluster_has_no_good_copy() {
     assert_eq!(s.rotten_reads(), before, "the kept SCO was read again");
 
     // The guest rewrites the cluster: the SCO is dead and goes.
-    s.write(30, cl(&new, 30));
-    s.wait_uploaded();
+    s.write_uploaded(&new, [30]);
     let rep = s.vol.scrub(0.5).unwrap();
     assert!(rep.scos_deleted >= 1, "{rep:?}");
     s.vol.usage();

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::Volume;
 use super::iov::{iovec, AlignedBuf};
-use super::location::Location;
-use super::location::ScoMap;
+use super::location::{Location, ScoMap};
 use super::map::ClusterMap;
 use super::scrub_holders::Holders;
 use super::scrub_live::live_counts;
@@ -302,10 +301,7 @@ impl Volume {
         // only those.
         let holders = Holders::find(&maps, &victims, self.meta.sco_clusters);
         drop(maps);
-        let mut moved = Relocation::default();
-        // The pass's window buffer, reused window after window (fresh zeroed
-        // 4 MiB buffers per window were ~6 % of the daemon's samples under random writes).
-        let mut window = AlignedBuf::zeroed(0);
+        let mut copy = PassCopies { holders: &holders, moved: Relocation::default(), window: AlignedBuf::zeroed(0) };
         let mut kept = Vec::new();
         for &v in &victims {
             let total = sizes.get(&v).copied().unwrap_or(0);
@@ -315,11 +311,11 @@ impl Volume {
             let mut rotten = 0u64;
             while let Some(&(lo, _)) = rest.first() {
                 let n = rest.iter().take_while(|(i, c)| i + c - lo <= WINDOW_CLUSTERS).count().max(1);
-                let b = match self.move_window(v, &rest[..n], &holders, &mut moved, &mut window) {
+                let b = match self.move_window(&mut copy, v, &rest[..n]) {
                     // A rotten cluster with no good copy: move the window's other
                     // clusters one by one and leave the rotten ones where they are.
                     Err(Error::Corrupt { .. }) => {
-                        let (b, r) = self.move_around_rot(v, &rest[..n], &holders, &mut moved, &mut window)?;
+                        let (b, r) = self.move_around_rot(&mut copy, v, &rest[..n])?;
                         rotten += r;
                         b
                     }
@@ -344,6 +340,7 @@ impl Volume {
             rep.scos_rewritten += 1;
             crate::fault::point("scrub-after-first-copy");
         }
+        let moved = copy.moved;
         let t_copy = started.elapsed();
         if !victims.is_empty() {
             self.flush()?;
@@ -458,15 +455,9 @@ impl Volume {
     /// the open SCO: one read of the window, one append of the live clusters together
     /// (gathered from the window, not copied); log a relocation per run and rewrite every
     /// map entry that still points at them. Returns the bytes copied.
-    fn move_window(
-        &self,
-        sco: u64,
-        runs: &[(u32, u32)],
-        holders: &Holders,
-        moved: &mut Relocation,
-        window: &mut AlignedBuf,
-    ) -> Result<u64> {
+    fn move_window(&self, copy: &mut PassCopies, sco: u64, runs: &[(u32, u32)]) -> Result<u64> {
         let (Some(&(lo, _)), Some(&(last, last_n))) = (runs.first(), runs.last()) else { return Ok(0) };
+        let PassCopies { holders, moved, window } = copy;
         let window = fit(window, ((last + last_n - lo) as usize) << self.shift);
         self.read_sco(Location::new(sco, lo), window)?;
         let live: u32 = runs.iter().map(|r| r.1).sum();
@@ -514,17 +505,10 @@ impl Volume {
     /// [`Self::move_window`] for a window with a rotten cluster: its clusters moved one
     /// by one, the rotten ones (no good copy) left in place. Returns the bytes copied and
     /// the clusters left.
-    fn move_around_rot(
-        &self,
-        sco: u64,
-        runs: &[(u32, u32)],
-        holders: &Holders,
-        moved: &mut Relocation,
-        window: &mut AlignedBuf,
-    ) -> Result<(u64, u64)> {
+    fn move_around_rot(&self, copy: &mut PassCopies, sco: u64, runs: &[(u32, u32)]) -> Result<(u64, u64)> {
         let (mut bytes, mut rotten) = (0, 0);
         for i in runs.iter().flat_map(|&(i, n)| i..i + n) {
-            match self.move_window(sco, &[(i, 1)], holders, moved, window) {
+            match self.move_window(copy, sco, &[(i, 1)]) {
                 Ok(b) => bytes += b,
                 Err(Error::Corrupt { key, detail }) => {
                     tracing::warn!(volume = %self.name, sco, cluster = i, %key, %detail, "scrub: rotten cluster left in place");
@@ -558,6 +542,17 @@ impl Volume {
         buf.copy_from_slice(&data[at..at + buf.len()]);
         Ok(())
     }
+}
+
+/// What a pass's copies share.
+struct PassCopies<'a> {
+    /// Which clusters point into each victim.
+    holders: &'a Holders,
+    /// The relocations done so far (passed to clones once uploaded).
+    moved: Relocation,
+    /// The window buffer, reused window after window (fresh zeroed 4 MiB buffers per
+    /// window were ~6 % of the daemon's samples under random writes).
+    window: AlignedBuf,
 }
 
 /// `buf` grown to at least `len` bytes (contents unspecified), as a `len`-byte slice.

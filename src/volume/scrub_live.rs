@@ -8,12 +8,12 @@ use super::location::{Location, ScoMap};
 use super::map::ClusterMap;
 
 /// Largest run of clusters in one relocation record.
-pub(crate) const CHUNK_CLUSTERS: u32 = 256;
+const CHUNK_CLUSTERS: u32 = 256;
 
 /// Live clusters of each SCO as bitmaps (bit i = cluster index i is referenced).
 ///
-/// This walks every mapped cluster of every map (the scrubber does it each
-/// `check_interval_ms`), so the per-cluster step is kept to a bit set: bitmaps live in a
+/// This walks every mapped cluster of every map (for a volume with snapshots, at each of
+/// the scrubber's looks), so the per-cluster step is kept to a bit set: bitmaps live in a
 /// vector and the last SCO hit is remembered, which spares the hash lookup for runs of
 /// clusters in the same SCO (what sequential writes and scrub copies leave behind).
 fn live_bitmaps(maps: &[ClusterMap], sco_clusters: u32) -> HashMap<u64, Vec<u64>> {
