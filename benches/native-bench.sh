@@ -468,13 +468,15 @@ if rows:
         lines.append("Where logdisk's time went (engine counters over the job and its settle, median of the runs;")
         lines.append("per 1000 guest IOs, or per guest byte written): flushes (the guest's and scrub's own), those")
         lines.append("that took one device flush,")
-        lines.append("writes that waited for scrub or were paced, scrub bytes copied and objects put per byte")
-        lines.append("written, and the share of new SCOs opened in a freshly preallocated file (not a recycled")
-        lines.append("one: each write into it changes extent metadata):")
+        lines.append("writes that waited for scrub or were paced, scrub bytes read and copied and objects put")
+        lines.append("per byte written, device reads of local data per guest read, and the share of new SCOs")
+        lines.append("opened in a freshly preallocated file (not a recycled one: each write into it changes")
+        lines.append("extent metadata):")
         keys = [("flushes/kIO", "flushes_total", "io"), ("single/kIO", "flushes_single_total", "io"),
                 ("scrubwait/kIO", "space_throttled_writes_total", "io"), ("paced/kIO", "paced_total", "io"),
+                ("scrub rd B/B", "scrub_read_bytes_total", "bytes"),
                 ("scrub B/B", "scrub_moved_bytes_total", "bytes"), ("put B/B", "uploaded_bytes_total", "bytes"),
-                ("fresh SCOs", "sco_files_fresh_total", "share")]
+                ("dev rd/read", "local_reads_total", "read"), ("fresh SCOs", "sco_files_fresh_total", "share")]
         lines.append(f"  {'job':<18} " + " ".join(f"{k[0]:>13}" for k in keys))
         for job in jobs:
             rs = [r for r in eng if r["job"] == job]
@@ -484,6 +486,8 @@ if rows:
                 e = r["engine"]
                 if unit == "io":
                     return 1000.0 * e.get(key, 0.0) / max(r["reads"] + r["writes"], 1)
+                if unit == "read":
+                    return e.get(key, 0.0) / max(e.get("reads_total", 0.0), 1.0)
                 if unit == "share":
                     return e.get(key, 0.0) / max(e.get(key, 0.0) + e.get("sco_files_reused_total", 0.0), 1.0)
                 return e.get(key, 0.0) / max(e.get("write_bytes_total", 0.0), 1.0)

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use common::{open_dd, small_config};
 
 const CS: usize = 4096;
@@ -37,9 +39,17 @@ fn fragmented_victims_move_whole_and_survive_restarts() {
             stamp(&mut want[c * CS..(c + 1) * CS], c, 2);
             v.write_at((c * CS) as u64, &want[c * CS..(c + 1) * CS]).unwrap();
         }
+        // A read of the whole fragmented image takes a device read per run of clusters.
+        let mut got = vec![0u8; CLUSTERS * CS];
+        v.read_at(0, &mut got).unwrap();
+        assert!(got == want, "data before the pass");
+        let local_reads = v.counters.local_reads.load(Relaxed);
+        assert!(local_reads >= 200, "device reads counted for the fragmented read: {local_reads}");
         let rep = v.scrub(0.99).unwrap();
         assert!(rep.scos_rewritten >= 16, "{rep:?}");
         assert!(rep.moved_bytes >= (CLUSTERS as u64 / 2) * CS as u64, "{rep:?}");
+        let scrub_read = v.counters.scrub_read_bytes.load(Relaxed);
+        assert!(scrub_read >= rep.moved_bytes, "scrub read {scrub_read} bytes to move {}", rep.moved_bytes);
         let mut got = vec![0u8; CLUSTERS * CS];
         v.read_at(0, &mut got).unwrap();
         assert!(got == want, "data after the pass");
@@ -55,7 +65,7 @@ fn fragmented_victims_move_whole_and_survive_restarts() {
         for c in 0..CLUSTERS {
             assert!(got[c * CS..(c + 1) * CS] == want[c * CS..(c + 1) * CS], "cluster {c} after a restart ({dir})");
         }
-        assert_eq!(v.counters.rotten_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(v.counters.rotten_reads.load(Relaxed), 0);
         v.close().unwrap();
     }
 }

@@ -27,7 +27,7 @@ pub fn render(state: &DaemonState) -> String {
     };
     let label = |n: &str| format!("{{volume=\"{n}\"}}");
     type Get = fn(&crate::volume::Volume, &crate::volume::engine::VolumeStats) -> f64;
-    let series: [(&str, &str, &str, Get); 22] = [
+    let series: [(&str, &str, &str, Get); 24] = [
         ("store_puts_total", "counter", "Objects put to the store (SCOs, TLogs, checkpoints).", |v, _| {
             v.counters.store_puts.load(Ordering::Relaxed) as f64
         }),
@@ -35,6 +35,12 @@ pub fn render(state: &DaemonState) -> String {
             v.counters.store_delete_requests.load(Ordering::Relaxed) as f64
         }),
         ("reads_total", "counter", "Read requests.", |v, _| v.counters.reads.load(Ordering::Relaxed) as f64),
+        ("local_reads_total", "counter", "Device reads of local SCO data for guest reads.", |v, _| {
+            v.counters.local_reads.load(Ordering::Relaxed) as f64
+        }),
+        ("scrub_read_bytes_total", "counter", "Bytes scrub read from its victims.", |v, _| {
+            v.counters.scrub_read_bytes.load(Ordering::Relaxed) as f64
+        }),
         ("writes_total", "counter", "Write requests.", |v, _| v.counters.writes.load(Ordering::Relaxed) as f64),
         ("read_bytes_total", "counter", "Bytes read.", |v, _| v.counters.read_bytes.load(Ordering::Relaxed) as f64),
         ("write_bytes_total", "counter", "Bytes written.", |v, _| {

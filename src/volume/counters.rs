@@ -10,6 +10,13 @@ pub struct Counters {
     /// Delete requests sent to the store (a batch of up to 1000 keys is one).
     pub store_delete_requests: AtomicU64,
     pub reads: AtomicU64,
+    /// Device reads of local SCO data that guest reads took: a planned read's file runs
+    /// (one io_uring read each) and the synchronous reads of the other path. Per guest
+    /// read this says how scattered the data was (1 MiB of random-written clusters: 256).
+    pub local_reads: AtomicU64,
+    /// Bytes scrub read from its victims (whole windows, dead clusters between live runs
+    /// included): with `write_bytes`, the disk traffic scrub adds per byte written.
+    pub scrub_read_bytes: AtomicU64,
     pub writes: AtomicU64,
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,

@@ -67,6 +67,11 @@ impl IoPlan {
         &self.segs
     }
 
+    /// Segments that read or write a file (not zero runs).
+    pub fn file_segs(&self) -> usize {
+        self.keep.iter().filter(|f| f.is_some()).count()
+    }
+
     pub fn is_full(&self) -> bool {
         self.segs.len() >= MAX_SEGS
     }

@@ -79,6 +79,7 @@ impl Volume {
             pos += run_bytes;
         }
         plan.set_check_unit(self.cs as usize);
+        self.counters.local_reads.fetch_add(plan.file_segs() as u64, Ordering::Relaxed);
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         self.counters.read_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(true)
@@ -111,6 +112,7 @@ impl Volume {
                         (Ok(()), None)
                     }
                     Source::Local(file, loc) => {
+                        self.counters.local_reads.fetch_add(1, Ordering::Relaxed);
                         (self.read_local(&file, loc, in_off, run_bytes, sub, pieces, sequential), Some(loc))
                     }
                     Source::Remote(layer, loc) => {
@@ -189,6 +191,7 @@ impl Volume {
                     let from = pos - ((loc.index as u64) << self.shift);
                     // Only a rotten SCO with another copy uses it: never this one.
                     let mut unused = Vec::new();
+                    self.counters.local_reads.fetch_add(1, Ordering::Relaxed);
                     return self.read_local(&file, loc, from, end - pos, sub, &mut unused, sequential);
                 }
             }

@@ -460,6 +460,7 @@ impl Volume {
         let PassCopies { holders, moved, window } = copy;
         let window = fit(window, ((last + last_n - lo) as usize) << self.shift);
         self.read_sco(Location::new(sco, lo), window)?;
+        self.counters.scrub_read_bytes.fetch_add(window.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let live: u32 = runs.iter().map(|r| r.1).sum();
         // (source index, count, offset in the append), clusters; and the runs' iovecs.
         let mut pieces = Vec::with_capacity(runs.len());
