@@ -134,6 +134,7 @@ pub struct Volume {
     /// One scrub at a time per volume.
     pub(crate) scrub_lock: Mutex<()>,
     /// SCOs scrub keeps because a live cluster of theirs is rotten with no good copy.
+    /// Taken before `state` when both are held (`usage`), never while `state` is held.
     pub(crate) rotten: Mutex<super::scrub_rot::RottenScos>,
     /// Space limits guest writes pass (set by the scrubber) and space figures.
     pub space: super::space::SpaceGate,

@@ -379,12 +379,13 @@ impl Volume {
             let size = objects[n].1;
             rep.freed_bytes += size;
             rep.scos_deleted += 1;
+            // Not under the volume lock: `usage` takes `rotten` first, then `state`.
+            self.rotten.lock().forget(*n);
             let mut st = self.state.lock();
             if let Some(c) = st.maps.sco_sizes.remove(n) {
                 st.scos.log_clusters = st.scos.log_clusters.saturating_sub(c as u64);
             }
             st.scos.forget_object(*n);
-            self.rotten.lock().forget(*n);
             if let Some(l) = st.scos.local.get(n) {
                 if l.uploaded && l.inflight == 0 {
                     let l = st.scos.local.remove(n).expect("present");
