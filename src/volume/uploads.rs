@@ -153,8 +153,11 @@ impl Volume {
             Job::Sco { epoch, file, clusters } => {
                 let len = (*clusters as u64) << self.shift;
                 // Slots at the end whose writes failed (ENOSPC, EIO) were never written:
-                // no map entry points at them; they go up as zeroes.
-                if file.file_len()? < len {
+                // no map entry points at them; they go up as zeroes. An SCO sealed early
+                // still has its preallocated tail (`Volume::roll`): cut here, where
+                // freeing its blocks holds up no guest IO. Every reservation lies below
+                // its seal: no IO in flight is cut.
+                if file.file_len()? != len {
                     file.set_len(len)?;
                 }
                 let key = keys::sco(&self.name, gen, *epoch);

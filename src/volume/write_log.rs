@@ -38,7 +38,6 @@ pub(crate) struct SealedEpoch {
     pub epoch: u64,
     /// Clusters written to its SCO.
     pub next_index: u32,
-    pub sco: Arc<ScoFile>,
 }
 
 /// What one flush takes from the write log under the volume lock (see
@@ -78,7 +77,7 @@ impl WriteLog {
         let start = o.pending.len();
         Record::Seal { sco: o.epoch, clusters: o.next_index }.encode(&mut o.pending);
         self.sealing.push(PendingBatch { epoch: o.epoch, payload: o.pending, count: o.pending_count + 1, seal: true });
-        let sealed = SealedEpoch { epoch: o.epoch, next_index: o.next_index, sco: o.sco };
+        let sealed = SealedEpoch { epoch: o.epoch, next_index: o.next_index };
         let b = self.sealing.last().expect("just pushed");
         Some((sealed, &b.payload[start..]))
     }
