@@ -113,5 +113,12 @@ print("| job | unit | in-place | log (best case) | ceiling log/in-place | issue-
 print("| --- | --- | ---: | ---: | ---: | --- | --- |")
 for job, unit, a, b, pat, tgt in rows:
     print(f"| {job} | {unit} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {tgt} | {pat} |".replace(",", " "))
+# fio's own CPU (user + system) per 4 KiB random read: what any reader pays the kernel per
+# device read, so a 1 MiB read of data scattered in 4 KiB pieces costs at least that many
+# times it (native-bench.sh prints logdisk's against it).
+j = json.load(open(os.path.join(out, "log-randread-4k-qd2048.json")))["jobs"][0]
+us = (j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1000 / max(j["read"]["total_ios"], 1)
+open(os.path.join(out, "read-cpu.txt"), "w").write(f"{us:.3f}\n")
+print(f"fio's CPU per 4 KiB random read (log-randread-4k-qd2048): {us:.2f} us")
 EOF
 log "report: $OUT/ceiling-report.txt"

@@ -520,6 +520,17 @@ if rows:
                 us, gbs = (float(x) for x in open(floor).read().split()[1:3])
                 lines.append(f"  write-1m-qd8: the checksum floor alone (2 crc32c passes over 1 MiB, {gbs:.1f} GB/s each, "
                              f"src/bin/crc-floor.rs) is {us:.0f} us = {ratio(us, cq):.2f} x qsd's CPU per IO")
+        read_cpu = os.path.join(os.path.dirname(ceiling_path), "read-cpu.txt")
+        scattered = [r for r in eng if r["job"] == "read-1m-qd8"]
+        if os.path.exists(read_cpu) and scattered:
+            per_read = float(open(read_cpu).read())
+            dev = statistics.median(r["engine"].get("local_reads_total", 0.0) / max(r["engine"].get("reads_total", 0.0), 1.0)
+                                    for r in scattered)
+            cl = med("read-1m-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cq = med("read-1m-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            lines.append(f"  read-1m-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us; each "
+                         f"read took {dev:.0f} device reads, and fio's own CPU for that many 4 KiB reads is "
+                         f"{dev * per_read:.0f} us ({per_read:.2f} us each): logdisk = {ratio(cl, dev * per_read):.2f} x that floor")
 if os.path.exists(restart_path):
     rs = json.load(open(restart_path))
     lines.append("")

@@ -42,12 +42,20 @@ impl Volume {
             }
             st.uploads.add(o.epoch, o.next_index);
             st.maps.sco_sizes.insert(o.epoch, o.next_index);
-            // An SCO sealed early (scrub, snapshot, timer, shutdown) keeps its
-            // preallocated tail until its upload job cuts it (`run_job`), outside this
-            // lock: freeing blocks can take long (on ext4 without a journal mounted with
-            // `discard`, every freed extent is discarded before the call returns: up to
-            // 590 ms measured here under 4 KiB random writes), and every guest IO of the
-            // volume waits for this lock.
+            if o.next_index < self.meta.sco_clusters {
+                // Sealed early (scrub, snapshot, timer, shutdown, a flush-heavy volume's
+                // roll into its spare): the preallocated tail is given back by an uploader
+                // thread (`cut_tails`) or the upload job, whichever comes first, outside
+                // this lock: freeing blocks can take long (on ext4 without a journal
+                // mounted with `discard`, every freed extent is discarded before the call
+                // returns: up to 590 ms measured here under 4 KiB random writes), and
+                // every guest IO of the volume waits for this lock. Every reservation lies
+                // below next_index: no IO in flight is cut.
+                if let Some(l) = st.scos.local.get(&o.epoch) {
+                    st.scos.tails.push((l.file.clone(), (o.next_index as u64) << self.shift));
+                }
+                self.env.uploader.notify();
+            }
             let maps = &st.maps;
             st.uploads.checkpoint_if_due(o.epoch, self.env.opts.checkpoint_every, || maps.checkpoint_data(o.epoch));
         }

@@ -30,6 +30,8 @@ pub struct ScoFile {
     /// An object-store file read in place: its index, whose frame checksums check the
     /// clusters that have no checksum of their own yet (see `super::in_place`).
     pub frames: Option<Arc<ScoIndex>>,
+    /// The preallocated tail of an SCO sealed early was cut (see [`ScoFile::cut_tail`]).
+    tail_cut: parking_lot::Mutex<bool>,
 }
 
 impl ScoFile {
@@ -70,7 +72,16 @@ impl ScoFile {
         let dev = std::os::unix::fs::MetadataExt::dev(
             &buffered.metadata().ctx(|| format!("cannot stat SCO file {}", path.display()))?,
         );
-        Ok(ScoFile { number, path: path.to_path_buf(), buffered, direct, dev, crcs: ScoCrcs::new(clusters), frames })
+        Ok(ScoFile {
+            number,
+            path: path.to_path_buf(),
+            buffered,
+            direct,
+            dev,
+            crcs: ScoCrcs::new(clusters),
+            frames,
+            tail_cut: parking_lot::Mutex::new(false),
+        })
     }
 
     pub fn direct_fd(&self) -> Option<i32> {
@@ -124,6 +135,20 @@ impl ScoFile {
                 io::Error::last_os_error(),
             ));
         }
+        Ok(())
+    }
+
+    /// Cut a sealed SCO's file back to its `len` bytes of data, once: the first call
+    /// cuts (when the file is longer), later ones do nothing. Its upload job calls it
+    /// before it appends the object's index and footer, and so does the uploader's early
+    /// look at SCOs sealed early (`Volume::cut_tails`): whichever comes second must not
+    /// cut that footer off.
+    pub fn cut_tail(&self, len: u64) -> Result<()> {
+        let mut cut = self.tail_cut.lock();
+        if !*cut && self.file_len()? > len {
+            self.set_len(len)?;
+        }
+        *cut = true;
         Ok(())
     }
 

@@ -38,6 +38,9 @@ pub(crate) struct ScoSet {
     /// Clusters of the volume's log: every SCO kept (sealed, open), live or garbage.
     /// Grows with each reservation; the scrubber recounts it.
     pub log_clusters: u64,
+    /// SCOs sealed early whose preallocated tail is still to be cut, with their data
+    /// bytes: cut by the uploader threads outside the volume lock (`Volume::cut_tails`).
+    pub tails: Vec<(Arc<ScoFile>, u64)>,
 }
 
 impl ScoSet {

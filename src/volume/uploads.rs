@@ -152,12 +152,11 @@ impl Volume {
         match job {
             Job::Sco { epoch, file, clusters } => {
                 let len = (*clusters as u64) << self.shift;
+                // An SCO sealed early may still have its preallocated tail (`Volume::roll`).
+                file.cut_tail(len)?;
                 // Slots at the end whose writes failed (ENOSPC, EIO) were never written:
-                // no map entry points at them; they go up as zeroes. An SCO sealed early
-                // still has its preallocated tail (`Volume::roll`): cut here, where
-                // freeing its blocks holds up no guest IO. Every reservation lies below
-                // its seal: no IO in flight is cut.
-                if file.file_len()? != len {
+                // no map entry points at them; they go up as zeroes.
+                if file.file_len()? < len {
                     file.set_len(len)?;
                 }
                 let key = keys::sco(&self.name, gen, *epoch);
@@ -283,8 +282,26 @@ impl Volume {
     }
 }
 
+impl Volume {
+    /// Cut the preallocated tails of SCOs sealed early (see `Volume::roll`), outside the
+    /// volume lock; true when there were any. Runs whether uploads are paused or not, so
+    /// the tails of SCOs waiting for their upload take no disk space meanwhile.
+    fn cut_tails(&self) -> bool {
+        let tails = std::mem::take(&mut self.state.lock().scos.tails);
+        for (file, len) in &tails {
+            if let Err(e) = file.cut_tail(*len) {
+                tracing::warn!(volume = %self.name, sco = file.number, error = %e, "cannot cut a sealed SCO file's tail");
+            }
+        }
+        !tails.is_empty()
+    }
+}
+
 impl UploadSource for Volume {
     fn run_one_job(&self) -> bool {
+        if self.cut_tails() {
+            return true;
+        }
         // Seals waiting to be made durable (rolled by writers) come first. A volume
         // stopped after a local IO error never makes them durable: retrying the flush
         // would spin (and flood the log) until the restart; uploads of epochs already
