@@ -520,6 +520,14 @@ if rows:
                 us, gbs = (float(x) for x in open(floor).read().split()[1:3])
                 lines.append(f"  write-1m-qd8: the checksum floor alone (2 crc32c passes over 1 MiB, {gbs:.1f} GB/s each, "
                              f"src/bin/crc-floor.rs) is {us:.0f} us = {ratio(us, cq):.2f} x qsd's CPU per IO")
+        floor = os.path.join(out, "crc-floor.txt")
+        if os.path.exists(floor) and "read-1m-seq-qd8" in jobs:
+            check = float(open(floor).read().split()[1]) / 2
+            cl = med("read-1m-seq-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cq = med("read-1m-seq-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            lines.append(f"  read-1m-seq-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us; "
+                         f"qsd's plus logdisk's read check (one crc32c pass over 1 MiB, {check:.0f} us) is {cq + check:.0f} us: "
+                         f"logdisk = {ratio(cl, cq + check):.2f} x that")
         read_cpu = os.path.join(os.path.dirname(ceiling_path), "read-cpu.txt")
         scattered = [r for r in eng if r["job"] == "read-1m-qd8"]
         if os.path.exists(read_cpu) and scattered:
