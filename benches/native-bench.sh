@@ -441,6 +441,12 @@ if rows:
         return statistics.median(vals) if vals else float("nan")
     def ratio(a, b):
         return a / b if b else float("nan")
+    def cpu_io(r):
+        """Backend CPU microseconds per IO of one run."""
+        return 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1)
+    def cpu_pair(job):
+        """Median CPU per IO of `job`: (logdisk, qsd)."""
+        return med(job, "logdisk", cpu_io), med(job, "qsd", cpu_io)
     lines.append(f"native vhost-user-blk comparison: region {region}, {queues} queue(s), {secs} s per job, "
                  f"median of {runs} run(s), backends alternating")
     lines.append("")
@@ -451,7 +457,7 @@ if rows:
         big = "1m" in job
         metrics = [("MB/s", lambda r: r["mb_s"])] if big else [("IOPS", lambda r: r["iops"])]
         metrics += [("p50 us", lambda r: r["lat_us"]["p50"]), ("p99 us", lambda r: r["lat_us"]["p99"]),
-                    ("cpu us/IO", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))]
+                    ("cpu us/IO", cpu_io)]
         if any(r.get("read_lat_us") and r.get("write_lat_us") for r in rows if r["job"] == job):
             metrics += [("rd p99 us", lambda r: (r.get("read_lat_us") or {}).get("p99", 0.0)),
                         ("wr p99 us", lambda r: (r.get("write_lat_us") or {}).get("p99", 0.0))]
@@ -508,8 +514,7 @@ if rows:
             inplace, lograte = ceil["write-1m-qd8"]
             ld = med("write-1m-qd8", "logdisk", lambda r: r["mb_s"])
             qs = med("write-1m-qd8", "qsd", lambda r: r["mb_s"])
-            cl = med("write-1m-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
-            cq = med("write-1m-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cl, cq = cpu_pair("write-1m-qd8")
             lines.append(f"  write-1m-qd8: logdisk {ld:.0f} MB/s = {ratio(ld, lograte):.2f} x the disk's log rate "
                          f"({lograte:.0f} MB/s; target >= 0.90); qsd {qs:.0f} MB/s = {ratio(qs, inplace):.2f} x in-place "
                          f"({inplace:.0f} MB/s)")
@@ -523,8 +528,7 @@ if rows:
         floor = os.path.join(out, "crc-floor.txt")
         if os.path.exists(floor) and "read-1m-seq-qd8" in jobs:
             check = float(open(floor).read().split()[1]) / 2
-            cl = med("read-1m-seq-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
-            cq = med("read-1m-seq-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cl, cq = cpu_pair("read-1m-seq-qd8")
             lines.append(f"  read-1m-seq-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us; "
                          f"qsd's plus logdisk's read check (one crc32c pass over 1 MiB, {check:.0f} us) is {cq + check:.0f} us: "
                          f"logdisk = {ratio(cl, cq + check):.2f} x that")
@@ -534,8 +538,7 @@ if rows:
             per_read = float(open(read_cpu).read())
             dev = statistics.median(r["engine"].get("local_reads_total", 0.0) / max(r["engine"].get("reads_total", 0.0), 1.0)
                                     for r in scattered)
-            cl = med("read-1m-qd8", "logdisk", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
-            cq = med("read-1m-qd8", "qsd", lambda r: 1e6 * r["cpu_seconds"] / max(r["reads"] + r["writes"], 1))
+            cl, cq = cpu_pair("read-1m-qd8")
             lines.append(f"  read-1m-qd8: backend CPU per IO logdisk {cl:.0f} us = {ratio(cl, cq):.2f} x qsd's {cq:.0f} us; each "
                          f"read took {dev:.0f} device reads, and fio's own CPU for that many 4 KiB reads is "
                          f"{dev * per_read:.0f} us ({per_read:.2f} us each): logdisk = {ratio(cl, dev * per_read):.2f} x that floor")
