@@ -717,6 +717,7 @@ fn volume_target_through_the_ring(io_threads: u16) {
     }
     vm.reset_bufs();
     let ring_before = logdisk::frontend::inflight::ring_requests_started();
+    let fixed_before = logdisk_shm::fixed_submitted();
     // 2 queues x 40 writes queued before any kick: 4 KiB, 64 KiB and 192 KiB writes, some
     // from buffers that are not 512-byte aligned (the page-cache fd is used for those).
     let mut expect = vec![0u8; DISK_SIZE as usize];
@@ -783,6 +784,13 @@ fn volume_target_through_the_ring(io_threads: u16) {
     let on_ring = logdisk::frontend::inflight::ring_requests_started() - ring_before;
     // Every write, and reads except those spanning more than MAX_SEGS runs.
     assert!(on_ring >= 80 + 230, "only {on_ring} requests went through io_uring");
+    // Guest memory is registered with the rings (default `register_memory`): where the
+    // kernel has vectored fixed IO, the requests went as fixed IO into it (SQEs, merged
+    // across requests: at least one per batch of 32 reads above, 8 of them).
+    if logdisk_shm::Uring::new(8).is_ok_and(|r| r.can_register_memory()) {
+        let fixed = logdisk_shm::fixed_submitted() - fixed_before;
+        assert!(fixed >= 8, "only {fixed} SQEs went as fixed IO into registered guest memory");
+    }
     // Out of range through the ring path is IOERR, and the device keeps serving.
     let (st, _) = vm.write(1, DISK_SIZE / 512 - 4, &[1u8; 4096]);
     assert_eq!(st, IOERR);
@@ -828,4 +836,56 @@ fn memory_slots_add_and_remove_regions() {
     assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_IN, 16, hi), IOERR, "a chain into a removed region");
     assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_OUT, 24, hi), IOERR);
     assert_eq!(vm.read(0, 16, 4096).2, pattern(9, 4096), "the device keeps serving");
+}
+
+/// Guest memory registered with a volume's rings follows the memory table: IO through the
+/// ring into a region added later lands in it, a chain into a removed region is refused,
+/// and the region added again serves IO again, with the registered path used throughout
+/// where the kernel has it.
+#[test]
+fn registered_memory_follows_added_and_removed_regions() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dd =
+        logdisk::datadir::DataDir::open(&dir.path().join("dd"), None, logdisk::config::Config::default()).unwrap();
+    dd.create_volume("vm", DISK_SIZE, None, None).unwrap();
+    let vol = dd.open_volume("vm", false).unwrap();
+    let target = Arc::new(logdisk::frontend::volume_target::VolumeTarget::new(vol.clone(), false));
+    let socket = dir.path().join("vm.sock");
+    let opts = ServeOptions { num_queues: 1, queue_size: QSIZE, ..ServeOptions::default() };
+    let handle = spawn_device(&socket, target, &opts).unwrap();
+    let mut vm = Vm::connect_with(&socket, 1, true, true);
+    let second = vm.mem.iter().nth(1).map(|r| vhost::VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).unwrap();
+    let hi = (MEM_SIZE / 2) as u64 + 0x1000; // a buffer in the second region
+    let io_at = |vm: &mut Vm, t: u32, sector: u64, addr: u64| {
+        let r = vm.submit(0, t, sector, &[(addr, 4096, t == VIRTIO_BLK_T_IN)]);
+        vm.complete(&r).0
+    };
+    let ring0 = logdisk::frontend::inflight::ring_requests_started();
+    let fixed0 = logdisk_shm::fixed_submitted();
+    let data = pattern(3, 4096);
+    assert_eq!(vm.write(0, 8, &data).0, OK);
+    assert_eq!(vm.read(0, 8, 4096).2, data);
+    for (round, seed) in [(0, 11u8), (1, 29)] {
+        vm.fe.add_mem_region(&second).unwrap();
+        vm.mem.write_slice(&pattern(seed, 4096), GuestAddress(hi)).unwrap();
+        assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_OUT, 16, hi), OK, "round {round}: a write from the added region");
+        vm.mem.write_slice(&[0u8; 4096], GuestAddress(hi)).unwrap();
+        assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_IN, 16, hi), OK);
+        let mut got = vec![0u8; 4096];
+        vm.mem.read_slice(&mut got, GuestAddress(hi)).unwrap();
+        assert_eq!(got, pattern(seed, 4096), "round {round}: a read into the added region");
+        assert_eq!(vm.read(0, 8, 4096).2, data, "round {round}: and into the first");
+        vm.fe.remove_mem_region(&second).unwrap();
+        assert_eq!(io_at(&mut vm, VIRTIO_BLK_T_IN, 16, hi), IOERR, "round {round}: a chain into a removed region");
+        assert_eq!(vm.read(0, 16, 4096).2, pattern(seed, 4096), "round {round}: the device keeps serving");
+    }
+    assert!(logdisk::frontend::inflight::ring_requests_started() - ring0 >= 10, "the IO went through the ring");
+    if logdisk_shm::Uring::new(8).is_ok_and(|r| r.can_register_memory()) {
+        let fixed = logdisk_shm::fixed_submitted() - fixed0;
+        assert!(fixed >= 10, "only {fixed} SQEs went as fixed IO into registered guest memory");
+    }
+    drop(vm);
+    handle.shutdown().unwrap();
+    vol.close().unwrap();
 }

@@ -5,10 +5,11 @@
 //! into that mapped memory, after checking every descriptor against the guest's regions, so
 //! that block IO moves data between guest memory and files with no userspace copy and no
 //! heap allocation per request ([`iovec`]). It also holds a small io_uring wrapper, one ring
-//! per queue worker with an eventfd for completions ([`uring`]).
+//! per queue worker with an eventfd for completions, which can take guest memory as
+//! registered buffers ([`uring`]).
 
 pub mod iovec;
 pub mod uring;
 
 pub use iovec::{Desc, DescStream, GuestIoVecs, IoVecBuf, IoVecBuilder, ShmError};
-pub use uring::{Completion, Uring};
+pub use uring::{fixed_submitted, Completion, Uring};

@@ -6,6 +6,12 @@
 //! needs no lock. Buffers are raw iovecs into guest memory: the caller keeps them (and the
 //! guest memory mapping) alive until the matching completion is reaped, which is why the
 //! submission methods are `unsafe`.
+//!
+//! Guest memory can be registered with the ring as fixed buffers
+//! ([`Uring::register_memory`]): a read or write whose iovecs all lie in one registered
+//! buffer then goes as `READV_FIXED` / `WRITEV_FIXED` (Linux 6.15), and the kernel does not
+//! pin the guest's pages again for every request (`get_user_pages`: 13 % of the daemon's
+//! samples under 1 MiB writes, 2026-12-07). Anything else goes as a plain readv/writev.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -40,11 +46,29 @@ const CQ_PER_SQ: u32 = 8;
 /// The kernel's largest completion queue.
 const MAX_CQ: u32 = 65536;
 
+/// The kernel's largest registered buffer (`io_buffer_validate`: 1 GiB); larger guest
+/// memory regions are registered in pieces of this size.
+const MAX_FIXED_BUF: usize = 1 << 30;
+
+/// The kernel's most registered buffers (`IORING_MAX_REG_BUFFERS`).
+const MAX_FIXED_BUFS: usize = 1 << 14;
+
+static FIXED_SUBMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reads and writes this process submitted into registered memory (for tests and metrics).
+pub fn fixed_submitted() -> u64 {
+    FIXED_SUBMITTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// An io_uring with a registered completion eventfd.
 pub struct Uring {
     ring: IoUring,
     eventfd: EventFd,
     in_flight: usize,
+    /// The kernel has `READV_FIXED` / `WRITEV_FIXED`.
+    vectored_fixed: bool,
+    /// Registered buffers, by index: `(start, len)` host ranges.
+    fixed: Vec<(usize, usize)>,
 }
 
 impl Uring {
@@ -59,7 +83,75 @@ impl Uring {
             .build(entries)?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        Ok(Uring { ring, eventfd, in_flight: 0 })
+        let mut probe = io_uring::Probe::new();
+        let vectored_fixed = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::ReadvFixed::CODE)
+            && probe.is_supported(opcode::WritevFixed::CODE);
+        Ok(Uring { ring, eventfd, in_flight: 0, vectored_fixed, fixed: Vec::new() })
+    }
+
+    /// Whether this kernel can take IO into registered memory ([`Uring::register_memory`]).
+    pub fn can_register_memory(&self) -> bool {
+        self.vectored_fixed
+    }
+
+    /// The `(start, len)` host ranges registered now, in pieces of at most 1 GiB.
+    pub fn registered(&self) -> &[(usize, usize)] {
+        &self.fixed
+    }
+
+    /// Register `regions` (`(host address, length)`, e.g. guest memory mappings) as the
+    /// ring's fixed buffers, replacing any registered before; the kernel pins their pages
+    /// (faulting in those not yet touched) until [`Uring::unregister_memory`] or the ring's
+    /// end. IO in flight on buffers registered before keeps its own references to them
+    /// (only kernels with the vectored fixed operations register anything here, and
+    /// those count references per request). On an error nothing stays registered.
+    ///
+    /// # Safety
+    /// Each region must map the memory that IO through its addresses is meant for, for as
+    /// long as such IO is submitted (a fixed request reaches the pages pinned here, even
+    /// if something else is mapped at those addresses by then).
+    pub unsafe fn register_memory(&mut self, regions: &[(usize, usize)]) -> io::Result<()> {
+        self.unregister_memory();
+        if !self.vectored_fixed {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let mut pieces = Vec::new();
+        for &(start, len) in regions {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(MAX_FIXED_BUF);
+                pieces.push(libc::iovec { iov_base: (start + at) as *mut _, iov_len: n });
+                at += n;
+            }
+        }
+        if pieces.is_empty() || pieces.len() > MAX_FIXED_BUFS {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: the regions stay mapped while registered (the caller's contract).
+        unsafe { self.ring.submitter().register_buffers(&pieces)? };
+        self.fixed = pieces.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect();
+        Ok(())
+    }
+
+    /// Drop the registered buffers (IO in flight on them keeps its own references).
+    pub fn unregister_memory(&mut self) {
+        if !self.fixed.is_empty() {
+            self.fixed.clear();
+            let _ = self.ring.submitter().unregister_buffers();
+        }
+    }
+
+    /// The registered buffer holding every byte of `iovs`, if one does.
+    fn fixed_index(&self, iovs: &[libc::iovec]) -> Option<u16> {
+        let first = iovs.first()?.iov_base as usize;
+        let i = self.fixed.iter().position(|&(s, n)| first >= s && first - s < n)?;
+        let (s, n) = self.fixed[i];
+        let inside = |v: &libc::iovec| {
+            let a = v.iov_base as usize;
+            a >= s && a - s <= n && v.iov_len <= n - (a - s)
+        };
+        iovs.iter().all(inside).then_some(i as u16)
     }
 
     /// The fd to watch for completions (readable when some have arrived).
@@ -93,8 +185,14 @@ impl Uring {
     /// completion with `user_data` has been reaped.
     pub unsafe fn readv(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
         let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = opcode::Readv::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build().user_data(user_data);
-        self.push(e)
+        let e = match self.fixed_index(iovs) {
+            Some(b) => {
+                FIXED_SUBMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                opcode::ReadvFixed::new(types::Fd(fd), iovs.as_ptr(), len, b).offset(offset).build()
+            }
+            None => opcode::Readv::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build(),
+        };
+        self.push(e.user_data(user_data))
     }
 
     /// Queue a vectored write of `iovs` to `fd` at `offset`.
@@ -103,8 +201,14 @@ impl Uring {
     /// As for [`Uring::readv`].
     pub unsafe fn writev(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
         let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = opcode::Writev::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build().user_data(user_data);
-        self.push(e)
+        let e = match self.fixed_index(iovs) {
+            Some(b) => {
+                FIXED_SUBMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                opcode::WritevFixed::new(types::Fd(fd), iovs.as_ptr(), len, b).offset(offset).build()
+            }
+            None => opcode::Writev::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build(),
+        };
+        self.push(e.user_data(user_data))
     }
 
     /// Queue an `fdatasync` of `fd`.
@@ -162,7 +266,11 @@ impl Uring {
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uring").field("eventfd", &self.eventfd.as_raw_fd()).field("in_flight", &self.in_flight).finish()
+        f.debug_struct("Uring")
+            .field("eventfd", &self.eventfd.as_raw_fd())
+            .field("in_flight", &self.in_flight)
+            .field("fixed", &self.fixed.len())
+            .finish()
     }
 }
 
@@ -255,6 +363,84 @@ mod tests {
         reap_all(&mut ring, &mut done);
         assert!(done[0].io_result().is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn io_into_registered_memory_goes_fixed_and_round_trips() {
+        let Some(mut ring) = ring_or_skip() else {
+            return;
+        };
+        if !ring.can_register_memory() {
+            eprintln!("no READV_FIXED/WRITEV_FIXED in this kernel, skipping");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("logdisk-shm-uring-fixed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("data"))
+            .unwrap();
+        // Two "regions" of guest memory, registered as two buffers.
+        let mut a = vec![0u8; 64 << 10];
+        let mut b = vec![0u8; 64 << 10];
+        let (pa, pb) = (a.as_mut_ptr() as usize, b.as_mut_ptr() as usize);
+        // SAFETY: `a` and `b` outlive the registration (unregistered below) and every IO.
+        unsafe { ring.register_memory(&[(pa, a.len()), (pb, b.len())]).unwrap() };
+        assert_eq!(ring.registered(), &[(pa, a.len()), (pb, b.len())]);
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        let fixed0 = fixed_submitted();
+        // Inside the first buffer: fixed. Across both: plain. Both land.
+        let inside = [
+            libc::iovec { iov_base: pa as *mut _, iov_len: 4096 },
+            libc::iovec { iov_base: (pa + 8192) as *mut _, iov_len: 4096 },
+        ];
+        let across = [
+            libc::iovec { iov_base: (pa + 16384) as *mut _, iov_len: 4096 },
+            libc::iovec { iov_base: pb as *mut _, iov_len: 4096 },
+        ];
+        // SAFETY: the iovecs point into `a` and `b`, alive until the completions are reaped.
+        unsafe {
+            ring.writev(file.as_raw_fd(), &inside, 0, 1).unwrap();
+            ring.writev(file.as_raw_fd(), &across, 8192, 2).unwrap();
+        }
+        assert_eq!(fixed_submitted() - fixed0, 1, "only the write inside one buffer goes fixed");
+        ring.submit_and_wait(2).unwrap();
+        let mut done = Vec::new();
+        reap_all(&mut ring, &mut done);
+        assert!(done.iter().all(|c| c.result == 8192), "{done:?}");
+        let mut on_disk = vec![0u8; 16384];
+        file.read_exact_at(&mut on_disk, 0).unwrap();
+        assert_eq!(&on_disk[..4096], &a[..4096]);
+        assert_eq!(&on_disk[4096..8192], &a[8192..12288]);
+        assert_eq!(&on_disk[8192..12288], &a[16384..20480]);
+        assert!(on_disk[12288..].iter().all(|&x| x == 0));
+        // A fixed read lands in the buffer too.
+        let into = [libc::iovec { iov_base: (pb + 4096) as *mut _, iov_len: 8192 }];
+        // SAFETY: as above.
+        unsafe { ring.readv(file.as_raw_fd(), &into, 0, 3).unwrap() };
+        assert_eq!(fixed_submitted() - fixed0, 2);
+        ring.submit_and_wait(1).unwrap();
+        let mut done = Vec::new();
+        reap_all(&mut ring, &mut done);
+        assert_eq!(done[0].result, 8192);
+        assert_eq!(&b[4096..8192], &a[..4096]);
+        assert_eq!(&b[8192..12288], &a[8192..12288]);
+        // Unregistered: plain again.
+        ring.unregister_memory();
+        assert!(ring.registered().is_empty());
+        // SAFETY: as above.
+        unsafe { ring.writev(file.as_raw_fd(), &inside, 0, 4).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        reap_all(&mut ring, &mut Vec::new());
+        assert_eq!(fixed_submitted() - fixed0, 2);
+        drop(a);
+        drop(b);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct DeviceLimits {
     pub queue_size: u16,
     /// Worker threads the queues are dealt to (1..=num_queues; contiguous groups).
     pub io_threads: u16,
+    /// Register guest memory with each queue's io_uring as fixed buffers: the kernel pins
+    /// it once (all of it, faulting in pages the guest never touched) instead of pinning
+    /// each request's pages (`src/frontend/inflight.rs`).
+    pub register_memory: bool,
 }
 
 impl DeviceLimits {
@@ -69,6 +73,7 @@ impl DeviceLimits {
             num_queues,
             queue_size,
             io_threads: num_queues,
+            register_memory: true,
         }
     }
 
@@ -76,6 +81,12 @@ impl DeviceLimits {
     /// 1..=num_queues).
     pub fn with_io_threads(mut self, threads: u16) -> Self {
         self.io_threads = threads.clamp(1, self.num_queues.max(1));
+        self
+    }
+
+    /// The same limits, registering guest memory with the rings or not.
+    pub fn with_register_memory(mut self, register: bool) -> Self {
+        self.register_memory = register;
         self
     }
 

@@ -80,6 +80,8 @@ pub struct BlkDevice {
     limits: DeviceLimits,
     serial: [u8; ID_BYTES],
     mem: RwLock<GuestMem>,
+    /// Memory tables received: a queue's ring registers the memory again when it changes.
+    mem_gen: AtomicU64,
     event_idx: AtomicBool,
     writeback: AtomicBool,
     acked_features: AtomicU64,
@@ -101,7 +103,7 @@ impl BlkDevice {
         let serial = serial_bytes(&target.serial());
         let workers = (0..limits.num_queues)
             .map(|_| {
-                let inflight = match Inflight::new(limits.queue_size, limits.iovec_capacity()) {
+                let inflight = match Inflight::new(limits.queue_size, limits.iovec_capacity(), limits.register_memory) {
                     Ok(i) => Some(i),
                     Err(e) => {
                         tracing::warn!("io_uring unavailable, requests run one at a time: {e}");
@@ -129,6 +131,7 @@ impl BlkDevice {
             limits,
             serial,
             mem: RwLock::new(mem),
+            mem_gen: AtomicU64::new(0),
             event_idx: AtomicBool::new(false),
             writeback: AtomicBool::new(true),
             acked_features: AtomicU64::new(0),
@@ -207,6 +210,12 @@ impl BlkDevice {
         }
         let atomic = self.mem.read().clone();
         let mem = atomic.memory();
+        // Loaded after the mapping: the table `mem` is at most one newer than `gen`
+        // (`Inflight::follow_memory`).
+        let gen = self.mem_gen.load(Ordering::Acquire);
+        if let Some(inf) = ws.inflight.as_mut() {
+            inf.follow_memory(&mem, gen);
+        }
         let writeback = self.writeback.load(Ordering::Relaxed);
         let mut pending = 0u32;
         // Requests a previous back-end left in flight go first, oldest first.
@@ -516,7 +525,9 @@ impl VhostUserBackend for BlkDevice {
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
         // Crash tests: the daemon dies while the hypervisor is sending its memory table.
         crate::fault::point("vhost-mem-table");
-        *self.mem.write() = mem;
+        let mut m = self.mem.write();
+        *m = mem;
+        self.mem_gen.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

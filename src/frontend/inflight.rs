@@ -16,7 +16,10 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use logdisk_shm::{Completion, GuestIoVecs, Uring};
 
@@ -104,6 +107,12 @@ pub struct Inflight {
     /// Submissions the ring refused: reported as failed completions by `complete`.
     refused: Vec<u64>,
     warnings: u64,
+    /// Register guest memory with the ring (see [`Inflight::follow_memory`]).
+    register_memory: bool,
+    /// The memory table (`BlkDevice`'s count of them) whose regions the ring registered.
+    mem_gen: Option<u64>,
+    /// Its regions `(host address, length)`.
+    regions: Vec<(usize, usize)>,
 }
 
 // SAFETY: the raw iovec pointers in the slots point into guest memory kept mapped by the
@@ -111,8 +120,9 @@ pub struct Inflight {
 unsafe impl Send for Inflight {}
 
 impl Inflight {
-    /// A table for `slots` requests, each with up to `iov_cap` guest buffers.
-    pub fn new(slots: u16, iov_cap: usize) -> io::Result<Inflight> {
+    /// A table for `slots` requests, each with up to `iov_cap` guest buffers; with
+    /// `register_memory`, guest memory is registered with the ring as it is first seen.
+    pub fn new(slots: u16, iov_cap: usize, register_memory: bool) -> io::Result<Inflight> {
         let uring = Uring::new(u32::from(slots).max(8) * 2)?;
         let slots: Vec<Slot> = (0..slots)
             .map(|_| Slot {
@@ -148,7 +158,63 @@ impl Inflight {
             free_groups: (0..n as u32).rev().collect(),
             refused: Vec::with_capacity(n * 4),
             warnings: 0,
+            register_memory,
+            mem_gen: None,
+            regions: Vec::new(),
         })
+    }
+
+    /// Keep the ring's registered buffers on guest memory. `gen` counts the memory tables
+    /// the device was given, read after loading `mem`. The mapping is registered the first
+    /// time requests are served after the count changed, so requests into it skip the
+    /// per-IO page pinning. Registering pins the whole of guest memory, faulting in pages
+    /// the guest never touched (`serve --no-register-memory` turns it off). Old buffers
+    /// are dropped here too: IO in flight on them holds its own references in the kernel.
+    ///
+    /// Why a request never reaches stale pages: an SQE goes as fixed only when all its
+    /// iovecs lie in a registered range (`Uring`). The vhost-user handler swaps in a new
+    /// table and then counts it, one message at a time, so while the count is unchanged
+    /// the mapping served is the registered one or the one after it. That one was mapped
+    /// (set, add) while the registered one still was, so at other addresses, or only
+    /// dropped a region (remove), mapping nothing new where it was.
+    pub fn follow_memory(&mut self, mem: &Mem, gen: u64) {
+        if !self.register_memory || self.mem_gen == Some(gen) {
+            return;
+        }
+        self.mem_gen = Some(gen);
+        self.regions.clear();
+        for r in mem.iter() {
+            match host_start(r) {
+                Some(a) => self.regions.push((a, r.len() as usize)),
+                None => {
+                    self.regions.clear();
+                    break;
+                }
+            }
+        }
+        if self.regions.is_empty() {
+            self.uring.unregister_memory();
+            return;
+        }
+        let t = std::time::Instant::now();
+        // SAFETY: the regions are the current mapping of guest memory, which requests of
+        // this table point into; a later table's requests either point elsewhere (see
+        // above) or find it registered again here first.
+        match unsafe { self.uring.register_memory(&self.regions) } {
+            Ok(()) => {
+                let mib = self.regions.iter().map(|r| r.1).sum::<usize>() >> 20;
+                tracing::debug!(
+                    mib,
+                    ms = t.elapsed().as_millis() as u64,
+                    "guest memory registered with the queue's io_uring"
+                );
+            }
+            Err(e) => {
+                if self.uring.can_register_memory() {
+                    self.warn(format_args!("guest memory not registered with io_uring ({e}): every IO pins its pages"));
+                }
+            }
+        }
     }
 
     pub fn eventfd(&self) -> RawFd {
@@ -458,6 +524,11 @@ impl Inflight {
             self.complete(target, writeback, &mut done);
         }
     }
+}
+
+/// Where region `r` is mapped in this process, if it is.
+fn host_start(r: &impl GuestMemoryRegion) -> Option<usize> {
+    r.get_host_address(MemoryRegionAddress(0)).ok().map(|p| p as usize)
 }
 
 /// Read a slot's whole request again with `read_vectored` (the rare path after a failed

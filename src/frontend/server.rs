@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub socket_mode: u32,
     /// Group (gid) of the socket file, to share it with a hypervisor user.
     pub socket_group: Option<u32>,
+    /// Register guest memory with the queues' io_uring rings (see `DeviceLimits`).
+    pub register_memory: bool,
 }
 
 /// The default worker threads of a device: one per queue, up to half the host's cores
@@ -66,6 +68,7 @@ impl Default for ServeOptions {
             queue_size: 256,
             socket_mode: 0o600,
             socket_group: None,
+            register_memory: true,
         }
     }
 }
@@ -288,7 +291,8 @@ impl Server {
             self.opts.num_queues,
             self.opts.queue_size,
         )
-        .with_io_threads(self.opts.io_threads());
+        .with_io_threads(self.opts.io_threads())
+        .with_register_memory(self.opts.register_memory);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let device = Arc::new(BlkDevice::new(self.target.clone(), limits, mem.clone()));
         let result = self.run_daemon(device.clone(), mem);

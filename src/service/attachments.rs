@@ -30,6 +30,8 @@ pub struct Defaults {
     pub queue_size: u16,
     /// Worker threads per device (0: one per queue).
     pub io_threads: u16,
+    /// Register guest memory with the queues' io_uring rings.
+    pub register_memory: bool,
 }
 
 /// An attach request as the operator gave it (unset fields take the defaults).
@@ -141,6 +143,7 @@ impl Attachments {
             queue_size: spec.queue_size,
             socket_mode: self.defaults.socket_mode,
             socket_group: self.defaults.socket_group,
+            register_memory: self.defaults.register_memory,
         }
     }
 
