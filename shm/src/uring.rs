@@ -184,15 +184,8 @@ impl Uring {
     /// `iovs` and the memory it points to must stay valid and untouched by others until the
     /// completion with `user_data` has been reaped.
     pub unsafe fn readv(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
-        let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = match self.fixed_index(iovs) {
-            Some(b) => {
-                FIXED_SUBMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                opcode::ReadvFixed::new(types::Fd(fd), iovs.as_ptr(), len, b).offset(offset).build()
-            }
-            None => opcode::Readv::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build(),
-        };
-        self.push(e.user_data(user_data))
+        // SAFETY: forwarded contract.
+        unsafe { self.vectored(false, fd, iovs, offset, user_data) }
     }
 
     /// Queue a vectored write of `iovs` to `fd` at `offset`.
@@ -200,13 +193,33 @@ impl Uring {
     /// # Safety
     /// As for [`Uring::readv`].
     pub unsafe fn writev(&mut self, fd: RawFd, iovs: &[libc::iovec], offset: u64, user_data: u64) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.vectored(true, fd, iovs, offset, user_data) }
+    }
+
+    /// A read or write of `iovs`: fixed when they all lie in one registered buffer.
+    ///
+    /// # Safety
+    /// As for [`Uring::readv`].
+    unsafe fn vectored(
+        &mut self,
+        write: bool,
+        fd: RawFd,
+        iovs: &[libc::iovec],
+        offset: u64,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let (fd, v) = (types::Fd(fd), iovs.as_ptr());
         let len = u32::try_from(iovs.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let e = match self.fixed_index(iovs) {
-            Some(b) => {
-                FIXED_SUBMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                opcode::WritevFixed::new(types::Fd(fd), iovs.as_ptr(), len, b).offset(offset).build()
-            }
-            None => opcode::Writev::new(types::Fd(fd), iovs.as_ptr(), len).offset(offset).build(),
+        let fixed = self.fixed_index(iovs);
+        if fixed.is_some() {
+            FIXED_SUBMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let e = match (write, fixed) {
+            (false, Some(b)) => opcode::ReadvFixed::new(fd, v, len, b).offset(offset).build(),
+            (false, None) => opcode::Readv::new(fd, v, len).offset(offset).build(),
+            (true, Some(b)) => opcode::WritevFixed::new(fd, v, len, b).offset(offset).build(),
+            (true, None) => opcode::Writev::new(fd, v, len).offset(offset).build(),
         };
         self.push(e.user_data(user_data))
     }
