@@ -705,7 +705,9 @@ fn volume_target_through_the_ring(io_threads: u16) {
     let vol = dd.open_volume("vt", false).unwrap();
     let target = Arc::new(logdisk::frontend::volume_target::VolumeTarget::new(vol.clone(), false));
     let socket = dir.path().join("vt.sock");
-    let opts = ServeOptions { num_queues: 2, io_threads, queue_size: QSIZE, ..ServeOptions::default() };
+    // Guest memory registered with the rings (`serve --register-memory`).
+    let opts =
+        ServeOptions { num_queues: 2, io_threads, queue_size: QSIZE, register_memory: true, ..ServeOptions::default() };
     let handle = spawn_device(&socket, target, &opts).unwrap();
     let mut vm = Vm::connect(&socket, 2, true);
 
@@ -784,8 +786,8 @@ fn volume_target_through_the_ring(io_threads: u16) {
     let on_ring = logdisk::frontend::inflight::ring_requests_started() - ring_before;
     // Every write, and reads except those spanning more than MAX_SEGS runs.
     assert!(on_ring >= 80 + 230, "only {on_ring} requests went through io_uring");
-    // Guest memory is registered with the rings (default `register_memory`): where the
-    // kernel has vectored fixed IO, the requests went as fixed IO into it (SQEs, merged
+    // Guest memory is registered with the rings (`register_memory`): where the kernel has
+    // vectored fixed IO, the requests went as fixed IO into it (SQEs, merged
     // across requests: at least one per batch of 32 reads above, 8 of them).
     if logdisk_shm::Uring::new(8).is_ok_and(|r| r.can_register_memory()) {
         let fixed = logdisk_shm::fixed_submitted() - fixed_before;
@@ -852,7 +854,7 @@ fn registered_memory_follows_added_and_removed_regions() {
     let vol = dd.open_volume("vm", false).unwrap();
     let target = Arc::new(logdisk::frontend::volume_target::VolumeTarget::new(vol.clone(), false));
     let socket = dir.path().join("vm.sock");
-    let opts = ServeOptions { num_queues: 1, queue_size: QSIZE, ..ServeOptions::default() };
+    let opts = ServeOptions { num_queues: 1, queue_size: QSIZE, register_memory: true, ..ServeOptions::default() };
     let handle = spawn_device(&socket, target, &opts).unwrap();
     let mut vm = Vm::connect_with(&socket, 1, true, true);
     let second = vm.mem.iter().nth(1).map(|r| vhost::VhostUserMemoryRegionInfo::from_guest_region(r).unwrap()).unwrap();

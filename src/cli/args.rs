@@ -162,11 +162,12 @@ pub struct ServeArgs {
     /// Worker threads per device, the queues dealt among them (0: one per queue, at most half the cores)
     #[arg(long, default_value_t = 0)]
     pub io_threads: u16,
-    /// Do not register guest memory with io_uring. By default each queue's ring registers
-    /// all of a guest's memory once (the kernel pins it, faulting in pages the guest never
-    /// touched), so requests skip pinning their pages one by one
+    /// Register each guest's memory with the queues' io_uring rings, so requests skip
+    /// pinning their pages one by one (less CPU per large IO). The kernel then pins all of
+    /// guest memory while it is served, and the first request waits while pages the guest
+    /// never touched are faulted in (seconds per GiB)
     #[arg(long)]
-    pub no_register_memory: bool,
+    pub register_memory: bool,
     /// Socket file mode (octal)
     #[arg(long, default_value = "0600")]
     pub socket_mode: String,

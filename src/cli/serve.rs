@@ -68,7 +68,7 @@ fn defaults(args: &ServeArgs) -> Result<Defaults> {
         num_queues,
         queue_size: args.queue_size,
         io_threads: args.io_threads,
-        register_memory: !args.no_register_memory,
+        register_memory: args.register_memory,
     })
 }
 

@@ -168,7 +168,8 @@ impl Inflight {
     /// the device was given, read after loading `mem`. The mapping is registered the first
     /// time requests are served after the count changed, so requests into it skip the
     /// per-IO page pinning. Registering pins the whole of guest memory, faulting in pages
-    /// the guest never touched (`serve --no-register-memory` turns it off). Old buffers
+    /// the guest never touched, on this worker (so only with `serve --register-memory`;
+    /// see `DeviceLimits::register_memory`). Old buffers
     /// are dropped here too: IO in flight on them holds its own references in the kernel.
     ///
     /// Why a request never reaches stale pages: an SQE goes as fixed only when all its

@@ -46,7 +46,8 @@ pub struct ServeOptions {
     pub socket_mode: u32,
     /// Group (gid) of the socket file, to share it with a hypervisor user.
     pub socket_group: Option<u32>,
-    /// Register guest memory with the queues' io_uring rings (see `DeviceLimits`).
+    /// Register guest memory with the queues' io_uring rings (see `DeviceLimits`; off by
+    /// default).
     pub register_memory: bool,
 }
 
@@ -68,7 +69,7 @@ impl Default for ServeOptions {
             queue_size: 256,
             socket_mode: 0o600,
             socket_group: None,
-            register_memory: true,
+            register_memory: false,
         }
     }
 }
