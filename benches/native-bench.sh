@@ -51,6 +51,8 @@
 #   --keep              keep the temp dir
 #   --logdisk-config F  logdisk's TOML config for the comparison (e.g. [scrub] max_space_amp = 0
 #                       to see random overwrites without the space bound's scrub)
+#   --serve-arg ARG     one more argument to logdisk serve for the comparison (repeatable;
+#                       e.g. --serve-arg --register-memory)
 #   --no-build          use the binaries already built
 # Environment: CARGO_TARGET_DIR is honoured; LOGDISK_BIN / LOGDISK_LOADGEN override the binaries.
 #
@@ -70,6 +72,7 @@ source "$HERE/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; }
 
 LD_CONFIG="" RUNS=3 TIME=10 RAMP=1 REGION=1G QUEUES=2 JOBS="" RESTART_SIZE=4G DO_BENCH=1 DO_RESTART=1 SETTLE=120 DO_CEILING=1
+LD_SERVE_ARGS=()
 # Seconds after a read-back before the idle RSS figure (the daemon trims its heap every 3 s).
 IDLE_RSS_WAIT=5
 DIR="" OUT="" KEEP=0 BUILD=1
@@ -90,6 +93,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --logdisk-config) LD_CONFIG=$(realpath "$2"); shift 2 ;;
+        --serve-arg) LD_SERVE_ARGS+=("$2"); shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -281,7 +285,7 @@ if [[ $DO_BENCH -eq 1 ]]; then
     DD="$TMP/logdisk-data" RAW="$TMP/disk.raw"
     LSOCK="$TMP/logdisk.sock" QSOCK="$TMP/qsd.sock"
     "$BIN" --data-dir "$DD" volume create vm --size "$REGION" >/dev/null || die "volume create failed"
-    SERVE_EXTRA=(--metrics 127.0.0.1:0)
+    SERVE_EXTRA=(--metrics 127.0.0.1:0 "${LD_SERVE_ARGS[@]}")
     start_logdisk "$DD" "$LSOCK" "$OUT/logdisk.log" ${LD_CONFIG:+--config "$LD_CONFIG"}
     SERVE_EXTRA=()
     LPID=$LD_PID
