@@ -169,8 +169,8 @@ impl Inflight {
     /// time requests are served after the count changed, so requests into it skip the
     /// per-IO page pinning. Registering pins the whole of guest memory, faulting in pages
     /// the guest never touched, on this worker (so only with `serve --register-memory`;
-    /// see `DeviceLimits::register_memory`). Old buffers
-    /// are dropped here too: IO in flight on them holds its own references in the kernel.
+    /// see `DeviceLimits::register_memory`). Old buffers are dropped here too: IO in
+    /// flight on them holds its own references in the kernel.
     ///
     /// Why a request never reaches stale pages: an SQE goes as fixed only when all its
     /// iovecs lie in a registered range (`Uring`). The vhost-user handler swaps in a new
@@ -204,7 +204,7 @@ impl Inflight {
         match unsafe { self.uring.register_memory(&self.regions) } {
             Ok(()) => {
                 let mib = self.regions.iter().map(|r| r.1).sum::<usize>() >> 20;
-                tracing::debug!(
+                tracing::info!(
                     mib,
                     ms = t.elapsed().as_millis() as u64,
                     "guest memory registered with the queue's io_uring"
