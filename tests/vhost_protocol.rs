@@ -694,7 +694,12 @@ fn volume_target_through_the_ring_with_both_queues_on_one_thread() {
     volume_target_through_the_ring(1);
 }
 
+/// The ring tests count process-wide submissions (`ring_requests_started`,
+/// `fixed_submitted`): they run one at a time, so each test's counts are its own.
+static RING_COUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn volume_target_through_the_ring(io_threads: u16) {
+    let _counts = RING_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = logdisk::config::Config::default();
@@ -846,6 +851,7 @@ fn memory_slots_add_and_remove_regions() {
 /// where the kernel has it.
 #[test]
 fn registered_memory_follows_added_and_removed_regions() {
+    let _counts = RING_COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut dd =

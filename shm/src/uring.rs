@@ -128,7 +128,8 @@ impl Uring {
         if pieces.is_empty() || pieces.len() > MAX_FIXED_BUFS {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: the regions stay mapped while registered (the caller's contract).
+        // SAFETY: each region maps the memory IO through it is meant for, as long as
+        // such IO is submitted (the caller's contract); the kernel pins the pages.
         unsafe { self.ring.submitter().register_buffers(&pieces)? };
         self.fixed = pieces.iter().map(|v| (v.iov_base as usize, v.iov_len)).collect();
         Ok(())

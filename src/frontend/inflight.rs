@@ -111,8 +111,6 @@ pub struct Inflight {
     register_memory: bool,
     /// The memory table (`BlkDevice`'s count of them) whose regions the ring registered.
     mem_gen: Option<u64>,
-    /// Its regions `(host address, length)`.
-    regions: Vec<(usize, usize)>,
 }
 
 // SAFETY: the raw iovec pointers in the slots point into guest memory kept mapped by the
@@ -160,7 +158,6 @@ impl Inflight {
             warnings: 0,
             register_memory,
             mem_gen: None,
-            regions: Vec::new(),
         })
     }
 
@@ -183,27 +180,20 @@ impl Inflight {
             return;
         }
         self.mem_gen = Some(gen);
-        self.regions.clear();
-        for r in mem.iter() {
-            match host_start(r) {
-                Some(a) => self.regions.push((a, r.len() as usize)),
-                None => {
-                    self.regions.clear();
-                    break;
-                }
-            }
-        }
-        if self.regions.is_empty() {
+        // `(host address, length)` of each region; none if one is not mapped here.
+        let regions: Option<Vec<(usize, usize)>> =
+            mem.iter().map(|r| host_start(r).map(|a| (a, r.len() as usize))).collect();
+        let Some(regions) = regions.filter(|r| !r.is_empty()) else {
             self.uring.unregister_memory();
             return;
-        }
+        };
         let t = std::time::Instant::now();
         // SAFETY: the regions are the current mapping of guest memory, which requests of
         // this table point into; a later table's requests either point elsewhere (see
         // above) or find it registered again here first.
-        match unsafe { self.uring.register_memory(&self.regions) } {
+        match unsafe { self.uring.register_memory(&regions) } {
             Ok(()) => {
-                let mib = self.regions.iter().map(|r| r.1).sum::<usize>() >> 20;
+                let mib = regions.iter().map(|r| r.1).sum::<usize>() >> 20;
                 tracing::info!(
                     mib,
                     ms = t.elapsed().as_millis() as u64,
