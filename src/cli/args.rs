@@ -165,7 +165,8 @@ pub struct ServeArgs {
     /// Register each guest's memory with the queues' io_uring rings, so requests skip
     /// pinning their pages one by one (less CPU per large IO). The kernel then pins all of
     /// guest memory while it is served, and the first request waits while pages the guest
-    /// never touched are faulted in (seconds per GiB)
+    /// never touched are faulted in (seconds per GiB). Not for guests whose memory is
+    /// discarded while they run (balloon, free page reporting, virtio-mem)
     #[arg(long)]
     pub register_memory: bool,
     /// Socket file mode (octal)

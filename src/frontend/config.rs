@@ -52,6 +52,8 @@ pub struct DeviceLimits {
     /// each request's pages (`src/frontend/inflight.rs`). Off by default: registering
     /// happens on the queue's worker at its first request, and an untouched 1 GiB memfd
     /// took 3.3 s to register here (2 GiB: 4.4 s), a stall no guest should see at boot.
+    /// Pinned pages also outlive a discard of guest memory (balloon, free page reporting,
+    /// virtio-mem): IO would reach the old page, not the one the guest faults in next.
     pub register_memory: bool,
 }
 
