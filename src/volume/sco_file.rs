@@ -169,8 +169,9 @@ impl ScoFile {
     /// the file by writes.
     ///
     /// Past the end it also reserves [`EXTENT_ANCHORS`] single blocks, apart from each
-    /// other (`FALLOC_FL_KEEP_SIZE`: the size stays `len`, nothing reads them, and the
-    /// truncate of a seal or a delete frees them). They keep the file's extent tree one
+    /// other (`FALLOC_FL_KEEP_SIZE`: the size stays `len` and nothing reads them; a cut
+    /// frees them, else those past the sealed tail go when the file is deleted or
+    /// recycled: at most 16 KiB per SCO). They keep the file's extent tree one
     /// level deep for as long as the file is written into. Without them, on ext4, writes
     /// completing out of order split the preallocated extent into more pieces than the
     /// inode holds, the file system allocated an extent block, merged the pieces back as
