@@ -198,11 +198,12 @@ impl Uring {
         unsafe { self.vectored(true, fd, iovs, offset, user_data) }
     }
 
-    /// A read or write of `iovs`: fixed when they all lie in one registered buffer.
+    /// Queue a vectored write (`write`) or read of `iovs`: fixed when they all lie in one
+    /// registered buffer.
     ///
     /// # Safety
     /// As for [`Uring::readv`].
-    unsafe fn vectored(
+    pub unsafe fn vectored(
         &mut self,
         write: bool,
         fd: RawFd,

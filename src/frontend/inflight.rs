@@ -350,7 +350,7 @@ impl Inflight {
                         // reallocated) and point into guest memory kept mapped by the
                         // slot's memory guard until the completion is reaped.
                         let r = unsafe {
-                            self.push_one(s.write, s.fd, std::slice::from_raw_parts(ptr, n), s.offset, user_data)
+                            self.uring.vectored(s.write, s.fd, std::slice::from_raw_parts(ptr, n), s.offset, user_data)
                         };
                         if let Err(e) = r {
                             self.refuse(user_data, e);
@@ -384,27 +384,10 @@ impl Inflight {
         // group is not reused before), and point into guest memory kept mapped by each
         // member slot's memory guard.
         let r = unsafe {
-            self.push_one(first.write, first.fd, std::slice::from_raw_parts(ptr, n), first.offset, user_data)
+            self.uring.vectored(first.write, first.fd, std::slice::from_raw_parts(ptr, n), first.offset, user_data)
         };
         if let Err(e) = r {
             self.refuse(user_data, e);
-        }
-    }
-
-    /// # Safety
-    /// As for [`Uring::writev`].
-    unsafe fn push_one(
-        &mut self,
-        write: bool,
-        fd: RawFd,
-        v: &[libc::iovec],
-        offset: u64,
-        user_data: u64,
-    ) -> io::Result<()> {
-        if write {
-            self.uring.writev(fd, v, offset, user_data)
-        } else {
-            self.uring.readv(fd, v, offset, user_data)
         }
     }
 
