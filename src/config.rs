@@ -175,8 +175,8 @@ pub struct ScrubConfig {
     pub check_interval_ms: u64,
     /// Live data a scrub copies per second while guests do IO and space is not short
     /// (0 = no limit). Once garbage is due for scrub, the pace follows the guest's write
-    /// rate (at least a sixteenth of this), and near the bound or when idle, or when writes wait for
-    /// scrub, it copies at full speed.
+    /// rate (at least a sixteenth of this), and near the bound or when idle, or when
+    /// writes wait for scrub, it copies at full speed.
     pub rate: ByteSize,
     /// Each volume's space budget as a multiple of its size (0 = none): near it scrub
     /// runs harder, at it writes wait for scrub, and when live data alone fills it
