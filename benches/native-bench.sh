@@ -137,6 +137,16 @@ for line in text.splitlines():
         out[name] = out.get(name, 0.0) + float(value)
 print(json.dumps(out))' "$METRICS_URL"
 }
+# disk_stat: the block device counters (/sys/dev/block/M:m/stat) of the disk under $TMP,
+# or nothing (no block device behind it: tmpfs, overlay, btrfs subvolumes).
+DISK_STAT=""
+if dev=$(stat -c '%d' "$TMP" 2>/dev/null); then
+    DISK_STAT="/sys/dev/block/$(((dev >> 8) & 0xfff)):$(((dev & 0xff) | ((dev >> 12) & 0xfff00)))/stat"
+    [[ -r $DISK_STAT ]] || DISK_STAT=""
+fi
+disk_stat() {
+    [[ -n $DISK_STAT ]] && cat "$DISK_STAT" 2>/dev/null || true
+}
 : >"$RESULTS"
 
 PIDS=()
@@ -228,7 +238,7 @@ fi
 
 # run_job BACKEND PID SOCKET JOB RUN: one generator run, CPU measured; appends to $RESULTS
 run_job() {
-    local be=$1 pid=$2 sock=$3 job=$4 run=$5 c0 c1 c2 js settle_s
+    local be=$1 pid=$2 sock=$3 job=$4 run=$5 c0 c1 c2 js settle_s d0 d1
     local -a args
     read -r -a args <<<"$(job_args "$job")"
     if [[ $job == read-1m-seq-qd8 ]]; then
@@ -239,6 +249,7 @@ run_job() {
     settle "$pid" >/dev/null
     local m0="{}" m1="{}"
     [[ $be == logdisk ]] && m0=$(counters)
+    d0=$(disk_stat)
     c0=$(cpu_ticks "$pid")
     js=$("$LOADGEN" --socket "$sock" --queues "$QUEUES" --time "$TIME" --ramp "$RAMP" --json --quiet \
         --label "$be/$job/$run" "${args[@]}") || die "$be $job run $run: the generator failed (see above)"
@@ -246,6 +257,7 @@ run_job() {
     settle_s=$(settle "$pid")
     c2=$(cpu_ticks "$pid")
     [[ $be == logdisk ]] && m1=$(counters)
+    d1=$(disk_stat)
     kill -0 "$pid" 2>/dev/null || die "$be died during $job"
     python3 -c '
 import json, sys
@@ -258,7 +270,14 @@ r.update(backend=sys.argv[2], job=sys.argv[3], run=int(sys.argv[4]),
 m0, m1 = json.loads(sys.argv[10]), json.loads(sys.argv[11])
 if m1:
     r["engine"] = {k: m1[k] - m0.get(k, 0.0) for k in m1 if k.endswith("_total")}
-print(json.dumps(r))' "$js" "$be" "$job" "$run" "$c0" "$CLK_TCK" "$c1" "$c2" "$settle_s" "$m0" "$m1" >>"$RESULTS"
+d0, d1 = sys.argv[12].split(), sys.argv[13].split()
+if len(d0) >= 17 and len(d1) >= 17:
+    # Whole-device counters over the job (ramp included) and its settle: reads, writes,
+    # discards and flushes completed; sectors of 512 bytes.
+    d = [int(b) - int(a) for a, b in zip(d0, d1)]
+    r["disk"] = dict(rd_ios=d[0], rd_bytes=512 * d[2], wr_ios=d[4], wr_bytes=512 * d[6],
+                     discards=d[11], flushes=d[15])
+print(json.dumps(r))' "$js" "$be" "$job" "$run" "$c0" "$CLK_TCK" "$c1" "$c2" "$settle_s" "$m0" "$m1" "$d0" "$d1" >>"$RESULTS"
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1].splitlines()[-1])
@@ -428,9 +447,10 @@ print(json.dumps(out, indent=1))' "$RESTART_SIZE" "$RSS_IDLE" "$W_MBS" "$W_S" "$
 fi
 
 # ------------------------------------------------------------------ report
-python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" "$CEILING_REPORT" "$HERE" <<'PY'
+python3 - "$RESULTS" "$RESTART_JSON" "$OUT" "$REGION" "$QUEUES" "$TIME" "$RUNS" "$CEILING_REPORT" "$HERE" "$RAMP" <<'PY'
 import json, os, re, statistics, sys
-results_path, restart_path, out, region, queues, secs, runs, ceiling_path, here = sys.argv[1:10]
+results_path, restart_path, out, region, queues, secs, runs, ceiling_path, here, ramp = sys.argv[1:11]
+ramp = float(ramp)
 sys.path.insert(0, here)
 import ceiling_table
 rows = [json.loads(l) for l in open(results_path) if l.strip()]
@@ -478,12 +498,13 @@ if rows:
         lines.append("Where logdisk's time went (engine counters over the job and its settle, median of the runs;")
         lines.append("per 1000 guest IOs, or per guest byte written): flushes (the guest's and scrub's own), those")
         lines.append("that took one device flush,")
-        lines.append("writes that waited for scrub or were paced, scrub bytes read and copied and objects put")
+        lines.append("writes that waited for scrub (and for how long, summed over writers) or were paced, scrub bytes read and copied and objects put")
         lines.append("per byte written, device reads of local data per guest read, and the share of new SCOs")
         lines.append("opened in a freshly preallocated file (not a recycled one: each write into it changes")
         lines.append("extent metadata):")
         keys = [("flushes/kIO", "flushes_total", "io"), ("single/kIO", "flushes_single_total", "io"),
-                ("scrubwait/kIO", "space_throttled_writes_total", "io"), ("paced/kIO", "paced_total", "io"),
+                ("scrubwait/kIO", "space_throttled_writes_total", "io"), ("wait ms/kIO", "space_throttled_seconds_total", "ms"),
+                ("paced/kIO", "paced_total", "io"),
                 ("scrub rd B/B", "scrub_read_bytes_total", "bytes"),
                 ("scrub B/B", "scrub_moved_bytes_total", "bytes"), ("put B/B", "uploaded_bytes_total", "bytes"),
                 ("dev rd/read", "local_reads_total", "read"), ("fresh SCOs", "sco_files_fresh_total", "share")]
@@ -496,6 +517,8 @@ if rows:
                 e = r["engine"]
                 if unit == "io":
                     return 1000.0 * e.get(key, 0.0) / max(r["reads"] + r["writes"], 1)
+                if unit == "ms":
+                    return 1e6 * e.get(key, 0.0) / max(r["reads"] + r["writes"], 1)
                 if unit == "read":
                     return e.get(key, 0.0) / max(e.get("reads_total", 0.0), 1.0)
                 if unit == "share":
@@ -503,6 +526,37 @@ if rows:
                 return e.get(key, 0.0) / max(e.get("write_bytes_total", 0.0), 1.0)
             vals = [statistics.median(per(r, k, u) for r in rs) for _, k, u in keys]
             lines.append(f"  {job:<18} " + " ".join(f"{v:>13.2f}" for v in vals))
+    disk = [r for r in rows if r.get("disk")]
+    if disk:
+        lines.append("The disk under each job: its block device's own counters over the job (ramp included) and")
+        lines.append("the settle after it (so uploads and scrub count, and anything else on the disk), medians:")
+        lines.append("bytes written and read per byte the generator wrote or read, write IOs, flushes and discards")
+        lines.append("per 1000 generator IOs (the generator's counts scaled to the same span; \"w\": a job that")
+        lines.append("reads nothing, device reads per byte written):")
+        span = (float(secs) + ramp) / float(secs)
+        nan = float("nan")
+        def ios(r):
+            return max(r["reads"] + r["writes"], 1) * span
+        dkeys = [("wr B/B", lambda r, d, g: d["wr_bytes"] / g[1] if g[1] else nan),
+                 # A job that reads nothing: its device reads (scrub's) per byte written, marked w.
+                 ("rd B/B", lambda r, d, g: d["rd_bytes"] / g[0] if g[0] else (-d["rd_bytes"] / g[1] - 1e-9 if g[1] else nan)),
+                 ("wr IOs/kIO", lambda r, d, g: 1000.0 * d["wr_ios"] / ios(r)),
+                 ("flush/kIO", lambda r, d, g: 1000.0 * d["flushes"] / ios(r)),
+                 ("discard/kIO", lambda r, d, g: 1000.0 * d["discards"] / ios(r))]
+        lines.append(f"  {'job':<18} {'backend':<8} " + " ".join(f"{k[0]:>12}" for k in dkeys))
+        for job in jobs:
+            for be in ("logdisk", "qsd"):
+                rs = [r for r in disk if r["job"] == job and r["backend"] == be]
+                if not rs:
+                    continue
+                def guest(r):
+                    # The generator counts what ran after its ramp; the disk's counters
+                    # span the ramp too: scaled to the same span.
+                    per = r["bytes"] / max(r["reads"] + r["writes"], 1) * span
+                    return r["reads"] * per, r["writes"] * per
+                vals = [statistics.median(f(r, r["disk"], guest(r)) for r in rs) for _, f in dkeys]
+                cell = lambda v: f"{'-':>12}" if v != v else (f"{-v:>10.2f} w" if v < 0 else f"{v:>12.2f}")
+                lines.append(f"  {job:<18} {be:<8} " + " ".join(cell(v) for v in vals))
     lines.append("Per-run figures (logdisk / qsd):")
     for job in jobs:
         for be in ("logdisk", "qsd"):

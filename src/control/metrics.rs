@@ -108,7 +108,7 @@ pub fn render(state: &DaemonState) -> String {
     // Space: the scrubber's last look at each volume (no accounting per scrape).
     let figures: Vec<_> = vols.iter().map(|(_, v)| v.space.figures()).collect();
     type Space = fn(&crate::volume::Volume, &crate::volume::space::SpaceFigures) -> f64;
-    let space: [(&str, &str, &str, Space); 12] = [
+    let space: [(&str, &str, &str, Space); 13] = [
         ("live_bytes", "gauge", "Bytes some map (current or snapshot) references.", |_, f| f.live_bytes as f64),
         ("garbage_bytes", "gauge", "Bytes of the log nothing references (scrub reclaims them).", |_, f| {
             f.garbage_bytes as f64
@@ -144,6 +144,12 @@ pub fn render(state: &DaemonState) -> String {
         ("space_throttled_writes_total", "counter", "Guest writes that waited for scrub to free space.", |_, f| {
             f.throttled_writes as f64
         }),
+        (
+            "space_throttled_seconds_total",
+            "counter",
+            "Time guest writes waited for scrub to free space (summed over writers).",
+            |_, f| f.throttled_us as f64 / 1e6,
+        ),
     ];
     for (name, kind, help, get) in space {
         metric(name, kind, help, &mut vols.iter().zip(&figures).map(|((n, v), f)| (label(n), get(v, f))));

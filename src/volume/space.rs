@@ -59,6 +59,9 @@ pub struct SpaceFigures {
     pub scrub_rate: u64,
     /// Guest writes that had to wait for scrub.
     pub throttled_writes: u64,
+    /// Microseconds writers spent waiting for scrub (summed over writers).
+    #[serde(default)]
+    pub throttled_us: u64,
     /// The scrubber's looks at this volume (each sets its limits) since it was opened:
     /// 0 means no budget applies yet.
     #[serde(default)]
@@ -115,6 +118,8 @@ pub struct SpaceGate {
     /// instead of at its next interval).
     looks: AtomicU64,
     throttled: AtomicU64,
+    /// Microseconds writers spent waiting for scrub, summed.
+    throttled_us: AtomicU64,
     /// Bumped each time scrub frees space: a waiting writer gives up only after a
     /// whole timeout without progress.
     freed: AtomicU64,
@@ -145,6 +150,7 @@ impl SpaceGate {
             due: AtomicBool::new(false),
             looks: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            throttled_us: AtomicU64::new(0),
             freed: AtomicU64::new(0),
             figures: Mutex::new(SpaceFigures { state: "ok".into(), ..SpaceFigures::default() }),
         }
@@ -218,6 +224,11 @@ impl SpaceGate {
         !self.short.load(Ordering::Relaxed)
     }
 
+    /// A writer stopped waiting after `waited`.
+    pub(crate) fn note_waited(&self, waited: std::time::Duration) {
+        self.throttled_us.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// A writer starts (`true`) or stops waiting.
     pub(crate) fn set_waiting(&self, on: bool) {
         if on {
@@ -269,6 +280,7 @@ impl SpaceGate {
     pub fn figures(&self) -> SpaceFigures {
         let mut f = self.figures.lock().clone();
         f.throttled_writes = self.throttled.load(Ordering::Relaxed);
+        f.throttled_us = self.throttled_us.load(Ordering::Relaxed);
         f.looks = self.looks.load(Ordering::Relaxed);
         f
     }

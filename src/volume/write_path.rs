@@ -339,7 +339,8 @@ impl Volume {
     fn wait_for_space_locked(&self, st: &mut parking_lot::MutexGuard<'_, State>) -> Result<()> {
         // The timeout runs from the last time scrub freed space: writes slowed to what
         // scrub reclaims go on; they fail only when scrub makes no progress at all.
-        let mut start = Instant::now();
+        let entered = Instant::now();
+        let mut start = entered;
         let mut mark = self.space.freed_mark();
         let timeout = self.env.opts.space_wait;
         self.space.set_waiting(true);
@@ -374,6 +375,7 @@ impl Volume {
             }
         };
         self.space.set_waiting(false);
+        self.space.note_waited(entered.elapsed());
         if let Err(e) = &res {
             tracing::warn!(volume = %self.name, error = %e, "write refused");
         }
