@@ -146,16 +146,33 @@ impl ObjectStore for LocalStore {
     }
 
     fn adopt_file(&self, key: &str, path: &Path) -> Result<bool> {
+        let linked = self.adopt_file_unsynced(key, path)?;
+        if linked {
+            self.sync_adopted(&[key.to_string()])?;
+        }
+        Ok(linked)
+    }
+
+    fn adopt_file_unsynced(&self, key: &str, path: &Path) -> Result<bool> {
         let dest = self.path(key)?;
         let parent = dest.parent().expect("key has a parent");
         fs::create_dir_all(parent).ctx(|| format!("cannot create {}", parent.display()))?;
         match fs::hard_link(path, &dest) {
-            Ok(()) => fsync_dir(parent).map(|()| true),
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::ObjectExists(key.to_string())),
             // Another filesystem (EXDEV), or no hard links here: copy instead.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::EPERM) => Ok(false),
             Err(e) => Err(Error::io(format!("cannot link object {key}"), e)),
         }
+    }
+
+    /// One sync per directory the keys' names are in.
+    fn sync_adopted(&self, keys: &[String]) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for k in keys {
+            dirs.insert(self.path(k)?.parent().expect("key has a parent").to_path_buf());
+        }
+        dirs.iter().try_for_each(|d| fsync_dir(d))
     }
 
     fn local_file(&self, key: &str) -> Option<PathBuf> {

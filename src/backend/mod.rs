@@ -51,6 +51,15 @@ pub trait ObjectStore: Send + Sync {
     fn adopt_file(&self, _key: &str, _path: &std::path::Path) -> Result<bool> {
         Ok(false)
     }
+    /// [`Self::adopt_file`] whose new name need not be durable before
+    /// [`Self::sync_adopted`] is called with its key: adopting several files, one sync.
+    fn adopt_file_unsynced(&self, key: &str, path: &std::path::Path) -> Result<bool> {
+        self.adopt_file(key, path)
+    }
+    /// Make the names [`Self::adopt_file_unsynced`] gave `keys` durable.
+    fn sync_adopted(&self, _keys: &[String]) -> Result<()> {
+        Ok(())
+    }
     /// Whether `adopt_file` may work here (worth preparing a file for it).
     fn adopts_files(&self) -> bool {
         false

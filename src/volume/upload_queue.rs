@@ -76,10 +76,25 @@ fn retry_at(attempts: u32) -> Instant {
     Instant::now() + backoff + jitter
 }
 
+/// TLogs one job uploads at most: consecutive sealed TLogs whose SCOs are uploaded go
+/// together, so that a local directory store syncs its directory once for all of them
+/// (TLogs go one job at a time, in order; one directory sync each, a device flush that
+/// took 30-100 ms under 1 MiB writes, let the TLogs fall behind the SCOs and scrub wait
+/// for them).
+pub(crate) const TLOG_BATCH: u64 = 16;
+
 /// One upload the pipeline runs next.
 pub(crate) enum Job {
-    Sco { epoch: u64, file: Arc<ScoFile>, clusters: u32 },
-    Tlog { epoch: u64 },
+    Sco {
+        epoch: u64,
+        file: Arc<ScoFile>,
+        clusters: u32,
+    },
+    /// TLogs `epoch..=last`, in order.
+    Tlog {
+        epoch: u64,
+        last: u64,
+    },
     Checkpoint(CheckpointData),
 }
 
@@ -160,12 +175,22 @@ impl UploadQueue {
                 }
             }
         }
-        // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded.
+        // The oldest sealed TLog, once its SCO (and every earlier one) is uploaded, with
+        // the sealed TLogs right after it whose SCOs are uploaded too.
         if let Some(e) = first_tlog {
-            let u = self.jobs.get_mut(&e).unwrap();
+            let u = &self.jobs[&e];
             if u.sco == JobState::Done && ready(u.tlog) {
-                u.tlog = JobState::Running;
-                return Pick::Job(Job::Tlog { epoch: e });
+                let mut last = e;
+                for (&n, u) in self.jobs.range(e + 1..e + TLOG_BATCH) {
+                    if n != last + 1 || !u.durable || u.sco != JobState::Done || !ready(u.tlog) {
+                        break;
+                    }
+                    last = n;
+                }
+                for u in self.jobs.range_mut(e..=last).map(|(_, u)| u) {
+                    u.tlog = JobState::Running;
+                }
+                return Pick::Job(Job::Tlog { epoch: e, last });
             }
         }
         if !self.checkpoint_running && self.checkpoint_retry.is_none_or(|(_, at)| at <= now) {
@@ -223,7 +248,15 @@ impl UploadQueue {
                 return;
             }
             Job::Sco { epoch, .. } => (epoch, true),
-            Job::Tlog { epoch } => (epoch, false),
+            Job::Tlog { epoch, last } => {
+                // The first is retried after its backoff; the others wait their turn.
+                if last > epoch {
+                    for u in self.jobs.range_mut(epoch + 1..=last).map(|(_, u)| u) {
+                        u.tlog = JobState::Waiting;
+                    }
+                }
+                (epoch, false)
+            }
         };
         if let Some(u) = self.jobs.get_mut(&epoch) {
             u.attempts += 1;
@@ -292,6 +325,28 @@ mod tests {
         assert_eq!(q.last_checkpoint, 5);
     }
 
+    #[test]
+    fn consecutive_sealed_tlogs_whose_scos_are_uploaded_go_in_one_job() {
+        let mut q = UploadQueue::default();
+        for (e, sco) in [(3, JobState::Done), (4, JobState::Done), (5, JobState::Done), (6, JobState::Running)] {
+            q.jobs.insert(e, EpochUpload { sco_clusters: 0, durable: true, sco, tlog: JobState::Waiting, attempts: 0 });
+        }
+        // SCO 6 is still being uploaded: TLogs 3 to 5 go.
+        let mut picks = Vec::new();
+        loop {
+            match q.next_job(&ScoSet::default(), 0) {
+                Pick::Job(Job::Tlog { epoch, last }) => picks.push((epoch, last)),
+                Pick::Again => continue,
+                _ => break,
+            }
+        }
+        assert_eq!(picks, [(3, 5)], "one job for 3..=5; 6 waits for it");
+        q.failed(Job::Tlog { epoch: 3, last: 5 }, &os_error(libc::EIO), 0);
+        assert!(matches!(q.jobs[&3].tlog, JobState::RetryAt(_)), "the first retries after its backoff");
+        assert!(q.jobs.range(4..=5).all(|(_, u)| u.tlog == JobState::Waiting), "the others wait their turn");
+        assert!(matches!(q.next_job(&ScoSet::default(), 0), Pick::Nothing), "none overtakes the first");
+    }
+
     fn os_error(errno: i32) -> Error {
         Error::io("cannot write object", std::io::Error::from_raw_os_error(errno))
     }
@@ -310,9 +365,12 @@ mod tests {
         let Pick::Job(job) = q.next_job(&ScoSet::default(), 3) else { panic!("TLog 7 not picked") };
         q.failed(job, &os_error(libc::ENOSPC), 3);
         assert!(matches!(q.next_job(&ScoSet::default(), 3), Pick::Nothing), "backing off");
-        assert!(matches!(q.next_job(&ScoSet::default(), 4), Pick::Job(Job::Tlog { epoch: 7 })), "space returned");
+        assert!(
+            matches!(q.next_job(&ScoSet::default(), 4), Pick::Job(Job::Tlog { epoch: 7, last: 7 })),
+            "space returned"
+        );
         // Any other failure only backs off.
-        q.failed(Job::Tlog { epoch: 7 }, &os_error(libc::EIO), 4);
+        q.failed(Job::Tlog { epoch: 7, last: 7 }, &os_error(libc::EIO), 4);
         assert_eq!(q.no_space_at, None);
         assert!(matches!(q.next_job(&ScoSet::default(), 5), Pick::Nothing), "backing off");
     }

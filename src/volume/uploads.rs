@@ -147,7 +147,6 @@ impl Volume {
     }
 
     fn run_job(&self, job: &Job) -> Result<()> {
-        let store = &self.env.store;
         let gen = self.meta.generation;
         match job {
             Job::Sco { epoch, file, clusters } => {
@@ -174,33 +173,46 @@ impl Volume {
                 self.counters.uploaded_stored_bytes.fetch_add(obj_len as u64, Ordering::Relaxed);
                 Ok(())
             }
-            Job::Tlog { epoch } => {
-                // The TLog makes the epoch visible to a restart: never after a takeover.
-                self.check_owner()?;
-                let path = self.tlog_path(*epoch);
-                let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
-                let key = keys::tlog(&self.name, gen, *epoch);
-                tlog::parse_sealed(&key, &bytes, *epoch)?;
-                // As for SCOs, a local directory store on this filesystem takes the file
-                // itself (durable since the epoch's flush; unlinked here right after and
-                // never written again): no copy written and synced.
-                let adopted = self.env.opts.link_local
-                    && store.adopts_files()
-                    && match store.adopt_file(&key, &path) {
-                        Ok(linked) => linked,
-                        Err(Error::ObjectExists(_)) => true,
-                        Err(e) => return Err(e),
-                    };
-                match if adopted { Ok(()) } else { store.put(&key, &bytes) } {
-                    Ok(()) | Err(Error::ObjectExists(_)) => {
-                        self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+            Job::Tlog { epoch, last } => self.upload_tlogs(*epoch, *last),
             Job::Checkpoint(cp) => self.write_checkpoint(cp),
         }
+    }
+
+    /// Upload the sealed TLogs `first..=last` in order. A local directory store on this
+    /// filesystem takes the files themselves (durable since their epoch's flush; unlinked
+    /// here right after and never written again): no copy written and synced, and one
+    /// sync of the store's directory for all of them. Should one fail, the job fails as a
+    /// whole and is retried (what was linked is found there and synced then): a restart
+    /// reads uploaded TLogs only up to the first gap, and the local files stay until the
+    /// job succeeds.
+    fn upload_tlogs(&self, first: u64, last: u64) -> Result<()> {
+        // The TLogs make their epochs visible to a restart: never after a takeover.
+        self.check_owner()?;
+        let store = &self.env.store;
+        let mut linked = Vec::new();
+        for epoch in first..=last {
+            let path = self.tlog_path(epoch);
+            let bytes = std::fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+            let key = keys::tlog(&self.name, self.meta.generation, epoch);
+            tlog::parse_sealed(&key, &bytes, epoch)?;
+            let adopted = self.env.opts.link_local
+                && store.adopts_files()
+                && match store.adopt_file_unsynced(&key, &path) {
+                    Ok(l) => l,
+                    Err(Error::ObjectExists(_)) => true,
+                    Err(e) => return Err(e),
+                };
+            if adopted {
+                linked.push(key);
+            } else {
+                match store.put(&key, &bytes) {
+                    Ok(()) | Err(Error::ObjectExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.counters.store_puts.fetch_add(1, Ordering::Relaxed);
+        }
+        store.sync_adopted(&linked)
     }
 
     /// Delete objects in batches, counting the requests (S3 takes 1000 keys in one).
@@ -249,21 +261,22 @@ impl Volume {
         let mut st = self.state.lock();
         match (&job, res) {
             (Job::Sco { epoch, .. }, Ok(())) => st.uploads.sco_done(*epoch),
-            (Job::Tlog { epoch }, Ok(())) => {
-                let epoch = *epoch;
-                let bytes = (st.uploads.tlog_done(epoch) as u64) << self.shift;
-                if st.scos.uploaded(epoch, bytes) {
-                    self.pacer.drained(bytes);
-                    self.pacer.note_level(st.scos.wb_bytes, self.env.opts.wb_limit);
+            (Job::Tlog { epoch, last }, Ok(())) => {
+                for epoch in *epoch..=*last {
+                    let bytes = (st.uploads.tlog_done(epoch) as u64) << self.shift;
+                    if st.scos.uploaded(epoch, bytes) {
+                        self.pacer.drained(bytes);
+                        self.pacer.note_level(st.scos.wb_bytes, self.env.opts.wb_limit);
+                    }
+                    unlink.push(self.tlog_path(epoch));
                 }
-                unlink.push(self.tlog_path(epoch));
                 unlink.extend(st.scos.evict_uploaded(self.env.opts.wb_limit / 4 * 3, self.shift));
             }
             (Job::Checkpoint(cp), Ok(())) => st.uploads.checkpoint_done(cp.epoch),
             (_, Err(e)) => {
                 let (epoch, what) = match &job {
                     Job::Sco { epoch, .. } => (*epoch, "SCO"),
-                    Job::Tlog { epoch } => (*epoch, "TLog"),
+                    Job::Tlog { epoch, .. } => (*epoch, "TLog"),
                     Job::Checkpoint(cp) => (cp.epoch, "checkpoint"),
                 };
                 tracing::warn!(volume = %self.name, epoch, error = %e, "upload of {what} failed; will retry");
@@ -325,7 +338,7 @@ impl UploadSource for Volume {
         let Some(job) = self.take_job() else { return false };
         let res = self.run_job(&job);
         let trim = match (&job, &res) {
-            (Job::Tlog { epoch }, Ok(())) => Some(*epoch),
+            (Job::Tlog { last, .. }, Ok(())) => Some(*last),
             _ => None,
         };
         self.finish_job(job, res);

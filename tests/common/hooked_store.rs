@@ -102,6 +102,13 @@ impl ObjectStore for HookedStore {
         self.check_write(key)?;
         self.inner.adopt_file(key, path)
     }
+    fn adopt_file_unsynced(&self, key: &str, path: &Path) -> Result<bool> {
+        self.check_write(key)?;
+        self.inner.adopt_file_unsynced(key, path)
+    }
+    fn sync_adopted(&self, keys: &[String]) -> Result<()> {
+        self.inner.sync_adopted(keys)
+    }
     fn adopts_files(&self) -> bool {
         self.inner.adopts_files()
     }
