@@ -112,7 +112,8 @@ impl Volume {
             let _ = file.set_len(len);
             return Ok(None);
         }
-        match store.adopt_file(key, file.path()) {
+        // The name is made durable with the epoch's TLog (`upload_tlogs`), before it.
+        match store.adopt_file_unsynced(key, file.path()) {
             Ok(true) | Err(Error::ObjectExists(_)) => Ok(Some(len as usize + tail.len())),
             Ok(false) => {
                 file.set_len(len)?;
@@ -178,7 +179,8 @@ impl Volume {
         }
     }
 
-    /// Upload the sealed TLogs `first..=last` in order. A local directory store on this
+    /// Upload the sealed TLogs `first..=last` in order, after making the names of their
+    /// SCOs adopted by a local directory store durable. A local directory store on this
     /// filesystem takes the files themselves (durable since their epoch's flush; unlinked
     /// here right after and never written again): no copy written and synced, and one
     /// sync of the store's directory for all of them. Should one fail, the job fails as a
@@ -189,6 +191,17 @@ impl Volume {
         // The TLogs make their epochs visible to a restart: never after a takeover.
         self.check_owner()?;
         let store = &self.env.store;
+        // First the names of the SCOs the store took by hard link (`adopt_sco`; their
+        // data and footer were durable before): one sync for the batch, before any of
+        // its TLogs can be found.
+        let scos: Vec<String> = {
+            let st = self.state.lock();
+            (first..=last)
+                .filter(|e| st.scos.local.get(e).is_some_and(|l| l.linked))
+                .map(|e| keys::sco(&self.name, self.meta.generation, e))
+                .collect()
+        };
+        store.sync_adopted(&scos)?;
         let mut linked = Vec::new();
         for epoch in first..=last {
             let path = self.tlog_path(epoch);
