@@ -538,8 +538,8 @@ if rows:
         def ios(r):
             return max(r["reads"] + r["writes"], 1) * span
         dkeys = [("wr B/B", lambda r, d, g: d["wr_bytes"] / g[1] if g[1] else nan),
-                 # A job that reads nothing: its device reads (scrub's) per byte written, marked w.
-                 ("rd B/B", lambda r, d, g: d["rd_bytes"] / g[0] if g[0] else (-d["rd_bytes"] / g[1] - 1e-9 if g[1] else nan)),
+                 # A job that reads nothing: its device reads (scrub's) per byte written.
+                 ("rd B/B", lambda r, d, g: d["rd_bytes"] / (g[0] or g[1]) if g[0] or g[1] else nan),
                  ("wr IOs/kIO", lambda r, d, g: 1000.0 * d["wr_ios"] / ios(r)),
                  ("flush/kIO", lambda r, d, g: 1000.0 * d["flushes"] / ios(r)),
                  ("discard/kIO", lambda r, d, g: 1000.0 * d["discards"] / ios(r))]
@@ -555,8 +555,10 @@ if rows:
                     per = r["bytes"] / max(r["reads"] + r["writes"], 1) * span
                     return r["reads"] * per, r["writes"] * per
                 vals = [statistics.median(f(r, r["disk"], guest(r)) for r in rs) for _, f in dkeys]
-                cell = lambda v: f"{'-':>12}" if v != v else (f"{-v:>10.2f} w" if v < 0 else f"{v:>12.2f}")
-                lines.append(f"  {job:<18} {be:<8} " + " ".join(cell(v) for v in vals))
+                # Marked "w": device reads counted per byte written (the job reads nothing).
+                marks = ["", "" if any(guest(r)[0] for r in rs) else " w", "", "", ""]
+                lines.append(f"  {job:<18} {be:<8} " + " ".join(
+                    f"{'-':>12}" if v != v else f"{v:>{12 - len(m)}.2f}{m}" for v, m in zip(vals, marks)))
     lines.append("Per-run figures (logdisk / qsd):")
     for job in jobs:
         for be in ("logdisk", "qsd"):

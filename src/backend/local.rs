@@ -146,14 +146,6 @@ impl ObjectStore for LocalStore {
     }
 
     fn adopt_file(&self, key: &str, path: &Path) -> Result<bool> {
-        let linked = self.adopt_file_unsynced(key, path)?;
-        if linked {
-            self.sync_adopted(&[key.to_string()])?;
-        }
-        Ok(linked)
-    }
-
-    fn adopt_file_unsynced(&self, key: &str, path: &Path) -> Result<bool> {
         let dest = self.path(key)?;
         let parent = dest.parent().expect("key has a parent");
         fs::create_dir_all(parent).ctx(|| format!("cannot create {}", parent.display()))?;

@@ -47,16 +47,13 @@ pub trait ObjectStore: Send + Sync {
     }
     /// Make the durable file at `path` the object `key` without copying it (a hard link
     /// into a local directory store). `Ok(false)`: not possible here — put a copy.
-    /// Fails with `ObjectExists` like `put`. The file must never change afterwards.
+    /// Fails with `ObjectExists` like `put`. The file must never change afterwards. The
+    /// object's name is durable once [`Self::sync_adopted`] returned for its key (one
+    /// sync for several files).
     fn adopt_file(&self, _key: &str, _path: &std::path::Path) -> Result<bool> {
         Ok(false)
     }
-    /// [`Self::adopt_file`] whose new name need not be durable before
-    /// [`Self::sync_adopted`] is called with its key: adopting several files, one sync.
-    fn adopt_file_unsynced(&self, key: &str, path: &std::path::Path) -> Result<bool> {
-        self.adopt_file(key, path)
-    }
-    /// Make the names [`Self::adopt_file_unsynced`] gave `keys` durable.
+    /// Make the names [`Self::adopt_file`] gave `keys` durable.
     fn sync_adopted(&self, _keys: &[String]) -> Result<()> {
         Ok(())
     }

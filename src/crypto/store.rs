@@ -126,13 +126,6 @@ impl ObjectStore for CryptoStore {
         self.inner.adopt_file(key, path)
     }
 
-    fn adopt_file_unsynced(&self, key: &str, path: &Path) -> Result<bool> {
-        if self.keys.writer_id(volume_of(key)).is_some() {
-            return Ok(false);
-        }
-        self.inner.adopt_file_unsynced(key, path)
-    }
-
     fn sync_adopted(&self, keys: &[String]) -> Result<()> {
         self.inner.sync_adopted(keys)
     }

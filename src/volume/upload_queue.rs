@@ -76,11 +76,10 @@ fn retry_at(attempts: u32) -> Instant {
     Instant::now() + backoff + jitter
 }
 
-/// TLogs one job uploads at most: consecutive sealed TLogs whose SCOs are uploaded go
-/// together, so that a local directory store syncs its directory once for all of them
-/// (TLogs go one job at a time, in order; one directory sync each, a device flush that
-/// took 30-100 ms under 1 MiB writes, let the TLogs fall behind the SCOs and scrub wait
-/// for them).
+/// TLogs one job uploads at most. TLogs go one job at a time, in order; consecutive
+/// sealed TLogs whose SCOs are uploaded go in one job, so a local directory store syncs
+/// its directories once for all of them (each sync is a device flush: 30-100 ms under
+/// sustained 1 MiB writes, when there was one per TLog).
 pub(crate) const TLOG_BATCH: u64 = 16;
 
 /// One upload the pipeline runs next.

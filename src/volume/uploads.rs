@@ -113,7 +113,7 @@ impl Volume {
             return Ok(None);
         }
         // The name is made durable with the epoch's TLog (`upload_tlogs`), before it.
-        match store.adopt_file_unsynced(key, file.path()) {
+        match store.adopt_file(key, file.path()) {
             Ok(true) | Err(Error::ObjectExists(_)) => Ok(Some(len as usize + tail.len())),
             Ok(false) => {
                 file.set_len(len)?;
@@ -210,7 +210,7 @@ impl Volume {
             tlog::parse_sealed(&key, &bytes, epoch)?;
             let adopted = self.env.opts.link_local
                 && store.adopts_files()
-                && match store.adopt_file_unsynced(&key, &path) {
+                && match store.adopt_file(&key, &path) {
                     Ok(l) => l,
                     Err(Error::ObjectExists(_)) => true,
                     Err(e) => return Err(e),

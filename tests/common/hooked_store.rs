@@ -102,10 +102,6 @@ impl ObjectStore for HookedStore {
         self.check_write(key)?;
         self.inner.adopt_file(key, path)
     }
-    fn adopt_file_unsynced(&self, key: &str, path: &Path) -> Result<bool> {
-        self.check_write(key)?;
-        self.inner.adopt_file_unsynced(key, path)
-    }
     fn sync_adopted(&self, keys: &[String]) -> Result<()> {
         self.inner.sync_adopted(keys)
     }
